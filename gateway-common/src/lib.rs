@@ -1,0 +1,277 @@
+//! Types shared by the xdpgate XDP program (kernel side) and its controller (user side).
+//!
+//! Every struct that crosses the kernel boundary is `#[repr(C)]`, has no implicit padding
+//! (checked at compile time) and stores addresses and ports as network-order byte arrays,
+//! so both sides agree on the bytes without any conversion in the packet path.
+#![no_std]
+
+/// IANA protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Address family tag for IPv4 in [`ServiceKey::family`].
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6 in [`ServiceKey::family`].
+pub const FAMILY_V6: u8 = 6;
+
+/// Bit in a `GUARD_PORTS` entry: a UDP service on any local address uses this port.
+pub const PORT_UDP_ANY_ADDR: u8 = 1;
+/// Bit in a `GUARD_PORTS` entry: a UDP service bound to one local address uses this port.
+pub const PORT_UDP_ONE_ADDR: u8 = 2;
+/// Bit in a `GUARD_PORTS` entry: a TCP service on any local address uses this port.
+pub const PORT_TCP_ANY_ADDR: u8 = 4;
+/// Bit in a `GUARD_PORTS` entry: a TCP service bound to one local address uses this port.
+pub const PORT_TCP_ONE_ADDR: u8 = 8;
+
+/// The `GUARD_PORTS` bits of one protocol: `(any address, one address)`.
+///
+/// The program looks up the exact destination only when some service is bound to an address,
+/// and the wildcard only when some service listens on any address, so the common case costs
+/// one service lookup.
+pub const fn port_bits(proto: u8) -> (u8, u8) {
+    if proto == PROTO_TCP {
+        (PORT_TCP_ANY_ADDR, PORT_TCP_ONE_ADDR)
+    } else {
+        (PORT_UDP_ANY_ADDR, PORT_UDP_ONE_ADDR)
+    }
+}
+
+/// Maximum number of guarded services (size of the service and per-service counter maps).
+pub const MAX_SERVICES: u32 = 1024;
+/// Default capacity of each openings map (IPv4 and IPv6 separately).
+pub const DEFAULT_MAX_OPENINGS: u32 = 262_144;
+
+/// The program refreshes [`Opening::last_seen_ns`] at most this often per opening, so a busy
+/// flow does not write the same cache line on every packet from every CPU.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 250_000_000;
+
+/// Names of the maps, shared so the controller finds exactly what the program declares.
+pub mod map_names {
+    /// `Array<u8>` of 65536 entries indexed by destination port: `PORT_*_ADDR` bits.
+    pub const GUARD_PORTS: &str = "GUARD_PORTS";
+    /// `HashMap<ServiceKey, ServiceValue>`: guarded services.
+    pub const SERVICES: &str = "SERVICES";
+    /// `HashMap<OpeningKeyV4, Opening>`: IPv4 sources allowed per server.
+    pub const OPEN_V4: &str = "OPEN_V4";
+    /// `HashMap<OpeningKeyV6, Opening>`: IPv6 sources allowed per server.
+    pub const OPEN_V6: &str = "OPEN_V6";
+    /// `PerCpuArray<ServiceStats>` indexed by [`ServiceValue::stats_index`](super::ServiceValue).
+    pub const SVC_STATS: &str = "SVC_STATS";
+    /// `PerCpuArray<u64>` indexed by [`GlobalCounter`](super::GlobalCounter).
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// Every map the program declares, in a fixed order.
+    pub const ALL: [&str; 6] = [GUARD_PORTS, SERVICES, OPEN_V4, OPEN_V6, SVC_STATS, GLOBAL_STATS];
+}
+
+/// Name of the XDP program inside the eBPF object.
+pub const PROGRAM_NAME: &str = "xdpgate";
+
+/// Version of the map layout. Pinned state lives under a folder named after it, so a
+/// controller never reinterprets maps written with another layout.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// A guarded service: protocol, destination port and destination address.
+///
+/// An all-zero `addr` is the wildcard "any local address of this family"; the program first
+/// looks up the exact destination, then the wildcard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Destination address, network order; IPv4 uses the first 4 bytes, the rest are zero.
+    pub addr: [u8; 16],
+    /// Destination port, network order.
+    pub port: [u8; 2],
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+impl ServiceKey {
+    /// Key for an IPv4 service; `addr` all zero means any local address.
+    pub const fn v4(proto: u8, port: u16, addr: [u8; 4]) -> Self {
+        let mut full = [0u8; 16];
+        full[0] = addr[0];
+        full[1] = addr[1];
+        full[2] = addr[2];
+        full[3] = addr[3];
+        Self { addr: full, port: port.to_be_bytes(), proto, family: FAMILY_V4 }
+    }
+
+    /// Key for an IPv6 service; `addr` all zero means any local address.
+    pub const fn v6(proto: u8, port: u16, addr: [u8; 16]) -> Self {
+        Self { addr, port: port.to_be_bytes(), proto, family: FAMILY_V6 }
+    }
+
+    /// The destination port in host order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+}
+
+/// What a guarded service maps to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// The server (VPN instance) whose openings admit traffic to this service.
+    pub server_id: u32,
+    /// Index of this service's counters in the `SVC_STATS` per-CPU array.
+    pub stats_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+
+/// Key of an IPv4 opening: a source address allowed to reach one server's services.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpeningKeyV4 {
+    /// Server the opening belongs to.
+    pub server_id: u32,
+    /// Source address, network order.
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<OpeningKeyV4>() == 8);
+
+/// Key of an IPv6 opening.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpeningKeyV6 {
+    /// Server the opening belongs to.
+    pub server_id: u32,
+    /// Source address, network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<OpeningKeyV6>() == 20);
+
+/// An opening's state, in the kernel's `CLOCK_BOOTTIME` nanoseconds.
+///
+/// The program admits a packet only while `expires_at_ns` lies in the future, so an opening
+/// closes on time even when the controller is not running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opening {
+    /// Absolute expiry (`bpf_ktime_get_boot_ns` clock).
+    pub expires_at_ns: u64,
+    /// When the program last admitted a packet for this opening (0: never).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Opening>() == 16);
+
+/// Per-service, per-CPU packet counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Packets admitted because an unexpired opening existed.
+    pub passed: u64,
+    /// Packets dropped because no unexpired opening existed.
+    pub dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 16);
+
+/// Global counters of the parse path, indexes into `GLOBAL_STATS`.
+///
+/// Every drop the program makes outside a guarded-service decision is counted here; the
+/// `Pass*` entries count notable packets that were let through by policy.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalCounter {
+    /// Frame shorter than an Ethernet header. Dropped.
+    EthTruncated = 0,
+    /// Frame ends inside a VLAN tag. Dropped.
+    VlanTruncated = 1,
+    /// More than two stacked VLAN tags. Dropped.
+    VlanTooDeep = 2,
+    /// Frame ends inside the IPv4 header or before the IPv4 total length. Dropped.
+    Ipv4Truncated = 3,
+    /// IPv4 version/IHL/total-length fields inconsistent. Dropped.
+    Ipv4Malformed = 4,
+    /// Frame ends inside the IPv6 header or before its payload length. Dropped.
+    Ipv6Truncated = 5,
+    /// IPv6 extension header chain truncated or longer than the program walks. Dropped.
+    Ipv6ExtUnparsed = 6,
+    /// TCP/UDP header incomplete in an unfragmented packet. Dropped.
+    L4Truncated = 7,
+    /// First fragment too short to hold the whole TCP/UDP header. Dropped.
+    FragmentTiny = 8,
+    /// Non-first fragment (carries no ports). Passed: see the fragment policy in the README.
+    PassNonFirstFragment = 9,
+    /// IPv6 version field is not 6. Dropped.
+    Ipv6Malformed = 10,
+}
+
+impl GlobalCounter {
+    /// Number of counters (size of the `GLOBAL_STATS` map).
+    pub const COUNT: u32 = 11;
+    /// All counters, in index order.
+    pub const ALL: [GlobalCounter; Self::COUNT as usize] = [
+        Self::EthTruncated,
+        Self::VlanTruncated,
+        Self::VlanTooDeep,
+        Self::Ipv4Truncated,
+        Self::Ipv4Malformed,
+        Self::Ipv6Truncated,
+        Self::Ipv6ExtUnparsed,
+        Self::L4Truncated,
+        Self::FragmentTiny,
+        Self::PassNonFirstFragment,
+        Self::Ipv6Malformed,
+    ];
+
+    /// A stable snake_case name for reports and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::EthTruncated => "eth_truncated",
+            Self::VlanTruncated => "vlan_truncated",
+            Self::VlanTooDeep => "vlan_too_deep",
+            Self::Ipv4Truncated => "ipv4_truncated",
+            Self::Ipv4Malformed => "ipv4_malformed",
+            Self::Ipv6Truncated => "ipv6_truncated",
+            Self::Ipv6ExtUnparsed => "ipv6_ext_unparsed",
+            Self::L4Truncated => "l4_truncated",
+            Self::FragmentTiny => "fragment_tiny",
+            Self::PassNonFirstFragment => "pass_non_first_fragment",
+            Self::Ipv6Malformed => "ipv6_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], built only from integers and byte arrays, and its size
+    // is asserted above to equal the sum of its fields, so it has no padding and every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OpeningKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OpeningKeyV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Opening {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_service_key_puts_address_first_and_port_big_endian() {
+        let key = ServiceKey::v4(PROTO_UDP, 1194, [10, 0, 0, 1]);
+        assert_eq!(&key.addr[..4], &[10, 0, 0, 1]);
+        assert!(key.addr[4..].iter().all(|b| *b == 0));
+        assert_eq!(key.port, [0x04, 0xaa]);
+        assert_eq!(key.port(), 1194);
+        assert_eq!(key.family, FAMILY_V4);
+    }
+
+    #[test]
+    fn global_counter_table_matches_discriminants() {
+        for (index, counter) in GlobalCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as u32 as usize, index, "{}", counter.name());
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Generated types of the xdpgate gRPC APIs (see `proto/proto/`).
+#![allow(clippy::all, missing_docs)]
+
+/// The local control API (admin CLI <-> controller).
+pub mod control {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("xdpgate.control.v1");
+    }
+}
