@@ -1,0 +1,151 @@
+//! Admin CLI commands: talk to the controller's control API and print the answers.
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::Path,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use xdpgate_proto::control::v1 as pb;
+
+use xdpgate::{clock::unix_ms, control};
+
+/// `xdpgate servers list`.
+pub async fn servers_list(socket: &Path) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let servers = client.list_servers(pb::ListServersRequest {}).await?.into_inner().servers;
+    Ok(render_servers(&servers))
+}
+
+/// `xdpgate openings add`.
+pub async fn openings_add(socket: &Path, server: &str, ip: IpAddr, ttl_secs: u32) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::AddOpeningRequest {
+        server: server.to_owned(),
+        address: ip.to_string(),
+        ttl_secs,
+        origin: "admin".to_owned(),
+    };
+    let opening = client
+        .add_opening(request)
+        .await?
+        .into_inner()
+        .opening
+        .context("controller answered without the opening")?;
+    Ok(format!(
+        "opened {} on {} until {} ({} holder(s))\n",
+        opening.address,
+        opening.server,
+        format_unix_ms(opening.expires_unix_ms),
+        opening.holders
+    ))
+}
+
+/// `xdpgate openings revoke`.
+pub async fn openings_revoke(socket: &Path, server: Option<&str>, ip: IpAddr) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::RevokeOpeningRequest { server: server.unwrap_or_default().to_owned(), address: ip.to_string() };
+    let revoked = client.revoke_opening(request).await?.into_inner().revoked;
+    Ok(format!("revoked {revoked} opening(s) of {ip}\n"))
+}
+
+/// `xdpgate openings list`.
+pub async fn openings_list(socket: &Path, server: Option<&str>) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::ListOpeningsRequest { server: server.unwrap_or_default().to_owned() };
+    let openings = client.list_openings(request).await?.into_inner().openings;
+    Ok(render_openings(&openings, unix_ms()))
+}
+
+/// `xdpgate status`.
+pub async fn status(socket: &Path) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let status = client.status(pb::StatusRequest {}).await?.into_inner();
+    let mut out = String::new();
+    for interface in &status.interfaces {
+        let _ = writeln!(out, "interface {} ({})", interface.name, interface.mode);
+    }
+    let _ = writeln!(out, "openings: {} IPv4, {} IPv6", status.openings_v4, status.openings_v6);
+    out.push_str(&render_servers(&status.servers));
+    let _ = writeln!(out, "parse counters:");
+    for counter in &status.parse_counters {
+        let _ = writeln!(out, "  {:<26} {}", counter.name, counter.value);
+    }
+    Ok(out)
+}
+
+/// `xdpgate health`.
+pub async fn health(socket: &Path) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let health = client.health(pb::HealthRequest {}).await?.into_inner();
+    Ok(format!("{} (version {}, up {}s)\n", health.status, health.version, health.uptime_secs))
+}
+
+fn render_servers(servers: &[pb::Server]) -> String {
+    let mut out = String::new();
+    for server in servers {
+        let _ = writeln!(
+            out,
+            "server {} (id {}): connect window {}s, idle {}s, max {}s",
+            server.name, server.id, server.connect_window_secs, server.idle_timeout_secs, server.max_lifetime_secs
+        );
+        for service in &server.services {
+            let address = if service.address.is_empty() { "*" } else { service.address.as_str() };
+            let _ = writeln!(
+                out,
+                "  {}/{} on {}: passed {} dropped {}",
+                service.protocol, service.port, address, service.passed, service.dropped
+            );
+        }
+    }
+    out
+}
+
+fn render_openings(openings: &[pb::Opening], now_ms: u64) -> String {
+    if openings.is_empty() {
+        return "no openings\n".to_owned();
+    }
+    let mut out = format!("{:<12} {:<40} {:>9} {:>10} {:>7} {}\n", "SERVER", "ADDRESS", "EXPIRES", "LAST SEEN", "HOLDERS", "KERNEL");
+    for o in openings {
+        let expires = format!("{}s", o.expires_unix_ms.saturating_sub(now_ms) / 1000);
+        let seen = if o.last_seen_unix_ms == 0 {
+            "never".to_owned()
+        } else {
+            format!("{}s ago", now_ms.saturating_sub(o.last_seen_unix_ms) / 1000)
+        };
+        let kernel = if o.in_kernel { "yes" } else { "NO" };
+        let _ = writeln!(out, "{:<12} {:<40} {:>9} {:>10} {:>7} {}", o.server, o.address, expires, seen, o.holders, kernel);
+    }
+    out
+}
+
+fn format_unix_ms(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    let in_secs = at.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0);
+    format!("unix {} (in {in_secs}s)", ms / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openings_table_shows_relative_times_and_kernel_presence() {
+        let opening = pb::Opening {
+            server: "vpn1".into(),
+            address: "10.0.0.2".into(),
+            created_unix_ms: 1_000,
+            expires_unix_ms: 61_000,
+            deadline_unix_ms: 100_000,
+            last_seen_unix_ms: 0,
+            holders: 2,
+            in_kernel: false,
+        };
+        let table = render_openings(&[opening], 1_000);
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("vpn1") && row.contains("10.0.0.2"), "{row}");
+        assert!(row.contains("60s") && row.contains("never") && row.ends_with("NO"), "{row}");
+        assert_eq!(render_openings(&[], 0), "no openings\n");
+    }
+}

@@ -1,0 +1,117 @@
+//! Command-line interface of the `xdpgate` binary.
+pub mod admin;
+
+use std::{net::IpAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// eBPF/XDP dynamic firewall gateway: VPN ports stay invisible until an approval opens them.
+#[derive(Debug, Parser)]
+#[command(name = "xdpgate", version, about)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `xdpgate=debug`.
+    #[arg(long, global = true, env = "XDPGATE_LOG", default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the admin commands find the controller.
+#[derive(Debug, clap::Args)]
+pub struct ControlTarget {
+    /// The controller's control socket.
+    #[arg(long, env = "XDPGATE_SOCKET", default_value = "/run/xdpgate/control.sock")]
+    pub socket: PathBuf,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the privileged controller: load and attach the gate, serve the control API.
+    Controller {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove everything the controller pinned (links and maps): the gate stops guarding.
+    Detach {
+        /// Configuration file (TOML); its `bpffs_dir` is cleaned.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what it guards.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Guarded servers.
+    Servers {
+        #[command(subcommand)]
+        command: ServersCommand,
+    },
+    /// Openings: source addresses allowed through the gate.
+    Openings {
+        #[command(subcommand)]
+        command: OpeningsCommand,
+    },
+    /// Interfaces, openings and packet counters per service.
+    Status {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Is the controller serving?
+    Health {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+/// `xdpgate servers ...`
+#[derive(Debug, Subcommand)]
+pub enum ServersCommand {
+    /// List servers and their guarded services.
+    List {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+/// `xdpgate openings ...`
+#[derive(Debug, Subcommand)]
+pub enum OpeningsCommand {
+    /// Open a server to one source address.
+    Add {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Server name.
+        #[arg(long)]
+        server: String,
+        /// Source address to admit.
+        #[arg(long)]
+        ip: IpAddr,
+        /// Connect window in seconds (traffic keeps it open up to the server's limits).
+        #[arg(long)]
+        ttl: u32,
+    },
+    /// List openings.
+    List {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Only this server.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Close the openings of an address at once.
+    Revoke {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Only on this server (default: every server).
+        #[arg(long)]
+        server: Option<String>,
+        /// Source address.
+        #[arg(long)]
+        ip: IpAddr,
+    },
+}

@@ -1,0 +1,83 @@
+//! The two clocks the gate uses: wall time for records that survive restarts, and the
+//! kernel's `CLOCK_BOOTTIME` that the XDP program compares expiries against.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds of `CLOCK_BOOTTIME`, the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A reading of both clocks taken together, to convert between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockPair {
+    /// Wall clock, ms since the epoch.
+    pub unix_ms: u64,
+    /// `CLOCK_BOOTTIME`, ns.
+    pub boot_ns: u64,
+}
+
+impl ClockPair {
+    /// Reads both clocks now.
+    pub fn now() -> Self {
+        Self { unix_ms: unix_ms(), boot_ns: boot_ns() }
+    }
+
+    /// The boot-clock instant matching a wall-clock instant (clamped at 0).
+    pub fn unix_ms_to_boot_ns(&self, at_unix_ms: u64) -> u64 {
+        if at_unix_ms >= self.unix_ms {
+            self.boot_ns.saturating_add((at_unix_ms - self.unix_ms).saturating_mul(1_000_000))
+        } else {
+            self.boot_ns.saturating_sub((self.unix_ms - at_unix_ms).saturating_mul(1_000_000))
+        }
+    }
+
+    /// The wall-clock instant matching a boot-clock instant.
+    pub fn boot_ns_to_unix_ms(&self, at_boot_ns: u64) -> u64 {
+        if at_boot_ns >= self.boot_ns {
+            self.unix_ms.saturating_add((at_boot_ns - self.boot_ns) / 1_000_000)
+        } else {
+            self.unix_ms.saturating_sub((self.boot_ns - at_boot_ns) / 1_000_000)
+        }
+    }
+}
+
+/// Milliseconds in a duration, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_round_trips_both_ways() {
+        let pair = ClockPair { unix_ms: 1_700_000_000_000, boot_ns: 5_000_000_000 };
+        assert_eq!(pair.unix_ms_to_boot_ns(1_700_000_001_500), 6_500_000_000);
+        assert_eq!(pair.unix_ms_to_boot_ns(1_699_999_999_000), 4_000_000_000);
+        assert_eq!(pair.unix_ms_to_boot_ns(0), 0, "clamps instead of wrapping");
+        assert_eq!(pair.boot_ns_to_unix_ms(6_500_000_000), 1_700_000_001_500);
+        assert_eq!(pair.boot_ns_to_unix_ms(4_000_000_000), 1_699_999_999_000);
+    }
+
+    #[test]
+    fn boot_clock_moves_forward() {
+        let first = boot_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(boot_ns() > first);
+    }
+}

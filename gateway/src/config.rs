@@ -1,0 +1,507 @@
+//! Controller configuration: TOML on disk, validated once into typed values.
+//!
+//! Unknown keys are refused; every error names the line and the reason, and nothing is
+//! applied from a file that fails validation.
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrongly typed value.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// File that failed.
+        path: PathBuf,
+        /// The parser's message, which names line and column.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        /// File that failed.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The XDP attach mode asked for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver (native) mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    /// Driver mode only; fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// A guarded transport protocol.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// The IANA protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Udp => gateway_common::PROTO_UDP,
+            Self::Tcp => gateway_common::PROTO_TCP,
+        }
+    }
+
+    /// Lower-case name, as in the config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    controller: RawController,
+    #[serde(default, rename = "server")]
+    servers: Vec<Spanned<RawServer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    interfaces: Spanned<Vec<String>>,
+    #[serde(default)]
+    xdp_mode: XdpModeSetting,
+    #[serde(default = "defaults::state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "defaults::bpffs_dir")]
+    bpffs_dir: PathBuf,
+    #[serde(default = "defaults::control_socket")]
+    control_socket: PathBuf,
+    #[serde(default = "defaults::sweep_interval_ms")]
+    sweep_interval_ms: Spanned<u64>,
+    #[serde(default = "defaults::max_openings")]
+    max_openings: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    id: Spanned<u32>,
+    #[serde(default = "defaults::connect_window_secs")]
+    connect_window_secs: Spanned<u32>,
+    #[serde(default = "defaults::idle_timeout_secs")]
+    idle_timeout_secs: Spanned<u32>,
+    #[serde(default = "defaults::max_lifetime_secs")]
+    max_lifetime_secs: Spanned<u32>,
+    #[serde(rename = "service")]
+    services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    protocol: Protocol,
+    port: Spanned<u16>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+}
+
+/// Defaults, in one place, for serde and the docs.
+pub mod defaults {
+    use std::path::PathBuf;
+
+    use toml::Spanned;
+
+    /// Where redb files live.
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/xdpgate")
+    }
+    /// Where maps and links are pinned (a layout-version folder is added below it).
+    pub fn bpffs_dir() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/xdpgate")
+    }
+    /// The admin API's Unix socket.
+    pub fn control_socket() -> PathBuf {
+        PathBuf::from("/run/xdpgate/control.sock")
+    }
+    /// How often the sweeper runs.
+    pub fn sweep_interval_ms() -> Spanned<u64> {
+        Spanned::new(0..0, 1000)
+    }
+    /// Capacity of each openings map.
+    pub fn max_openings() -> Spanned<u32> {
+        Spanned::new(0..0, gateway_common::DEFAULT_MAX_OPENINGS)
+    }
+    /// How long a fresh opening waits for the client's first packet.
+    pub fn connect_window_secs() -> Spanned<u32> {
+        Spanned::new(0..0, 180)
+    }
+    /// How long an opening survives without traffic once used.
+    pub fn idle_timeout_secs() -> Spanned<u32> {
+        Spanned::new(0..0, 300)
+    }
+    /// Hard limit on an opening's life, however busy.
+    pub fn max_lifetime_secs() -> Spanned<u32> {
+        Spanned::new(0..0, 86_400)
+    }
+}
+
+/// Validated controller configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Interfaces the gate is attached to.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub xdp_mode: XdpModeSetting,
+    /// Folder of the redb state.
+    pub state_dir: PathBuf,
+    /// bpffs folder for pinned maps and links.
+    pub bpffs_dir: PathBuf,
+    /// Admin API socket.
+    pub control_socket: PathBuf,
+    /// Sweeper period.
+    pub sweep_interval: Duration,
+    /// Capacity of each openings map.
+    pub max_openings: u32,
+    /// Guarded servers.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// One guarded server (a VPN instance) and its services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Unique name used by the CLI and clients.
+    pub name: String,
+    /// Stable numeric id used in the kernel maps; never reuse one for another server.
+    pub id: u32,
+    /// How long a new opening waits for first traffic.
+    pub connect_window: Duration,
+    /// How long a used opening survives without traffic.
+    pub idle_timeout: Duration,
+    /// Absolute limit of an opening's life.
+    pub max_lifetime: Duration,
+    /// The guarded (protocol, port, address) tuples.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// A guarded service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceConfig {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Destination port.
+    pub port: u16,
+    /// Destination address; `None` is any local address.
+    pub address: Option<IpAddr>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
+        Validator { text, path }.validate(raw)
+    }
+
+    /// The server with this name.
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|server| server.name == name)
+    }
+
+    /// The server with this id.
+    pub fn server_by_id(&self, id: u32) -> Option<&ServerConfig> {
+        self.servers.iter().find(|server| server.id == id)
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn fail(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
+        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
+        ConfigError::Invalid { path: self.path.to_owned(), line, reason: reason.into() }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let controller = raw.controller;
+        let interfaces = controller.interfaces.get_ref().clone();
+        if interfaces.is_empty() {
+            return Err(self.fail(controller.interfaces.span(), "interfaces must name at least one"));
+        }
+        for name in &interfaces {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                return Err(self.fail(
+                    controller.interfaces.span(),
+                    format!("{name:?} is not a valid interface name"),
+                ));
+            }
+        }
+        let sweep_ms = *controller.sweep_interval_ms.get_ref();
+        if !(50..=60_000).contains(&sweep_ms) {
+            return Err(self.fail(
+                controller.sweep_interval_ms.span(),
+                "sweep_interval_ms must be between 50 and 60000",
+            ));
+        }
+        let max_openings = *controller.max_openings.get_ref();
+        if !(16..=16_777_216).contains(&max_openings) {
+            return Err(self.fail(
+                controller.max_openings.span(),
+                "max_openings must be between 16 and 16777216",
+            ));
+        }
+        let servers = self.servers(raw.servers)?;
+        Ok(Config {
+            interfaces,
+            xdp_mode: controller.xdp_mode,
+            state_dir: controller.state_dir,
+            bpffs_dir: controller.bpffs_dir,
+            control_socket: controller.control_socket,
+            sweep_interval: Duration::from_millis(sweep_ms),
+            max_openings,
+            servers,
+        })
+    }
+
+    fn servers(&self, raw: Vec<Spanned<RawServer>>) -> Result<Vec<ServerConfig>, ConfigError> {
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut services_seen = BTreeSet::new();
+        let mut servers = Vec::with_capacity(raw.len());
+        for server in raw {
+            let server = server.into_inner();
+            let name = server.name.get_ref();
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(self.fail(
+                    server.name.span(),
+                    "server name must be 1-64 characters of A-Z a-z 0-9 - _",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self.fail(server.name.span(), format!("duplicate server name {name:?}")));
+            }
+            let id = *server.id.get_ref();
+            if id == 0 || id > u32::from(u16::MAX) {
+                return Err(self.fail(server.id.span(), "server id must be between 1 and 65535"));
+            }
+            if !ids.insert(id) {
+                return Err(self.fail(server.id.span(), format!("duplicate server id {id}")));
+            }
+            let limits = self.limits(&server)?;
+            if server.services.is_empty() {
+                return Err(self.fail(server.name.span(), "a server needs at least one [[server.service]]"));
+            }
+            let mut services = Vec::with_capacity(server.services.len());
+            for service in server.services {
+                let span = service.span();
+                let service = self.service(service.into_inner())?;
+                if !services_seen.insert(service) {
+                    return Err(self.fail(span, "this protocol/port/address is guarded twice"));
+                }
+                services.push(service);
+            }
+            servers.push(ServerConfig {
+                name: name.clone(),
+                id,
+                connect_window: limits.0,
+                idle_timeout: limits.1,
+                max_lifetime: limits.2,
+                services,
+            });
+        }
+        if services_seen.len() > gateway_common::MAX_SERVICES as usize {
+            return Err(self.fail(0..0, "too many services (limit 1024)"));
+        }
+        Ok(servers)
+    }
+
+    fn limits(&self, server: &RawServer) -> Result<(Duration, Duration, Duration), ConfigError> {
+        let connect = *server.connect_window_secs.get_ref();
+        let idle = *server.idle_timeout_secs.get_ref();
+        let max = *server.max_lifetime_secs.get_ref();
+        if connect == 0 {
+            return Err(self.fail(server.connect_window_secs.span(), "connect_window_secs must be > 0"));
+        }
+        if idle == 0 {
+            return Err(self.fail(server.idle_timeout_secs.span(), "idle_timeout_secs must be > 0"));
+        }
+        if max < connect || max < idle {
+            return Err(self.fail(
+                server.max_lifetime_secs.span(),
+                "max_lifetime_secs must be at least connect_window_secs and idle_timeout_secs",
+            ));
+        }
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        Ok((secs(connect), secs(idle), secs(max)))
+    }
+
+    fn service(&self, raw: RawService) -> Result<ServiceConfig, ConfigError> {
+        let port = *raw.port.get_ref();
+        if port == 0 {
+            return Err(self.fail(raw.port.span(), "port 0 cannot be guarded"));
+        }
+        let address = match raw.address {
+            None => None,
+            Some(text) => {
+                let address: IpAddr = text.get_ref().parse().map_err(|_| {
+                    self.fail(text.span(), format!("{:?} is not an IP address", text.get_ref()))
+                })?;
+                if address.is_unspecified() || address.is_multicast() {
+                    return Err(self.fail(
+                        text.span(),
+                        "a service address must be a unicast address (omit it for any address)",
+                    ));
+                }
+                Some(address)
+            }
+        };
+        Ok(ServiceConfig { protocol: raw.protocol, port, address })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[controller]
+interfaces = ["eth0"]
+state_dir = "/tmp/x"
+
+[[server]]
+name = "vpn1"
+id = 1
+idle_timeout_secs = 60
+
+[[server.service]]
+protocol = "udp"
+port = 1194
+
+[[server.service]]
+protocol = "tcp"
+port = 443
+address = "192.0.2.1"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    /// 1-based line of the first occurrence of `needle`.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    fn invalid_line(text: &str) -> (usize, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid { line, reason, .. }) => (line, reason),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.interfaces, vec!["eth0"]);
+        assert_eq!(config.xdp_mode, XdpModeSetting::Auto);
+        assert_eq!(config.sweep_interval, Duration::from_secs(1));
+        let server = config.server("vpn1").unwrap();
+        assert_eq!(server.id, 1);
+        assert_eq!(server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(server.connect_window, Duration::from_secs(180));
+        assert_eq!(server.services.len(), 2);
+        assert_eq!(server.services[1].address, Some("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = GOOD.replace("id = 1\n", "id = 1\nidel_timeout = 5\n");
+        match parse(&text) {
+            Err(ConfigError::Syntax { message, .. }) => {
+                assert!(message.contains("idel_timeout"), "{message}");
+                let line = line_of(&text, "idel_timeout");
+                assert!(message.contains(&format!("line {line}")), "{message}");
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_address_names_line_and_reason() {
+        let text = GOOD.replace("192.0.2.1", "192.0.2.300");
+        let (line, reason) = invalid_line(&text);
+        assert_eq!(line, line_of(&text, "192.0.2.300"));
+        assert!(reason.contains("not an IP address"), "{reason}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_services_are_refused() {
+        let twice = format!("{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 1\n[[server.service]]\nprotocol = \"udp\"\nport = 1\n");
+        let (line, reason) = invalid_line(&twice);
+        let lines: Vec<&str> = twice.lines().collect();
+        assert_eq!(line, lines.iter().rposition(|l| *l == "id = 1").unwrap() + 1);
+        assert!(reason.contains("duplicate server id"), "{reason}");
+
+        let same_service = format!("{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 2\n[[server.service]]\nprotocol = \"udp\"\nport = 1194\n");
+        let (_, reason) = invalid_line(&same_service);
+        assert!(reason.contains("guarded twice"), "{reason}");
+    }
+
+    #[test]
+    fn limits_must_be_consistent() {
+        let (_, reason) =
+            invalid_line(&GOOD.replace("idle_timeout_secs = 60", "max_lifetime_secs = 10"));
+        assert!(reason.contains("max_lifetime_secs"), "{reason}");
+        let (_, reason) = invalid_line(&GOOD.replace("port = 1194", "port = 0"));
+        assert!(reason.contains("port 0"), "{reason}");
+    }
+
+    #[test]
+    fn missing_controller_section_is_a_syntax_error() {
+        assert!(matches!(parse("[[server]]\n"), Err(ConfigError::Syntax { .. })));
+    }
+}

@@ -1,0 +1,277 @@
+//! The control API served by the controller on a Unix socket (mode 0600).
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use xdpgate_proto::control::v1::{self as pb, control_server::ControlServer};
+
+use crate::{
+    controller::Controller,
+    gate::GateError,
+    openings::{OpeningView, OpeningsError},
+};
+
+/// The longest connect window an admin may grant in one call (7 days).
+const MAX_ADMIN_TTL_SECS: u32 = 7 * 86_400;
+
+/// Implementation of `xdpgate.control.v1.Control`.
+pub struct ControlService {
+    controller: Arc<Controller>,
+}
+
+/// Serves the control API on `socket` until `shutdown` resolves.
+pub async fn serve(
+    controller: Arc<Controller>,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), std::io::Error> {
+    let listener = bind_private(socket)?;
+    info!(socket = %socket.display(), "control API listening");
+    tonic::transport::Server::builder()
+        .add_service(ControlServer::new(ControlService { controller }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// Binds a Unix socket that only its owner (root) can use: parent folder 0700 if we create
+/// it, socket 0600 from the start (umask), a stale socket file replaced.
+fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener, std::io::Error> {
+    if let Some(parent) = socket.parent() {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running controller", socket.display()),
+            ));
+        }
+        std::fs::remove_file(socket)?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(socket);
+    nix::sys::stat::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Maps internal errors to gRPC statuses, in one place.
+fn status_of(err: OpeningsError) -> Status {
+    match err {
+        OpeningsError::BadAddress(_) => Status::invalid_argument(err.to_string()),
+        OpeningsError::Gate(GateError::OpeningsFull(_)) => Status::resource_exhausted(err.to_string()),
+        other => {
+            warn!(error = %other, "control request failed");
+            Status::internal(other.to_string())
+        }
+    }
+}
+
+fn gate_status(err: GateError) -> Status {
+    status_of(OpeningsError::Gate(err))
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, Status> {
+    text.trim().parse().map_err(|_| Status::invalid_argument(format!("{text:?} is not an IP address")))
+}
+
+impl ControlService {
+    fn server_id(&self, name: &str) -> Result<Option<u32>, Status> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        self.controller
+            .config
+            .server(name)
+            .map(|s| Some(s.id))
+            .ok_or_else(|| Status::not_found(format!("no server named {name:?}")))
+    }
+
+    fn opening_message(&self, view: &OpeningView) -> pb::Opening {
+        let record = &view.record;
+        let server = self
+            .controller
+            .config
+            .server_by_id(record.id.server_id)
+            .map_or_else(|| format!("#{}", record.id.server_id), |s| s.name.clone());
+        let last_seen = view
+            .kernel
+            .filter(|k| k.last_seen_ns != 0)
+            .map_or(record.last_seen_unix_ms, |k| view.clocks.boot_ns_to_unix_ms(k.last_seen_ns));
+        pb::Opening {
+            server,
+            address: record.id.addr.to_string(),
+            created_unix_ms: record.created_unix_ms,
+            expires_unix_ms: view
+                .kernel
+                .map_or_else(|| record.expiry_unix_ms(), |k| view.clocks.boot_ns_to_unix_ms(k.expires_at_ns)),
+            deadline_unix_ms: record.deadline_unix_ms(),
+            last_seen_unix_ms: last_seen,
+            holders: u32::try_from(record.holders.len()).unwrap_or(u32::MAX),
+            in_kernel: view.kernel.is_some(),
+        }
+    }
+
+    async fn servers_with_stats(&self) -> Result<Vec<pb::Server>, Status> {
+        let indexes: Vec<u32> =
+            self.controller.services.iter().map(|s| s.stats_index).collect();
+        let stats = self
+            .controller
+            .gate
+            .run(move |maps| indexes.into_iter().map(|i| maps.service_stats(i)).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(gate_status)?
+            .map_err(gate_status)?;
+        let mut servers = Vec::new();
+        for server in &self.controller.config.servers {
+            let services = self
+                .controller
+                .services
+                .iter()
+                .zip(&stats)
+                .filter(|(planned, _)| planned.server_id == server.id)
+                .map(|(planned, stat)| pb::Service {
+                    protocol: planned.service.protocol.name().to_owned(),
+                    port: u32::from(planned.service.port),
+                    address: planned.service.address.map(|a| a.to_string()).unwrap_or_default(),
+                    passed: stat.passed,
+                    dropped: stat.dropped,
+                })
+                .collect();
+            servers.push(pb::Server {
+                name: server.name.clone(),
+                id: server.id,
+                services,
+                connect_window_secs: secs(server.connect_window),
+                idle_timeout_secs: secs(server.idle_timeout),
+                max_lifetime_secs: secs(server.max_lifetime),
+            });
+        }
+        Ok(servers)
+    }
+}
+
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn add_opening(
+        &self,
+        request: Request<pb::AddOpeningRequest>,
+    ) -> Result<Response<pb::AddOpeningResponse>, Status> {
+        let request = request.into_inner();
+        let server = self
+            .controller
+            .config
+            .server(&request.server)
+            .ok_or_else(|| Status::not_found(format!("no server named {:?}", request.server)))?;
+        let addr = parse_ip(&request.address)?;
+        if request.ttl_secs == 0 || request.ttl_secs > MAX_ADMIN_TTL_SECS {
+            return Err(Status::invalid_argument(format!(
+                "ttl must be between 1 and {MAX_ADMIN_TTL_SECS} seconds"
+            )));
+        }
+        let origin = if request.origin.is_empty() { "admin" } else { request.origin.as_str() };
+        let ttl = Duration::from_secs(u64::from(request.ttl_secs));
+        let record = self
+            .controller
+            .openings
+            .grant(server, addr, origin, ttl)
+            .await
+            .map_err(status_of)?;
+        let view = OpeningView { record, kernel: None, clocks: crate::clock::ClockPair::now() };
+        Ok(Response::new(pb::AddOpeningResponse { opening: Some(self.opening_message(&view)) }))
+    }
+
+    async fn revoke_opening(
+        &self,
+        request: Request<pb::RevokeOpeningRequest>,
+    ) -> Result<Response<pb::RevokeOpeningResponse>, Status> {
+        let request = request.into_inner();
+        let server_id = self.server_id(&request.server)?;
+        let addr = parse_ip(&request.address)?;
+        let revoked =
+            self.controller.openings.revoke_address(server_id, addr).await.map_err(status_of)?;
+        info!(client_ip = %addr, revoked, "openings revoked by admin");
+        Ok(Response::new(pb::RevokeOpeningResponse {
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_openings(
+        &self,
+        request: Request<pb::ListOpeningsRequest>,
+    ) -> Result<Response<pb::ListOpeningsResponse>, Status> {
+        let server_id = self.server_id(&request.into_inner().server)?;
+        let views = self.controller.openings.list().await.map_err(status_of)?;
+        let openings = views
+            .iter()
+            .filter(|v| server_id.is_none_or(|id| id == v.record.id.server_id))
+            .map(|v| self.opening_message(v))
+            .collect();
+        Ok(Response::new(pb::ListOpeningsResponse { openings }))
+    }
+
+    async fn list_servers(
+        &self,
+        _request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        Ok(Response::new(pb::ListServersResponse { servers: self.servers_with_stats().await? }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let servers = self.servers_with_stats().await?;
+        let (counters, openings) = self
+            .controller
+            .gate
+            .run(|maps| Ok::<_, GateError>((maps.global_counters()?, maps.openings()?)))
+            .await
+            .map_err(gate_status)?
+            .map_err(gate_status)?;
+        let openings_v4 = openings.iter().filter(|o| o.addr.is_ipv4()).count();
+        Ok(Response::new(pb::StatusResponse {
+            servers,
+            parse_counters: counters
+                .into_iter()
+                .map(|(counter, value)| pb::Counter { name: counter.name().to_owned(), value })
+                .collect(),
+            interfaces: self
+                .controller
+                .attachments
+                .iter()
+                .map(|a| pb::Interface { name: a.interface.clone(), mode: a.mode.clone() })
+                .collect(),
+            openings_v4: u32::try_from(openings_v4).unwrap_or(u32::MAX),
+            openings_v6: u32::try_from(openings.len() - openings_v4).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let owner_ok = self.controller.gate.run(|_| ()).await.is_ok();
+        Ok(Response::new(pb::HealthResponse {
+            status: if owner_ok { "serving" } else { "not_serving" }.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.controller.started.elapsed().as_secs(),
+        }))
+    }
+}

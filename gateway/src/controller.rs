@@ -1,0 +1,158 @@
+//! The privileged controller process: loads and owns the gate, keeps openings in line with
+//! the store, and serves the control API.
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use gateway_common::{ServiceKey, ServiceValue};
+
+use tracing::{error, info, info_span, warn, Instrument as _};
+
+use crate::{
+    config::{Config, ServiceConfig},
+    control,
+    gate::{
+        self, GateError, GateHandle, GateMaps, KernelService,
+        loader::{self, Attachment},
+    },
+    openings::{Openings, OpeningsError},
+    store::{Store, StoreError},
+};
+
+/// Errors that stop the controller from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// State store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Gate failure.
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    /// Opening management failure.
+    #[error(transparent)]
+    Openings(#[from] OpeningsError),
+    /// Control API failure.
+    #[error("control API: {0}")]
+    Control(std::io::Error),
+}
+
+/// A guarded service as planned for the kernel.
+#[derive(Clone, Debug)]
+pub struct PlannedService {
+    /// Owning server id.
+    pub server_id: u32,
+    /// The configured service.
+    pub service: ServiceConfig,
+    /// Its counter slot in `SVC_STATS`.
+    pub stats_index: u32,
+    /// Its kernel keys: one, or two (IPv4 and IPv6) for an any-address service.
+    pub keys: Vec<ServiceKey>,
+}
+
+impl PlannedService {
+    /// The kernel entries of this service.
+    pub fn kernel_entries(&self) -> impl Iterator<Item = KernelService> + '_ {
+        let value = ServiceValue { server_id: self.server_id, stats_index: self.stats_index };
+        self.keys.iter().map(move |key| KernelService { key: *key, value })
+    }
+}
+
+/// Everything the running controller shares with its API handlers.
+pub struct Controller {
+    /// Validated configuration.
+    pub config: Config,
+    /// Opening manager.
+    pub openings: Openings,
+    /// Map owner.
+    pub gate: GateHandle,
+    /// Services written to the kernel, with their counter slots.
+    pub services: Vec<PlannedService>,
+    /// Interfaces the gate is attached to.
+    pub attachments: Vec<Attachment>,
+    /// Start time, for uptime.
+    pub started: Instant,
+}
+
+/// The kernel services for a configuration: counter slots in configuration order.
+pub fn plan_services(config: &Config) -> Vec<PlannedService> {
+    let mut planned = Vec::new();
+    for server in &config.servers {
+        for service in &server.services {
+            let proto = service.protocol.number();
+            let keys = match service.address {
+                None => vec![
+                    ServiceKey::v4(proto, service.port, [0; 4]),
+                    ServiceKey::v6(proto, service.port, [0; 16]),
+                ],
+                Some(IpAddr::V4(v4)) => vec![ServiceKey::v4(proto, service.port, v4.octets())],
+                Some(IpAddr::V6(v6)) => vec![ServiceKey::v6(proto, service.port, v6.octets())],
+            };
+            let stats_index = u32::try_from(planned.len()).unwrap_or(u32::MAX);
+            planned.push(PlannedService { server_id: server.id, service: *service, stats_index, keys });
+        }
+    }
+    planned
+}
+
+/// Starts the controller and runs until SIGINT/SIGTERM. The gate stays attached afterwards.
+pub async fn run(config: Config) -> Result<(), ControllerError> {
+    let span = info_span!("controller", interfaces = ?config.interfaces);
+    async move {
+        let controller = Arc::new(start(config).await?);
+        let sweeper = tokio::spawn(sweep_forever(controller.clone()));
+        let socket = controller.config.control_socket.clone();
+        let served = control::serve(controller.clone(), &socket, shutdown_signal()).await;
+        sweeper.abort();
+        let _ = std::fs::remove_file(&socket);
+        info!("controller stopped; the gate stays attached and keeps enforcing");
+        served.map_err(ControllerError::Control)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Loads (or reuses) the gate, syncs services, reconciles openings, then attaches.
+async fn start(config: Config) -> Result<Controller, ControllerError> {
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let pin_dir = loader::pin_folder(&config.bpffs_dir);
+    let mut ebpf = loader::load_pinned(&pin_dir, config.max_openings)?;
+    let mut maps = GateMaps::take(&mut ebpf)?;
+    let services = plan_services(&config);
+    let kernel_services: Vec<KernelService> =
+        services.iter().flat_map(PlannedService::kernel_entries).collect();
+    maps.sync_services(&kernel_services)?;
+    let gate = gate::spawn_owner(maps)?;
+    let openings = Openings::new(gate.clone(), store);
+    // The maps are right before the program is (re)attached.
+    openings.reconcile().await?;
+    let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
+    info!(?attachments, services = services.len(), "gate ready");
+    Ok(Controller { config, openings, gate, services, attachments, started: Instant::now() })
+}
+
+async fn sweep_forever(controller: Arc<Controller>) {
+    let mut ticker = tokio::time::interval(controller.config.sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match controller.openings.sweep().await {
+            Ok(report) if report.closed + report.stale_removed > 0 => {
+                info!(?report, "sweep closed openings");
+            }
+            Ok(_) => {}
+            Err(err) => error!(error = %err, "sweep failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers; stop the controller with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,215 @@
+//! Loads the XDP program, pins its maps and links, attaches it, and undoes all that.
+//!
+//! Layout under the configured bpffs folder (`<dir>/v<layout>/`): one file per map (pinned by
+//! name) and `link-<interface>` per attachment. A pinned link keeps the program attached while
+//! no controller runs; a restarted controller swaps its freshly loaded program into the
+//! existing link atomically (`bpf_link_update`), so there is never a moment without a gate.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use gateway_common::{MAP_LAYOUT_VERSION, PROGRAM_NAME, map_names};
+use tracing::{info, warn};
+
+use super::GateError;
+use crate::config::XdpModeSetting;
+
+/// The compiled XDP program, built by `build.rs`.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+
+/// How an interface ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface name.
+    pub interface: String,
+    /// `native` or `generic` for a fresh attachment, `kept` when a pinned link was reused.
+    pub mode: String,
+}
+
+/// Folder holding this layout version's pins.
+pub fn pin_folder(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join(format!("v{MAP_LAYOUT_VERSION}"))
+}
+
+fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join(format!("link-{interface}"))
+}
+
+/// Loads the program without pinning anything (tests and benchmarks).
+pub fn load_unpinned(max_openings: u32) -> Result<Ebpf, GateError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::OPEN_V4, max_openings)
+        .map_max_entries(map_names::OPEN_V6, max_openings)
+        .load(PROGRAM_OBJECT)?;
+    program(&mut ebpf)?.load()?;
+    Ok(ebpf)
+}
+
+/// Loads the program, reusing maps already pinned in `pin_dir` (creating them otherwise).
+pub fn load_pinned(pin_dir: &Path, max_openings: u32) -> Result<Ebpf, GateError> {
+    ensure_bpffs(pin_dir)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(map_names::OPEN_V4, max_openings)
+        .map_max_entries(map_names::OPEN_V6, max_openings)
+        .load(PROGRAM_OBJECT)?;
+    program(&mut ebpf)?.load()?;
+    Ok(ebpf)
+}
+
+/// The XDP program inside a loaded object.
+pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, GateError> {
+    let program = ebpf.program_mut(PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
+    Ok(program.try_into()?)
+}
+
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), GateError> {
+    let mounts = fs::read_to_string("/proc/mounts").map_err(|source| GateError::Io {
+        what: "reading /proc/mounts".into(),
+        source,
+    })?;
+    let on_bpffs = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let mount_point = fields.nth(1).unwrap_or_default();
+        let fs_type = fields.next().unwrap_or_default();
+        fs_type == "bpf" && pin_dir.starts_with(mount_point)
+    });
+    if !on_bpffs {
+        return Err(GateError::NotBpffs(pin_dir.to_owned()));
+    }
+    fs::create_dir_all(pin_dir)
+        .map_err(|source| GateError::Io { what: format!("creating {}", pin_dir.display()), source })
+}
+
+/// Attaches the loaded program to every interface, pinning each link. An interface whose
+/// link is already pinned gets the new program swapped in without detaching.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    interfaces: &[String],
+    mode: XdpModeSetting,
+) -> Result<Vec<Attachment>, GateError> {
+    let xdp = program(ebpf)?;
+    let mut out = Vec::with_capacity(interfaces.len());
+    for interface in interfaces {
+        let pin = link_pin(pin_dir, interface);
+        let kept = if pin.exists() { replace_in_pinned_link(xdp, &pin, interface)? } else { false };
+        let mode_name = if kept { "kept" } else { attach_and_pin(xdp, &pin, interface, mode)? };
+        out.push(Attachment { interface: interface.clone(), mode: mode_name.to_owned() });
+    }
+    detach_unlisted(pin_dir, interfaces)?;
+    Ok(out)
+}
+
+/// Swaps `xdp` into the link pinned at `pin`. `Ok(false)` if the link is defunct (its
+/// interface went away) and was removed, so the caller attaches afresh.
+fn replace_in_pinned_link(xdp: &mut Xdp, pin: &Path, interface: &str) -> Result<bool, GateError> {
+    let pinned = PinnedLink::from_pin(pin)?;
+    // `From<PinnedLink> for FdLink` keeps the pin file: the link stays attached throughout.
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    match xdp.attach_to_link(link) {
+        Ok(_) => {
+            info!(interface, "reused pinned XDP link; program replaced atomically");
+            Ok(true)
+        }
+        Err(err) => {
+            warn!(interface, error = %err, "pinned XDP link is defunct; attaching afresh");
+            remove_pin(pin)?;
+            Ok(false)
+        }
+    }
+}
+
+fn attach_and_pin(
+    xdp: &mut Xdp,
+    pin: &Path,
+    interface: &str,
+    mode: XdpModeSetting,
+) -> Result<&'static str, GateError> {
+    let (link_id, mode_name) = match mode {
+        XdpModeSetting::Native => (xdp.attach(interface, XdpMode::Driver)?, "native"),
+        XdpModeSetting::Generic => (xdp.attach(interface, XdpMode::Skb)?, "generic"),
+        XdpModeSetting::Auto => match xdp.attach(interface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(err) => {
+                warn!(interface, error = %err, "native XDP failed; falling back to generic mode");
+                (xdp.attach(interface, XdpMode::Skb)?, "generic")
+            }
+        },
+    };
+    let link = FdLink::try_from(xdp.take_link(link_id)?)?;
+    link.pin(pin)?;
+    info!(interface, mode = mode_name, "attached XDP gate and pinned its link");
+    Ok(mode_name)
+}
+
+/// Removes links pinned for interfaces no longer configured.
+fn detach_unlisted(pin_dir: &Path, interfaces: &[String]) -> Result<(), GateError> {
+    for (interface, pin) in pinned_links(pin_dir)? {
+        if !interfaces.contains(&interface) {
+            warn!(interface, "interface no longer configured; detaching its gate");
+            remove_pin(&pin)?;
+        }
+    }
+    Ok(())
+}
+
+fn pinned_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>, GateError> {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(interface) = name.strip_prefix("link-") {
+            out.push((interface.to_owned(), entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+fn remove_pin(path: &Path) -> Result<(), GateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => {
+            Err(GateError::Io { what: format!("removing {}", path.display()), source })
+        }
+    }
+}
+
+/// Removes every link and map pinned under `bpffs_dir` (all layout versions); returns what
+/// was removed. The XDP program is detached once its last link pin is gone.
+pub fn detach_all(bpffs_dir: &Path) -> Result<Vec<PathBuf>, GateError> {
+    let mut removed = Vec::new();
+    let Ok(versions) = fs::read_dir(bpffs_dir) else {
+        return Ok(removed);
+    };
+    for version in versions.flatten() {
+        let dir = version.path();
+        for (_, pin) in pinned_links(&dir)? {
+            remove_pin(&pin)?;
+            removed.push(pin);
+        }
+        for name in map_names::ALL {
+            let pin = dir.join(name);
+            if pin.exists() {
+                remove_pin(&pin)?;
+                removed.push(pin);
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    let _ = fs::remove_dir(bpffs_dir);
+    Ok(removed)
+}

@@ -1,0 +1,241 @@
+//! Typed access to the XDP program's maps: services, openings and counters.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+};
+use gateway_common::{
+    GlobalCounter, Opening, OpeningKeyV4, OpeningKeyV6, ServiceKey, ServiceStats, ServiceValue,
+    map_names, port_bits,
+};
+
+use super::GateError;
+
+/// Handles to every map of the program. Owned by exactly one thread (see `owner.rs`).
+pub struct GateMaps {
+    guard_ports: Array<MapData, u8>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    open_v4: HashMap<MapData, OpeningKeyV4, Opening>,
+    open_v6: HashMap<MapData, OpeningKeyV6, Opening>,
+    svc_stats: PerCpuArray<MapData, ServiceStats>,
+    global_stats: PerCpuArray<MapData, u64>,
+}
+
+/// A service as written to the kernel, with its counter slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelService {
+    /// Map key.
+    pub key: ServiceKey,
+    /// Map value.
+    pub value: ServiceValue,
+}
+
+/// An opening as the kernel holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOpening {
+    /// Server id.
+    pub server_id: u32,
+    /// Source address.
+    pub addr: IpAddr,
+    /// Expiry and last-seen, boot-clock ns.
+    pub state: Opening,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, GateError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(GateError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| GateError::Map { name, source })
+}
+
+impl GateMaps {
+    /// Takes the maps out of a loaded program.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, GateError> {
+        Ok(Self {
+            guard_ports: take(ebpf, map_names::GUARD_PORTS)?,
+            services: take(ebpf, map_names::SERVICES)?,
+            open_v4: take(ebpf, map_names::OPEN_V4)?,
+            open_v6: take(ebpf, map_names::OPEN_V6)?,
+            svc_stats: take(ebpf, map_names::SVC_STATS)?,
+            global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
+        })
+    }
+
+    /// Makes the kernel's service tables equal `wanted`: adds and updates first, then removes
+    /// stale entries, so a service that stays guarded is never unguarded in between.
+    pub fn sync_services(&mut self, wanted: &[KernelService]) -> Result<(), GateError> {
+        let mut bits: BTreeMap<u16, u8> = BTreeMap::new();
+        for service in wanted {
+            self.services
+                .insert(service.key, service.value, 0)
+                .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
+            let (any_addr, one_addr) = port_bits(service.key.proto);
+            let bit = if service.key.addr == [0; 16] { any_addr } else { one_addr };
+            *bits.entry(service.key.port()).or_default() |= bit;
+        }
+        for (port, value) in &bits {
+            self.set_port_bits(*port, *value)?;
+        }
+        let wanted_keys: HashSet<ServiceKey> = wanted.iter().map(|s| s.key).collect();
+        let stale: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !wanted_keys.contains(key))
+            .collect();
+        for key in stale {
+            self.services
+                .remove(&key)
+                .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
+        }
+        for port in 0..=u16::MAX {
+            let current = self
+                .guard_ports
+                .get(&u32::from(port), 0)
+                .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })?;
+            let wanted_bits = bits.get(&port).copied().unwrap_or(0);
+            if current != wanted_bits {
+                self.set_port_bits(port, wanted_bits)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_port_bits(&mut self, port: u16, value: u8) -> Result<(), GateError> {
+        self.guard_ports
+            .set(u32::from(port), value, 0)
+            .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })
+    }
+
+    /// Inserts or replaces an opening.
+    pub fn put_opening(
+        &mut self,
+        server_id: u32,
+        addr: IpAddr,
+        state: Opening,
+    ) -> Result<(), GateError> {
+        match addr {
+            IpAddr::V4(v4) => {
+                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                self.open_v4.insert(key, state, 0).map_err(|source| map_full(map_names::OPEN_V4, source))
+            }
+            IpAddr::V6(v6) => {
+                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                self.open_v6.insert(key, state, 0).map_err(|source| map_full(map_names::OPEN_V6, source))
+            }
+        }
+    }
+
+    /// Sets an opening's expiry, keeping the last-seen time the program recorded.
+    pub fn set_expiry(
+        &mut self,
+        server_id: u32,
+        addr: IpAddr,
+        expires_at_ns: u64,
+    ) -> Result<(), GateError> {
+        let last_seen_ns = self.opening(server_id, addr)?.map_or(0, |o| o.last_seen_ns);
+        self.put_opening(server_id, addr, Opening { expires_at_ns, last_seen_ns })
+    }
+
+    /// Removes an opening; `Ok(false)` if there was none.
+    pub fn remove_opening(&mut self, server_id: u32, addr: IpAddr) -> Result<bool, GateError> {
+        let (name, result) = match addr {
+            IpAddr::V4(v4) => {
+                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                (map_names::OPEN_V4, self.open_v4.remove(&key))
+            }
+            IpAddr::V6(v6) => {
+                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                (map_names::OPEN_V6, self.open_v6.remove(&key))
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(GateError::Map { name, source }),
+        }
+    }
+
+    /// The state of one opening, if the kernel holds it.
+    pub fn opening(&self, server_id: u32, addr: IpAddr) -> Result<Option<Opening>, GateError> {
+        let (name, result) = match addr {
+            IpAddr::V4(v4) => {
+                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                (map_names::OPEN_V4, self.open_v4.get(&key, 0))
+            }
+            IpAddr::V6(v6) => {
+                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                (map_names::OPEN_V6, self.open_v6.get(&key, 0))
+            }
+        };
+        match result {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(GateError::Map { name, source }),
+        }
+    }
+
+    /// Every opening the kernel holds.
+    pub fn openings(&self) -> Result<Vec<KernelOpening>, GateError> {
+        let mut out = Vec::new();
+        for entry in self.open_v4.iter() {
+            let (key, state) =
+                entry.map_err(|source| GateError::Map { name: map_names::OPEN_V4, source })?;
+            out.push(KernelOpening {
+                server_id: key.server_id,
+                addr: IpAddr::from(key.addr),
+                state,
+            });
+        }
+        for entry in self.open_v6.iter() {
+            let (key, state) =
+                entry.map_err(|source| GateError::Map { name: map_names::OPEN_V6, source })?;
+            out.push(KernelOpening {
+                server_id: key.server_id,
+                addr: IpAddr::from(key.addr),
+                state,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Passed/dropped counters of one service slot, summed over CPUs.
+    pub fn service_stats(&self, index: u32) -> Result<ServiceStats, GateError> {
+        let per_cpu = self
+            .svc_stats
+            .get(&index, 0)
+            .map_err(|source| GateError::Map { name: map_names::SVC_STATS, source })?;
+        Ok(per_cpu.iter().fold(ServiceStats::default(), |sum, cpu| ServiceStats {
+            passed: sum.passed + cpu.passed,
+            dropped: sum.dropped + cpu.dropped,
+        }))
+    }
+
+    /// Every global counter, summed over CPUs.
+    pub fn global_counters(&self) -> Result<Vec<(GlobalCounter, u64)>, GateError> {
+        GlobalCounter::ALL
+            .iter()
+            .map(|counter| {
+                let per_cpu = self
+                    .global_stats
+                    .get(&(*counter as u32), 0)
+                    .map_err(|source| GateError::Map { name: map_names::GLOBAL_STATS, source })?;
+                Ok((*counter, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn map_full(name: &'static str, source: MapError) -> GateError {
+    match &source {
+        MapError::SyscallError(err) if err.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            GateError::OpeningsFull(name)
+        }
+        _ => GateError::Map { name, source },
+    }
+}

@@ -1,0 +1,11 @@
+//! xdpgate: an eBPF/XDP dynamic firewall gateway that keeps VPN ports invisible until a
+//! client's approval opens them for that client's addresses.
+//!
+//! The `xdpgate` binary (`main.rs`) is a thin CLI over these modules.
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod controller;
+pub mod gate;
+pub mod openings;
+pub mod store;

@@ -1,0 +1,68 @@
+//! The `xdpgate` binary: controller, admin CLI (and, later, web front and client).
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use cli::{Cli, Command, OpeningsCommand, ServersCommand, admin};
+use xdpgate::{config::Config, controller, gate::loader};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("xdpgate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("xdpgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<String> {
+    match command {
+        Command::Controller { config } => {
+            let config = Config::load(&config)?;
+            controller::run(config).await?;
+            Ok(String::new())
+        }
+        Command::Detach { config } => {
+            let config = Config::load(&config)?;
+            let removed = loader::detach_all(&config.bpffs_dir)
+                .with_context(|| format!("cleaning {}", config.bpffs_dir.display()))?;
+            Ok(format!("removed {} pinned object(s); the gate is detached\n", removed.len()))
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            let services: usize = config.servers.iter().map(|s| s.services.len()).sum();
+            Ok(format!("ok: {} server(s), {services} service(s)\n", config.servers.len()))
+        }
+        Command::Servers { command: ServersCommand::List { target } } => admin::servers_list(&target.socket).await,
+        Command::Openings { command } => match command {
+            OpeningsCommand::Add { target, server, ip, ttl } => admin::openings_add(&target.socket, &server, ip, ttl).await,
+            OpeningsCommand::List { target, server } => admin::openings_list(&target.socket, server.as_deref()).await,
+            OpeningsCommand::Revoke { target, server, ip } => {
+                admin::openings_revoke(&target.socket, server.as_deref(), ip).await
+            }
+        },
+        Command::Status { target } => admin::status(&target.socket).await,
+        Command::Health { target } => admin::health(&target.socket).await,
+    }
+}

@@ -1,0 +1,160 @@
+//! Durable controller state in one redb file (openings now; clients, nonces and audit later).
+//!
+//! The state folder is created 0700 and the database file 0600: it will hold client secrets.
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::openings::{OpeningId, OpeningRecord};
+
+/// Openings by `OpeningId::store_key`, JSON values.
+const OPENINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("openings");
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the folder or setting permissions failed.
+    #[error("state folder {path}: {source}")]
+    Folder {
+        /// Folder or file concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// redb failed to open the database.
+    #[error("opening the database: {0}")]
+    Open(#[from] redb::DatabaseError),
+    /// redb failed a transaction.
+    #[error("database transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    /// redb failed on a table.
+    #[error("database table: {0}")]
+    Table(#[from] redb::TableError),
+    /// redb failed to read or write.
+    #[error("database storage: {0}")]
+    Storage(#[from] redb::StorageError),
+    /// redb failed to commit.
+    #[error("database commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// A stored value did not decode.
+    #[error("corrupt record {key}: {source}")]
+    Corrupt {
+        /// Key of the record.
+        key: String,
+        /// Decode error.
+        source: serde_json::Error,
+    },
+    /// A value did not encode (never expected).
+    #[error("encoding a record: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// The controller's database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// File name of the database inside the state folder.
+    pub const FILE_NAME: &'static str = "xdpgate.redb";
+
+    /// Opens (or creates) the database in `state_dir`, fixing permissions.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let folder_err = |source| StoreError::Folder { path: state_dir.to_owned(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(folder_err)?;
+        fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(folder_err)?;
+        let path = state_dir.join(Self::FILE_NAME);
+        let db = Database::create(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|source| StoreError::Folder { path: path.clone(), source })?;
+        let store = Self { db };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(OPENINGS)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded opening.
+    pub fn load_openings(&self) -> Result<Vec<OpeningRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OPENINGS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let record = serde_json::from_slice(value.value())
+                .map_err(|source| StoreError::Corrupt { key: key.value().to_owned(), source })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Writes and removes openings in one durable transaction.
+    pub fn save_openings(
+        &self,
+        put: &[&OpeningRecord],
+        remove: &[OpeningId],
+    ) -> Result<(), StoreError> {
+        if put.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OPENINGS)?;
+            for record in put {
+                let value = serde_json::to_vec(record).map_err(StoreError::Encode)?;
+                table.insert(record.id.store_key().as_str(), value.as_slice())?;
+            }
+            for id in remove {
+                table.remove(id.store_key().as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openings::Holder;
+
+    fn sample(addr: &str) -> OpeningRecord {
+        let id = OpeningId { server_id: 7, addr: addr.parse().unwrap() };
+        let holder = Holder {
+            id: "admin-1".into(),
+            origin: "admin".into(),
+            granted_unix_ms: 1,
+            connect_until_unix_ms: 2,
+            deadline_unix_ms: 3,
+        };
+        OpeningRecord::new(id, 1000, holder)
+    }
+
+    #[test]
+    fn openings_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let a = sample("10.0.0.2");
+        let b = sample("fd00::2");
+        {
+            let store = Store::open(&state).unwrap();
+            store.save_openings(&[&a, &b], &[]).unwrap();
+            store.save_openings(&[], &[a.id]).unwrap();
+        }
+        let store = Store::open(&state).unwrap();
+        assert_eq!(store.load_openings().unwrap(), vec![b]);
+        let mode = fs::metadata(state.join(Store::FILE_NAME)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
