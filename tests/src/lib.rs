@@ -1,0 +1,124 @@
+//! Test harness for xdpgate's end-to-end tests: network namespaces, veth links between them,
+//! and bounded-time UDP/TCP probes, all on private test addresses inside namespaces the test
+//! creates and deletes.
+//!
+//! Everything here panics with a clear message when it cannot do its job: a test that cannot
+//! run fails loudly, it is never skipped. The tests need root; run them with
+//! `cargo xtask test`, which also builds the gateway and sets `XDPGATE_BIN`.
+//!
+//! ```no_run
+//! use std::net::{IpAddr, SocketAddr};
+//! use std::time::Duration;
+//! use xdpgate_tests::*;
+//!
+//! require_root();
+//! let client = NetNs::new_unique("cl");
+//! let server = NetNs::new_unique("sv");
+//! let link = VethLink::new(&client, &server, 1);
+//! let echo = UdpEcho::start(&server, SocketAddr::new(IpAddr::V4(link.b.v4), 5353));
+//! assert!(udp_roundtrip(&client, None, echo.local_addr(), Duration::from_secs(1)));
+//! ```
+
+mod netns;
+mod probe;
+mod veth;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use netns::{NetNs, in_netns};
+pub use probe::{TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
+pub use veth::{VethEnd, VethLink};
+
+/// Panics unless the test runs as root (namespaces, veth and XDP need it).
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "these tests need root: they create network namespaces and veth links and attach \
+             XDP programs; run them as root with `cargo xtask test`"
+        );
+    }
+}
+
+/// The gateway binary under test, from the environment variable `XDPGATE_BIN`.
+///
+/// Panics if it is unset or names no file: `cargo xtask test` builds the binary and sets it.
+pub fn xdpgate_bin() -> PathBuf {
+    let Some(path) = std::env::var_os("XDPGATE_BIN") else {
+        panic!(
+            "XDPGATE_BIN is not set: run the end-to-end tests with `cargo xtask test`, which \
+             builds target/release/xdpgate and sets XDPGATE_BIN to it"
+        );
+    };
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        panic!(
+            "XDPGATE_BIN={} is not a file: run the tests with `cargo xtask test`, which builds it",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A name unique to this process and call, short enough for an interface (at most 15 bytes):
+/// `prefix` + the process id in 5 base-36 digits + a per-process counter in 3 base-36 digits.
+///
+/// Panics if `prefix` is longer than 7 bytes or not lowercase ASCII alphanumeric.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    const PREFIX_MAX: usize = MAX_IFNAME_LEN - 8;
+    assert!(
+        prefix.len() <= PREFIX_MAX
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "unique_name prefix {prefix:?} must be at most {PREFIX_MAX} lowercase letters or digits"
+    );
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed) % 36u32.pow(3);
+    format!(
+        "{prefix}{}{}",
+        base36(std::process::id(), 5),
+        base36(count, 3)
+    )
+}
+
+/// `value` in base 36, zero-padded to `width` digits (pids fit 5 digits: pid_max <= 2^22).
+fn base36(mut value: u32, width: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(value % 36) as usize];
+        value /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_short_distinct_and_valid() {
+        let a = unique_name("xgtest1");
+        let b = unique_name("xgtest1");
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_IFNAME_LEN, "{a} is too long");
+        assert!(a.starts_with("xgtest1"));
+    }
+
+    #[test]
+    #[should_panic(expected = "must be at most 7")]
+    fn unique_name_rejects_long_prefix() {
+        unique_name("toolong1");
+    }
+
+    #[test]
+    fn base36_pads_and_encodes() {
+        assert_eq!(base36(0, 3), "000");
+        assert_eq!(base36(35, 2), "0z");
+        assert_eq!(base36(4_194_304, 5), "2hwcg");
+    }
+}

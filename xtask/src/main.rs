@@ -1,0 +1,136 @@
+//! Developer tasks for xdpgate: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//!
+//! Every task that builds or runs the gateway starts with `setup`, which installs what is
+//! missing and is a no-op on a machine that has everything.
+
+mod run;
+mod setup;
+mod workspace;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::run::{exit_code, run_checked, run_status};
+
+/// Developer tasks for xdpgate. Run them as root: setup installs packages and mounts bpffs,
+/// and the tests create network namespaces and attach XDP programs.
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    version,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need; skips what is present (root).
+    ///
+    /// Steps: Rust nightly with rust-src; Debian packages (llvm-<N>-dev matching nightly
+    /// rustc's LLVM, nftables, iptables, ipset, iproute2, protobuf-compiler, openvpn, haproxy,
+    /// netcat-openbsd, tcpdump, ethtool); bpf-linker built against that same LLVM; bpffs
+    /// mounted at /sys/fs/bpf; a check for kernel BTF.
+    Setup,
+    /// Setup, then build the gateway and its XDP object (`cargo build --release -p xdpgate`).
+    BuildEbpf,
+    /// Setup, build the workspace in release mode, then run its tests one at a time.
+    ///
+    /// The tests get XDPGATE_BIN=<target>/release/xdpgate. Arguments after `--` go to the
+    /// test binaries, e.g. `cargo xtask test -- gate_e2e` runs only tests matching gate_e2e.
+    Test(TestArgs),
+    /// Setup, build, then run `xdpgate demo`.
+    Demo,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Test only this package (repeatable); default: the workspace except the eBPF crate.
+    #[arg(short, long = "package", value_name = "SPEC")]
+    packages: Vec<String>,
+    /// Arguments for the test binaries, e.g. a name filter.
+    #[arg(last = true, value_name = "TEST_ARGS")]
+    test_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run_task(cli.task) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
+        Task::BuildEbpf => {
+            setup::setup()?;
+            build_gateway()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Test(args) => test(&args),
+        Task::Demo => demo(),
+        Task::Bench => {
+            eprintln!("cargo xtask bench: not implemented yet");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `cargo build --release -p xdpgate`; its build.rs builds the eBPF object.
+fn build_gateway() -> Result<()> {
+    run_checked(cargo().args(["build", "--release", "-p", "xdpgate"]))
+}
+
+fn test(args: &TestArgs) -> Result<ExitCode> {
+    setup::setup()?;
+    // The eBPF crate cannot link for the host; gateway's build.rs builds it for BPF.
+    // --all-targets builds with the test targets' feature set, so `cargo test` reuses it all.
+    run_checked(
+        cargo()
+            .args(["build", "--release", "--all-targets", "--workspace"])
+            .args(["--exclude", "gateway-ebpf"]),
+    )?;
+    let bin = workspace::xdpgate_bin()?;
+
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--no-fail-fast"]);
+    if args.packages.is_empty() {
+        cmd.args(["--workspace", "--exclude", "gateway-ebpf"]);
+    } else {
+        for package in &args.packages {
+            cmd.args(["-p", package]);
+        }
+    }
+    // One test at a time: the end-to-end tests attach XDP programs and pin maps in bpffs.
+    cmd.args(["--", "--test-threads=1"]).args(&args.test_args);
+    cmd.env("XDPGATE_BIN", &bin);
+    let status = run_status(&mut cmd)?;
+    Ok(exit_code(status))
+}
+
+fn demo() -> Result<ExitCode> {
+    setup::setup()?;
+    build_gateway()?;
+    let bin = workspace::xdpgate_bin()?;
+    let status = run_status(Command::new(&bin).arg("demo"))?;
+    Ok(exit_code(status))
+}
+
+/// A `cargo` command run from the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace::root());
+    cmd
+}
