@@ -19,6 +19,7 @@
 //! assert!(udp_roundtrip(&client, None, echo.local_addr(), Duration::from_secs(1)));
 //! ```
 
+mod gateway;
 mod netns;
 mod probe;
 mod veth;
@@ -26,6 +27,7 @@ mod veth;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use gateway::Gateway;
 pub use netns::{NetNs, in_netns};
 pub use probe::{TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use veth::{VethEnd, VethLink};

@@ -1,0 +1,173 @@
+//! A real `xdpgate controller` process running inside a test namespace, with its own config,
+//! redb state, pin folder and control socket, and the admin CLI pointed at it.
+//!
+//! The controller is started with `nsenter --net=` (not `ip netns exec`), so it shares the
+//! host's mount namespace: its bpffs pins stay visible to the next controller, as on a real
+//! host. Dropping the fixture kills the controller and runs `xdpgate detach`, removing the
+//! pinned maps and links.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{NetNs, unique_name, xdpgate_bin};
+
+/// How long a controller may take to answer its first health check.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A controller under test.
+pub struct Gateway {
+    ns: String,
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    bpffs_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Writes a config guarding `interfaces` of `ns` with the given `[[server]]` TOML
+    /// sections (already formatted), and starts the controller.
+    pub fn start(ns: &NetNs, interfaces: &[&str], servers_toml: &str) -> Gateway {
+        let name = unique_name("gw");
+        let dir = std::env::temp_dir().join(format!("xdpgate-test-{name}"));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(format!("xdpgate-test-{name}"));
+        let socket = dir.join("control.sock");
+        let config = dir.join("xdpgate.toml");
+        let interfaces: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
+        let text = format!(
+            "[controller]\ninterfaces = [{}]\nstate_dir = {:?}\nbpffs_dir = {:?}\n\
+             control_socket = {:?}\nsweep_interval_ms = 200\n\n{servers_toml}\n",
+            interfaces.join(", "),
+            dir.join("state"),
+            bpffs_dir,
+            socket,
+        );
+        fs::write(&config, text).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let mut gateway =
+            Gateway { ns: ns.name().to_owned(), dir, config, socket, bpffs_dir, child: None };
+        gateway.launch();
+        gateway
+    }
+
+    /// Starts the controller process and waits until it answers `health`.
+    fn launch(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controller.log"))
+            .unwrap_or_else(|e| panic!("opening controller log: {e}"));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(xdpgate_bin())
+            .args(["--log", "info,xdpgate=debug", "controller", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the controller: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.try_cli(&["health"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("controller exited during start-up ({status}):\n{}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "controller not healthy after {START_TIMEOUT:?}:\n{}", self.log());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the controller with SIGKILL (no clean-up of its own) and waits for it to die.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the controller again with the same config, state and pins.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Runs an admin command against this controller; panics with stderr if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = self.try_cli(args);
+        assert!(
+            output.status.success(),
+            "xdpgate {args:?} failed: {}\ncontroller log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs an admin command and returns its output, whatever the exit status.
+    pub fn try_cli(&self, args: &[&str]) -> Output {
+        let (group, rest) = args.split_at(args.len().min(admin_words(args)));
+        Command::new(xdpgate_bin())
+            .args(group)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(rest)
+            .output()
+            .unwrap_or_else(|e| panic!("running xdpgate {args:?}: {e}"))
+    }
+
+    /// The config file, e.g. for `xdpgate detach --config`.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The bpffs folder this controller pins under.
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs_dir
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
+    }
+
+    /// Detaches the gate (`xdpgate detach`) and returns its output.
+    pub fn detach(&mut self) -> String {
+        self.kill9();
+        let output = Command::new(xdpgate_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap_or_else(|e| panic!("running xdpgate detach: {e}"));
+        assert!(output.status.success(), "detach failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// How many leading words of an admin command name the subcommand (the socket flag goes after
+/// them): `openings add ...` → 2, `status` → 1.
+fn admin_words(args: &[&str]) -> usize {
+    match args.first() {
+        Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit") => 2,
+        _ => 1,
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(xdpgate_bin()).args(["detach", "--config"]).arg(&self.config).output();
+        let _ = fs::remove_dir_all(&self.bpffs_dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
