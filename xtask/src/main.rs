@@ -44,7 +44,7 @@ enum Task {
     /// The tests get XDPGATE_BIN=<target>/release/xdpgate. Arguments after `--` go to the
     /// test binaries, e.g. `cargo xtask test -- gate_e2e` runs only tests matching gate_e2e.
     Test(TestArgs),
-    /// Setup, build, then run `xdpgate demo`.
+    /// Setup, build, then run the narrated demo in network namespaces.
     Demo,
     /// Benchmarks (not implemented yet).
     Bench,
@@ -122,9 +122,10 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
 
 fn demo() -> Result<ExitCode> {
     setup::setup()?;
-    build_gateway()?;
+    run_checked(cargo().args(["build", "--release", "-p", "xdpgate", "-p", "xdpgate-tests", "--bins"]))?;
     let bin = workspace::xdpgate_bin()?;
-    let status = run_status(Command::new(&bin).arg("demo"))?;
+    let demo = bin.with_file_name("xdpgate-demo");
+    let status = run_status(Command::new(&demo).env("XDPGATE_BIN", &bin))?;
     Ok(exit_code(status))
 }
 
