@@ -88,9 +88,52 @@ impl Protocol {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    controller: RawController,
+    controller: Option<RawController>,
+    #[serde(default)]
+    approvals: RawApprovals,
+    web: Option<RawWeb>,
     #[serde(default, rename = "server")]
     servers: Vec<Spanned<RawServer>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    #[serde(default)]
+    timestamp_window_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    audit_retention: Option<Spanned<u64>>,
+    #[serde(default)]
+    enrollment_ttl_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    front_socket: Option<PathBuf>,
+    #[serde(default)]
+    front_socket_user: Option<String>,
+    #[serde(default)]
+    public_url: Option<Spanned<String>>,
+    #[serde(default)]
+    web_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    #[serde(default = "defaults::web_listen")]
+    listen: Spanned<String>,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default = "defaults::front_socket")]
+    front_socket: PathBuf,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default = "defaults::rate_limit_per_minute")]
+    rate_limit_per_minute: Spanned<u32>,
+    #[serde(default = "defaults::rate_limit_burst")]
+    rate_limit_burst: Spanned<u32>,
+    #[serde(default = "defaults::request_timeout_ms")]
+    request_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::web_user")]
+    user: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +159,12 @@ struct RawController {
 struct RawServer {
     name: Spanned<String>,
     id: Spanned<u32>,
+    #[serde(default)]
+    address_policy: AddressPolicySetting,
+    #[serde(default)]
+    public_ipv4: Option<Spanned<String>>,
+    #[serde(default)]
+    public_ipv6: Option<Spanned<String>>,
     #[serde(default = "defaults::connect_window_secs")]
     connect_window_secs: Spanned<u32>,
     #[serde(default = "defaults::idle_timeout_secs")]
@@ -173,6 +222,135 @@ pub mod defaults {
     pub fn max_lifetime_secs() -> Spanned<u32> {
         Spanned::new(0..0, 86_400)
     }
+    /// Accepted clock skew of approval requests, seconds.
+    pub const TIMESTAMP_WINDOW_SECS: u64 = 300;
+    /// Audit events kept.
+    pub const AUDIT_RETENTION: u64 = 100_000;
+    /// Lifetime of an enrollment link, seconds.
+    pub const ENROLLMENT_TTL_SECS: u64 = 900;
+    /// The controller's socket for the web front.
+    pub fn front_socket() -> PathBuf {
+        PathBuf::from("/run/xdpgate/front.sock")
+    }
+    /// Where the web front listens.
+    pub fn web_listen() -> Spanned<String> {
+        Spanned::new(0..0, "[::]:8443".to_owned())
+    }
+    /// Requests per source address per minute.
+    pub fn rate_limit_per_minute() -> Spanned<u32> {
+        Spanned::new(0..0, 120)
+    }
+    /// Burst allowance per source address.
+    pub fn rate_limit_burst() -> Spanned<u32> {
+        Spanned::new(0..0, 20)
+    }
+    /// Deadline of one request through the web front, ms.
+    pub fn request_timeout_ms() -> Spanned<u64> {
+        Spanned::new(0..0, 5_000)
+    }
+    /// Unprivileged user the web front runs as under `xdpgate run`.
+    pub fn web_user() -> String {
+        "nobody".to_owned()
+    }
+}
+
+/// Which addresses an approval opens (see docs/PROTOCOL.md).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressPolicySetting {
+    /// The request's remote address and the client-reported IPv4 and IPv6.
+    #[default]
+    OpenAll,
+    /// Only the remote address, and the reported one of its family must match it.
+    RequireMatch,
+    /// Only the remote address.
+    IgnoreReported,
+}
+
+/// Approval settings of the controller.
+#[derive(Clone, Debug)]
+pub struct ApprovalsConfig {
+    /// Accepted clock skew, seconds; nonces are kept twice as long.
+    pub timestamp_window_secs: u64,
+    /// Audit events kept.
+    pub audit_retention: u64,
+    /// Lifetime of an enrollment link.
+    pub enrollment_ttl: Duration,
+    /// Socket the web front submits requests on.
+    pub front_socket: PathBuf,
+    /// User allowed to connect to `front_socket` (it is chowned to them, mode 0600).
+    pub front_socket_user: Option<String>,
+    /// The HTTPS endpoint clients use, as written into enrollment links.
+    pub public_url: Option<String>,
+    /// The web front's certificate, pinned by clients via the enrollment link.
+    pub web_cert: Option<PathBuf>,
+}
+
+/// The web front's settings (`[web]`).
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// TLS certificate chain (PEM).
+    pub cert: PathBuf,
+    /// TLS private key (PEM).
+    pub key: PathBuf,
+    /// The controller's front socket.
+    pub front_socket: PathBuf,
+    /// Peers whose PROXY/X-Forwarded-For client address is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests per source address per minute.
+    pub rate_limit_per_minute: u32,
+    /// Burst allowance per source address.
+    pub rate_limit_burst: u32,
+    /// Deadline of one request.
+    pub request_timeout: Duration,
+    /// Unprivileged user for `xdpgate run`.
+    pub user: String,
+}
+
+/// An IP network (address and prefix length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network (families must match).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
 }
 
 /// Validated controller configuration.
@@ -194,6 +372,10 @@ pub struct Config {
     pub max_openings: u32,
     /// Guarded servers.
     pub servers: Vec<ServerConfig>,
+    /// Approval settings.
+    pub approvals: ApprovalsConfig,
+    /// The web front, if configured in the same file.
+    pub web: Option<WebConfig>,
 }
 
 /// One guarded server (a VPN instance) and its services.
@@ -211,6 +393,12 @@ pub struct ServerConfig {
     pub max_lifetime: Duration,
     /// The guarded (protocol, port, address) tuples.
     pub services: Vec<ServiceConfig>,
+    /// Which addresses an approval opens.
+    pub address_policy: AddressPolicySetting,
+    /// The public IPv4 address clients are told to connect to.
+    pub public_ipv4: Option<std::net::Ipv4Addr>,
+    /// The public IPv6 address clients are told to connect to.
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// A guarded service.
@@ -234,10 +422,7 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: err.to_string().trim_end().to_owned(),
-        })?;
+        let raw = parse_raw(text, path)?;
         Validator { text, path }.validate(raw)
     }
 
@@ -249,6 +434,26 @@ impl Config {
     /// The server with this id.
     pub fn server_by_id(&self, id: u32) -> Option<&ServerConfig> {
         self.servers.iter().find(|server| server.id == id)
+    }
+}
+
+fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: err.to_string().trim_end().to_owned(),
+    })
+}
+
+impl WebConfig {
+    /// Reads the `[web]` section of a config file (other sections are checked for syntax
+    /// only), for `xdpgate web` on a host without a controller.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let raw = parse_raw(&text, path)?;
+        let validator = Validator { text: &text, path };
+        let web = raw.web.ok_or_else(|| validator.fail(0..0, "missing [web] section"))?;
+        validator.web(web)
     }
 }
 
@@ -264,7 +469,7 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let controller = raw.controller;
+        let controller = raw.controller.ok_or_else(|| self.fail(0..0, "missing [controller] section"))?;
         let interfaces = controller.interfaces.get_ref().clone();
         if interfaces.is_empty() {
             return Err(self.fail(controller.interfaces.span(), "interfaces must name at least one"));
@@ -292,7 +497,19 @@ impl Validator<'_> {
             ));
         }
         let servers = self.servers(raw.servers)?;
+        for server in &servers {
+            if server.idle_timeout < 2 * Duration::from_millis(sweep_ms) {
+                return Err(self.fail(
+                    controller.sweep_interval_ms.span(),
+                    format!("sweep_interval_ms must be at most half of server {:?}'s idle timeout", server.name),
+                ));
+            }
+        }
+        let approvals = self.approvals(raw.approvals, &controller.state_dir)?;
+        let web = raw.web.map(|web| self.web(web)).transpose()?;
         Ok(Config {
+            approvals,
+            web,
             interfaces,
             xdp_mode: controller.xdp_mode,
             state_dir: controller.state_dir,
@@ -332,6 +549,8 @@ impl Validator<'_> {
                 return Err(self.fail(server.id.span(), format!("duplicate server id {id}")));
             }
             let limits = self.limits(&server)?;
+            let public_ipv4 = self.public_address(&server.public_ipv4, "IPv4")?;
+            let public_ipv6 = self.public_address(&server.public_ipv6, "IPv6")?;
             if server.services.is_empty() {
                 return Err(self.fail(server.name.span(), "a server needs at least one [[server.service]]"));
             }
@@ -351,12 +570,78 @@ impl Validator<'_> {
                 idle_timeout: limits.1,
                 max_lifetime: limits.2,
                 services,
+                address_policy: server.address_policy,
+                public_ipv4,
+                public_ipv6,
             });
         }
         if services_seen.len() > gateway_common::MAX_SERVICES as usize {
             return Err(self.fail(0..0, "too many services (limit 1024)"));
         }
         Ok(servers)
+    }
+
+    fn approvals(&self, raw: RawApprovals, state_dir: &Path) -> Result<ApprovalsConfig, ConfigError> {
+        let window = raw.timestamp_window_secs.map_or(Ok(defaults::TIMESTAMP_WINDOW_SECS), |w| {
+            let value = *w.get_ref();
+            if (10..=3600).contains(&value) { Ok(value) } else { Err(self.fail(w.span(), "timestamp_window_secs must be between 10 and 3600")) }
+        })?;
+        let retention = raw.audit_retention.map_or(Ok(defaults::AUDIT_RETENTION), |r| {
+            let value = *r.get_ref();
+            if (100..=10_000_000).contains(&value) { Ok(value) } else { Err(self.fail(r.span(), "audit_retention must be between 100 and 10000000")) }
+        })?;
+        let ttl = raw.enrollment_ttl_secs.map_or(Ok(defaults::ENROLLMENT_TTL_SECS), |t| {
+            let value = *t.get_ref();
+            if (60..=7 * 86_400).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "enrollment_ttl_secs must be between 60 and 604800")) }
+        })?;
+        if let Some(url) = raw.public_url.as_ref().filter(|u| !u.get_ref().starts_with("https://")) {
+            return Err(self.fail(url.span(), "public_url must be an https:// URL"));
+        }
+        Ok(ApprovalsConfig {
+            timestamp_window_secs: window,
+            audit_retention: retention,
+            enrollment_ttl: Duration::from_secs(ttl),
+            front_socket: raw.front_socket.unwrap_or_else(defaults::front_socket),
+            front_socket_user: raw.front_socket_user,
+            public_url: raw.public_url.map(Spanned::into_inner),
+            web_cert: raw.web_cert.or_else(|| Some(state_dir.join("web").join("cert.pem"))),
+        })
+    }
+
+    fn web(&self, raw: RawWeb) -> Result<WebConfig, ConfigError> {
+        let listen = raw
+            .listen
+            .get_ref()
+            .parse()
+            .map_err(|_| self.fail(raw.listen.span(), "listen must be ADDRESS:PORT, e.g. [::]:8443"))?;
+        let mut trusted_proxies = Vec::new();
+        for net in &raw.trusted_proxies {
+            trusted_proxies.push(net.get_ref().parse::<IpNet>().map_err(|reason| self.fail(net.span(), reason))?);
+        }
+        if *raw.rate_limit_per_minute.get_ref() == 0 || *raw.rate_limit_burst.get_ref() == 0 {
+            return Err(self.fail(raw.rate_limit_per_minute.span(), "rate limits must be > 0"));
+        }
+        let timeout = *raw.request_timeout_ms.get_ref();
+        if !(100..=60_000).contains(&timeout) {
+            return Err(self.fail(raw.request_timeout_ms.span(), "request_timeout_ms must be between 100 and 60000"));
+        }
+        Ok(WebConfig {
+            listen,
+            cert: raw.cert,
+            key: raw.key,
+            front_socket: raw.front_socket,
+            trusted_proxies,
+            rate_limit_per_minute: *raw.rate_limit_per_minute.get_ref(),
+            rate_limit_burst: *raw.rate_limit_burst.get_ref(),
+            request_timeout: Duration::from_millis(timeout),
+            user: raw.user,
+        })
+    }
+
+    fn public_address<T: std::str::FromStr>(&self, raw: &Option<Spanned<String>>, family: &str) -> Result<Option<T>, ConfigError> {
+        raw.as_ref()
+            .map(|text| text.get_ref().parse::<T>().map_err(|_| self.fail(text.span(), format!("{:?} is not an {family} address", text.get_ref()))))
+            .transpose()
     }
 
     fn limits(&self, server: &RawServer) -> Result<(Duration, Duration, Duration), ConfigError> {

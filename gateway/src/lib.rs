@@ -2,6 +2,7 @@
 //! client's approval opens them for that client's addresses.
 //!
 //! The `xdpgate` binary (`main.rs`) is a thin CLI over these modules.
+pub mod approval;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -78,10 +78,8 @@ impl Gateway {
             if self.try_cli(&["health"]).status.success() {
                 return;
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("controller exited during start-up ({status}):\n{}", self.log());
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("controller exited during start-up ({status}):\n{}", self.log());
             }
             assert!(Instant::now() < deadline, "controller not healthy after {START_TIMEOUT:?}:\n{}", self.log());
             thread::sleep(Duration::from_millis(100));

@@ -44,11 +44,9 @@ pub async fn serve(
 /// Binds a Unix socket that only its owner (root) can use: parent folder 0700 if we create
 /// it, socket 0600 from the start (umask), a stale socket file replaced.
 fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener, std::io::Error> {
-    if let Some(parent) = socket.parent() {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
-        }
+    if let Some(parent) = socket.parent().filter(|p| !p.exists()) {
+        std::fs::create_dir_all(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {

@@ -1,18 +1,21 @@
-//! Durable controller state in one redb file (openings now; clients, nonces and audit later).
+//! Durable controller state in one redb file: openings, clients, enrollment tokens, seen
+//! nonces and the audit trail, one module per table.
 //!
-//! The state folder is created 0700 and the database file 0600: it will hold client secrets.
+//! The state folder is created 0700 and the database file 0600: it holds client secrets.
+mod audit;
+mod clients;
+mod nonces;
+mod openings;
+
+pub use audit::{AuditEvent, AuditKind};
+pub use clients::{Enrollment, EnrollmentToken, StoredClient};
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
-
-use crate::openings::{OpeningId, OpeningRecord};
-
-/// Openings by `OpeningId::store_key`, JSON values.
-const OPENINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("openings");
+use redb::Database;
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,22 @@ pub enum StoreError {
     /// A value did not encode (never expected).
     #[error("encoding a record: {0}")]
     Encode(serde_json::Error),
+    /// The record asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The record to create exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+}
+
+/// Decodes a JSON value stored under `key`.
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+}
+
+/// Encodes a value as JSON for storage.
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(StoreError::Encode)
 }
 
 /// The controller's database.
@@ -78,45 +97,11 @@ impl Store {
 
     fn create_tables(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(OPENINGS)?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Every recorded opening.
-    pub fn load_openings(&self) -> Result<Vec<OpeningRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(OPENINGS)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            let record = serde_json::from_slice(value.value())
-                .map_err(|source| StoreError::Corrupt { key: key.value().to_owned(), source })?;
-            out.push(record);
-        }
-        Ok(out)
-    }
-
-    /// Writes and removes openings in one durable transaction.
-    pub fn save_openings(
-        &self,
-        put: &[&OpeningRecord],
-        remove: &[OpeningId],
-    ) -> Result<(), StoreError> {
-        if put.is_empty() && remove.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(OPENINGS)?;
-            for record in put {
-                let value = serde_json::to_vec(record).map_err(StoreError::Encode)?;
-                table.insert(record.id.store_key().as_str(), value.as_slice())?;
-            }
-            for id in remove {
-                table.remove(id.store_key().as_str())?;
-            }
-        }
+        txn.open_table(openings::TABLE)?;
+        txn.open_table(clients::CLIENTS)?;
+        txn.open_table(clients::ENROLLMENTS)?;
+        txn.open_table(nonces::TABLE)?;
+        txn.open_table(audit::TABLE)?;
         txn.commit()?;
         Ok(())
     }
@@ -125,7 +110,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openings::Holder;
+    use crate::openings::{Holder, OpeningId, OpeningRecord};
 
     fn sample(addr: &str) -> OpeningRecord {
         let id = OpeningId { server_id: 7, addr: addr.parse().unwrap() };

@@ -1,0 +1,432 @@
+//! Key material and its file formats: the client's HMAC secret (base64), the client's RSA key
+//! (PKCS#8 PEM private, SPKI PEM public) and the server's long-term X25519 box key (base64).
+//!
+//! Secret types zeroize on drop and print as `<redacted>`.
+
+use std::fmt;
+
+use ring::signature::{self, RsaKeyPair};
+use rsa::pkcs1::{DecodeRsaPublicKey as _, EncodeRsaPublicKey as _};
+use rsa::pkcs8::{DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+use rsa::traits::PublicKeyParts as _;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use super::b64;
+use super::rng::{self, RngError, RsaRng};
+use super::wire::{BOX_PUBLIC_KEY_LEN, HMAC_LEN};
+
+/// Smallest accepted RSA modulus. The protocol uses RSA-4096.
+pub const RSA_MIN_BITS: usize = 4096;
+/// Largest accepted RSA modulus (the verifier's limit).
+pub const RSA_MAX_BITS: usize = 8192;
+/// Modulus size of generated client keys.
+pub const RSA_GENERATED_BITS: usize = 4096;
+
+/// A key could not be read, generated or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not strict standard base64.
+    #[error("{what} is not strict standard base64")]
+    Base64 {
+        /// Which key.
+        what: &'static str,
+    },
+    /// Wrong decoded length.
+    #[error("{what} is {len} bytes, allowed {min}..={max}")]
+    Length {
+        /// Which key.
+        what: &'static str,
+        /// Actual length.
+        len: usize,
+        /// Minimum.
+        min: usize,
+        /// Maximum.
+        max: usize,
+    },
+    /// Not a PEM document with the expected label.
+    #[error("{what} is not a PEM `{label}` document")]
+    Pem {
+        /// Which key.
+        what: &'static str,
+        /// Expected PEM label.
+        label: &'static str,
+    },
+    /// The key's structure or numbers were rejected.
+    #[error("{what} was rejected: {detail}")]
+    Rejected {
+        /// Which key.
+        what: &'static str,
+        /// The library's reason.
+        detail: String,
+    },
+    /// The RSA modulus size is outside the accepted range.
+    #[error("RSA modulus is {bits} bits, allowed {RSA_MIN_BITS}..={RSA_MAX_BITS}")]
+    RsaSize {
+        /// Modulus size.
+        bits: usize,
+    },
+    /// Signing failed.
+    #[error("RSA signing failed")]
+    Signing,
+    /// The operating system's random generator failed.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// The client's HMAC-SHA512 secret, shared with the server. Equality is constant-time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct HmacSecret(Vec<u8>);
+
+impl PartialEq for HmacSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for HmacSecret {}
+
+impl HmacSecret {
+    /// Shortest accepted secret.
+    pub const MIN_LEN: usize = 32;
+    /// Longest accepted secret (one SHA-512 block).
+    pub const MAX_LEN: usize = 128;
+    /// Length of generated secrets.
+    pub const GENERATED_LEN: usize = 64;
+
+    /// A fresh random secret.
+    pub fn generate() -> Result<Self, KeyError> {
+        Ok(Self(rng::random_vec(Self::GENERATED_LEN)?))
+    }
+
+    /// A secret from raw bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&bytes.len()) {
+            return Err(KeyError::Length {
+                what: "HMAC secret",
+                len: bytes.len(),
+                min: Self::MIN_LEN,
+                max: Self::MAX_LEN,
+            });
+        }
+        Ok(Self(bytes.to_vec()))
+    }
+
+    /// A secret from its base64 form (the profile and server storage format).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(b64::decode(text).ok_or(KeyError::Base64 {
+            what: "HMAC secret",
+        })?);
+        Self::from_bytes(&bytes)
+    }
+
+    /// The base64 form.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(b64::encode(&self.0))
+    }
+
+    /// The raw secret, for the caller's storage.
+    pub fn expose_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// HMAC-SHA512 of `message`.
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; HMAC_LEN] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &self.0);
+        let tag = ring::hmac::sign(&key, message);
+        let mut out = [0u8; HMAC_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Constant-time check of an HMAC-SHA512 tag.
+    pub(crate) fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &self.0);
+        ring::hmac::verify(&key, message, tag).is_ok()
+    }
+}
+
+impl fmt::Debug for HmacSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HmacSecret(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+/// An X25519 public key for NaCl box.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BoxPublicKey([u8; BOX_PUBLIC_KEY_LEN]);
+
+impl BoxPublicKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; BOX_PUBLIC_KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key from its base64 form.
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let bytes = b64::decode(text).ok_or(KeyError::Base64 {
+            what: "box public key",
+        })?;
+        let arr: [u8; BOX_PUBLIC_KEY_LEN] =
+            bytes.as_slice().try_into().map_err(|_| KeyError::Length {
+                what: "box public key",
+                len: bytes.len(),
+                min: BOX_PUBLIC_KEY_LEN,
+                max: BOX_PUBLIC_KEY_LEN,
+            })?;
+        Ok(Self(arr))
+    }
+
+    /// The 32 bytes.
+    pub fn to_bytes(&self) -> [u8; BOX_PUBLIC_KEY_LEN] {
+        self.0
+    }
+
+    /// The base64 form.
+    pub fn to_base64(&self) -> String {
+        b64::encode(&self.0)
+    }
+
+    pub(crate) fn to_crypto_box(self) -> crypto_box::PublicKey {
+        crypto_box::PublicKey::from_bytes(self.0)
+    }
+}
+
+impl fmt::Debug for BoxPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BoxPublicKey({})", self.to_base64())
+    }
+}
+
+/// The server's long-term X25519 key pair: requests are boxed to it, responses boxed from it.
+/// The public half goes into every client profile.
+#[derive(Clone)]
+pub struct ServerBoxKeys {
+    secret: crypto_box::SecretKey,
+    public: BoxPublicKey,
+}
+
+impl ServerBoxKeys {
+    /// A fresh random key pair.
+    pub fn generate() -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(rng::random_array::<32>()?);
+        Ok(Self::from_secret_bytes(*bytes))
+    }
+
+    /// The key pair from its 32 secret bytes (the public half is derived).
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        let secret = crypto_box::SecretKey::from_bytes(bytes);
+        let public = BoxPublicKey(secret.public_key().to_bytes());
+        Self { secret, public }
+    }
+
+    /// The key pair from the base64 of its secret bytes (the server's key file format).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(b64::decode(text).ok_or(KeyError::Base64 {
+            what: "server box secret key",
+        })?);
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Length {
+            what: "server box secret key",
+            len: bytes.len(),
+            min: 32,
+            max: 32,
+        })?;
+        Ok(Self::from_secret_bytes(arr))
+    }
+
+    /// The 32 secret bytes, for the caller's storage.
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+
+    /// The base64 of the secret bytes.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(b64::encode(self.secret_bytes().as_ref()))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> BoxPublicKey {
+        self.public
+    }
+
+    pub(crate) fn secret(&self) -> &crypto_box::SecretKey {
+        &self.secret
+    }
+}
+
+impl fmt::Debug for ServerBoxKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBoxKeys")
+            .field("public", &self.public)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The client's RSA private key. It never leaves the client.
+pub struct ClientRsaKey {
+    pair: RsaKeyPair,
+    pkcs8_der: Zeroizing<Vec<u8>>,
+}
+
+impl ClientRsaKey {
+    /// Generates a fresh [`RSA_GENERATED_BITS`]-bit key. Slow (seconds in release builds).
+    pub fn generate() -> Result<Self, KeyError> {
+        let key = rsa::PrivateKey::new(&mut RsaRng::new(), RSA_GENERATED_BITS)
+            .map_err(|e| rejected("generated RSA key", e))?;
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| rejected("generated RSA key", e))?;
+        Self::from_pkcs8_der(der.as_bytes())
+    }
+
+    /// Reads an unencrypted PKCS#8 `PRIVATE KEY` PEM.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        let (label, doc) =
+            rsa::pkcs8::SecretDocument::from_pem(pem).map_err(|_| KeyError::Pem {
+                what: "RSA private key",
+                label: "PRIVATE KEY",
+            })?;
+        if label != "PRIVATE KEY" {
+            return Err(KeyError::Pem {
+                what: "RSA private key",
+                label: "PRIVATE KEY",
+            });
+        }
+        Self::from_pkcs8_der(doc.as_bytes())
+    }
+
+    /// Reads an unencrypted PKCS#8 DER key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
+        let pair = RsaKeyPair::from_pkcs8(der).map_err(|e| rejected("RSA private key", e))?;
+        check_rsa_bits(pair.public().modulus_len() * 8)?;
+        Ok(Self {
+            pair,
+            pkcs8_der: Zeroizing::new(der.to_vec()),
+        })
+    }
+
+    /// The PKCS#8 `PRIVATE KEY` PEM, for the client profile.
+    pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
+        let doc = rsa::pkcs8::SecretDocument::try_from(self.pkcs8_der.as_slice())
+            .map_err(|e| rejected("RSA private key", e))?;
+        doc.to_pem("PRIVATE KEY", LineEnding::LF)
+            .map_err(|e| rejected("RSA private key", e))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> ClientRsaPublicKey {
+        ClientRsaPublicKey {
+            pkcs1_der: self.pair.public().as_ref().to_vec(),
+        }
+    }
+
+    /// RSASSA-PSS signature with SHA-512, MGF1-SHA-512 and a random 64-byte salt.
+    pub(crate) fn sign_pss_sha512(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut sig = vec![0u8; self.pair.public().modulus_len()];
+        self.pair
+            .sign(
+                &signature::RSA_PSS_SHA512,
+                &ring::rand::SystemRandom::new(),
+                message,
+                &mut sig,
+            )
+            .map_err(|_| KeyError::Signing)?;
+        Ok(sig)
+    }
+}
+
+impl fmt::Debug for ClientRsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClientRsaKey(<redacted, {} bits>)",
+            self.pair.public().modulus_len() * 8
+        )
+    }
+}
+
+/// The client's RSA public key, enrolled on the server. Held as PKCS#1 `RSAPublicKey` DER.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientRsaPublicKey {
+    pkcs1_der: Vec<u8>,
+}
+
+impl ClientRsaPublicKey {
+    /// Reads a `PUBLIC KEY` (SPKI) or `RSA PUBLIC KEY` (PKCS#1) PEM.
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let key = rsa::PublicKey::from_public_key_pem(pem)
+            .or_else(|_| rsa::PublicKey::from_pkcs1_pem(pem))
+            .map_err(|_| KeyError::Pem {
+                what: "RSA public key",
+                label: "PUBLIC KEY",
+            })?;
+        Self::from_rsa(&key)
+    }
+
+    /// Reads PKCS#1 `RSAPublicKey` DER.
+    pub fn from_pkcs1_der(der: &[u8]) -> Result<Self, KeyError> {
+        let key = rsa::PublicKey::from_pkcs1_der(der).map_err(|e| rejected("RSA public key", e))?;
+        Self::from_rsa(&key)
+    }
+
+    fn from_rsa(key: &rsa::PublicKey) -> Result<Self, KeyError> {
+        check_rsa_bits(key.size() * 8)?;
+        let der = key
+            .to_pkcs1_der()
+            .map_err(|e| rejected("RSA public key", e))?;
+        Ok(Self {
+            pkcs1_der: der.as_bytes().to_vec(),
+        })
+    }
+
+    /// The SPKI `PUBLIC KEY` PEM, for enrollment.
+    pub fn to_pem(&self) -> Result<String, KeyError> {
+        let key = rsa::PublicKey::from_pkcs1_der(&self.pkcs1_der)
+            .map_err(|e| rejected("RSA public key", e))?;
+        key.to_public_key_pem(LineEnding::LF)
+            .map_err(|e| rejected("RSA public key", e))
+    }
+
+    /// The PKCS#1 `RSAPublicKey` DER.
+    pub fn pkcs1_der(&self) -> &[u8] {
+        &self.pkcs1_der
+    }
+
+    /// Verifies an RSASSA-PSS-SHA512 (64-byte salt) signature over `message`.
+    pub(crate) fn verify_pss_sha512(&self, message: &[u8], sig: &[u8]) -> bool {
+        signature::UnparsedPublicKey::new(&signature::RSA_PSS_2048_8192_SHA512, &self.pkcs1_der)
+            .verify(message, sig)
+            .is_ok()
+    }
+}
+
+impl fmt::Debug for ClientRsaPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.pkcs1_der);
+        f.write_str("ClientRsaPublicKey(sha256:")?;
+        for b in &digest.as_ref()[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…)")
+    }
+}
+
+fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return Err(KeyError::RsaSize { bits });
+    }
+    Ok(())
+}
+
+fn rejected(what: &'static str, e: impl fmt::Display) -> KeyError {
+    KeyError::Rejected {
+        what,
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,59 @@
+//! The connection approval protocol: a client asks the controller to open the VPN port for its
+//! addresses with a triple-signed request (HMAC-SHA512, RSA-PSS-SHA512 and a NaCl box), and the
+//! controller answers with a boxed, HMAC-signed response.
+//!
+//! This module is pure: it does no I/O, keeps no clock and stores nothing. The caller supplies
+//! the current time, the remote address and the state (clients, servers, seen nonces) through
+//! [`ApprovalState`]. The byte-for-byte specification, with test vectors, is
+//! `docs/PROTOCOL.md`.
+//!
+//! Server side: [`parse_request`] → [`validate`] → [`seal_response`].
+//! Client side: [`build_request`] → (HTTP) → [`open_response`].
+
+mod address;
+mod b64;
+mod canonical;
+mod client;
+mod error;
+mod keys;
+mod profile;
+mod response;
+mod rng;
+mod state;
+mod validate;
+mod wire;
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod vectors;
+
+pub use address::{AddressPolicy, AddressProblem, AddressSource, check_openable, select_addresses};
+pub use canonical::{
+    PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, REQUEST_PATH, REQUEST_SIGNATURE_TAG,
+    RESPONSE_MAC_TAG, request_mac_input, request_signature_input, response_mac_input,
+};
+pub use client::{
+    ClientCredentials, ClientError, PendingApproval, RequestParams, build_request, open_response,
+};
+pub use error::{PublicCode, Reason, Rejection, Stage};
+pub use keys::{
+    BoxPublicKey, ClientRsaKey, ClientRsaPublicKey, HmacSecret, KeyError, RSA_GENERATED_BITS,
+    RSA_MAX_BITS, RSA_MIN_BITS, ServerBoxKeys,
+};
+pub use profile::{ClientProfile, PROFILE_VERSION, ProfileError};
+pub use response::{
+    APPROVED_REASON, ConnectTarget, ResponseBinding, ResponsePayload, SealError, TransportProtocol,
+    Verdict, seal_response,
+};
+pub use rng::RngError;
+pub use state::{
+    ApprovalState, ClientRecord, MemoryState, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
+};
+pub use validate::{ApprovedRequest, DEFAULT_TIMESTAMP_WINDOW_SECS, ValidationConfig, validate};
+pub use wire::{
+    ApprovalRequest, ApprovalResponse, BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, ErrorBody, HMAC_LEN,
+    MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES, NONCE_LEN, parse_request, parse_response,
+};

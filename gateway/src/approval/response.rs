@@ -1,0 +1,293 @@
+//! The approval response: its plaintext ([`ResponsePayload`]), how the server seals it
+//! ([`seal_response`]: boxed from the server's long-term key to the request's one-time key,
+//! then HMAC-signed with the client's secret), and how the client opens it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crypto_box::aead::Aead as _;
+use serde::{Deserialize, Serialize};
+
+use super::b64;
+use super::canonical::response_mac_input;
+use super::error::{PublicCode, escape_for_log};
+use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
+use super::rng::{self, RngError};
+use super::wire::{
+    ApprovalResponse, BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, BOX_TAG_LEN, NONCE_LEN,
+    RESPONSE_CIPHERTEXT_MAX,
+};
+
+/// The reason code of an approval.
+pub const APPROVED_REASON: &str = "approved";
+
+/// What ties a response to the request it answers. Comes from [`super::ApprovedRequest`] or,
+/// for a request whose HMAC verified, from [`super::Rejection::binding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseBinding {
+    request_nonce: [u8; NONCE_LEN],
+    client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
+    server: String,
+}
+
+impl ResponseBinding {
+    pub(crate) fn new(
+        request_nonce: [u8; NONCE_LEN],
+        client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
+        server: String,
+    ) -> Self {
+        Self {
+            request_nonce,
+            client_box_public_key,
+            server,
+        }
+    }
+
+    /// The request's nonce, echoed in the response plaintext and bound into its MAC.
+    pub fn request_nonce(&self) -> &[u8; NONCE_LEN] {
+        &self.request_nonce
+    }
+
+    /// The request's one-time box public key, which the response is boxed to.
+    pub fn client_box_public_key(&self) -> &[u8; BOX_PUBLIC_KEY_LEN] {
+        &self.client_box_public_key
+    }
+
+    /// The server name from the request envelope, echoed in the response.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The port is open for the client's addresses.
+    Allow,
+    /// The request was refused.
+    Deny,
+}
+
+/// Transport protocol of the VPN port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportProtocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// Where the client must connect: the host that approved the request (so a client behind a
+/// load-balanced web endpoint reaches the right gateway) and the VPN port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectTarget {
+    /// The gateway's IPv4 address, if it has one.
+    pub host_ipv4: Option<Ipv4Addr>,
+    /// The gateway's IPv6 address, if it has one.
+    pub host_ipv6: Option<Ipv6Addr>,
+    /// The VPN port.
+    pub port: u16,
+    /// The VPN transport.
+    pub protocol: TransportProtocol,
+}
+
+/// The response plaintext, as the caller supplies it and the client receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePayload {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// `approved`, or a [`PublicCode`] string.
+    pub reason: String,
+    /// Where to connect; present exactly when allowed.
+    pub connect: Option<ConnectTarget>,
+    /// The addresses opened; non-empty exactly when allowed.
+    pub opened: Vec<IpAddr>,
+    /// When the opening expires (Unix seconds); present exactly when allowed.
+    pub expires_unix: Option<u64>,
+}
+
+impl ResponsePayload {
+    /// An approval.
+    pub fn allow(connect: ConnectTarget, opened: Vec<IpAddr>, expires_unix: u64) -> Self {
+        Self {
+            verdict: Verdict::Allow,
+            reason: APPROVED_REASON.to_owned(),
+            connect: Some(connect),
+            opened,
+            expires_unix: Some(expires_unix),
+        }
+    }
+
+    /// A denial with a public code (never an audit reason).
+    pub fn deny(code: PublicCode) -> Self {
+        Self {
+            verdict: Verdict::Deny,
+            reason: code.as_str().to_owned(),
+            connect: None,
+            opened: Vec::new(),
+            expires_unix: None,
+        }
+    }
+
+    /// Checks that the fields agree with the verdict.
+    pub(crate) fn check_consistent(&self) -> Result<(), &'static str> {
+        match self.verdict {
+            Verdict::Allow => {
+                let connect = self.connect.ok_or("allow without connect target")?;
+                if connect.host_ipv4.is_none() && connect.host_ipv6.is_none() {
+                    return Err("connect target without host address");
+                }
+                if self.opened.is_empty() || self.expires_unix.is_none() {
+                    return Err("allow without opened addresses or expiry");
+                }
+                if self.reason != APPROVED_REASON {
+                    return Err("allow with a reason other than `approved`");
+                }
+            }
+            Verdict::Deny => {
+                if self.connect.is_some() || !self.opened.is_empty() || self.expires_unix.is_some()
+                {
+                    return Err("deny with connect target, opened addresses or expiry");
+                }
+                if PublicCode::from_str_code(&self.reason).is_none() {
+                    return Err("deny with an unknown reason code");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The response plaintext as JSON, with the binding echoed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResponsePlaintextJson {
+    pub(crate) request_nonce: String,
+    pub(crate) server: String,
+    pub(crate) verdict: Verdict,
+    pub(crate) reason: String,
+    pub(crate) connect: Option<ConnectTarget>,
+    pub(crate) opened: Vec<IpAddr>,
+    pub(crate) expires: Option<u64>,
+}
+
+impl ResponsePlaintextJson {
+    pub(crate) fn new(binding: &ResponseBinding, p: &ResponsePayload) -> Self {
+        Self {
+            request_nonce: b64::encode(&binding.request_nonce),
+            server: binding.server.clone(),
+            verdict: p.verdict,
+            reason: p.reason.clone(),
+            connect: p.connect,
+            opened: p.opened.clone(),
+            expires: p.expires_unix,
+        }
+    }
+
+    /// Parses an opened response plaintext and checks it answers `binding`.
+    pub(crate) fn open(
+        plaintext: &[u8],
+        binding: &ResponseBinding,
+    ) -> Result<ResponsePayload, OpenError> {
+        let j: Self = serde_json::from_slice(plaintext)
+            .map_err(|e| OpenError::Malformed(escape_for_log(&e.to_string(), 160)))?;
+        let nonce_ok = b64::decode(&j.request_nonce).is_some_and(|n| n == binding.request_nonce);
+        if !nonce_ok || j.server != binding.server {
+            return Err(OpenError::NotBound);
+        }
+        let payload = ResponsePayload {
+            verdict: j.verdict,
+            reason: j.reason,
+            connect: j.connect,
+            opened: j.opened,
+            expires_unix: j.expires,
+        };
+        payload
+            .check_consistent()
+            .map_err(|e| OpenError::Malformed(e.to_owned()))?;
+        Ok(payload)
+    }
+}
+
+/// Why an opened response plaintext was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    Malformed(String),
+    NotBound,
+}
+
+/// A response could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The payload is inconsistent (e.g. allow without expiry).
+    #[error("response payload is inconsistent: {0}")]
+    Inconsistent(&'static str),
+    /// The payload serialises past the response size limit.
+    #[error("response payload is {len} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// Plaintext length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// JSON serialisation failed.
+    #[error("response payload did not serialise: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Box encryption failed.
+    #[error("box encryption failed")]
+    Box,
+    /// The operating system's random generator failed.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// Seals a response to the request behind `binding`: the plaintext (with the request nonce
+/// and server echoed) is boxed from the server's long-term key to the request's one-time key
+/// under a random nonce, and the result is HMAC-signed with the client's secret.
+pub fn seal_response(
+    binding: &ResponseBinding,
+    server_keys: &ServerBoxKeys,
+    client_hmac_secret: &HmacSecret,
+    payload: &ResponsePayload,
+) -> Result<ApprovalResponse, SealError> {
+    let box_nonce = rng::random_array::<BOX_NONCE_LEN>()?;
+    seal_response_with_nonce(binding, server_keys, client_hmac_secret, payload, box_nonce)
+}
+
+/// [`seal_response`] with a caller-chosen box nonce (test vectors).
+pub(crate) fn seal_response_with_nonce(
+    binding: &ResponseBinding,
+    server_keys: &ServerBoxKeys,
+    client_hmac_secret: &HmacSecret,
+    payload: &ResponsePayload,
+    box_nonce: [u8; BOX_NONCE_LEN],
+) -> Result<ApprovalResponse, SealError> {
+    payload
+        .check_consistent()
+        .map_err(SealError::Inconsistent)?;
+    let plaintext = serde_json::to_vec(&ResponsePlaintextJson::new(binding, payload))?;
+    let max = RESPONSE_CIPHERTEXT_MAX - BOX_TAG_LEN;
+    if plaintext.len() > max {
+        return Err(SealError::TooLarge {
+            len: plaintext.len(),
+            max,
+        });
+    }
+    let client_pk = BoxPublicKey::from_bytes(binding.client_box_public_key).to_crypto_box();
+    let sealed = crypto_box::SalsaBox::new(&client_pk, server_keys.secret())
+        .encrypt(&box_nonce.into(), plaintext.as_slice())
+        .map_err(|_| SealError::Box)?;
+    let mut response = ApprovalResponse {
+        box_nonce,
+        box_ciphertext: sealed,
+        hmac: [0; 64],
+    };
+    response.hmac = client_hmac_secret.sign(&response_mac_input(
+        &binding.request_nonce,
+        &binding.client_box_public_key,
+        &response,
+    ));
+    Ok(response)
+}

@@ -1,0 +1,350 @@
+//! The validation pipeline, cheapest check first: shape → timestamp → client → HMAC → request
+//! nonce → server → RSA signature → box → payload → payload timestamp → payload nonce →
+//! client allowed → addresses.
+//!
+//! Nothing past the HMAC runs for a request whose HMAC is wrong: no nonce is recorded and no
+//! RSA or X25519 work is done, so unauthenticated traffic costs one HMAC and cannot fill the
+//! nonce store.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crypto_box::aead::Aead as _;
+use zeroize::Zeroizing;
+
+use super::address::{CheckedReported, Reported, check_reported, select_addresses};
+use super::canonical::{request_mac_input, request_signature_input};
+use super::error::{Reason, Rejection, Stage};
+use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
+use super::response::ResponseBinding;
+use super::state::{
+    ApprovalState, ClientRecord, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
+};
+use super::wire::{ApprovalRequest, NONCE_LEN, RequestPayload};
+
+/// Default accepted clock skew, each way.
+pub const DEFAULT_TIMESTAMP_WINDOW_SECS: u64 = 300;
+
+/// Tunables of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationConfig {
+    /// A timestamp is accepted when `|timestamp − now| ≤ window`. Nonces are kept for twice
+    /// the window, which outlives every timestamp that could still be accepted.
+    pub timestamp_window_secs: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            timestamp_window_secs: DEFAULT_TIMESTAMP_WINDOW_SECS,
+        }
+    }
+}
+
+impl ValidationConfig {
+    /// The keep-until time of a nonce recorded at `now_unix`: `now + 2 × window`.
+    pub fn nonce_keep_until(&self, now_unix: u64) -> u64 {
+        now_unix.saturating_add(self.timestamp_window_secs.saturating_mul(2))
+    }
+}
+
+/// A request that passed every check.
+#[derive(Debug, Clone)]
+pub struct ApprovedRequest {
+    /// The client id.
+    pub client_id: String,
+    /// The server name.
+    pub server: String,
+    /// The server's policy, as the state returned it.
+    pub server_policy: ServerPolicy,
+    /// The addresses to open, non-empty, IPv4 first.
+    pub open_addresses: Vec<IpAddr>,
+    /// The remote address as supplied (canonicalised).
+    pub remote: IpAddr,
+    /// The IPv4 address the client reported, if any.
+    pub reported_ipv4: Option<Ipv4Addr>,
+    /// The IPv6 address the client reported, if any.
+    pub reported_ipv6: Option<Ipv6Addr>,
+    /// The client's software version.
+    pub client_version: String,
+    /// The client's device name.
+    pub device_name: String,
+    /// What [`super::seal_response`] needs to answer this request.
+    pub binding: ResponseBinding,
+    client_hmac_secret: HmacSecret,
+}
+
+impl ApprovedRequest {
+    /// The client's HMAC secret, to seal the response with.
+    pub fn client_hmac_secret(&self) -> &HmacSecret {
+        &self.client_hmac_secret
+    }
+}
+
+/// Validates a parsed request from `remote` at `now_unix`.
+///
+/// Returns the approval, or a [`Rejection`] whose public code goes to the client and whose
+/// reason goes to the audit log. Every call that reaches the nonce stage records the request
+/// nonce, whatever happens later.
+pub fn validate<S: ApprovalState + ?Sized>(
+    request: &ApprovalRequest,
+    state: &S,
+    server_keys: &ServerBoxKeys,
+    remote: IpAddr,
+    now_unix: u64,
+    config: &ValidationConfig,
+) -> Result<ApprovedRequest, Rejection> {
+    let mut run = Run {
+        state,
+        request,
+        now_unix,
+        config,
+        binding: None,
+    };
+    let client = run.authenticate()?;
+    let (policy, payload) = run.open(&client, server_keys)?;
+    let (reported, open) = run.authorize(&client, policy, &payload, remote)?;
+    let binding = run.binding.take().unwrap_or_else(|| run.new_binding());
+    let ClientRecord {
+        client_id,
+        hmac_secret,
+        ..
+    } = client;
+    Ok(ApprovedRequest {
+        client_id,
+        server: request.server.clone(),
+        server_policy: policy,
+        open_addresses: open,
+        remote: remote.to_canonical(),
+        reported_ipv4: reported.ipv4,
+        reported_ipv6: reported.ipv6,
+        client_version: payload.client_version,
+        device_name: payload.device_name,
+        binding,
+        client_hmac_secret: hmac_secret,
+    })
+}
+
+/// One validation: the request, its context, and the response binding once the HMAC has
+/// verified.
+struct Run<'a, S: ?Sized> {
+    state: &'a S,
+    request: &'a ApprovalRequest,
+    now_unix: u64,
+    config: &'a ValidationConfig,
+    binding: Option<ResponseBinding>,
+}
+
+impl<S: ApprovalState + ?Sized> Run<'_, S> {
+    /// Tells the state which stage starts, and turns a reason into a rejection at that stage
+    /// (with the response binding once the HMAC has verified).
+    fn stage<T>(
+        &self,
+        stage: Stage,
+        f: impl FnOnce() -> Result<T, Reason>,
+    ) -> Result<T, Rejection> {
+        self.state.entering(stage);
+        f().map_err(|reason| {
+            let rejection = Rejection::new(stage, reason);
+            match &self.binding {
+                Some(b) => rejection.with_binding(b.clone()),
+                None => rejection,
+            }
+        })
+    }
+
+    fn new_binding(&self) -> ResponseBinding {
+        let r = self.request;
+        ResponseBinding::new(r.nonce, r.box_public_key, r.server.clone())
+    }
+
+    /// Stages shape → timestamp → client → HMAC → request nonce. Nothing here costs more than
+    /// one HMAC, and the nonce store is only touched once the HMAC has verified.
+    fn authenticate(&mut self) -> Result<ClientRecord, Rejection> {
+        let r = self.request;
+        self.stage(Stage::Shape, || r.check_shape())?;
+        self.stage(Stage::Timestamp, || {
+            self.check_window(r.timestamp)
+                .map_err(|window| Reason::ClockSkew {
+                    timestamp: r.timestamp,
+                    now: self.now_unix,
+                    window,
+                })
+        })?;
+        let client = self.stage(Stage::Client, || find_client(self.state, r))?;
+        self.stage(Stage::Hmac, || check_hmac(&client, r))?;
+        self.binding = Some(self.new_binding());
+        self.stage(Stage::RequestNonce, || {
+            self.record(NonceScope::Request, &r.nonce, Reason::RequestNonceReplayed)
+        })?;
+        Ok(client)
+    }
+
+    /// Stages server → signature → box → payload → payload timestamp → payload nonce.
+    fn open(
+        &self,
+        client: &ClientRecord,
+        server_keys: &ServerBoxKeys,
+    ) -> Result<(ServerPolicy, RequestPayload), Rejection> {
+        let r = self.request;
+        let policy = self.stage(Stage::Server, || lookup_server(self.state, &r.server))?;
+        self.stage(Stage::Signature, || verify_signature(client, r))?;
+        let plaintext = self.stage(Stage::BoxOpen, || open_box(r, server_keys))?;
+        let payload = self.stage(Stage::Payload, || parse_payload(&plaintext, r))?;
+        self.stage(Stage::PayloadTimestamp, || {
+            self.check_window(payload.timestamp)
+                .map_err(|window| Reason::PayloadClockSkew {
+                    timestamp: payload.timestamp,
+                    now: self.now_unix,
+                    window,
+                })
+        })?;
+        self.stage(Stage::PayloadNonce, || {
+            self.record(
+                NonceScope::Payload,
+                &payload.nonce,
+                Reason::PayloadNonceReplayed,
+            )
+        })?;
+        Ok((policy, payload))
+    }
+
+    /// Stages client allowed → addresses.
+    fn authorize(
+        &self,
+        client: &ClientRecord,
+        policy: ServerPolicy,
+        payload: &RequestPayload,
+        remote: IpAddr,
+    ) -> Result<(CheckedReported, Vec<IpAddr>), Rejection> {
+        let server = &self.request.server;
+        self.stage(Stage::ClientAllowed, || {
+            if self.state.client_allowed(&client.client_id, server) {
+                Ok(())
+            } else {
+                Err(Reason::ClientNotAllowed {
+                    client_id: client.client_id.clone(),
+                    server: server.clone(),
+                })
+            }
+        })?;
+        self.stage(Stage::Addresses, || {
+            let reported = check_reported(Reported {
+                ipv4: payload.public_ipv4.as_deref(),
+                ipv6: payload.public_ipv6.as_deref(),
+            })?;
+            let open =
+                select_addresses(policy.address_policy, remote, reported.ipv4, reported.ipv6)?;
+            Ok((reported, open))
+        })
+    }
+
+    /// `Err(window)` when `timestamp` is more than the window away from now.
+    fn check_window(&self, timestamp: u64) -> Result<(), u64> {
+        let window = self.config.timestamp_window_secs;
+        if timestamp.abs_diff(self.now_unix) > window {
+            Err(window)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn record(
+        &self,
+        scope: NonceScope,
+        nonce: &[u8; NONCE_LEN],
+        replayed: Reason,
+    ) -> Result<(), Reason> {
+        let keep_until = self.config.nonce_keep_until(self.now_unix);
+        match self.state.record_nonce(scope, nonce, keep_until) {
+            NonceCheck::Fresh => Ok(()),
+            NonceCheck::Replayed => Err(replayed),
+        }
+    }
+}
+
+/// Looks the client up. Unknown and disabled clients still cost one HMAC computation, so the
+/// answer time does not tell which client ids exist.
+fn find_client<S: ApprovalState + ?Sized>(
+    state: &S,
+    request: &ApprovalRequest,
+) -> Result<ClientRecord, Reason> {
+    let client_id = request.client_id.clone();
+    match state.client(&request.client_id) {
+        None => {
+            let decoy = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &[0u8; 64]);
+            let _ = ring::hmac::verify(&decoy, &request_mac_input(request), &request.hmac);
+            Err(Reason::UnknownClient { client_id })
+        }
+        Some(record) if !record.enabled => {
+            let _ = record
+                .hmac_secret
+                .verify(&request_mac_input(request), &request.hmac);
+            Err(Reason::ClientDisabled { client_id })
+        }
+        Some(record) => Ok(record),
+    }
+}
+
+fn check_hmac(client: &ClientRecord, request: &ApprovalRequest) -> Result<(), Reason> {
+    if client
+        .hmac_secret
+        .verify(&request_mac_input(request), &request.hmac)
+    {
+        Ok(())
+    } else {
+        Err(Reason::HmacMismatch {
+            client_id: client.client_id.clone(),
+        })
+    }
+}
+
+fn open_box(
+    request: &ApprovalRequest,
+    server_keys: &ServerBoxKeys,
+) -> Result<Zeroizing<Vec<u8>>, Reason> {
+    let one_time = BoxPublicKey::from_bytes(request.box_public_key).to_crypto_box();
+    crypto_box::SalsaBox::new(&one_time, server_keys.secret())
+        .decrypt(&request.box_nonce.into(), request.box_ciphertext.as_slice())
+        .map(Zeroizing::new)
+        .map_err(|_| Reason::BoxOpenFailed)
+}
+
+fn lookup_server<S: ApprovalState + ?Sized>(
+    state: &S,
+    server: &str,
+) -> Result<ServerPolicy, Reason> {
+    match state.server(server) {
+        ServerLookup::Here(policy) => Ok(policy),
+        ServerLookup::NotHere => Err(Reason::ServerNotHere {
+            server: server.to_owned(),
+        }),
+        ServerLookup::Unknown => Err(Reason::UnknownServer {
+            server: server.to_owned(),
+        }),
+    }
+}
+
+fn verify_signature(client: &ClientRecord, request: &ApprovalRequest) -> Result<(), Reason> {
+    let signed = request_signature_input(request);
+    if client
+        .rsa_public_key
+        .verify_pss_sha512(&signed, &request.signature)
+    {
+        Ok(())
+    } else {
+        Err(Reason::SignatureInvalid {
+            client_id: client.client_id.clone(),
+        })
+    }
+}
+
+fn parse_payload(plaintext: &[u8], request: &ApprovalRequest) -> Result<RequestPayload, Reason> {
+    let payload = RequestPayload::parse(plaintext)?;
+    if payload.server != request.server {
+        return Err(Reason::PayloadServerMismatch {
+            envelope: request.server.clone(),
+            payload: payload.server,
+        });
+    }
+    Ok(payload)
+}

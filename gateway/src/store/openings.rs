@@ -1,0 +1,46 @@
+//! The openings table: one JSON record per (server, address).
+use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use super::{Store, StoreError, decode, encode};
+use crate::openings::{OpeningId, OpeningRecord};
+
+/// Openings by `OpeningId::store_key`, JSON values.
+pub(super) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("openings");
+
+impl Store {
+    /// Every recorded opening.
+    pub fn load_openings(&self) -> Result<Vec<OpeningRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TABLE)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Writes and removes openings in one durable transaction.
+    pub fn save_openings(
+        &self,
+        put: &[&OpeningRecord],
+        remove: &[OpeningId],
+    ) -> Result<(), StoreError> {
+        if put.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            for record in put {
+                let value = encode(record)?;
+                table.insert(record.id.store_key().as_str(), value.as_slice())?;
+            }
+            for id in remove {
+                table.remove(id.store_key().as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
