@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod controller;
+pub mod enrollment;
 pub mod gate;
 pub mod openings;
 pub mod store;

@@ -8,3 +8,11 @@ pub mod control {
         tonic::include_proto!("xdpgate.control.v1");
     }
 }
+
+/// The front API (web front <-> controller).
+pub mod front {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("xdpgate.front.v1");
+    }
+}
