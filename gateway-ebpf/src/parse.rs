@@ -12,7 +12,8 @@
 //! - A **first fragment** that does not hold the whole TCP (20 bytes) or UDP (8 bytes) header
 //!   is dropped ("tiny fragment" attack, RFC 1858 / RFC 7112).
 //! - IPv6 extension headers (hop-by-hop, routing, destination options, AH, fragment) are walked,
-//!   at most [`MAX_EXT_HEADERS`]; a longer chain is dropped.
+//!   at most [`MAX_EXT_HEADERS`]; a longer chain, or one that overruns the payload length, is
+//!   dropped.
 use gateway_common::{GlobalCounter, PROTO_TCP, PROTO_UDP};
 
 use crate::frame::{EthHdr, ExtHdr, FragHdr, Frame, Ipv4Hdr, Ipv6Hdr, Ports, VlanTag};
@@ -140,6 +141,7 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Target, GlobalCounter> {
     let mut next = ip.next_header;
     let mut offset = l3 + IPV6_HDR_LEN;
     let mut first_fragment = false;
+    let mut non_first_fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             PROTO_TCP | PROTO_UDP => break,
@@ -156,14 +158,20 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Target, GlobalCounter> {
             IPV6_FRAGMENT => {
                 let frag: FragHdr = frame.header(offset).ok_or(GlobalCounter::Ipv6ExtUnparsed)?;
                 let offset_flags = u16::from_be_bytes(frag.offset_flags);
-                if offset_flags & 0xfff8 != 0 {
-                    return Ok(Target::Noted(GlobalCounter::PassNonFirstFragment));
-                }
+                non_first_fragment = offset_flags & 0xfff8 != 0;
                 first_fragment = offset_flags & 1 != 0;
                 next = frag.next_header;
                 offset += 8;
             }
             _ => return Ok(Target::Unguarded),
+        }
+        // The header must end inside the payload, not in Ethernet padding after it. (Checked
+        // after the read, so LLVM cannot fold the packet bounds check into this one.)
+        if offset > end {
+            return Err(GlobalCounter::Ipv6ExtUnparsed);
+        }
+        if non_first_fragment {
+            return Ok(Target::Noted(GlobalCounter::PassNonFirstFragment));
         }
     }
     let need = match next {

@@ -45,14 +45,33 @@ fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
     pin_dir.join(format!("link-{interface}"))
 }
 
-/// Loads the program without pinning anything (tests and benchmarks).
+/// Loads the program with private maps that nothing else shares and nothing keeps pinned
+/// (tests and benchmarks).
+///
+/// The program declares its maps pinned by name, and aya pins such maps (under /sys/fs/bpf
+/// when no folder is given, reusing what is there), so this pins into a fresh folder and
+/// removes the pins at once; the maps live on through the returned object.
 pub fn load_unpinned(max_openings: u32) -> Result<Ebpf, GateError> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(map_names::OPEN_V4, max_openings)
-        .map_max_entries(map_names::OPEN_V6, max_openings)
-        .load(PROGRAM_OBJECT)?;
-    program(&mut ebpf)?.load()?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = PathBuf::from("/sys/fs/bpf").join(format!("xdpgate-private-{}-{n}", std::process::id()));
+    let loaded = load_pinned(&scratch, max_openings);
+    let cleaned = remove_map_pins(&scratch);
+    let ebpf = loaded?;
+    cleaned?;
     Ok(ebpf)
+}
+
+/// Removes the map pins in `dir` and the folder itself.
+fn remove_map_pins(dir: &Path) -> Result<(), GateError> {
+    for name in map_names::ALL {
+        remove_pin(&dir.join(name))?;
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(GateError::Io { what: format!("removing {}", dir.display()), source }),
+    }
 }
 
 /// Loads the program, reusing maps already pinned in `pin_dir` (creating them otherwise).
@@ -201,14 +220,8 @@ pub fn detach_all(bpffs_dir: &Path) -> Result<Vec<PathBuf>, GateError> {
             remove_pin(&pin)?;
             removed.push(pin);
         }
-        for name in map_names::ALL {
-            let pin = dir.join(name);
-            if pin.exists() {
-                remove_pin(&pin)?;
-                removed.push(pin);
-            }
-        }
-        let _ = fs::remove_dir(&dir);
+        removed.extend(map_names::ALL.iter().map(|name| dir.join(name)).filter(|pin| pin.exists()));
+        remove_map_pins(&dir)?;
     }
     let _ = fs::remove_dir(bpffs_dir);
     Ok(removed)

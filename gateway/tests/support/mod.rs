@@ -16,8 +16,7 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use gateway_common::{
-    GlobalCounter, Opening, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceStats, ServiceValue,
-    map_names,
+    GlobalCounter, Opening, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceStats, ServiceValue, map_names,
 };
 use xdpgate::{
     clock::boot_ns,
@@ -136,7 +135,7 @@ impl Counters {
     }
 }
 
-/// Panics unless the tests run as root: loading an XDP program needs CAP_BPF/CAP_SYS_ADMIN.
+/// Panics unless the tests run as root: loading an XDP program needs CAP_BPF + CAP_NET_ADMIN.
 fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(
@@ -146,48 +145,9 @@ fn require_root() {
     }
 }
 
-/// A bpffs folder of this process that takes the pins of one load, removed with its pins
-/// on drop.
-struct PinScratch(PathBuf);
-
-impl PinScratch {
-    fn new() -> PinScratch {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!("/sys/fs/bpf/xdpgate-test-run-{}-{n}", std::process::id()));
-        fs::create_dir(&dir).unwrap_or_else(|e| {
-            panic!("creating {} (is bpffs mounted on /sys/fs/bpf?): {e}", dir.display())
-        });
-        PinScratch(dir)
-    }
-}
-
-impl Drop for PinScratch {
-    fn drop(&mut self) {
-        for name in map_names::ALL {
-            let _ = fs::remove_file(self.0.join(name));
-        }
-        let _ = fs::remove_dir(&self.0);
-    }
-}
-
-/// Loads the program with maps of its own.
-///
-/// The program declares its maps pinned by name, and aya pins such maps under /sys/fs/bpf
-/// when no folder is given, reusing whatever is pinned there: `loader::load_unpinned` thus
-/// shares its maps with every other load (and leaves pins behind). So each load here pins
-/// into a fresh folder and unpins at once; the maps live on through the loaded object.
+/// Loads the program with its own private maps (see `loader::load_unpinned`).
 fn load_isolated() -> Ebpf {
-    let scratch = PinScratch::new();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&scratch.0)
-        .map_max_entries(map_names::OPEN_V4, 1024)
-        .map_max_entries(map_names::OPEN_V6, 1024)
-        .load(loader::PROGRAM_OBJECT)
-        .unwrap_or_else(|e| panic!("loading the XDP object: {e} ({e:?})"));
-    let xdp = loader::program(&mut ebpf).unwrap_or_else(|e| panic!("finding the program: {e}"));
-    xdp.load().unwrap_or_else(|e| panic!("loading the XDP program: {e} ({e:?})"));
-    ebpf
+    loader::load_unpinned(1024).unwrap_or_else(|e| panic!("loading the XDP program: {e} ({e:?})"))
 }
 
 /// A freshly loaded XDP program with its own maps, holding the test's service table.
@@ -218,7 +178,8 @@ impl Gate {
     pub fn try_run(&mut self, frame: &[u8]) -> Result<Verdict, ProgramError> {
         let xdp = loader::program(&mut self.ebpf)
             .unwrap_or_else(|e| panic!("the loaded object lost its program: {e}"));
-        let result = xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
+        let result =
+            xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
         match result.return_value {
             XDP_DROP => Ok(Verdict::Drop),
             XDP_PASS => Ok(Verdict::Pass),
@@ -258,7 +219,10 @@ impl Gate {
             .collect();
         match moved.as_slice() {
             [counter] if after.global(*counter) == before.global(*counter) + 1 => *counter,
-            _ => panic!("{what}: expected one global counter +1, got {:?}", after.global),
+            _ => panic!(
+                "{what}: expected one global counter +1\nbefore: {:?}\nafter:  {:?}",
+                before.global, after.global
+            ),
         }
     }
 
@@ -280,7 +244,11 @@ impl Gate {
 
     /// Opens `server` to `client` for the next hour.
     pub fn open(&mut self, server_id: u32, client: impl Into<IpAddr>) {
-        self.put_opening(server_id, client, Opening { expires_at_ns: boot_ns() + OPEN_FOR_NS, last_seen_ns: 0 });
+        self.put_opening(
+            server_id,
+            client,
+            Opening { expires_at_ns: boot_ns() + OPEN_FOR_NS, last_seen_ns: 0 },
+        );
     }
 
     /// Writes an opening as given.
