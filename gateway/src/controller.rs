@@ -7,6 +7,7 @@ use gateway_common::{ServiceKey, ServiceValue};
 use tracing::{error, info, info_span, warn, Instrument as _};
 
 use crate::{
+    approvals::{Approvals, box_key::{self, BoxKeyError}},
     config::{Config, ServiceConfig},
     control,
     gate::{
@@ -32,6 +33,12 @@ pub enum ControllerError {
     /// Control API failure.
     #[error("control API: {0}")]
     Control(std::io::Error),
+    /// Front API failure.
+    #[error("front API: {0}")]
+    Front(std::io::Error),
+    /// The box key could not be loaded or created.
+    #[error(transparent)]
+    BoxKey(#[from] BoxKeyError),
 }
 
 /// A guarded service as planned for the kernel.
@@ -60,7 +67,9 @@ pub struct Controller {
     /// Validated configuration.
     pub config: Config,
     /// Opening manager.
-    pub openings: Openings,
+    pub openings: Arc<Openings>,
+    /// Approval service (front API and client administration).
+    pub approvals: Arc<Approvals>,
     /// Map owner.
     pub gate: GateHandle,
     /// Services written to the kernel, with their counter slots.
@@ -99,11 +108,31 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         let controller = Arc::new(start(config).await?);
         let sweeper = tokio::spawn(sweep_forever(controller.clone()));
         let socket = controller.config.control_socket.clone();
+        let front_socket = controller.config.approvals.front_socket.clone();
+        let front_owner = controller.config.approvals.front_socket_user.clone();
+        let (stop_front, front_stopped) = tokio::sync::oneshot::channel::<()>();
+        let front = {
+            let approvals = controller.approvals.clone();
+            let front_socket = front_socket.clone();
+            tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = front_stopped.await;
+                };
+                control::serve_front(approvals, &front_socket, front_owner.as_deref(), shutdown).await
+            })
+        };
         let served = control::serve(controller.clone(), &socket, shutdown_signal()).await;
+        let _ = stop_front.send(());
+        let front_result = front.await;
         sweeper.abort();
         let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&front_socket);
         info!("controller stopped; the gate stays attached and keeps enforcing");
-        served.map_err(ControllerError::Control)
+        served.map_err(ControllerError::Control)?;
+        match front_result {
+            Ok(result) => result.map_err(ControllerError::Front),
+            Err(err) => Err(ControllerError::Front(std::io::Error::other(err))),
+        }
     }
     .instrument(span)
     .await
@@ -120,19 +149,33 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         services.iter().flat_map(PlannedService::kernel_entries).collect();
     maps.sync_services(&kernel_services)?;
     let gate = gate::spawn_owner(maps)?;
-    let openings = Openings::new(gate.clone(), store);
+    let openings = Arc::new(Openings::new(gate.clone(), store.clone()));
     // The maps are right before the program is (re)attached.
     openings.reconcile().await?;
+    let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;
+    let approvals = Arc::new(Approvals::new(&config, store, openings.clone(), box_keys));
     let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
     info!(?attachments, services = services.len(), "gate ready");
-    Ok(Controller { config, openings, gate, services, attachments, started: Instant::now() })
+    Ok(Controller { config, openings, approvals, gate, services, attachments, started: Instant::now() })
 }
+
+/// How often expired nonces are deleted from the store.
+const NONCE_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn sweep_forever(controller: Arc<Controller>) {
     let mut ticker = tokio::time::interval(controller.config.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = Instant::now();
     loop {
         ticker.tick().await;
+        if last_purge.elapsed() >= NONCE_PURGE_INTERVAL {
+            last_purge = Instant::now();
+            match controller.approvals.purge_nonces().await {
+                Ok(purged) if purged > 0 => info!(purged, "forgot expired nonces"),
+                Ok(_) => {}
+                Err(err) => error!(error = %err, "purging nonces failed"),
+            }
+        }
         match controller.openings.sweep().await {
             Ok(report) if report.closed + report.stale_removed > 0 => {
                 info!(?report, "sweep closed openings");

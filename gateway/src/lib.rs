@@ -3,6 +3,7 @@
 //!
 //! The `xdpgate` binary (`main.rs`) is a thin CLI over these modules.
 pub mod approval;
+pub mod approvals;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -11,3 +12,4 @@ pub mod enrollment;
 pub mod gate;
 pub mod openings;
 pub mod store;
+pub mod tls;

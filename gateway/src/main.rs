@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use cli::{Cli, Command, OpeningsCommand, ServersCommand, admin};
+use cli::{AuditCommand, Cli, ClientsCommand, Command, OpeningsCommand, ServersCommand, admin};
 use xdpgate::{config::Config, controller, gate::loader};
 
 fn main() -> ExitCode {
@@ -62,6 +62,14 @@ async fn dispatch(command: Command) -> anyhow::Result<String> {
                 admin::openings_revoke(&target.socket, server.as_deref(), ip).await
             }
         },
+        Command::Clients { command } => match command {
+            ClientsCommand::Add { target, name, servers } => admin::clients_add(&target.socket, &name, &servers).await,
+            ClientsCommand::List { target } => admin::clients_list(&target.socket).await,
+            ClientsCommand::Disable { target, name } => admin::clients_set_enabled(&target.socket, &name, false).await,
+            ClientsCommand::Enable { target, name } => admin::clients_set_enabled(&target.socket, &name, true).await,
+            ClientsCommand::Remove { target, name } => admin::clients_remove(&target.socket, &name).await,
+        },
+        Command::Audit { command: AuditCommand::Tail { target, count } } => admin::audit_tail(&target.socket, count).await,
         Command::Status { target } => admin::status(&target.socket).await,
         Command::Health { target } => admin::health(&target.socket).await,
     }

@@ -26,18 +26,30 @@ pub struct Gateway {
     socket: PathBuf,
     bpffs_dir: PathBuf,
     child: Option<Child>,
+    web: Option<Child>,
 }
 
 impl Gateway {
     /// Writes a config guarding `interfaces` of `ns` with the given `[[server]]` TOML
     /// sections (already formatted), and starts the controller.
     pub fn start(ns: &NetNs, interfaces: &[&str], servers_toml: &str) -> Gateway {
+        Self::start_with(ns, interfaces, |_| servers_toml.to_owned())
+    }
+
+    /// Like [`Gateway::start`], with the sections after `[controller]` produced from the
+    /// fixture's private folder (for paths of certificates, sockets and the like).
+    pub fn start_with(ns: &NetNs, interfaces: &[&str], sections: impl FnOnce(&Path) -> String) -> Gateway {
         let name = unique_name("gw");
         let dir = std::env::temp_dir().join(format!("xdpgate-test-{name}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(format!("xdpgate-test-{name}"));
         let socket = dir.join("control.sock");
         let config = dir.join("xdpgate.toml");
+        let mut servers_toml = sections(&dir);
+        if !servers_toml.contains("[approvals]") {
+            // Keep every socket inside the fixture's folder.
+            servers_toml = format!("[approvals]\nfront_socket = {:?}\n\n{servers_toml}", dir.join("front.sock"));
+        }
         let interfaces: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
         let text = format!(
             "[controller]\ninterfaces = [{}]\nstate_dir = {:?}\nbpffs_dir = {:?}\n\
@@ -48,8 +60,15 @@ impl Gateway {
             socket,
         );
         fs::write(&config, text).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
-        let mut gateway =
-            Gateway { ns: ns.name().to_owned(), dir, config, socket, bpffs_dir, child: None };
+        let mut gateway = Gateway {
+            ns: ns.name().to_owned(),
+            dir,
+            config,
+            socket,
+            bpffs_dir,
+            child: None,
+            web: None,
+        };
         gateway.launch();
         gateway
     }
@@ -84,6 +103,43 @@ impl Gateway {
             assert!(Instant::now() < deadline, "controller not healthy after {START_TIMEOUT:?}:\n{}", self.log());
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// This gateway's private folder (config, state, sockets, logs, web certificate).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts `xdpgate web` (the config must have a `[web]` section) in the gateway's
+    /// namespace and waits until it accepts TCP connections on `listen`.
+    pub fn start_web(&mut self, listen: std::net::SocketAddr) {
+        let log = fs::File::create(self.dir.join("web.log")).unwrap_or_else(|e| panic!("web log: {e}"));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(xdpgate_bin())
+            .args(["--log", "info,xdpgate=debug", "web", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the web front: {e}"));
+        self.web = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let ns = self.ns.clone();
+        while !crate::in_netns(&ns, || std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
+            if let Some(Ok(Some(status))) = self.web.as_mut().map(Child::try_wait) {
+                panic!("web front exited during start-up ({status}):\n{}", self.web_log());
+            }
+            assert!(Instant::now() < deadline, "web front not listening after {START_TIMEOUT:?}:\n{}", self.web_log());
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The web front's log so far.
+    pub fn web_log(&self) -> String {
+        fs::read_to_string(self.dir.join("web.log")).unwrap_or_default()
     }
 
     /// Kills the controller with SIGKILL (no clean-up of its own) and waits for it to die.
@@ -163,6 +219,10 @@ fn admin_words(args: &[&str]) -> usize {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if let Some(mut web) = self.web.take() {
+            let _ = web.kill();
+            let _ = web.wait();
+        }
         self.kill9();
         let _ = Command::new(xdpgate_bin()).args(["detach", "--config"]).arg(&self.config).output();
         let _ = fs::remove_dir_all(&self.bpffs_dir);

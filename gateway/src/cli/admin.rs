@@ -82,6 +82,78 @@ pub async fn health(socket: &Path) -> anyhow::Result<String> {
     Ok(format!("{} (version {}, up {}s)\n", health.status, health.version, health.uptime_secs))
 }
 
+/// `xdpgate clients add`.
+pub async fn clients_add(socket: &Path, name: &str, servers: &[String]) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::AddClientRequest { name: name.to_owned(), servers: servers.to_vec() };
+    let answer = client.add_client(request).await?.into_inner();
+    Ok(format!(
+        "client {name} added. Give this single-use link to the client's owner (expires {}):\n{}\n",
+        format_unix_ms(answer.expires_unix.saturating_mul(1000)),
+        answer.enrollment_link
+    ))
+}
+
+/// `xdpgate clients list`.
+pub async fn clients_list(socket: &Path) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let clients = client.list_clients(pb::ListClientsRequest {}).await?.into_inner().clients;
+    if clients.is_empty() {
+        return Ok("no clients\n".to_owned());
+    }
+    let mut out = format!("{:<20} {:<8} {:<9} {:<20} {}\n", "NAME", "ENABLED", "ENROLLED", "DEVICE", "SERVERS");
+    for c in clients {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<9} {:<20} {}",
+            c.name,
+            if c.enabled { "yes" } else { "NO" },
+            if c.enrolled { "yes" } else { "pending" },
+            c.device_name,
+            c.servers.join(",")
+        );
+    }
+    Ok(out)
+}
+
+/// `xdpgate clients enable|disable`.
+pub async fn clients_set_enabled(socket: &Path, name: &str, enabled: bool) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::SetClientEnabledRequest { name: name.to_owned(), enabled };
+    let closed = client.set_client_enabled(request).await?.into_inner().openings_closed;
+    let verb = if enabled { "enabled" } else { "disabled" };
+    Ok(format!("client {name} {verb}; {closed} opening(s) closed\n"))
+}
+
+/// `xdpgate clients remove`.
+pub async fn clients_remove(socket: &Path, name: &str) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let closed = client.remove_client(pb::RemoveClientRequest { name: name.to_owned() }).await?.into_inner().openings_closed;
+    Ok(format!("client {name} removed; {closed} opening(s) closed\n"))
+}
+
+/// `xdpgate audit tail`.
+pub async fn audit_tail(socket: &Path, count: u32) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let events = client.audit_tail(pb::AuditTailRequest { count }).await?.into_inner().events;
+    let mut out = String::new();
+    for e in events {
+        let _ = writeln!(
+            out,
+            "{} {} client={:?} ip={} server={:?} {} {} {}",
+            e.unix_ms / 1000,
+            e.kind,
+            e.client_id,
+            if e.remote.is_empty() { "-" } else { e.remote.as_str() },
+            e.server,
+            e.verdict,
+            if e.code.is_empty() { "-" } else { e.code.as_str() },
+            e.reason
+        );
+    }
+    Ok(out)
+}
+
 fn render_servers(servers: &[pb::Server]) -> String {
     let mut out = String::new();
     for server in servers {

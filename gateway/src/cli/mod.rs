@@ -56,6 +56,16 @@ pub enum Command {
         #[command(subcommand)]
         command: OpeningsCommand,
     },
+    /// Clients: who may ask for approvals.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// The audit trail (every decision with its precise reason).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Interfaces, openings and packet counters per service.
     Status {
         #[command(flatten)]
@@ -113,5 +123,59 @@ pub enum OpeningsCommand {
         /// Source address.
         #[arg(long)]
         ip: IpAddr,
+    },
+}
+
+/// `xdpgate clients ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client and print its single-use enrollment link.
+    Add {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Client name (its id).
+        name: String,
+        /// Server the client may use (repeat for several).
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
+    },
+    /// List clients.
+    List {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Disable a client: its requests are denied and its openings close at once.
+    Disable {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Client name.
+        name: String,
+    },
+    /// Enable a disabled client.
+    Enable {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Client name.
+        name: String,
+    },
+    /// Remove a client and close its openings.
+    Remove {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// Client name.
+        name: String,
+    },
+}
+
+/// `xdpgate audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest events.
+    Tail {
+        #[command(flatten)]
+        target: ControlTarget,
+        /// How many events.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: u32,
     },
 }

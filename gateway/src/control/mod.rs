@@ -1,7 +1,9 @@
-//! The local control API (tonic over a Unix socket): the admin CLI talks to the controller
-//! through it.
+//! The controller's gRPC APIs on Unix sockets: the admin control API (`server`, used by the
+//! CLI through `client`) and the front API the web front submits requests to (`front`).
 pub mod client;
+pub mod front;
 pub mod server;
 
 pub use client::connect;
+pub use front::serve_front;
 pub use server::{ControlService, serve};

@@ -13,10 +13,15 @@ use tracing::{info, warn};
 use xdpgate_proto::control::v1::{self as pb, control_server::ControlServer};
 
 use crate::{
+    approvals::ClientAdminError,
     controller::Controller,
     gate::GateError,
     openings::{OpeningView, OpeningsError},
+    store::{AuditKind, StoreError},
 };
+
+/// The most audit events one call returns.
+const MAX_AUDIT_TAIL: u32 = 10_000;
 
 /// The longest connect window an admin may grant in one call (7 days).
 const MAX_ADMIN_TTL_SECS: u32 = 7 * 86_400;
@@ -43,7 +48,7 @@ pub async fn serve(
 
 /// Binds a Unix socket that only its owner (root) can use: parent folder 0700 if we create
 /// it, socket 0600 from the start (umask), a stale socket file replaced.
-fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener, std::io::Error> {
+pub(crate) fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener, std::io::Error> {
     if let Some(parent) = socket.parent().filter(|p| !p.exists()) {
         std::fs::create_dir_all(parent)?;
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
@@ -75,6 +80,22 @@ fn status_of(err: OpeningsError) -> Status {
             Status::internal(other.to_string())
         }
     }
+}
+
+fn admin_status(err: ClientAdminError) -> Status {
+    match err {
+        ClientAdminError::Invalid(reason) => Status::invalid_argument(reason),
+        ClientAdminError::Store(StoreError::NotFound(what)) => Status::not_found(format!("{what} not found")),
+        ClientAdminError::Store(StoreError::Exists(what)) => Status::already_exists(format!("{what} exists already")),
+        other => {
+            warn!(error = %other, "client administration failed");
+            Status::internal(other.to_string())
+        }
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn gate_status(err: GateError) -> Status {
@@ -271,5 +292,86 @@ impl pb::control_server::Control for ControlService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.controller.started.elapsed().as_secs(),
         }))
+    }
+
+    async fn add_client(
+        &self,
+        request: Request<pb::AddClientRequest>,
+    ) -> Result<Response<pb::AddClientResponse>, Status> {
+        let request = request.into_inner();
+        let (link, expires_unix) =
+            self.controller.approvals.add_client(&request.name, &request.servers).await.map_err(admin_status)?;
+        info!(client_id = %request.name, servers = ?request.servers, "client added; enrollment link issued");
+        Ok(Response::new(pb::AddClientResponse { enrollment_link: link.to_string(), expires_unix }))
+    }
+
+    async fn list_clients(
+        &self,
+        _request: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let clients = self.controller.approvals.list_clients().await.map_err(admin_status)?;
+        let clients = clients
+            .into_iter()
+            .map(|c| pb::Client {
+                name: c.client_id,
+                servers: c.servers,
+                enabled: c.enabled,
+                enrolled: c.enrollment.is_some(),
+                device_name: c.enrollment.as_ref().map(|e| e.device_name.clone()).unwrap_or_default(),
+                created_unix: c.created_unix,
+                enrolled_unix: c.enrollment.as_ref().map_or(0, |e| e.enrolled_unix),
+            })
+            .collect();
+        Ok(Response::new(pb::ListClientsResponse { clients }))
+    }
+
+    async fn set_client_enabled(
+        &self,
+        request: Request<pb::SetClientEnabledRequest>,
+    ) -> Result<Response<pb::ClientChangeResponse>, Status> {
+        let request = request.into_inner();
+        let closed =
+            self.controller.approvals.set_enabled(&request.name, request.enabled).await.map_err(admin_status)?;
+        Ok(Response::new(pb::ClientChangeResponse { openings_closed: count(closed) }))
+    }
+
+    async fn remove_client(
+        &self,
+        request: Request<pb::RemoveClientRequest>,
+    ) -> Result<Response<pb::ClientChangeResponse>, Status> {
+        let closed = self.controller.approvals.remove_client(&request.into_inner().name).await.map_err(admin_status)?;
+        Ok(Response::new(pb::ClientChangeResponse { openings_closed: count(closed) }))
+    }
+
+    async fn audit_tail(
+        &self,
+        request: Request<pb::AuditTailRequest>,
+    ) -> Result<Response<pb::AuditTailResponse>, Status> {
+        let wanted = request.into_inner().count.clamp(1, MAX_AUDIT_TAIL);
+        let events = self
+            .controller
+            .approvals
+            .audit_tail(usize::try_from(wanted).unwrap_or(usize::MAX))
+            .await
+            .map_err(admin_status)?;
+        let events = events
+            .into_iter()
+            .map(|e| pb::AuditEvent {
+                unix_ms: e.unix_ms,
+                kind: match e.kind {
+                    AuditKind::Approval => "approval",
+                    AuditKind::Enrollment => "enrollment",
+                    AuditKind::Client => "client",
+                }
+                .to_owned(),
+                client_id: e.client_id,
+                remote: e.remote,
+                server: e.server,
+                verdict: e.verdict,
+                code: e.code,
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::AuditTailResponse { events }))
     }
 }

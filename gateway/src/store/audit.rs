@@ -43,13 +43,16 @@ pub struct AuditEvent {
 }
 
 impl Store {
-    /// Appends an event, dropping the oldest past `retention` events.
-    pub fn append_audit(&self, event: &AuditEvent, retention: u64) -> Result<(), StoreError> {
+    /// Appends events in one transaction, dropping the oldest past `retention` events.
+    pub fn append_audit(&self, events: &[AuditEvent], retention: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(TABLE)?;
-            let next = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
-            table.insert(next, encode(event)?.as_slice())?;
+            let mut next = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+            for event in events {
+                table.insert(next, encode(event)?.as_slice())?;
+                next += 1;
+            }
             let excess = table.len()?.saturating_sub(retention);
             for _ in 0..excess {
                 table.pop_first()?;

@@ -1,0 +1,443 @@
+//! The controller's side of approvals: decide requests the web front forwards (validate, open
+//! the gate, seal the answer), redeem enrollments, manage clients, and audit all of it.
+pub mod audit;
+pub mod box_key;
+pub mod state;
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use ring::rand::SecureRandom as _;
+use tracing::{error, warn};
+
+pub use audit::AuditLog;
+use state::StoreState;
+
+use crate::{
+    approval::{
+        self, ApprovedRequest, ClientRsaPublicKey, ConnectTarget, HmacSecret, PublicCode, Rejection,
+        ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
+    },
+    clock::unix_ms,
+    config::{Config, Protocol, ServerConfig},
+    enrollment::{self, EnrollResponse, EnrollmentLink},
+    openings::Openings,
+    store::{AuditEvent, AuditKind, Enrollment, EnrollmentToken, Store, StoreError, StoredClient},
+};
+
+/// What the front API answers: an HTTP status and a JSON body, produced here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Vec<u8>,
+}
+
+impl FrontAnswer {
+    fn error(code: &str, status: u16) -> Self {
+        Self { status, body: format!("{{\"error\":\"{code}\"}}").into_bytes() }
+    }
+
+    fn json(value: &impl serde::Serialize) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self { status: 200, body },
+            Err(err) => {
+                error!(error = %err, "encoding an answer failed");
+                Self::unavailable()
+            }
+        }
+    }
+
+    /// The retryable "try again later" answer.
+    pub fn unavailable() -> Self {
+        Self::error("unavailable", 503)
+    }
+}
+
+/// Errors of the operator's client management.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAdminError {
+    /// Bad input from the operator.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed (or the client does not exist).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Closing the client's openings failed.
+    #[error(transparent)]
+    Openings(#[from] crate::openings::OpeningsError),
+    /// A blocking task failed.
+    #[error("task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Who a request came from, for the audit trail.
+struct Origin<'a> {
+    remote: IpAddr,
+    request_id: &'a str,
+}
+
+/// The approval service.
+pub struct Approvals {
+    store: Arc<Store>,
+    state: Arc<StoreState>,
+    box_keys: Arc<ServerBoxKeys>,
+    openings: Arc<Openings>,
+    servers: Vec<ServerConfig>,
+    validation: ValidationConfig,
+    enrollment_ttl: Duration,
+    public_url: Option<String>,
+    web_cert: Option<PathBuf>,
+    audit: AuditLog,
+}
+
+impl Approvals {
+    /// The service for `config`, using its state folder's box key.
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        openings: Arc<Openings>,
+        box_keys: ServerBoxKeys,
+    ) -> Self {
+        let approvals = &config.approvals;
+        Self {
+            state: Arc::new(StoreState::new(store.clone(), &config.servers)),
+            audit: AuditLog::start(store.clone(), approvals.audit_retention),
+            store,
+            box_keys: Arc::new(box_keys),
+            openings,
+            servers: config.servers.clone(),
+            validation: ValidationConfig { timestamp_window_secs: approvals.timestamp_window_secs },
+            enrollment_ttl: approvals.enrollment_ttl,
+            public_url: approvals.public_url.clone(),
+            web_cert: approvals.web_cert.clone(),
+        }
+    }
+
+    /// The server's box public key (goes into client profiles).
+    pub fn box_public_key(&self) -> String {
+        self.box_keys.public_key().to_base64()
+    }
+
+    /// The audit writer.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Decides a `POST /v1/approvals` body: cheapest checks first, the gate opened only for
+    /// a request that passed every check.
+    pub async fn submit(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
+        let origin = Origin { remote, request_id };
+        let request = match approval::parse_request(&body) {
+            Ok(request) => request,
+            Err(rejection) => return self.rejected(&origin, "", "", &rejection),
+        };
+        let (client_id, server) = (request.client_id.clone(), request.server.clone());
+        let state = self.state.clone();
+        let keys = self.box_keys.clone();
+        let validation = self.validation;
+        let now = unix_ms() / 1000;
+        let decided = tokio::task::spawn_blocking(move || {
+            approval::validate(&request, &*state, &keys, remote, now, &validation)
+        })
+        .await;
+        match decided {
+            Ok(Ok(approved)) => self.approve(&origin, approved).await,
+            Ok(Err(rejection)) => self.rejected(&origin, &client_id, &server, &rejection),
+            Err(err) => {
+                error!(error = %err, "validation task failed");
+                FrontAnswer::unavailable()
+            }
+        }
+    }
+
+    fn rejected(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
+        let code = rejection.public_code();
+        self.audit.record(AuditEvent {
+            unix_ms: unix_ms(),
+            kind: AuditKind::Approval,
+            client_id: client_id.to_owned(),
+            remote: origin.remote.to_string(),
+            server: server.to_owned(),
+            verdict: "rejected".into(),
+            code: code.as_str().to_owned(),
+            reason: format!("[{}] {}", origin.request_id, rejection.reason()),
+        });
+        match serde_json::to_vec(&rejection.public_body()) {
+            Ok(body) => FrontAnswer { status: rejection.http_status(), body },
+            Err(_) => FrontAnswer::error(code.as_str(), rejection.http_status()),
+        }
+    }
+
+    async fn approve(&self, origin: &Origin<'_>, approved: ApprovedRequest) -> FrontAnswer {
+        let Some(server) = self.servers.iter().find(|s| s.name == approved.server) else {
+            return FrontAnswer::error(PublicCode::UnknownServer.as_str(), 404);
+        };
+        let Some(target) = connect_target(server) else {
+            error!(server = %server.name, "server has no public_ipv4/public_ipv6; cannot tell clients where to connect");
+            return FrontAnswer::unavailable();
+        };
+        let mut opened = Vec::new();
+        for addr in &approved.open_addresses {
+            match self.openings.grant(server, *addr, &approved.client_id, server.connect_window).await {
+                Ok(_) => opened.push(*addr),
+                Err(err) => warn!(client_ip = %addr, error = %err, "could not open an approved address"),
+            }
+        }
+        if opened.is_empty() {
+            return FrontAnswer::unavailable();
+        }
+        let expires = unix_ms() / 1000 + server.connect_window.as_secs();
+        let payload = ResponsePayload::allow(target, opened.clone(), expires);
+        let sealed = approval::seal_response(&approved.binding, &self.box_keys, approved.client_hmac_secret(), &payload);
+        self.audit.record(AuditEvent {
+            unix_ms: unix_ms(),
+            kind: AuditKind::Approval,
+            client_id: approved.client_id.clone(),
+            remote: origin.remote.to_string(),
+            server: server.name.clone(),
+            verdict: "approved".into(),
+            code: approval::APPROVED_REASON.to_owned(),
+            reason: format!(
+                "[{}] opened {:?} for {}s; device {:?}, client {:?}",
+                origin.request_id,
+                opened,
+                server.connect_window.as_secs(),
+                approved.device_name,
+                approved.client_version
+            ),
+        });
+        match sealed {
+            Ok(response) => FrontAnswer::json(&response),
+            Err(err) => {
+                error!(error = %err, "sealing an approval failed");
+                FrontAnswer::unavailable()
+            }
+        }
+    }
+
+    /// Redeems a `POST /v1/enroll` body: registers the client's public key and hands out its
+    /// HMAC secret and the server's box key. A bad, used or expired token is `denied`.
+    pub async fn enroll(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
+        let audit = |client_id: &str, verdict: &str, code: &str, reason: String| {
+            self.audit.record(AuditEvent {
+                unix_ms: unix_ms(),
+                kind: AuditKind::Enrollment,
+                client_id: client_id.to_owned(),
+                remote: remote.to_string(),
+                server: String::new(),
+                verdict: verdict.to_owned(),
+                code: code.to_owned(),
+                reason: format!("[{request_id}] {reason}"),
+            });
+        };
+        let request = match enrollment::parse_enroll_request(&body) {
+            Ok(request) => request,
+            Err(err) => {
+                audit("", "rejected", "malformed", err.to_string());
+                return FrontAnswer::error("malformed", 400);
+            }
+        };
+        let public_key = match ClientRsaPublicKey::from_pem(&request.rsa_public_key_pem).and_then(|k| k.to_pem().map(|pem| (k, pem))) {
+            Ok((_, pem)) => pem,
+            Err(err) => {
+                audit("", "rejected", "malformed", format!("public key refused: {err}"));
+                return FrontAnswer::error("malformed", 400);
+            }
+        };
+        let secret = match HmacSecret::generate() {
+            Ok(secret) => secret,
+            Err(err) => {
+                error!(error = %err, "generating an HMAC secret failed");
+                return FrontAnswer::unavailable();
+            }
+        };
+        let enrollment = Enrollment {
+            hmac_secret_b64: secret.to_base64().to_string(),
+            rsa_public_key_pem: public_key,
+            device_name: request.device_name.clone(),
+            enrolled_unix: unix_ms() / 1000,
+        };
+        let digest = token_digest(&request.token);
+        let store = self.store.clone();
+        let now = unix_ms() / 1000;
+        let redeemed = tokio::task::spawn_blocking(move || store.redeem_enrollment_token(&digest, now, enrollment)).await;
+        match redeemed {
+            Ok(Ok(Some(client))) => {
+                audit(&client.client_id, "enrolled", "", format!("device {:?}", request.device_name));
+                FrontAnswer::json(&EnrollResponse {
+                    client_id: client.client_id,
+                    hmac_secret: secret.to_base64().to_string(),
+                    server_box_public_key: self.box_public_key(),
+                    servers: client.servers,
+                })
+            }
+            Ok(Ok(None)) => {
+                audit("", "rejected", "denied", "unknown, used or expired enrollment token".into());
+                FrontAnswer::error(PublicCode::Denied.as_str(), 403)
+            }
+            Ok(Err(err)) => {
+                error!(error = %err, "redeeming an enrollment token failed");
+                FrontAnswer::unavailable()
+            }
+            Err(err) => {
+                error!(error = %err, "enrollment task failed");
+                FrontAnswer::unavailable()
+            }
+        }
+    }
+
+    /// Creates a client allowed on `servers` and returns its single-use enrollment link.
+    pub async fn add_client(&self, name: &str, servers: &[String]) -> Result<(EnrollmentLink, u64), ClientAdminError> {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            return Err(ClientAdminError::Invalid("client name must be 1-64 characters of A-Z a-z 0-9 . - _".into()));
+        }
+        if servers.is_empty() {
+            return Err(ClientAdminError::Invalid("name at least one --server".into()));
+        }
+        if let Some(unknown) = servers.iter().find(|s| !self.servers.iter().any(|c| &c.name == *s)) {
+            return Err(ClientAdminError::Invalid(format!("no server named {unknown:?}")));
+        }
+        let base_url = self.public_url.clone().ok_or_else(|| {
+            ClientAdminError::Invalid("set approvals.public_url (the HTTPS address clients use) first".into())
+        })?;
+        let cert_sha256 = self.web_cert_pin()?;
+        let token = random_token().map_err(ClientAdminError::Invalid)?;
+        let expires_unix = unix_ms() / 1000 + self.enrollment_ttl.as_secs();
+        let client = StoredClient {
+            client_id: name.to_owned(),
+            servers: servers.to_vec(),
+            enabled: true,
+            created_unix: unix_ms() / 1000,
+            enrollment: None,
+        };
+        let pending = EnrollmentToken { client_id: name.to_owned(), expires_unix };
+        let digest = token_digest(&token);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.create_client(&client)?;
+            store.put_enrollment_token(&digest, &pending)
+        })
+        .await??;
+        self.operator_audit(name, "added", format!("servers {servers:?}; enrollment link expires at {expires_unix}"));
+        Ok((EnrollmentLink { base_url, token, cert_sha256 }, expires_unix))
+    }
+
+    fn web_cert_pin(&self) -> Result<String, ClientAdminError> {
+        let path = self.web_cert.as_ref().ok_or_else(|| ClientAdminError::Invalid("set approvals.web_cert".into()))?;
+        crate::tls::cert_sha256_hex(path).map_err(|err| {
+            ClientAdminError::Invalid(format!(
+                "cannot read the web front's certificate {} ({err}); start the web front once or set approvals.web_cert",
+                path.display()
+            ))
+        })
+    }
+
+    /// Every client.
+    pub async fn list_clients(&self) -> Result<Vec<StoredClient>, ClientAdminError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.clients()).await??)
+    }
+
+    /// Enables or disables a client; disabling closes its openings at once. Returns how
+    /// many openings were closed.
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<usize, ClientAdminError> {
+        let store = self.store.clone();
+        let id = name.to_owned();
+        tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = enabled)).await??;
+        let closed = if enabled { 0 } else { self.openings.revoke_origin(name).await? };
+        let verdict = if enabled { "enabled" } else { "disabled" };
+        self.operator_audit(name, verdict, format!("{closed} opening(s) closed"));
+        Ok(closed)
+    }
+
+    /// Removes a client and closes its openings. Returns how many openings were closed.
+    pub async fn remove_client(&self, name: &str) -> Result<usize, ClientAdminError> {
+        let store = self.store.clone();
+        let id = name.to_owned();
+        tokio::task::spawn_blocking(move || store.remove_client(&id)).await??;
+        let closed = self.openings.revoke_origin(name).await?;
+        self.operator_audit(name, "removed", format!("{closed} opening(s) closed"));
+        Ok(closed)
+    }
+
+    /// Forgets nonces past their keep-until time; returns how many.
+    pub async fn purge_nonces(&self) -> Result<usize, ClientAdminError> {
+        let store = self.store.clone();
+        let now = unix_ms() / 1000;
+        Ok(tokio::task::spawn_blocking(move || store.purge_nonces(now)).await??)
+    }
+
+    /// The newest audit events.
+    pub async fn audit_tail(&self, count: usize) -> Result<Vec<AuditEvent>, ClientAdminError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.audit_tail(count)).await??)
+    }
+
+    fn operator_audit(&self, client_id: &str, verdict: &str, reason: String) {
+        self.audit.record(AuditEvent {
+            unix_ms: unix_ms(),
+            kind: AuditKind::Client,
+            client_id: client_id.to_owned(),
+            remote: String::new(),
+            server: String::new(),
+            verdict: verdict.to_owned(),
+            code: String::new(),
+            reason,
+        });
+    }
+}
+
+/// Where clients of `server` connect: its public addresses and first service (UDP first).
+fn connect_target(server: &ServerConfig) -> Option<ConnectTarget> {
+    if server.public_ipv4.is_none() && server.public_ipv6.is_none() {
+        return None;
+    }
+    let service = server
+        .services
+        .iter()
+        .find(|s| s.protocol == Protocol::Udp)
+        .or_else(|| server.services.first())?;
+    Some(ConnectTarget {
+        host_ipv4: server.public_ipv4,
+        host_ipv6: server.public_ipv6,
+        port: service.port,
+        protocol: match service.protocol {
+            Protocol::Udp => TransportProtocol::Udp,
+            Protocol::Tcp => TransportProtocol::Tcp,
+        },
+    })
+}
+
+/// Hex SHA-256 of an enrollment token: only the digest is stored.
+fn token_digest(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; enrollment::TOKEN_BYTES];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "the system random generator failed".to_owned())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_the_right_length_and_stored_as_digests() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), enrollment::token_text_len());
+        let digest = token_digest(&a);
+        assert_eq!(digest.len(), 64);
+        assert!(!digest.contains(&a));
+        assert_eq!(digest, token_digest(&a));
+    }
+}
