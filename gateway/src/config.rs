@@ -786,7 +786,32 @@ address = "192.0.2.1"
     }
 
     #[test]
+    fn example_config_in_the_repo_is_valid() {
+        let text = include_str!("../../config/example.toml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.approvals.timestamp_window_secs, 300);
+        assert!(config.approvals.public_url.as_deref().is_some_and(|u| u.starts_with("https://")));
+        let web = config.web.unwrap();
+        assert_eq!(web.rate_limit_burst, 20);
+        assert_eq!(config.servers[0].public_ipv4, Some("203.0.113.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn ip_networks_match_by_prefix() {
+        let net: IpNet = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        let host: IpNet = "fd00::1".parse().unwrap();
+        assert!(host.contains("fd00::1".parse().unwrap()) && !host.contains("fd00::2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
     fn missing_controller_section_is_a_syntax_error() {
         assert!(matches!(parse("[[server]]\n"), Err(ConfigError::Syntax { .. })));
+        assert!(matches!(parse("[approvals]\n"), Err(ConfigError::Invalid { .. })));
     }
 }

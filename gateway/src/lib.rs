@@ -4,6 +4,7 @@
 //! The `xdpgate` binary (`main.rs`) is a thin CLI over these modules.
 pub mod approval;
 pub mod approvals;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -13,3 +14,4 @@ pub mod gate;
 pub mod openings;
 pub mod store;
 pub mod tls;
+pub mod web;

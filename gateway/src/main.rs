@@ -5,8 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use cli::{AuditCommand, Cli, ClientsCommand, Command, OpeningsCommand, ServersCommand, admin};
-use xdpgate::{config::Config, controller, gate::loader};
+use cli::{AuditCommand, Cli, ClientCommand, ClientsCommand, Command, OpeningsCommand, ServersCommand, admin};
+use xdpgate::{
+    client,
+    config::{Config, WebConfig},
+    controller,
+    gate::loader,
+    web,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -70,6 +76,25 @@ async fn dispatch(command: Command) -> anyhow::Result<String> {
             ClientsCommand::Remove { target, name } => admin::clients_remove(&target.socket, &name).await,
         },
         Command::Audit { command: AuditCommand::Tail { target, count } } => admin::audit_tail(&target.socket, count).await,
+        Command::Web { config } => {
+            web::run(WebConfig::load(&config)?).await?;
+            Ok(String::new())
+        }
+        Command::Client { command: ClientCommand::Enroll { link, profile, device_name, force } } => {
+            let options = client::EnrollOptions { link: &link, profile: &profile, device_name: device_name.as_deref(), force };
+            Ok(client::enroll(&options).await?)
+        }
+        Command::Client { command: ClientCommand::Connect { profile, server, public_ipv4, public_ipv6, device_name, json } } => {
+            let options = client::ConnectOptions {
+                profile: &profile,
+                server: server.as_deref(),
+                public_ipv4,
+                public_ipv6,
+                device_name: device_name.as_deref(),
+                json,
+            };
+            Ok(client::connect(&options).await?)
+        }
         Command::Status { target } => admin::status(&target.socket).await,
         Command::Health { target } => admin::health(&target.socket).await,
     }

@@ -136,7 +136,7 @@ impl HmacSecret {
     }
 
     /// HMAC-SHA512 of `message`.
-    pub(crate) fn sign(&self, message: &[u8]) -> [u8; HMAC_LEN] {
+    pub fn sign(&self, message: &[u8]) -> [u8; HMAC_LEN] {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &self.0);
         let tag = ring::hmac::sign(&key, message);
         let mut out = [0u8; HMAC_LEN];
@@ -327,7 +327,7 @@ impl ClientRsaKey {
     }
 
     /// RSASSA-PSS signature with SHA-512, MGF1-SHA-512 and a random 64-byte salt.
-    pub(crate) fn sign_pss_sha512(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub fn sign_pss_sha512(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut sig = vec![0u8; self.pair.public().modulus_len()];
         self.pair
             .sign(

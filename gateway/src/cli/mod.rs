@@ -1,7 +1,10 @@
 //! Command-line interface of the `xdpgate` binary.
 pub mod admin;
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +48,18 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run the unprivileged HTTPS web front: checks and re-serializes client requests and
+    /// forwards them to the controller's front socket.
+    Web {
+        /// Configuration file (TOML) with a `[web]` section.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The reference client: enroll with a link, then ask for approval before connecting.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
     },
     /// Guarded servers.
     Servers {
@@ -177,5 +192,45 @@ pub enum AuditCommand {
         /// How many events.
         #[arg(short = 'n', long, default_value_t = 20)]
         count: u32,
+    },
+}
+
+/// `xdpgate client ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Redeem an enrollment link: generate this device's RSA key and write the profile.
+    Enroll {
+        /// The link from `xdpgate clients add` (`https://HOST:PORT/v1/enroll#token=…&pin=sha256:…`).
+        link: String,
+        /// Where to write the profile (JSON with secrets, mode 0600).
+        #[arg(long)]
+        profile: PathBuf,
+        /// Name shown to the operator (default: the host name).
+        #[arg(long)]
+        device_name: Option<String>,
+        /// Replace an existing profile.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask for approval to connect; exits 0 only when approved.
+    Connect {
+        /// The profile written by `client enroll`.
+        #[arg(long)]
+        profile: PathBuf,
+        /// Server to connect to (default: the profile's only server).
+        #[arg(long)]
+        server: Option<String>,
+        /// This device's public IPv4 address, if known.
+        #[arg(long)]
+        public_ipv4: Option<Ipv4Addr>,
+        /// This device's public IPv6 address, if known.
+        #[arg(long)]
+        public_ipv6: Option<Ipv6Addr>,
+        /// Device name sent with the request (default: the host name).
+        #[arg(long)]
+        device_name: Option<String>,
+        /// Print the approval as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

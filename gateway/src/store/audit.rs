@@ -48,10 +48,9 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(TABLE)?;
-            let mut next = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
-            for event in events {
-                table.insert(next, encode(event)?.as_slice())?;
-                next += 1;
+            let first = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+            for (seq, event) in (first..).zip(events) {
+                table.insert(seq, encode(event)?.as_slice())?;
             }
             let excess = table.len()?.saturating_sub(retention);
             for _ in 0..excess {

@@ -5,18 +5,15 @@ pub mod frames;
 
 use std::{
     collections::BTreeMap,
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use gateway_common::{
-    GlobalCounter, Opening, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceStats, ServiceValue, map_names,
+    GlobalCounter, Opening, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceStats, ServiceValue,
 };
 use xdpgate::{
     clock::boot_ns,

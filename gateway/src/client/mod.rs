@@ -1,0 +1,488 @@
+//! The reference client: `xdpgate client enroll` redeems an enrollment link (the RSA key is
+//! generated here and only its public half is sent) and writes the profile;
+//! `xdpgate client connect` asks for approval with the profile and reports where to connect.
+//!
+//! Every HTTPS exchange is pinned: to the link's certificate hash at enrollment, then to the
+//! certificate stored in the profile's `tls_anchor_pem`.
+
+pub mod https;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use self::https::{Endpoint, HttpsError, HttpsRequest};
+use crate::approval::{
+    self, BoxPublicKey, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError, ProfileError,
+    PublicCode, RequestParams, ResponsePayload, TransportProtocol, Verdict,
+};
+use crate::enrollment::{self, EnrollRequest, EnrollResponse, EnrollmentError, EnrollmentLink};
+use crate::tls::{self, TlsError};
+
+/// Deadline of one HTTPS exchange.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest enrollment answer read.
+const MAX_ENROLL_REPLY_BYTES: usize = 64 * 1024;
+/// The version sent in every request.
+pub const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCommandError {
+    /// The link is not an enrollment link.
+    #[error(transparent)]
+    Link(#[from] EnrollmentError),
+    /// The profile file exists and `--force` was not given.
+    #[error("{0} exists; pass --force to replace it")]
+    ProfileExists(PathBuf),
+    /// The profile file could not be read or written.
+    #[error("{path}")]
+    ProfileIo {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The profile is invalid.
+    #[error("invalid profile")]
+    Profile(#[from] ProfileError),
+    /// A key could not be generated or used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The HTTPS exchange failed.
+    #[error(transparent)]
+    Https(#[from] HttpsError),
+    /// The server refused the enrollment token.
+    #[error(
+        "the server refused the enrollment (denied): the link is invalid, already used or expired; ask the operator for a new one"
+    )]
+    EnrollDenied,
+    /// The server answered the enrollment with an error.
+    #[error("enrollment failed: HTTP {status}: {code}")]
+    EnrollFailed {
+        /// HTTP status.
+        status: u16,
+        /// The public error code or a description.
+        code: String,
+    },
+    /// The server's enrollment answer is unusable.
+    #[error("the server's enrollment answer is unusable: {0}")]
+    BadEnrollAnswer(String),
+    /// No server named and the profile has several.
+    #[error("the profile allows several servers ({0}); choose one with --server")]
+    ChooseServer(String),
+    /// Building the request failed.
+    #[error("cannot build the approval request")]
+    Request(#[from] approval::ClientError),
+    /// The server sealed a denial (authenticated).
+    #[error("approval denied by the server: {code}")]
+    Denied {
+        /// The public code.
+        code: String,
+    },
+    /// The server answered with an unsealed error (unauthenticated hint).
+    #[error("approval refused: HTTP {status}: {code} (unauthenticated answer)")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The public code (or `unavailable`).
+        code: String,
+    },
+    /// The answer is neither a valid sealed response nor an error body.
+    #[error("the server's answer (HTTP {status}) cannot be trusted: {detail}")]
+    BadAnswer {
+        /// HTTP status.
+        status: u16,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl ClientCommandError {
+    /// The public code the server gave, if any.
+    pub fn public_code(&self) -> Option<PublicCode> {
+        match self {
+            Self::Denied { code } | Self::Refused { code, .. } | Self::EnrollFailed { code, .. } => {
+                PublicCode::from_str_code(code)
+            }
+            Self::EnrollDenied => Some(PublicCode::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// `xdpgate client enroll` options.
+#[derive(Debug)]
+pub struct EnrollOptions<'a> {
+    /// The link the operator handed out.
+    pub link: &'a str,
+    /// Where to write the profile.
+    pub profile: &'a Path,
+    /// Name shown to the operator (default: the host name).
+    pub device_name: Option<&'a str>,
+    /// Replace an existing profile.
+    pub force: bool,
+}
+
+/// Redeems an enrollment link and writes the profile (mode 0600). Returns the text to print.
+pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommandError> {
+    let link: EnrollmentLink = options.link.parse()?;
+    if options.profile.exists() && !options.force {
+        return Err(ClientCommandError::ProfileExists(options.profile.to_owned()));
+    }
+    let device_name = enroll_device_name(options.device_name);
+    let endpoint = Endpoint::parse(&link.base_url)?;
+    let pin = tls::parse_pin_hex(&link.cert_sha256)?;
+    let tls_config = Arc::new(tls::pinned_client_config(vec![pin])?);
+    // Check the pin and the way there before the slow key generation.
+    let probe = HttpsRequest { method: http::Method::GET, path: "/healthz", headers: Vec::new(), body: Vec::new() };
+    https::send(&endpoint, tls_config.clone(), probe, REQUEST_TIMEOUT, 1024).await?;
+
+    eprintln!(
+        "generating an RSA-{} key pair for this device (this takes a few seconds)...",
+        approval::RSA_GENERATED_BITS
+    );
+    let rsa_key = tokio::task::spawn_blocking(ClientRsaKey::generate)
+        .await
+        .map_err(|err| ClientCommandError::BadEnrollAnswer(format!("key generation task failed: {err}")))??;
+    let request =
+        EnrollRequest { token: link.token.clone(), rsa_public_key_pem: rsa_key.public_key().to_pem()?, device_name };
+    let body = serde_json::to_vec(&request).map_err(|err| ClientCommandError::BadEnrollAnswer(err.to_string()))?;
+    let reply = https::send(
+        &endpoint,
+        tls_config,
+        HttpsRequest::post_json(enrollment::ENROLL_PATH, body),
+        REQUEST_TIMEOUT,
+        MAX_ENROLL_REPLY_BYTES,
+    )
+    .await?;
+    match reply.status {
+        200 => {}
+        403 => return Err(ClientCommandError::EnrollDenied),
+        status => return Err(ClientCommandError::EnrollFailed { status, code: error_code(&reply.body) }),
+    }
+    let answer: EnrollResponse =
+        serde_json::from_slice(&reply.body).map_err(|err| ClientCommandError::BadEnrollAnswer(err.to_string()))?;
+    let cert = reply.server_cert.ok_or_else(|| ClientCommandError::BadEnrollAnswer("no server certificate".into()))?;
+    let profile = ClientProfile::new(
+        &answer.client_id,
+        &HmacSecret::from_base64(&answer.hmac_secret)?,
+        &rsa_key,
+        BoxPublicKey::from_base64(&answer.server_box_public_key)?,
+        link.base_url.trim_end_matches('/'),
+        &tls::cert_to_pem(&cert),
+        answer.servers.clone(),
+    )?;
+    profile.credentials()?;
+    write_profile(options.profile, &profile.to_json()?, options.force)?;
+    Ok(format!(
+        "enrolled as {} for {}; profile written to {}\n",
+        answer.client_id,
+        answer.servers.join(", "),
+        options.profile.display()
+    ))
+}
+
+/// The `error` of an `{"error":"…"}` body, or a short description.
+fn error_code(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => err.error,
+        Err(_) => format!("unexpected body ({} bytes)", body.len()),
+    }
+}
+
+/// Writes the profile with mode 0600: a new file, or with `force` a temporary file renamed
+/// over the old one (so an old file's looser mode is not kept).
+fn write_profile(path: &Path, json: &Zeroizing<String>, force: bool) -> Result<(), ClientCommandError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClientCommandError::ProfileIo { path, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+    }
+    let target = if force { temp_path(path) } else { path.to_owned() };
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target)?;
+        file.write_all(json.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        if force {
+            std::fs::rename(&target, path)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() && force {
+        let _ = std::fs::remove_file(&target);
+    }
+    result.map_err(|source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists && !force {
+            ClientCommandError::ProfileExists(path.to_owned())
+        } else {
+            io(path)(source)
+        }
+    })
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// The host name, or `None`.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Keeps printable characters, at most `max_chars` of them.
+fn clean_name(name: &str, max_chars: usize) -> String {
+    name.chars().filter(|c| !c.is_control()).take(max_chars).collect()
+}
+
+fn enroll_device_name(given: Option<&str>) -> String {
+    let name = clean_name(
+        given.map(str::to_owned).or_else(host_name).as_deref().unwrap_or(""),
+        enrollment::MAX_DEVICE_NAME_LEN,
+    );
+    if name.trim().is_empty() { "xdpgate-client".to_owned() } else { name }
+}
+
+/// The device name for a request: at most 128 bytes, no control characters, may be empty.
+fn request_device_name(given: Option<&str>) -> String {
+    let mut name = clean_name(given.map(str::to_owned).or_else(host_name).as_deref().unwrap_or(""), 128);
+    while name.len() > 128 {
+        name.pop();
+    }
+    name
+}
+
+/// `xdpgate client connect` options.
+#[derive(Debug)]
+pub struct ConnectOptions<'a> {
+    /// The profile file.
+    pub profile: &'a Path,
+    /// The server to ask for (default: the profile's only server).
+    pub server: Option<&'a str>,
+    /// This client's public IPv4 address, if known.
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// This client's public IPv6 address, if known.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Device name sent in the request (default: the host name).
+    pub device_name: Option<&'a str>,
+    /// Print JSON instead of a sentence.
+    pub json: bool,
+}
+
+/// An approval, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Approval {
+    /// Always true (a denial is an error).
+    pub approved: bool,
+    /// Always `allow`.
+    pub verdict: Verdict,
+    /// The server approved for.
+    pub server: String,
+    /// Where to connect.
+    pub connect: ConnectTarget,
+    /// The addresses opened.
+    pub opened: Vec<std::net::IpAddr>,
+    /// When the opening expires, Unix seconds.
+    pub expires: u64,
+}
+
+/// Asks for approval; `Ok` (the text to print) only when the server approved.
+pub async fn connect(options: &ConnectOptions<'_>) -> Result<String, ClientCommandError> {
+    let approval = request_approval(options).await?;
+    if options.json {
+        let mut text = serde_json::to_string(&approval)
+            .map_err(|err| ClientCommandError::BadAnswer { status: 200, detail: err.to_string() })?;
+        text.push('\n');
+        return Ok(text);
+    }
+    Ok(describe(&approval))
+}
+
+/// Reads the profile, sends one approval request and opens the sealed answer.
+pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, ClientCommandError> {
+    let profile = read_profile(options.profile)?;
+    let credentials = profile.credentials()?;
+    let server = choose_server(&profile, options.server)?;
+    let params = RequestParams {
+        server: server.clone(),
+        public_ipv4: options.public_ipv4,
+        public_ipv6: options.public_ipv6,
+        client_version: CLIENT_VERSION.to_owned(),
+        device_name: request_device_name(options.device_name),
+    };
+    let now = crate::clock::unix_ms() / 1000;
+    let (request, pending) = approval::build_request(&credentials, &params, now)?;
+    let body = request.to_json().map_err(approval::ClientError::from)?;
+    let endpoint = Endpoint::parse(&profile.web_endpoint)?;
+    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
+    let reply = https::send(
+        &endpoint,
+        tls_config,
+        HttpsRequest::post_json(approval::REQUEST_PATH, body),
+        REQUEST_TIMEOUT,
+        approval::MAX_RESPONSE_BODY_BYTES,
+    )
+    .await?;
+    let payload = match approval::open_response(&credentials, &pending, &reply.body) {
+        Ok(payload) => payload,
+        Err(sealed_err) => {
+            return Err(match serde_json::from_slice::<ErrorBody>(&reply.body) {
+                Ok(err) => ClientCommandError::Refused { status: reply.status, code: err.error },
+                Err(_) => ClientCommandError::BadAnswer { status: reply.status, detail: sealed_err.to_string() },
+            });
+        }
+    };
+    approval_from(server, payload)
+}
+
+fn approval_from(server: String, payload: ResponsePayload) -> Result<Approval, ClientCommandError> {
+    match (payload.verdict, payload.connect, payload.expires_unix) {
+        (Verdict::Allow, Some(connect), Some(expires)) => {
+            Ok(Approval { approved: true, verdict: Verdict::Allow, server, connect, opened: payload.opened, expires })
+        }
+        _ => Err(ClientCommandError::Denied { code: payload.reason }),
+    }
+}
+
+fn read_profile(path: &Path) -> Result<ClientProfile, ClientCommandError> {
+    let io = |source| ClientCommandError::ProfileIo { path: path.to_owned(), source };
+    let metadata = std::fs::metadata(path).map_err(io)?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        eprintln!("warning: {} is readable by other users; it holds secrets (chmod 600 it)", path.display());
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    Ok(ClientProfile::from_json(&text)?)
+}
+
+fn choose_server(profile: &ClientProfile, asked: Option<&str>) -> Result<String, ClientCommandError> {
+    match (asked, profile.servers.as_slice()) {
+        (Some(name), servers) => {
+            if !servers.iter().any(|s| s == name) {
+                eprintln!("warning: {name} is not among the profile's servers ({}); asking anyway", servers.join(", "));
+            }
+            Ok(name.to_owned())
+        }
+        (None, [only]) => Ok(only.clone()),
+        (None, servers) => Err(ClientCommandError::ChooseServer(servers.join(", "))),
+    }
+}
+
+/// `approved: connect to HOST:PORT/PROTO (opened ADDRS until T)`.
+pub fn describe(approval: &Approval) -> String {
+    let host = match (approval.connect.host_ipv4, approval.connect.host_ipv6) {
+        (Some(v4), _) => v4.to_string(),
+        (None, Some(v6)) => format!("[{v6}]"),
+        (None, None) => "?".to_owned(),
+    };
+    let protocol = match approval.connect.protocol {
+        TransportProtocol::Udp => "udp",
+        TransportProtocol::Tcp => "tcp",
+    };
+    let opened: Vec<String> = approval.opened.iter().map(ToString::to_string).collect();
+    format!(
+        "approved: connect to {host}:{}/{protocol} (opened {} until {})\n",
+        approval.connect.port,
+        opened.join(", "),
+        format_utc(approval.expires)
+    )
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_utc(unix: u64) -> String {
+    let days = i64::try_from(unix / 86_400).unwrap_or(i64::MAX / 2);
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_003_600), "2023-11-14T23:13:20Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn description_names_host_port_protocol_and_addresses() {
+        let approval = Approval {
+            approved: true,
+            verdict: Verdict::Allow,
+            server: "vpn1".into(),
+            connect: ConnectTarget {
+                host_ipv4: None,
+                host_ipv6: Some("2001:db8::1".parse().unwrap()),
+                port: 1194,
+                protocol: TransportProtocol::Udp,
+            },
+            opened: vec!["203.0.113.7".parse().unwrap(), "2001:db8::7".parse().unwrap()],
+            expires: 1_700_003_600,
+        };
+        assert_eq!(
+            describe(&approval),
+            "approved: connect to [2001:db8::1]:1194/udp (opened 203.0.113.7, 2001:db8::7 until 2023-11-14T23:13:20Z)\n"
+        );
+        let json = serde_json::to_value(&approval).unwrap();
+        assert_eq!(json["connect"]["port"], 1194);
+        assert_eq!(json["verdict"], "allow");
+        assert_eq!(json["approved"], true);
+    }
+
+    #[test]
+    fn device_names_are_cleaned() {
+        assert_eq!(enroll_device_name(Some("lap\ntop")), "laptop");
+        assert_eq!(enroll_device_name(Some(&"x".repeat(100))).chars().count(), enrollment::MAX_DEVICE_NAME_LEN);
+        assert_eq!(enroll_device_name(Some("\n")), "xdpgate-client");
+        assert_eq!(request_device_name(Some(&"é".repeat(100))).len(), 128);
+    }
+
+    #[test]
+    fn profile_is_written_0600_and_not_overwritten_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/profile.json");
+        write_profile(&path, &Zeroizing::new("{}".into()), false).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(matches!(
+            write_profile(&path, &Zeroizing::new("{}".into()), false),
+            Err(ClientCommandError::ProfileExists(_))
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_profile(&path, &Zeroizing::new(r#"{"new":1}"#.into()), true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"new\":1}\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "force replaces the looser mode"
+        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+    }
+}

@@ -1,0 +1,228 @@
+//! The unprivileged HTTPS web front (`xdpgate web`): terminates TLS, admits requests per
+//! source, parses every body into its typed struct and forwards only the re-serialized
+//! struct to the controller's front socket, then relays the controller's answer.
+//!
+//! It holds no secret but its TLS key and needs no privilege: it reads its certificate and
+//! key and connects to the front socket. Following the dual web server design, no request
+//! bytes and no headers reach the controller, only values that parsed.
+
+mod client_addr;
+mod front;
+mod rate_limit;
+mod routes;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
+
+pub use client_addr::{ConnInfo, ForwardedError, MAX_FORWARDED_HOPS, client_ip};
+pub use front::{FrontCall, FrontHandle};
+pub use rate_limit::{DEFAULT_MAX_SOURCES, RateLimiter};
+pub use routes::{AppState, router};
+
+use crate::config::WebConfig;
+use crate::tls::{self, TlsError};
+
+/// Most connections open at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Deadline of the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block (and read buffer) of a connection.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long open connections may finish after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The web front could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Accepting connections failed for good.
+    #[error("accepting connections failed")]
+    Accept(#[source] std::io::Error),
+}
+
+/// `xdpgate web`: creates a self-signed certificate if neither file exists, binds
+/// `config.listen` and serves until SIGINT or SIGTERM.
+pub async fn run(config: WebConfig) -> Result<(), WebError> {
+    if tls::ensure_self_signed(&config.cert, &config.key, &default_names(config.listen.ip()))? {
+        tracing::info!(cert = %config.cert.display(), "generated a self-signed certificate");
+    }
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| WebError::Bind { addr: config.listen, source })?;
+    serve(config, listener, shutdown_signal()).await
+}
+
+/// Names for a generated certificate: `localhost` and the listen address if it is specific.
+/// Clients pin the certificate, so names are informative only.
+fn default_names(listen: IpAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned()];
+    if !listen.is_unspecified() {
+        names.push(listen.to_string());
+    }
+    names
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot watch SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Serves HTTPS on `listener` until `shutdown` completes, then lets open connections finish
+/// for up to [`SHUTDOWN_GRACE`]. Tests bind `127.0.0.1:0` and pass the listener in.
+pub async fn serve(
+    config: WebConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebError> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.cert, &config.key)?));
+    let pin = tls::cert_sha256_hex(&config.cert)?;
+    let state = AppState {
+        front: FrontHandle::new(&config.front_socket, config.request_timeout),
+        limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES)),
+        trusted_proxies: config.trusted_proxies.clone().into(),
+        request_timeout: config.request_timeout,
+    };
+    let app = router(state);
+    // A connection never outlives this: handshake, headers, the request deadline and slack.
+    let connection_deadline = HANDSHAKE_TIMEOUT + HEADER_TIMEOUT + config.request_timeout + Duration::from_secs(5);
+    let local = listener.local_addr().map_err(WebError::Accept)?;
+    tracing::info!(listen = %local, cert_sha256 = %pin, front_socket = %config.front_socket.display(), "web front serving");
+
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) if is_transient(&err) => {
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(err) => return Err(WebError::Accept(err)),
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let conn = Connection {
+            tcp,
+            acceptor: acceptor.clone(),
+            app: app.clone(),
+            info: ConnInfo::direct(peer),
+            stop: stop_rx.clone(),
+        };
+        connections.spawn(async move {
+            let _permit = permit;
+            if tokio::time::timeout(connection_deadline, conn.run()).await.is_err() {
+                tracing::debug!(%peer, "connection deadline passed");
+            }
+        });
+    }
+    tracing::info!("web front stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
+    connections.abort_all();
+    Ok(())
+}
+
+fn is_transient(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    // EMFILE/ENFILE (out of descriptors) are transient too: connections will close.
+    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+        || matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Completes once shutdown is asked for.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let asked = stop.wait_for(|stop| *stop).await.is_ok();
+    if !asked {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One accepted TCP connection.
+struct Connection {
+    tcp: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    info: ConnInfo,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// TLS handshake, then one HTTP/1.1 request (no keep-alive).
+    async fn run(self) {
+        let Connection { tcp, acceptor, app, info, mut stop } = self;
+        let span = tracing::debug_span!("connection", peer = %info.peer);
+        async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return tracing::debug!("TLS handshake failed: {err}"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(info);
+                tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!("connection ended: {err}");
+                    }
+                }
+                () = stop_requested(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}

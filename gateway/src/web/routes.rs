@@ -1,0 +1,332 @@
+//! The HTTP surface: three routes, each body parsed into its typed struct and re-serialized
+//! before it is forwarded; every answer is JSON. Admission (client address, rate limit,
+//! request id, the tracing span) runs first, for every request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use tracing::{Instrument as _, field};
+
+use super::client_addr::{ConnInfo, client_ip};
+use super::front::{FrontCall, FrontHandle};
+use super::rate_limit::RateLimiter;
+use crate::approval::{self, PublicCode};
+use crate::config::IpNet;
+use crate::enrollment;
+
+/// How much of an oversized body is read and dropped before answering 413, so the client
+/// sees the answer instead of a connection reset.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+/// How long `/healthz` waits for the controller's socket.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The controller's front API.
+    pub front: FrontHandle,
+    /// Per-source buckets.
+    pub limiter: Arc<RateLimiter>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// Deadline of one request, body read and controller call included.
+    pub request_timeout: Duration,
+}
+
+/// Set by admission, read by the handlers.
+#[derive(Clone, Debug)]
+struct RequestCtx {
+    request_id: String,
+    client_ip: IpAddr,
+}
+
+/// The router: `POST /v1/approvals`, `POST /v1/enroll`, `GET /healthz`; anything else 404.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(approval::REQUEST_PATH, post(approvals))
+        .route(enrollment::ENROLL_PATH, post(enroll))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .with_state(state)
+}
+
+/// A JSON answer.
+fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `{"error":"<code>"}` with `status`.
+fn error(status: StatusCode, code: &str) -> Response {
+    let body = serde_json::to_vec(&approval::ErrorBody { error: code.to_owned() }).unwrap_or_default();
+    json(status, body)
+}
+
+fn public_error(code: PublicCode) -> Response {
+    Refusal::public(code).into_response()
+}
+
+fn unavailable() -> Response {
+    Refusal::UNAVAILABLE.into_response()
+}
+
+/// An answer made here rather than by the controller: a status and its public code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+}
+
+impl Refusal {
+    /// The controller cannot be reached, or the deadline passed.
+    const UNAVAILABLE: Self = Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable" };
+
+    fn public(code: PublicCode) -> Self {
+        Self {
+            status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            code: code.as_str(),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        error(self.status, self.code)
+    }
+}
+
+fn route_name(path: &str) -> &'static str {
+    match path {
+        approval::REQUEST_PATH => "approvals",
+        enrollment::ENROLL_PATH => "enroll",
+        "/healthz" => "healthz",
+        _ => "other",
+    }
+}
+
+/// Random 128-bit request id, hex.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The id only correlates logs; should the OS generator ever fail, a zero id still works.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    crate::tls::to_hex(&bytes)
+}
+
+/// Admission for every request: client address, rate limit, request id and span.
+async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = new_request_id();
+    let route = route_name(request.uri().path());
+    let span = tracing::info_span!("request", request_id = %request_id, client_ip = field::Empty, route, status = field::Empty);
+    async move {
+        let Some(conn) = request.extensions().get::<ConnInfo>().copied() else {
+            tracing::error!("request without connection info");
+            return unavailable();
+        };
+        let response =
+            match client_ip(&conn, request.headers().get_all("x-forwarded-for").iter(), &state.trusted_proxies) {
+                Err(err) => {
+                    tracing::warn!(peer = %conn.peer, "refusing a trusted proxy's forwarding header: {err}");
+                    public_error(PublicCode::Malformed)
+                }
+                Ok(ip) => {
+                    tracing::Span::current().record("client_ip", field::display(ip));
+                    if state.limiter.check(ip, Instant::now()) {
+                        request.extensions_mut().insert(RequestCtx { request_id: request_id.clone(), client_ip: ip });
+                        next.run(request).await
+                    } else {
+                        public_error(PublicCode::RateLimited)
+                    }
+                }
+            };
+        tracing::Span::current().record("status", response.status().as_u16());
+        tracing::info!("answered");
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn approvals(State(state): State<AppState>, request: Request) -> Response {
+    forward(&state, FrontCall::Approval, request).await
+}
+
+async fn enroll(State(state): State<AppState>, request: Request) -> Response {
+    forward(&state, FrontCall::Enroll, request).await
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.front.reachable(HEALTH_TIMEOUT.min(state.request_timeout)).await {
+        json(StatusCode::OK, r#"{"status":"ok"}"#)
+    } else {
+        unavailable()
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+}
+
+/// Reads, checks and re-serializes the body, forwards it and relays the answer, all within
+/// the request deadline.
+async fn forward(state: &AppState, call: FrontCall, request: Request) -> Response {
+    let Some(ctx) = request.extensions().get::<RequestCtx>().cloned() else {
+        return unavailable();
+    };
+    let limit = match call {
+        FrontCall::Approval => approval::MAX_REQUEST_BODY_BYTES,
+        FrontCall::Enroll => enrollment::MAX_ENROLL_BODY_BYTES,
+    };
+    let (parts, body) = request.into_parts();
+    let work = async {
+        let bytes = read_body(&parts.headers, body, limit).await?;
+        let clean = reserialize(call, &bytes)?;
+        relay(state, call, clean, &ctx).await
+    };
+    match tokio::time::timeout(state.request_timeout, work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(refusal)) => refusal.into_response(),
+        Err(_) => {
+            tracing::warn!("request deadline of {:?} passed", state.request_timeout);
+            unavailable()
+        }
+    }
+}
+
+/// The body, at most `limit` bytes; 413 before reading when the declared length is over.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        drain(body).await;
+        return Err(Refusal::public(PublicCode::PayloadTooLarge));
+    }
+    let mut body = body;
+    let mut collected = Vec::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(Bytes::from(collected)),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                if collected.len() + data.len() > limit {
+                    drain(body).await;
+                    return Err(Refusal::public(PublicCode::PayloadTooLarge));
+                }
+                collected.extend_from_slice(&data);
+            }
+            Some(Err(err)) => {
+                tracing::debug!("reading the body failed: {err}");
+                return Err(Refusal::public(PublicCode::Malformed));
+            }
+        }
+    }
+}
+
+/// Reads and drops up to [`DRAIN_LIMIT`] more bytes for up to [`DRAIN_TIME`].
+async fn drain(body: Body) {
+    let mut limited = Limited::new(body, DRAIN_LIMIT);
+    let _ = tokio::time::timeout(DRAIN_TIME, async { while let Some(Ok(_)) = limited.frame().await {} }).await;
+}
+
+/// Parses into the typed struct and serializes that again: only known fields, in canonical
+/// form, reach the controller.
+fn reserialize(call: FrontCall, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+    match call {
+        FrontCall::Approval => {
+            let request = approval::parse_request(body).map_err(|rejection| {
+                tracing::info!("malformed approval request: {rejection}");
+                Refusal::public(rejection.public_code())
+            })?;
+            request.to_json().map_err(|err| {
+                tracing::error!("re-serializing an approval request failed: {err}");
+                Refusal::UNAVAILABLE
+            })
+        }
+        FrontCall::Enroll => {
+            let request = enrollment::parse_enroll_request(body).map_err(|err| {
+                tracing::info!("{err}");
+                Refusal::public(PublicCode::Malformed)
+            })?;
+            serde_json::to_vec(&request).map_err(|err| {
+                tracing::error!("re-serializing an enrollment request failed: {err}");
+                Refusal::UNAVAILABLE
+            })
+        }
+    }
+}
+
+async fn relay(state: &AppState, call: FrontCall, body: Vec<u8>, ctx: &RequestCtx) -> Result<Response, Refusal> {
+    let reply =
+        state.front.call(call, body, ctx.client_ip.to_string(), ctx.request_id.clone()).await.map_err(|status| {
+            tracing::warn!("controller unavailable: {} {}", status.code(), status.message());
+            Refusal::UNAVAILABLE
+        })?;
+    let status =
+        u16::try_from(reply.http_status).ok().and_then(|s| StatusCode::from_u16(s).ok()).filter(|s| s.as_u16() >= 200);
+    let Some(status) = status else {
+        tracing::error!("controller answered with HTTP status {}", reply.http_status);
+        return Err(Refusal::UNAVAILABLE);
+    };
+    Ok(json(status, reply.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    use super::*;
+
+    fn streamed(chunks: usize, chunk_len: usize) -> Body {
+        let frames = (0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; chunk_len]))));
+        Body::new(StreamBody::new(tokio_stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn body_limit_holds_without_a_content_length() {
+        let headers = HeaderMap::new();
+        let ok = read_body(&headers, streamed(8, 1024), 8192).await.unwrap();
+        assert_eq!(ok.len(), 8192);
+        let over = read_body(&headers, streamed(9, 1024), 8192).await.unwrap_err();
+        assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
+        // An endless stream is cut off, not read to the end.
+        let endless = Body::new(StreamBody::new(tokio_stream::iter(std::iter::repeat_with(|| {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[b'x'; 1024])))
+        }))));
+        let started = std::time::Instant::now();
+        let over = read_body(&headers, endless, 8192).await.unwrap_err();
+        assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_refused_before_reading() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000000000"));
+        let over = read_body(&headers, streamed(1, 10), 8192).await.unwrap_err();
+        assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
+    }
+
+    #[test]
+    fn request_ids_are_random_hex() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}
