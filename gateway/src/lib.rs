@@ -13,5 +13,6 @@ pub mod enrollment;
 pub mod gate;
 pub mod openings;
 pub mod store;
+pub mod supervisor;
 pub mod tls;
 pub mod web;

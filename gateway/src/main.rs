@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, &cli.log)) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
@@ -42,11 +42,15 @@ fn init_tracing(filter: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<String> {
+async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> {
     match command {
         Command::Controller { config } => {
             let config = Config::load(&config)?;
             controller::run(config).await?;
+            Ok(String::new())
+        }
+        Command::Run { config } => {
+            xdpgate::supervisor::run(&config, log_filter).await?;
             Ok(String::new())
         }
         Command::Detach { config } => {

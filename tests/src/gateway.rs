@@ -27,6 +27,8 @@ pub struct Gateway {
     bpffs_dir: PathBuf,
     child: Option<Child>,
     web: Option<Child>,
+    /// `controller`, or `run` (controller plus a supervised, unprivileged web front).
+    role: &'static str,
 }
 
 impl Gateway {
@@ -39,6 +41,21 @@ impl Gateway {
     /// Like [`Gateway::start`], with the sections after `[controller]` produced from the
     /// fixture's private folder (for paths of certificates, sockets and the like).
     pub fn start_with(ns: &NetNs, interfaces: &[&str], sections: impl FnOnce(&Path) -> String) -> Gateway {
+        Self::start_role(ns, interfaces, sections, "controller")
+    }
+
+    /// Like [`Gateway::start_with`], running `xdpgate run` (controller and web front in one
+    /// command) instead of `xdpgate controller`.
+    pub fn start_run(ns: &NetNs, interfaces: &[&str], sections: impl FnOnce(&Path) -> String) -> Gateway {
+        Self::start_role(ns, interfaces, sections, "run")
+    }
+
+    fn start_role(
+        ns: &NetNs,
+        interfaces: &[&str],
+        sections: impl FnOnce(&Path) -> String,
+        role: &'static str,
+    ) -> Gateway {
         let name = unique_name("gw");
         let dir = std::env::temp_dir().join(format!("xdpgate-test-{name}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
@@ -68,6 +85,7 @@ impl Gateway {
             bpffs_dir,
             child: None,
             web: None,
+            role,
         };
         gateway.launch();
         gateway
@@ -84,7 +102,7 @@ impl Gateway {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(xdpgate_bin())
-            .args(["--log", "info,xdpgate=debug", "controller", "--config"])
+            .args(["--log", "info,xdpgate=debug", self.role, "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log)

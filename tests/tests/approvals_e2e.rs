@@ -347,3 +347,49 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     let holders: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(holders[holders.len() - 2], "1", "replays add no holder: {listed}");
 }
+
+/// The effective uid of the process whose command line contains all of `words`.
+fn uid_of_process_with(words: &[&str]) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if words.iter().all(|w| cmdline.contains(w)) {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            return uid_line.split_whitespace().nth(2)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn run_mode_serves_approvals_with_an_unprivileged_web_front() {
+    require_root();
+    let client = NetNs::new_unique("rcl");
+    let gateway_ns = NetNs::new_unique("rgw");
+    let link = VethLink::new(&client, &gateway_ns, 43);
+    let _udp = UdpEcho::start(&gateway_ns, SocketAddr::new(IpAddr::V4(link.b.v4), GUARDED));
+    let gateway = Gateway::start_run(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
+    let listen = SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !client.run(|| std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
+        assert!(std::time::Instant::now() < deadline, "web front not up under `xdpgate run`:\n{}", gateway.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let config = gateway.config_path().display().to_string();
+    let web_uid = uid_of_process_with(&["web", "--config", &config]).unwrap_or_else(|| panic!("no web front process:\n{}", gateway.log()));
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+    assert_eq!(web_uid, nobody, "the web front must run as the unprivileged user");
+    assert_eq!(uid_of_process_with(&["run", "--config", &config]), Some(0), "the controller stays root");
+
+    let added = gateway.cli(&["clients", "add", "dave", "--server", "vpn1"]);
+    let enroll_link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("{added}"));
+    let profile = gateway.dir().join("dave.json").display().to_string();
+    let out = client.command(&xdpgate_bin().display().to_string()).args(["client", "enroll", enroll_link, "--profile", &profile]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = SocketAddr::new(IpAddr::V4(link.b.v4), GUARDED);
+    assert!(!udp_roundtrip(&client, None, target, PROBE_TIMEOUT), "closed before approval");
+    let out = client.command(&xdpgate_bin().display().to_string()).args(["client", "connect", "--profile", &profile]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(udp_roundtrip(&client, None, target, PROBE_TIMEOUT), "open after approval under `xdpgate run`");
+}

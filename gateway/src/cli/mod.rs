@@ -37,6 +37,12 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run controller and web front on one host; the web front runs as `[web].user`.
+    Run {
+        /// Configuration file (TOML) with `[controller]` and `[web]` sections.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Remove everything the controller pinned (links and maps): the gate stops guarding.
     Detach {
         /// Configuration file (TOML); its `bpffs_dir` is cleaned.

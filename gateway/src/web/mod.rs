@@ -8,6 +8,7 @@
 
 mod client_addr;
 mod front;
+pub mod privileges;
 mod rate_limit;
 mod routes;
 
@@ -59,17 +60,37 @@ pub enum WebError {
     /// Accepting connections failed for good.
     #[error("accepting connections failed")]
     Accept(#[source] std::io::Error),
+    /// Root could not be given up.
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
+}
+
+/// The TLS side, loaded before privileges are dropped.
+struct LoadedTls {
+    acceptor: TlsAcceptor,
+    pin: String,
+}
+
+fn load_tls(config: &WebConfig) -> Result<LoadedTls, WebError> {
+    Ok(LoadedTls {
+        acceptor: TlsAcceptor::from(Arc::new(tls::server_config(&config.cert, &config.key)?)),
+        pin: tls::cert_sha256_hex(&config.cert)?,
+    })
 }
 
 /// `xdpgate web`: creates a self-signed certificate if neither file exists, binds
-/// `config.listen` and serves until SIGINT or SIGTERM.
+/// `config.listen`, loads the key, drops to `config.user` when started as root, and serves
+/// until SIGINT or SIGTERM.
 pub async fn run(config: WebConfig) -> Result<(), WebError> {
     if tls::ensure_self_signed(&config.cert, &config.key, &default_names(config.listen.ip()))? {
         tracing::info!(cert = %config.cert.display(), "generated a self-signed certificate");
     }
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| WebError::Bind { addr: config.listen, source })?;
-    serve(config, listener, shutdown_signal()).await
+    let loaded = load_tls(&config)?;
+    let uid = privileges::drop_to(&config.user)?;
+    tracing::info!(uid = uid.as_raw(), user = %config.user, "web front runs unprivileged");
+    serve_loaded(config, listener, loaded, shutdown_signal()).await
 }
 
 /// Names for a generated certificate: `localhost` and the listen address if it is specific.
@@ -107,8 +128,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebError> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.cert, &config.key)?));
-    let pin = tls::cert_sha256_hex(&config.cert)?;
+    let loaded = load_tls(&config)?;
+    serve_loaded(config, listener, loaded, shutdown).await
+}
+
+async fn serve_loaded(
+    config: WebConfig,
+    listener: TcpListener,
+    loaded: LoadedTls,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebError> {
+    let LoadedTls { acceptor, pin } = loaded;
     let state = AppState {
         front: FrontHandle::new(&config.front_socket, config.request_timeout),
         limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES)),
