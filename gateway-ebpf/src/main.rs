@@ -12,6 +12,7 @@ mod frame;
 mod gate;
 mod maps;
 mod parse;
+mod trafficgen;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

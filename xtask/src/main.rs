@@ -46,8 +46,22 @@ enum Task {
     Test(TestArgs),
     /// Setup, build, then run the narrated demo in network namespaces.
     Demo,
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Setup, build, then measure: program cost, live packet ladder (XDP gate vs nftables vs
+    /// iptables+ipset vs nothing on veth), approval crypto rates, controller restart.
+    ///
+    /// Writes <target>/bench/report.json and report.svg. A benchmark, not a test: it never
+    /// fails for being slow.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A short smoke run (seconds, small counts), e.g. for CI.
+    #[arg(long)]
+    quick: bool,
+    /// More arguments for the bench binary, e.g. `-- --only program`.
+    #[arg(last = true, value_name = "BENCH_ARGS")]
+    bench_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -81,10 +95,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         }
         Task::Test(args) => test(&args),
         Task::Demo => demo(),
-        Task::Bench => {
-            eprintln!("cargo xtask bench: not implemented yet");
-            Ok(ExitCode::from(2))
-        }
+        Task::Bench(args) => bench(&args),
     }
 }
 
@@ -126,6 +137,23 @@ fn demo() -> Result<ExitCode> {
     let bin = workspace::xdpgate_bin()?;
     let demo = bin.with_file_name("xdpgate-demo");
     let status = run_status(Command::new(&demo).env("XDPGATE_BIN", &bin))?;
+    Ok(exit_code(status))
+}
+
+fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    setup::setup()?;
+    run_checked(cargo().args(["build", "--release", "-p", "xdpgate", "-p", "xdpgate-bench", "--bins"]))?;
+    let bin = workspace::xdpgate_bin()?;
+    let bench = bin.with_file_name("xdpgate-bench");
+    let out = workspace::target_dir()?.join("bench");
+    let mut cmd = Command::new(&bench);
+    cmd.current_dir(workspace::root()).env("XDPGATE_BIN", &bin).arg("--out").arg(&out);
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(&args.bench_args);
+    let status = run_status(&mut cmd)?;
+    eprintln!("bench report: {}, {}", out.join("report.json").display(), out.join("report.svg").display());
     Ok(exit_code(status))
 }
 

@@ -1,0 +1,110 @@
+//! `xdpgate-bench`: measures the gate and the controller on this machine and writes
+//! `report.json` and `report.svg` (run it through `cargo xtask bench`, as root).
+//!
+//! A benchmark, not a test: it never fails for being slow. Each part runs on its own; a part
+//! that cannot run leaves its numbers null and says why, and the others still run.
+mod approvals;
+mod frames;
+mod live;
+mod program;
+mod report;
+mod restart;
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::PathBuf,
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::report::{Machine, Report};
+
+/// Measures xdpgate on this machine: program cost (BPF_PROG_TEST_RUN), a live packet ladder
+/// on veth (XDP gate vs nftables vs iptables+ipset vs nothing), approval crypto rates, and a
+/// controller restart with 100k openings.
+#[derive(Parser, Debug)]
+#[command(name = "xdpgate-bench")]
+pub struct Opts {
+    /// A short smoke run: small counts, seconds in all.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where report.json and report.svg go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Run only these parts (program, live, approvals, restart); default all.
+    #[arg(long = "only", value_name = "PART")]
+    pub only: Vec<String>,
+}
+
+/// Prints a progress line with the time since start.
+pub fn progress(line: &str) {
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+}
+
+type Part = fn(&mut Report, &Opts) -> Result<()>;
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("xdpgate-bench needs root (BPF, network namespaces); run `cargo xtask bench` as root");
+        return ExitCode::FAILURE;
+    }
+    progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
+    let machine = Machine::probe();
+    let mut report = Report::new();
+    let parts: [(&str, Part); 4] = [
+        ("program", program::run),
+        ("live", live::run),
+        ("approvals", approvals::run),
+        ("restart", restart::run),
+    ];
+    let started = Instant::now();
+    for (name, part) in parts {
+        if !opts.only.is_empty() && !opts.only.iter().any(|o| o == name) {
+            report.note(name, "not run (--only)");
+            continue;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| part(&mut report, &opts)));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(panic) => Some(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panicked".into()),
+            ),
+        };
+        if let Some(failure) = failure {
+            progress(&format!("{name}: did not complete: {failure}"));
+            report.note(&format!("{name}.error"), failure);
+        }
+    }
+    derive(&mut report);
+    report.set("run_seconds", started.elapsed().as_secs_f64());
+    print!("{}", report.table(&machine));
+    match report.write(&opts.out, &machine, opts.quick) {
+        Ok(()) => {
+            println!("\nreport: {0}/report.json, {0}/report.svg", opts.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writing the report: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ratios between parts.
+fn derive(report: &mut Report) {
+    if let (Some(e2e), Some(bound)) = (report.get("approvals.per_sec"), report.get("approvals.crypto_bound_per_sec")) {
+        report.set("approvals.ratio", e2e / bound);
+    }
+}

@@ -1,0 +1,162 @@
+//! Part 1: the gate's cost per packet from BPF_PROG_TEST_RUN (JIT as the machine has it), per
+//! path and family, with 1, 10k and 1M openings, plus a "cold" run over 64k distinct sources.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use gateway_common::{Opening, PROTO_UDP, ServiceKey, ServiceValue};
+use xdpgate::{
+    clock::boot_ns,
+    gate::{GateMaps, KernelService, loader},
+};
+
+use crate::{Opts, frames, progress, report::{Bar, Report}};
+
+/// The guarded port and the one that is not.
+const GUARDED: u16 = 1194;
+const FREE: u16 = 8080;
+const SERVER: u32 = 1;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Destination of every frame (never a real address: these frames exist only in test_run).
+const DST_V4: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+const DST_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
+
+/// The i-th opened source, and the i-th source that never has an opening.
+fn opened_v4(i: u32) -> Ipv4Addr { Ipv4Addr::from(0x0a40_0000 + i) }
+fn closed_v4(i: u32) -> Ipv4Addr { Ipv4Addr::from(0x0a80_0000 + i) }
+fn opened_v6(i: u32) -> Ipv6Addr { Ipv6Addr::from(0xfd00_0064_0000_0000_0000_0000_0000_0000u128 + u128::from(i)) }
+fn closed_v6(i: u32) -> Ipv6Addr { Ipv6Addr::from(0xfd00_0128_0000_0000_0000_0000_0000_0000u128 + u128::from(i)) }
+
+struct Path {
+    key: &'static str,
+    label: &'static str,
+    frame: Vec<u8>,
+    verdict: u32,
+}
+
+fn paths() -> Vec<Path> {
+    vec![
+        Path { key: "v4_drop", label: "IPv4 guarded drop", frame: frames::udp_v4(closed_v4(0), DST_V4, GUARDED), verdict: XDP_DROP },
+        Path { key: "v4_allow", label: "IPv4 guarded allow", frame: frames::udp_v4(opened_v4(0), DST_V4, GUARDED), verdict: XDP_PASS },
+        Path { key: "v4_unguarded", label: "IPv4 unguarded pass", frame: frames::udp_v4(closed_v4(0), DST_V4, FREE), verdict: XDP_PASS },
+        Path { key: "v6_drop", label: "IPv6 guarded drop", frame: frames::udp_v6(closed_v6(0), DST_V6, GUARDED), verdict: XDP_DROP },
+        Path { key: "v6_allow", label: "IPv6 guarded allow", frame: frames::udp_v6(opened_v6(0), DST_V6, GUARDED), verdict: XDP_PASS },
+        Path { key: "v6_unguarded", label: "IPv6 unguarded pass", frame: frames::udp_v6(closed_v6(0), DST_V6, FREE), verdict: XDP_PASS },
+    ]
+}
+
+pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
+    let sizes: &[u32] = if opts.quick { &[1, 10_000] } else { &[1, 10_000, 1_000_000] };
+    let (repeat, trials) = if opts.quick { (100_000, 3) } else { (1_000_000, 5) };
+    let largest = sizes.last().copied().unwrap_or(1);
+    let mut ebpf = loader::load_unpinned(largest + 1024).context("loading the gate")?;
+    let mut maps = GateMaps::take(&mut ebpf).context("taking the gate maps")?;
+    maps.sync_services(&[
+        KernelService { key: ServiceKey::v4(PROTO_UDP, GUARDED, [0; 4]), value: ServiceValue { server_id: SERVER, stats_index: 0 } },
+        KernelService { key: ServiceKey::v6(PROTO_UDP, GUARDED, [0; 16]), value: ServiceValue { server_id: SERVER, stats_index: 1 } },
+    ])?;
+    let opening = Opening { expires_at_ns: boot_ns() + 24 * 3_600_000_000_000, last_seen_ns: 0 };
+    let paths = paths();
+    let mut filled = 0u32;
+    for &size in sizes {
+        let started = Instant::now();
+        for i in filled..size {
+            maps.put_opening(SERVER, IpAddr::V4(opened_v4(i)), opening)?;
+            maps.put_opening(SERVER, IpAddr::V6(opened_v6(i)), opening)?;
+        }
+        filled = size;
+        progress(&format!("program: {size} openings per family (filled in {:.1} s); {trials} trials x {repeat} repeats per path", started.elapsed().as_secs_f64()));
+        for path in &paths {
+            let ns = hot_cost(&mut ebpf, path, repeat, trials)?;
+            progress(&format!("  {:<22} {ns:>6.1} ns/packet", path.label));
+            report.set(&format!("program.{}_ns_{}", path.key, size_tag(size)), ns);
+            if size == largest {
+                report.set(&format!("program.{}_ns", path.key), ns);
+                report.program_bars.push(Bar { label: format!("{} ({} open)", path.label, size_tag(size)), value: ns });
+            }
+        }
+    }
+    cold(report, &mut ebpf, &paths, largest, opts)?;
+    report.set("program.openings", f64::from(largest));
+    report.note("program", format!(
+        "BPF_PROG_TEST_RUN, 60-byte UDP frames, median of {trials} trials of {repeat} repeats; \
+         keys without a size suffix are at {largest} openings per family (IPv4 and IPv6 maps each)"));
+    Ok(())
+}
+
+fn size_tag(size: u32) -> String {
+    match size {
+        s if s >= 1_000_000 && s % 1_000_000 == 0 => format!("{}m", s / 1_000_000),
+        s if s >= 1_000 && s % 1_000 == 0 => format!("{}k", s / 1_000),
+        s => s.to_string(),
+    }
+}
+
+/// Median over `trials` of the kernel's mean ns per repeat.
+fn hot_cost(ebpf: &mut Ebpf, path: &Path, repeat: u32, trials: usize) -> Result<f64> {
+    let xdp = loader::program(ebpf)?;
+    let mut samples = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let result = xdp.test_run(TestRunOptions { data_in: Some(&path.frame), repeat, ..Default::default() })?;
+        if result.return_value != path.verdict {
+            bail!("{}: the gate returned {} instead of {}", path.label, result.return_value, path.verdict);
+        }
+        samples.push(result.duration.as_nanos() as f64);
+    }
+    Ok(median(&mut samples))
+}
+
+/// One run per frame (repeat 1), each from a different source, so the map entry or bucket
+/// is not in cache. A repeat-1 run also pays the kernel's timer, so the cold cost is the hot
+/// (many-repeat) cost plus the difference between the medians of repeat-1 runs on distinct
+/// sources and on one source.
+fn cold(report: &mut Report, ebpf: &mut Ebpf, paths: &[Path], largest: u32, opts: &Opts) -> Result<()> {
+    let count: u32 = if opts.quick { 4_096 } else { 65_536 };
+    let (repeat, trials) = if opts.quick { (100_000, 3) } else { (1_000_000, 5) };
+    let sets: Vec<(&str, &str, Vec<Vec<u8>>, u32)> = vec![
+        ("cold_v4_drop", "v4_drop", (0..count).map(|i| frames::udp_v4(closed_v4(i), DST_V4, GUARDED)).collect(), XDP_DROP),
+        ("cold_v4_allow", "v4_allow", (0..count.min(largest)).map(|i| frames::udp_v4(opened_v4(i * (largest / count).max(1)), DST_V4, GUARDED)).collect(), XDP_PASS),
+        ("cold_v6_drop", "v6_drop", (0..count).map(|i| frames::udp_v6(closed_v6(i), DST_V6, GUARDED)).collect(), XDP_DROP),
+    ];
+    progress(&format!("program: cold, {count} distinct sources per path, {largest} openings"));
+    for (key, hot_key, frames, verdict) in sets {
+        let Some(path) = paths.iter().find(|p| p.key == hot_key) else { continue };
+        let hot = hot_cost(ebpf, path, repeat, trials)?;
+        let xdp = loader::program(ebpf)?;
+        let one = |frame: &[u8]| -> Result<f64> {
+            let r = xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
+            if r.return_value != verdict {
+                bail!("{key}: the gate returned {} instead of {verdict}", r.return_value);
+            }
+            Ok(r.duration.as_nanos() as f64)
+        };
+        let mut distinct = Vec::with_capacity(frames.len());
+        let mut same = Vec::with_capacity(frames.len());
+        for frame in &frames {
+            distinct.push(one(frame)?);
+        }
+        for _ in 0..frames.len() {
+            same.push(one(&path.frame)?);
+        }
+        let (distinct, same) = (median(&mut distinct), median(&mut same));
+        let cold = hot + (distinct - same).max(0.0);
+        progress(&format!("  {key:<22} {cold:>6.1} ns/packet (repeat-1 medians: distinct {distinct:.0}, same {same:.0}; hot {hot:.1})"));
+        report.set(&format!("program.{key}_ns"), cold);
+        report.program_bars.push(Bar { label: format!("{} cold ({} sources)", path.label, frames.len()), value: cold });
+    }
+    Ok(())
+}
+
+pub fn median(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
