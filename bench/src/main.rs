@@ -4,6 +4,7 @@
 //! A benchmark, not a test: it never fails for being slow. Each part runs on its own; a part
 //! that cannot run leaves its numbers null and says why, and the others still run.
 mod approvals;
+mod approvals_e2e;
 mod frames;
 mod live;
 mod program;
@@ -34,7 +35,7 @@ pub struct Opts {
     /// Where report.json and report.svg go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Run only these parts (program, live, approvals, restart); default all.
+    /// Run only these parts (program, live, approvals, approvals-e2e, restart); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,
 }
@@ -58,10 +59,11 @@ fn main() -> ExitCode {
     progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
     let machine = Machine::probe();
     let mut report = Report::new();
-    let parts: [(&str, Part); 4] = [
+    let parts: [(&str, Part); 5] = [
         ("program", program::run),
         ("live", live::run),
         ("approvals", approvals::run),
+        ("approvals-e2e", approvals_e2e::run),
         ("restart", restart::run),
     ];
     let started = Instant::now();

@@ -41,13 +41,11 @@ pub enum RunError {
 
 /// Runs controller and web front until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
-    let mut config = Config::load(config_path)?;
+    let config = Config::load(config_path)?;
     let web = config.web.clone().ok_or_else(|| RunError::NoWeb(config_path.to_owned()))?;
     if config.approvals.front_socket != web.front_socket {
         return Err(RunError::SocketMismatch(config.approvals.front_socket.clone(), web.front_socket));
     }
-    // The web front's user owns the front socket, so it can connect after dropping root.
-    config.approvals.front_socket_user.get_or_insert(web.user.clone());
     let exe = std::env::current_exe().map_err(RunError::Exe)?;
     let (stop, stopped) = watch::channel(false);
     let supervisor = tokio::spawn(supervise_web(exe, config_path.to_owned(), log_filter.to_owned(), stopped));

@@ -106,6 +106,13 @@ impl OpeningRecord {
         before - self.holders.len()
     }
 
+    /// Adds a grant. A new grant from an origin replaces that origin's earlier ones, so
+    /// re-approvals refresh a client's hold instead of piling up.
+    pub fn add_holder(&mut self, holder: Holder) {
+        self.holders.retain(|h| h.origin != holder.origin);
+        self.holders.push(holder);
+    }
+
     /// Drops the holders granted to `origin`; returns how many were dropped.
     pub fn remove_origin(&mut self, origin: &str) -> usize {
         let before = self.holders.len();
@@ -174,6 +181,16 @@ mod tests {
         assert_eq!(r.expiry_unix_ms(), 22_000);
         assert_eq!(r.prune(22_000), 1);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_new_grant_replaces_the_same_origins_earlier_one() {
+        let mut r = record(holder("a", "c1", 1_000, 5_000, 100_000));
+        r.add_holder(holder("b", "c1", 2_000, 5_000, 100_000));
+        assert_eq!(r.holders.len(), 1, "same client: refreshed, not piled up");
+        assert_eq!(r.holders[0].id, "b");
+        r.add_holder(holder("c", "c2", 2_000, 5_000, 100_000));
+        assert_eq!(r.holders.len(), 2, "another client holds on its own");
     }
 
     #[test]
