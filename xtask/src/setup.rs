@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "protobuf-compiler",
     "openvpn",
+    "openssl",
     "haproxy",
     "netcat-openbsd",
     "tcpdump",

@@ -22,6 +22,7 @@ use crate::{
     config::{Config, Protocol, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentLink},
     openings::Openings,
+    vpn::{VpnTokens, derive_token},
     store::{AuditEvent, AuditKind, Enrollment, EnrollmentToken, Store, StoreError, StoredClient},
 };
 
@@ -90,6 +91,7 @@ pub struct Approvals {
     public_url: Option<String>,
     web_cert: Option<PathBuf>,
     audit: AuditLog,
+    vpn_tokens: Arc<VpnTokens>,
 }
 
 impl Approvals {
@@ -112,7 +114,13 @@ impl Approvals {
             enrollment_ttl: approvals.enrollment_ttl,
             public_url: approvals.public_url.clone(),
             web_cert: approvals.web_cert.clone(),
+            vpn_tokens: Arc::new(VpnTokens::new()),
         }
+    }
+
+    /// One-time OpenVPN tokens of approvals on servers with `[server.openvpn]`.
+    pub fn vpn_tokens(&self) -> Arc<VpnTokens> {
+        self.vpn_tokens.clone()
     }
 
     /// The server's box public key (goes into client profiles).
@@ -187,6 +195,10 @@ impl Approvals {
         }
         if opened.is_empty() {
             return FrontAnswer::unavailable();
+        }
+        if server.openvpn.is_some() {
+            let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
+            self.vpn_tokens.record(&approved.client_id, server.id, token, opened.clone(), server.connect_window);
         }
         let expires = unix_ms() / 1000 + server.connect_window.as_secs();
         let payload = ResponsePayload::allow(target, opened.clone(), expires);
@@ -349,6 +361,9 @@ impl Approvals {
         let store = self.store.clone();
         let id = name.to_owned();
         tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = enabled)).await??;
+        if !enabled {
+            self.vpn_tokens.forget_client(name);
+        }
         let closed = if enabled { 0 } else { self.openings.revoke_origin(name).await? };
         let verdict = if enabled { "enabled" } else { "disabled" };
         self.operator_audit(name, verdict, format!("{closed} opening(s) closed"));
@@ -360,6 +375,7 @@ impl Approvals {
         let store = self.store.clone();
         let id = name.to_owned();
         tokio::task::spawn_blocking(move || store.remove_client(&id)).await??;
+        self.vpn_tokens.forget_client(name);
         let closed = self.openings.revoke_origin(name).await?;
         self.operator_audit(name, "removed", format!("{closed} opening(s) closed"));
         Ok(closed)

@@ -299,18 +299,52 @@ pub struct Approval {
     pub opened: Vec<std::net::IpAddr>,
     /// When the opening expires, Unix seconds.
     pub expires: u64,
+    /// The OpenVPN username and one-time password of this approval (never printed).
+    #[serde(skip)]
+    pub openvpn: OpenVpnCredentials,
+}
+
+/// What OpenVPN's `--auth-user-pass FILE` needs: the client id and the approval's one-time
+/// token (see docs/OPENVPN.md). `Debug` does not show the password.
+#[derive(Clone, Default)]
+pub struct OpenVpnCredentials {
+    /// The client id.
+    pub username: String,
+    /// The one-time token.
+    pub password: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for OpenVpnCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenVpnCredentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Like [`connect`], and with `openvpn_auth` writes the approval's OpenVPN credentials there
+/// (`username` and `password` lines, mode 0600) for OpenVPN's `--auth-user-pass FILE`.
+pub async fn connect_with(options: &ConnectOptions<'_>, openvpn_auth: Option<&Path>) -> Result<String, ClientCommandError> {
+    let approval = request_approval(options).await?;
+    if let Some(path) = openvpn_auth {
+        let text = Zeroizing::new(format!("{}\n{}", approval.openvpn.username, approval.openvpn.password.as_str()));
+        write_profile(path, &text, true)?;
+    }
+    format_approval(&approval, options.json)
 }
 
 /// Asks for approval; `Ok` (the text to print) only when the server approved.
 pub async fn connect(options: &ConnectOptions<'_>) -> Result<String, ClientCommandError> {
     let approval = request_approval(options).await?;
-    if options.json {
-        let mut text = serde_json::to_string(&approval)
+    format_approval(&approval, options.json)
+}
+
+fn format_approval(approval: &Approval, json: bool) -> Result<String, ClientCommandError> {
+    if json {
+        let mut text = serde_json::to_string(approval)
             .map_err(|err| ClientCommandError::BadAnswer { status: 200, detail: err.to_string() })?;
         text.push('\n');
         return Ok(text);
     }
-    Ok(describe(&approval))
+    Ok(describe(approval))
 }
 
 /// Reads the profile, sends one approval request and opens the sealed answer.
@@ -347,14 +381,24 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
             });
         }
     };
-    approval_from(server, payload)
+    let openvpn = OpenVpnCredentials {
+        username: credentials.client_id().to_owned(),
+        password: crate::vpn::derive_token(credentials.hmac_secret(), &server, pending.request_nonce()),
+    };
+    approval_from(server, payload, openvpn)
 }
 
-fn approval_from(server: String, payload: ResponsePayload) -> Result<Approval, ClientCommandError> {
+fn approval_from(server: String, payload: ResponsePayload, openvpn: OpenVpnCredentials) -> Result<Approval, ClientCommandError> {
     match (payload.verdict, payload.connect, payload.expires_unix) {
-        (Verdict::Allow, Some(connect), Some(expires)) => {
-            Ok(Approval { approved: true, verdict: Verdict::Allow, server, connect, opened: payload.opened, expires })
-        }
+        (Verdict::Allow, Some(connect), Some(expires)) => Ok(Approval {
+            approved: true,
+            verdict: Verdict::Allow,
+            server,
+            connect,
+            opened: payload.opened,
+            expires,
+            openvpn,
+        }),
         _ => Err(ClientCommandError::Denied { code: payload.reason }),
     }
 }
@@ -445,7 +489,9 @@ mod tests {
             },
             opened: vec!["203.0.113.7".parse().unwrap(), "2001:db8::7".parse().unwrap()],
             expires: 1_700_003_600,
+            openvpn: OpenVpnCredentials { username: "alice".into(), password: Zeroizing::new("s3cret".into()) },
         };
+        assert!(!format!("{approval:?}").contains("s3cret"), "Debug hides the OpenVPN password");
         assert_eq!(
             describe(&approval),
             "approved: connect to [2001:db8::1]:1194/udp (opened 203.0.113.7, 2001:db8::7 until 2023-11-14T23:13:20Z)\n"
@@ -454,6 +500,7 @@ mod tests {
         assert_eq!(json["connect"]["port"], 1194);
         assert_eq!(json["verdict"], "allow");
         assert_eq!(json["approved"], true);
+        assert!(json.get("openvpn").is_none(), "the token is never printed");
     }
 
     #[test]

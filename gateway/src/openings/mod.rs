@@ -144,7 +144,7 @@ impl Openings {
             Some(existing) => {
                 let mut record = existing.clone();
                 record.prune(clocks.unix_ms);
-                record.holders.push(holder);
+                record.add_holder(holder);
                 record
             }
             None => OpeningRecord::new(id, millis(server.idle_timeout), holder),
@@ -192,6 +192,30 @@ impl Openings {
         }
         self.close(&mut records, emptied).await?;
         Ok(count)
+    }
+
+    /// Removes the holders `origin` has on the opening of `addr` on `server_id`, closing it if
+    /// no other holder is left; returns whether it closed. (An OpenVPN client disconnected.)
+    pub async fn release(&self, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
+        let id = OpeningId { server_id, addr };
+        let mut records = self.records.lock().await;
+        let Some(mut record) = records.get(&id).cloned() else {
+            return Ok(false);
+        };
+        if record.remove_origin(origin) == 0 {
+            return Ok(false);
+        }
+        if record.is_empty() {
+            self.close(&mut records, vec![id]).await?;
+            info!(server_id, client_ip = %addr, origin, "opening released and closed");
+            return Ok(true);
+        }
+        self.persist(vec![record.clone()], Vec::new()).await?;
+        let expires_at_ns = ClockPair::now().unix_ms_to_boot_ns(record.expiry_unix_ms());
+        self.gate.run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns)).await??;
+        info!(server_id, client_ip = %addr, origin, holders = record.holders.len(), "hold released; opening kept");
+        records.insert(id, record);
+        Ok(false)
     }
 
     /// Deletes records (store first, so a crash cannot resurrect them) then kernel entries.

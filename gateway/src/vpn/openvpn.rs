@@ -1,0 +1,291 @@
+//! The follower of one OpenVPN server's management interface (`--management-client-auth`):
+//! a `CONNECT` is accepted only with the one-time token of an approval of that client, from
+//! an address that approval opened; `ESTABLISHED` turns the opening into a session opening
+//! (held up to the server's max lifetime by the client); `DISCONNECT` releases it after a
+//! short grace unless the client is back, or another holder keeps it.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+    task::JoinHandle,
+};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::{
+    management::{self, ClientEvent, ClientEventKind, Parser},
+    tokens::{Redemption, VpnTokens},
+    tun::{self, TunError},
+};
+use crate::{config::ServerConfig, openings::Openings};
+
+/// Pause between attempts to reach the management socket.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// A client known to this follower (accepted by it in this connection's lifetime).
+#[derive(Clone, Debug)]
+struct Session {
+    client_id: String,
+    addr: IpAddr,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_cid: HashMap<u64, Session>,
+    /// Bumped at each `ESTABLISHED` of (client, address): a pending release checks it.
+    epoch: HashMap<(String, IpAddr), u64>,
+}
+
+impl Sessions {
+    fn live(&self, client_id: &str, addr: IpAddr) -> bool {
+        self.by_cid.values().any(|s| s.client_id == client_id && s.addr == addr)
+    }
+
+    fn epoch(&self, client_id: &str, addr: IpAddr) -> u64 {
+        self.epoch.get(&(client_id.to_owned(), addr)).copied().unwrap_or(0)
+    }
+}
+
+/// Follows one server's OpenVPN. Cheap to clone.
+#[derive(Clone)]
+pub struct Follower {
+    server: ServerConfig,
+    socket: PathBuf,
+    grace: Duration,
+    openings: Arc<Openings>,
+    tokens: Arc<VpnTokens>,
+    sessions: Arc<Mutex<Sessions>>,
+}
+
+/// Makes the persistent tun interfaces of every server with `[server.openvpn]`, then starts
+/// one follower per server. The handles are the followers' tasks.
+pub fn start_all(
+    servers: &[ServerConfig],
+    openings: &Arc<Openings>,
+    tokens: &Arc<VpnTokens>,
+) -> Result<Vec<JoinHandle<()>>, TunError> {
+    let mut tasks = Vec::new();
+    for server in servers {
+        let Some(vpn) = &server.openvpn else { continue };
+        if let Some(tun_config) = &vpn.tun {
+            tun::ensure_persistent(tun_config)?;
+        }
+        let follower = Follower {
+            server: server.clone(),
+            socket: vpn.management_socket.clone(),
+            grace: vpn.disconnect_grace,
+            openings: openings.clone(),
+            tokens: tokens.clone(),
+            sessions: Arc::default(),
+        };
+        let span = info_span!("openvpn", server = %server.name, socket = %vpn.management_socket.display());
+        tasks.push(tokio::spawn(follower.run().instrument(span)));
+    }
+    Ok(tasks)
+}
+
+impl Follower {
+    /// Connects to the management socket and follows it, reconnecting for ever.
+    pub async fn run(self) {
+        let mut reported = false;
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => {
+                    reported = false;
+                    info!("following OpenVPN's management interface");
+                    match self.follow(stream).await {
+                        Ok(()) => warn!("OpenVPN closed the management connection"),
+                        Err(err) => warn!(error = %err, "management connection failed"),
+                    }
+                    self.release_all();
+                }
+                Err(err) if !reported => {
+                    reported = true;
+                    warn!(error = %err, "cannot reach OpenVPN's management socket yet; retrying every second");
+                }
+                Err(err) => debug!(error = %err, "management socket still unreachable"),
+            }
+            tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+    }
+
+    async fn follow(&self, stream: UnixStream) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut parser = Parser::new();
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("ERROR:") {
+                warn!(reply = %line, "OpenVPN refused a command");
+            }
+            let Some(event) = parser.feed(&line) else { continue };
+            if let Some(command) = self.handle(event).await {
+                write.write_all(command.as_bytes()).await?;
+                write.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, event: ClientEvent) -> Option<String> {
+        let client_id = event.username().unwrap_or("").to_owned();
+        let client_ip = event.real_address();
+        let span = info_span!("client", cid = event.cid, client_id = %client_id, client_ip = ?client_ip, kind = ?event.kind);
+        async {
+            match event.kind {
+                ClientEventKind::Connect => Some(self.authenticate(&event)),
+                ClientEventKind::Reauth => Some(self.reauthenticate(&event).await),
+                ClientEventKind::Established => {
+                    self.established(&event).await;
+                    None
+                }
+                ClientEventKind::Disconnect => {
+                    self.disconnected(&event);
+                    None
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `CONNECT`: accept only a fresh token of this client, for this server and address.
+    fn authenticate(&self, event: &ClientEvent) -> String {
+        let kid = event.kid.unwrap_or(0);
+        let (Some(client_id), Some(password), Some(addr)) = (event.username(), event.password(), event.real_address())
+        else {
+            warn!(verdict = "deny", "client sent no username/password or no address; is auth-user-pass set?");
+            return management::deny_command(event.cid, kid, "xdpgate: credentials missing");
+        };
+        match self.tokens.redeem(client_id, self.server.id, password, addr) {
+            Redemption::Accepted => {
+                info!(verdict = "accept", "one-time token redeemed");
+                self.lock().by_cid.insert(event.cid, Session { client_id: client_id.to_owned(), addr });
+                management::accept_command(event.cid, kid)
+            }
+            Redemption::Refused => {
+                warn!(verdict = "deny", "no unused approval token of this client for this server and address");
+                management::deny_command(event.cid, kid, "xdpgate: no approval")
+            }
+        }
+    }
+
+    /// `REAUTH` (renegotiation): the token is spent; accept the session this follower
+    /// accepted, if the username is unchanged, or (after a controller restart) a client that
+    /// holds the opening of its address.
+    async fn reauthenticate(&self, event: &ClientEvent) -> String {
+        let kid = event.kid.unwrap_or(0);
+        let known = self.lock().by_cid.get(&event.cid).cloned();
+        match known {
+            Some(session) if event.username().is_none_or(|u| u == session.client_id) => {
+                debug!(verdict = "accept", "renegotiation of a known session");
+                management::accept_command(event.cid, kid)
+            }
+            None if self.holds_opening(event).await => {
+                info!(verdict = "accept", "renegotiation of a session accepted before a restart");
+                if let (Some(client_id), Some(addr)) = (event.username(), event.real_address()) {
+                    self.lock().by_cid.insert(event.cid, Session { client_id: client_id.to_owned(), addr });
+                }
+                management::accept_command(event.cid, kid)
+            }
+            _ => {
+                warn!(verdict = "deny", "renegotiation of a session this controller did not accept");
+                management::deny_command(event.cid, kid, "xdpgate: unknown session")
+            }
+        }
+    }
+
+    /// Whether the event's username holds the opening of the event's address on this server.
+    async fn holds_opening(&self, event: &ClientEvent) -> bool {
+        let (Some(client_id), Some(addr)) = (event.username(), event.real_address()) else {
+            return false;
+        };
+        match self.openings.list().await {
+            Ok(views) => views.iter().any(|v| {
+                v.record.id.server_id == self.server.id
+                    && v.record.id.addr == addr
+                    && v.record.holders.iter().any(|h| h.origin == client_id)
+            }),
+            Err(err) => {
+                warn!(error = %err, "cannot read openings");
+                false
+            }
+        }
+    }
+
+    /// `ESTABLISHED`: hold the opening for the session, up to the server's max lifetime.
+    async fn established(&self, event: &ClientEvent) {
+        let session = {
+            let mut sessions = self.lock();
+            let Some(session) = sessions.by_cid.get(&event.cid).cloned() else {
+                warn!("tunnel up for a client this controller did not accept (restarted meanwhile?)");
+                return;
+            };
+            *sessions.epoch.entry((session.client_id.clone(), session.addr)).or_default() += 1;
+            session
+        };
+        let grant = self.openings.grant(&self.server, session.addr, &session.client_id, self.server.max_lifetime).await;
+        match grant {
+            Ok(_) => info!(lifetime_secs = self.server.max_lifetime.as_secs(), "tunnel up; session opening held"),
+            Err(err) => warn!(error = %err, "could not hold the session opening"),
+        }
+    }
+
+    /// `DISCONNECT`: release the client's hold on its address after the grace period.
+    fn disconnected(&self, event: &ClientEvent) {
+        let session = self.lock().by_cid.remove(&event.cid);
+        let session = match (session, event.username(), event.real_address()) {
+            (Some(session), _, _) => session,
+            // Accepted by an earlier controller: the environment still names it.
+            (None, Some(client_id), Some(addr)) if !client_id.is_empty() => Session { client_id: client_id.to_owned(), addr },
+            _ => {
+                debug!("disconnect of a client that never authenticated");
+                return;
+            }
+        };
+        info!(grace_ms = self.grace.as_millis() as u64, "client disconnected");
+        self.release_later(session);
+    }
+
+    fn release_all(&self) {
+        let sessions: Vec<Session> = self.lock().by_cid.drain().map(|(_, s)| s).collect();
+        for session in sessions {
+            self.release_later(session);
+        }
+    }
+
+    fn release_later(&self, session: Session) {
+        let epoch = self.lock().epoch(&session.client_id, session.addr);
+        let this = self.clone();
+        let span = info_span!("release", client_id = %session.client_id, client_ip = %session.addr);
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(this.grace).await;
+                {
+                    let sessions = this.lock();
+                    if sessions.live(&session.client_id, session.addr)
+                        || sessions.epoch(&session.client_id, session.addr) != epoch
+                    {
+                        debug!("client is back; opening kept");
+                        return;
+                    }
+                }
+                match this.openings.release(this.server.id, session.addr, &session.client_id).await {
+                    Ok(true) => info!("opening closed after disconnect"),
+                    Ok(false) => info!("client's hold released; the opening stays for its other holders"),
+                    Err(err) => warn!(error = %err, "could not release the opening"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
