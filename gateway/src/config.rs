@@ -92,6 +92,8 @@ struct RawConfig {
     #[serde(default)]
     approvals: RawApprovals,
     web: Option<RawWeb>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
     #[serde(default, rename = "server")]
     servers: Vec<Spanned<RawServer>>,
 }
@@ -134,6 +136,42 @@ struct RawWeb {
     request_timeout_ms: Spanned<u64>,
     #[serde(default = "defaults::web_user")]
     user: String,
+    #[serde(default)]
+    proxy_protocol_peers: Vec<Spanned<String>>,
+    #[serde(default)]
+    cluster: Option<Spanned<RawWebCluster>>,
+}
+
+/// `[cluster]`: this controller serves the cluster API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node: Spanned<String>,
+    listen: Spanned<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    allowed_peers: Option<Spanned<Vec<String>>>,
+}
+
+/// `[web.cluster]`: this web node forwards to controllers over the cluster API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebCluster {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    refresh_ms: Option<Spanned<u64>>,
+    controllers: Vec<Spanned<RawControllerAddr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControllerAddr {
+    name: Spanned<String>,
+    address: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +211,24 @@ struct RawServer {
     max_lifetime_secs: Spanned<u32>,
     #[serde(rename = "service")]
     services: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    openvpn: Option<Spanned<RawOpenVpn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenVpn {
+    management_socket: PathBuf,
+    #[serde(default)]
+    tun_name: Option<Spanned<String>>,
+    #[serde(default)]
+    tun_owner: Option<Spanned<String>>,
+    #[serde(default)]
+    tun_group: Option<Spanned<String>>,
+    #[serde(default)]
+    tun_address: Option<Spanned<String>>,
+    #[serde(default = "defaults::disconnect_grace_ms")]
+    disconnect_grace_ms: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +308,10 @@ pub mod defaults {
     pub fn web_user() -> String {
         "nobody".to_owned()
     }
+    /// How long an OpenVPN client's opening survives its disconnect, ms.
+    pub fn disconnect_grace_ms() -> Spanned<u64> {
+        Spanned::new(0..0, 5_000)
+    }
 }
 
 /// Which addresses an approval opens (see docs/PROTOCOL.md).
@@ -278,7 +338,8 @@ pub struct ApprovalsConfig {
     pub enrollment_ttl: Duration,
     /// Socket the web front submits requests on.
     pub front_socket: PathBuf,
-    /// User allowed to connect to `front_socket` (it is chowned to them, mode 0600).
+    /// User allowed to connect to `front_socket` (it is chowned to them, mode 0600);
+    /// defaults to `[web].user` when the same file configures the web front.
     pub front_socket_user: Option<String>,
     /// The HTTPS endpoint clients use, as written into enrollment links.
     pub public_url: Option<String>,
@@ -307,6 +368,11 @@ pub struct WebConfig {
     pub request_timeout: Duration,
     /// Unprivileged user for `xdpgate run`.
     pub user: String,
+    /// Peers that must start every connection with a PROXY protocol v2 header (each must
+    /// also be in `trusted_proxies`); no other peer's bytes are ever parsed as PROXY.
+    pub proxy_protocol_peers: Vec<IpNet>,
+    /// Forward to controllers over the cluster API instead of the local front socket.
+    pub cluster: Option<crate::cluster::WebClusterConfig>,
 }
 
 /// An IP network (address and prefix length).
@@ -376,6 +442,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// The web front, if configured in the same file.
     pub web: Option<WebConfig>,
+    /// The cluster API this controller serves, if configured.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// One guarded server (a VPN instance) and its services.
@@ -399,6 +467,32 @@ pub struct ServerConfig {
     pub public_ipv4: Option<std::net::Ipv4Addr>,
     /// The public IPv6 address clients are told to connect to.
     pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The OpenVPN server the controller follows (`[server.openvpn]`), if any.
+    pub openvpn: Option<OpenVpnConfig>,
+}
+
+/// An OpenVPN server behind the gate (`[server.openvpn]`, see docs/OPENVPN.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenVpnConfig {
+    /// OpenVPN's management socket (`--management PATH unix --management-client-auth`).
+    pub management_socket: PathBuf,
+    /// The persistent tun interface the controller creates, if any.
+    pub tun: Option<TunConfig>,
+    /// How long an opening survives the client's disconnect (a reconnect keeps it).
+    pub disconnect_grace: Duration,
+}
+
+/// A persistent tun interface made by the controller for an unprivileged VPN process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// User that may attach to it (the VPN server's user).
+    pub owner: String,
+    /// Group that may attach to it.
+    pub group: Option<String>,
+    /// IPv4 address and prefix set on it (the VPN server's side of the tunnel).
+    pub address: Option<IpNet>,
 }
 
 /// A guarded service.
@@ -505,11 +599,17 @@ impl Validator<'_> {
                 ));
             }
         }
-        let approvals = self.approvals(raw.approvals, &controller.state_dir)?;
+        let mut approvals = self.approvals(raw.approvals, &controller.state_dir)?;
         let web = raw.web.map(|web| self.web(web)).transpose()?;
+        let cluster = raw.cluster.map(|cluster| self.cluster(cluster)).transpose()?;
+        if let (None, Some(web)) = (&approvals.front_socket_user, &web) {
+            // The web front configured here drops to this user; it must reach the socket.
+            approvals.front_socket_user = Some(web.user.clone());
+        }
         Ok(Config {
             approvals,
             web,
+            cluster,
             interfaces,
             xdp_mode: controller.xdp_mode,
             state_dir: controller.state_dir,
@@ -549,6 +649,7 @@ impl Validator<'_> {
                 return Err(self.fail(server.id.span(), format!("duplicate server id {id}")));
             }
             let limits = self.limits(&server)?;
+            let openvpn = server.openvpn.map(|raw| self.openvpn(raw)).transpose()?;
             let public_ipv4 = self.public_address(&server.public_ipv4, "IPv4")?;
             let public_ipv6 = self.public_address(&server.public_ipv6, "IPv6")?;
             if server.services.is_empty() {
@@ -573,6 +674,7 @@ impl Validator<'_> {
                 address_policy: server.address_policy,
                 public_ipv4,
                 public_ipv6,
+                openvpn,
             });
         }
         if services_seen.len() > gateway_common::MAX_SERVICES as usize {
@@ -608,6 +710,69 @@ impl Validator<'_> {
         })
     }
 
+    fn cluster(&self, raw: RawCluster) -> Result<crate::cluster::ClusterConfig, ConfigError> {
+        let node = raw.node.get_ref();
+        if !crate::cluster::ca::valid_node_name(node) {
+            return Err(self.fail(raw.node.span(), "node must be a DNS name (a-z 0-9 - .), 1-63 characters"));
+        }
+        let listen =
+            raw.listen.get_ref().parse().map_err(|_| self.fail(raw.listen.span(), "listen must be ADDRESS:PORT"))?;
+        let allowed_peers = match &raw.allowed_peers {
+            None => vec![crate::cluster::NamePattern::default_web()],
+            Some(list) => {
+                let parsed = list
+                    .get_ref()
+                    .iter()
+                    .map(|p| p.parse::<crate::cluster::NamePattern>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| self.fail(list.span(), reason))?;
+                if parsed.is_empty() {
+                    return Err(self.fail(list.span(), "allowed_peers must name at least one pattern"));
+                }
+                parsed
+            }
+        };
+        Ok(crate::cluster::ClusterConfig {
+            node: node.clone(),
+            listen,
+            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key },
+            allowed_peers,
+        })
+    }
+
+    fn web_cluster(&self, raw: Spanned<RawWebCluster>) -> Result<crate::cluster::WebClusterConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.controllers.is_empty() {
+            return Err(self.fail(span, "[web.cluster] needs at least one controller"));
+        }
+        let mut controllers = Vec::with_capacity(raw.controllers.len());
+        let mut names = HashSet::new();
+        for controller in raw.controllers {
+            let controller = controller.into_inner();
+            let name = controller.name.get_ref();
+            if !crate::cluster::ca::valid_node_name(name) || !names.insert(name.clone()) {
+                return Err(self.fail(controller.name.span(), format!("controller name {name:?} is not a DNS name or is repeated")));
+            }
+            let address = controller
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|_| self.fail(controller.address.span(), "address must be ADDRESS:PORT"))?;
+            controllers.push(crate::cluster::ControllerAddr { name: name.clone(), address });
+        }
+        let refresh = match raw.refresh_ms {
+            None => crate::cluster::DEFAULT_REFRESH,
+            Some(ms) if (100..=600_000).contains(ms.get_ref()) => Duration::from_millis(*ms.get_ref()),
+            Some(ms) => return Err(self.fail(ms.span(), "refresh_ms must be between 100 and 600000")),
+        };
+        Ok(crate::cluster::WebClusterConfig {
+            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key },
+            controllers,
+            refresh,
+        })
+    }
+
     fn web(&self, raw: RawWeb) -> Result<WebConfig, ConfigError> {
         let listen = raw
             .listen
@@ -625,6 +790,16 @@ impl Validator<'_> {
         if !(100..=60_000).contains(&timeout) {
             return Err(self.fail(raw.request_timeout_ms.span(), "request_timeout_ms must be between 100 and 60000"));
         }
+        let mut proxy_protocol_peers = Vec::new();
+        for net in &raw.proxy_protocol_peers {
+            let parsed = net.get_ref().parse::<IpNet>().map_err(|reason| self.fail(net.span(), reason))?;
+            let covered = trusted_proxies.iter().any(|t| t.prefix <= parsed.prefix && t.contains(parsed.addr));
+            if !covered {
+                return Err(self.fail(net.span(), "every proxy_protocol_peers network must lie in trusted_proxies"));
+            }
+            proxy_protocol_peers.push(parsed);
+        }
+        let cluster = raw.cluster.map(|cluster| self.web_cluster(cluster)).transpose()?;
         Ok(WebConfig {
             listen,
             cert: raw.cert,
@@ -635,6 +810,71 @@ impl Validator<'_> {
             rate_limit_burst: *raw.rate_limit_burst.get_ref(),
             request_timeout: Duration::from_millis(timeout),
             user: raw.user,
+            proxy_protocol_peers,
+            cluster,
+        })
+    }
+
+    fn openvpn(&self, raw: Spanned<RawOpenVpn>) -> Result<OpenVpnConfig, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.management_socket.as_os_str().is_empty() || !raw.management_socket.is_absolute() {
+            return Err(self.fail(span, "openvpn.management_socket must be an absolute path"));
+        }
+        let grace = *raw.disconnect_grace_ms.get_ref();
+        if grace > 600_000 {
+            return Err(self.fail(raw.disconnect_grace_ms.span(), "disconnect_grace_ms must be at most 600000"));
+        }
+        let tun = match raw.tun_name {
+            None => {
+                let stray = raw.tun_owner.as_ref().or(raw.tun_group.as_ref()).or(raw.tun_address.as_ref());
+                if let Some(stray) = stray {
+                    return Err(self.fail(stray.span(), "tun_owner, tun_group and tun_address need tun_name"));
+                }
+                None
+            }
+            Some(name) => Some(self.tun(name, raw.tun_owner, raw.tun_group, raw.tun_address)?),
+        };
+        Ok(OpenVpnConfig { management_socket: raw.management_socket, tun, disconnect_grace: Duration::from_millis(grace) })
+    }
+
+    fn tun(
+        &self,
+        name: Spanned<String>,
+        owner: Option<Spanned<String>>,
+        group: Option<Spanned<String>>,
+        address: Option<Spanned<String>>,
+    ) -> Result<TunConfig, ConfigError> {
+        let text = name.get_ref();
+        let name_ok = !text.is_empty()
+            && text.len() <= 15
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            return Err(self.fail(name.span(), "tun_name must be 1-15 characters of A-Z a-z 0-9 . - _"));
+        }
+        let owner = owner.ok_or_else(|| self.fail(name.span(), "tun_name needs tun_owner (the VPN server's user)"))?;
+        let user_ok = |s: &str| !s.is_empty() && s.len() <= 32 && !s.contains([':', '/', ' ', '\n']);
+        if !user_ok(owner.get_ref()) {
+            return Err(self.fail(owner.span(), "tun_owner must be a user name"));
+        }
+        if let Some(group) = group.as_ref().filter(|g| !user_ok(g.get_ref())) {
+            return Err(self.fail(group.span(), "tun_group must be a group name"));
+        }
+        let address = match address {
+            None => None,
+            Some(text) => {
+                let net: IpNet = text.get_ref().parse().map_err(|reason| self.fail(text.span(), reason))?;
+                if !net.addr.is_ipv4() || !text.get_ref().contains('/') {
+                    return Err(self.fail(text.span(), "tun_address must be IPv4 ADDRESS/PREFIX, e.g. 10.8.0.1/24"));
+                }
+                Some(net)
+            }
+        };
+        Ok(TunConfig {
+            name: name.into_inner(),
+            owner: owner.into_inner(),
+            group: group.map(Spanned::into_inner),
+            address,
         })
     }
 
@@ -793,6 +1033,7 @@ address = "192.0.2.1"
         assert!(config.approvals.public_url.as_deref().is_some_and(|u| u.starts_with("https://")));
         let web = config.web.unwrap();
         assert_eq!(web.rate_limit_burst, 20);
+        assert_eq!(config.approvals.front_socket_user.as_deref(), Some("nobody"));
         assert_eq!(config.servers[0].public_ipv4, Some("203.0.113.10".parse().unwrap()));
     }
 
@@ -807,6 +1048,38 @@ address = "192.0.2.1"
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         let all: IpNet = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn openvpn_section_parses_and_is_validated_with_lines() {
+        let with = format!(
+            "{GOOD}\n[server.openvpn]\nmanagement_socket = \"/run/openvpn/vpn1.sock\"\ntun_name = \"xgtun0\"\n\
+             tun_owner = \"nobody\"\ntun_group = \"nogroup\"\ntun_address = \"10.8.0.1/24\"\ndisconnect_grace_ms = 1500\n"
+        );
+        let config = parse(&with).unwrap();
+        let vpn = config.servers[0].openvpn.clone().unwrap();
+        assert_eq!(vpn.management_socket, PathBuf::from("/run/openvpn/vpn1.sock"));
+        assert_eq!(vpn.disconnect_grace, Duration::from_millis(1500));
+        let tun = vpn.tun.unwrap();
+        assert_eq!((tun.name.as_str(), tun.owner.as_str(), tun.group.as_deref()), ("xgtun0", "nobody", Some("nogroup")));
+        assert_eq!(tun.address, Some("10.8.0.1/24".parse().unwrap()));
+
+        let too_long = with.replace("xgtun0", "a-very-long-tun-name");
+        let (line, reason) = invalid_line(&too_long);
+        assert_eq!(line, line_of(&too_long, "a-very-long-tun-name"));
+        assert!(reason.contains("tun_name"), "{reason}");
+
+        let no_owner = with.replace("tun_owner = \"nobody\"\n", "");
+        let (_, reason) = invalid_line(&no_owner);
+        assert!(reason.contains("tun_owner"), "{reason}");
+
+        let bad_address = with.replace("10.8.0.1/24", "fd00::1/64");
+        let (line, _) = invalid_line(&bad_address);
+        assert_eq!(line, line_of(&bad_address, "fd00::1/64"));
+
+        let unknown = with.replace("disconnect_grace_ms", "disconect_grace_ms");
+        assert!(matches!(parse(&unknown), Err(ConfigError::Syntax { .. })));
+        assert!(parse(GOOD).unwrap().servers[0].openvpn.is_none());
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub enum ControllerError {
     /// The box key could not be loaded or created.
     #[error(transparent)]
     BoxKey(#[from] BoxKeyError),
+    /// The cluster API could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// A VPN server's persistent tun interface could not be made.
+    #[error(transparent)]
+    Tun(#[from] crate::vpn::tun::TunError),
 }
 
 /// A guarded service as planned for the kernel.
@@ -107,6 +113,11 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
     async move {
         let controller = Arc::new(start(config).await?);
         let sweeper = tokio::spawn(sweep_forever(controller.clone()));
+        let vpn_followers = crate::vpn::openvpn::start_all(
+            &controller.config.servers,
+            &controller.openings,
+            &controller.approvals.vpn_tokens(),
+        )?;
         let socket = controller.config.control_socket.clone();
         let front_socket = controller.config.approvals.front_socket.clone();
         let front_owner = controller.config.approvals.front_socket_user.clone();
@@ -121,10 +132,18 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
                 control::serve_front(approvals, &front_socket, front_owner.as_deref(), shutdown).await
             })
         };
+        let cluster = match &controller.config.cluster {
+            Some(cluster) => Some(
+                crate::cluster::server::spawn(cluster, controller.approvals.clone(), &controller.config.servers).await?,
+            ),
+            None => None,
+        };
         let served = control::serve(controller.clone(), &socket, shutdown_signal()).await;
+        cluster.iter().for_each(tokio::task::JoinHandle::abort);
         let _ = stop_front.send(());
         let front_result = front.await;
         sweeper.abort();
+        vpn_followers.iter().for_each(tokio::task::JoinHandle::abort);
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&front_socket);
         info!("controller stopped; the gate stays attached and keeps enforcing");

@@ -64,6 +64,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             let services: usize = config.servers.iter().map(|s| s.services.len()).sum();
             Ok(format!("ok: {} server(s), {services} service(s)\n", config.servers.len()))
         }
+        Command::Cluster { command } => cli::cluster::run(command).await,
         Command::Servers { command: ServersCommand::List { target } } => admin::servers_list(&target.socket).await,
         Command::Openings { command } => match command {
             OpeningsCommand::Add { target, server, ip, ttl } => admin::openings_add(&target.socket, &server, ip, ttl).await,
@@ -88,7 +89,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             let options = client::EnrollOptions { link: &link, profile: &profile, device_name: device_name.as_deref(), force };
             Ok(client::enroll(&options).await?)
         }
-        Command::Client { command: ClientCommand::Connect { profile, server, public_ipv4, public_ipv6, device_name, json } } => {
+        Command::Client { command: ClientCommand::Connect { profile, server, public_ipv4, public_ipv6, device_name, json, openvpn_auth } } => {
             let options = client::ConnectOptions {
                 profile: &profile,
                 server: server.as_deref(),
@@ -97,7 +98,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
                 device_name: device_name.as_deref(),
                 json,
             };
-            Ok(client::connect(&options).await?)
+            Ok(client::connect_with(&options, openvpn_auth.as_deref()).await?)
         }
         Command::Status { target } => admin::status(&target.socket).await,
         Command::Health { target } => admin::health(&target.socket).await,

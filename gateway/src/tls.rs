@@ -85,7 +85,8 @@ pub fn certs_from_pem(pem: &[u8], origin: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// Reads the first private key of a PEM file.
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?);
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|err| TlsError::Pem { path: path.to_owned(), what: format!("no usable private key: {err}") })
@@ -126,7 +127,8 @@ pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, subject_alt_names: 
     Ok(true)
 }
 
-fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+/// Creates `path` (never overwriting) with `mode`, creating a missing folder 0700.
+pub(crate) fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let io = |source| TlsError::Io { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;

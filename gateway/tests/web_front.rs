@@ -238,6 +238,8 @@ impl Harness {
             rate_limit_burst: setup.burst,
             request_timeout: setup.request_timeout,
             user: "nobody".into(),
+            proxy_protocol_peers: Vec::new(),
+            cluster: None,
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();

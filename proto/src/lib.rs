@@ -16,3 +16,11 @@ pub mod front {
         tonic::include_proto!("xdpgate.front.v1");
     }
 }
+
+/// The cluster API (web nodes <-> controllers, mutual TLS).
+pub mod cluster {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("xdpgate.cluster.v1");
+    }
+}

@@ -1,5 +1,6 @@
 //! Command-line interface of the `xdpgate` binary.
 pub mod admin;
+pub mod cluster;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -66,6 +67,11 @@ pub enum Command {
     Client {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// The cluster: CA, node certificates, and the status of every controller.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Guarded servers.
     Servers {
@@ -238,5 +244,9 @@ pub enum ClientCommand {
         /// Print the approval as JSON.
         #[arg(long)]
         json: bool,
+        /// Write this approval's OpenVPN username (client id) and one-time password to FILE
+        /// (mode 0600), for OpenVPN's `--auth-user-pass FILE`.
+        #[arg(long, value_name = "FILE")]
+        openvpn_auth: Option<PathBuf>,
     },
 }

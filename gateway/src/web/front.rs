@@ -1,14 +1,18 @@
 //! The web front's side of the front API: a lazily connected tonic channel to the
 //! controller's Unix socket, with connect and call deadlines so an absent or stuck controller
-//! costs a quick 503, never a hang.
+//! costs a quick 503, never a hang; or, on a cluster web node, the cluster routes, which send
+//! each approval to the controller owning its server.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use xdpgate_proto::front::v1::front_client::FrontClient;
 use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
+
+use crate::cluster::ClusterRoutes;
 
 /// Largest reply body accepted from the controller.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -27,8 +31,15 @@ pub enum FrontCall {
 /// A cheap-to-clone handle on the controller's front API.
 #[derive(Clone, Debug)]
 pub struct FrontHandle {
-    client: FrontClient<Channel>,
-    socket: PathBuf,
+    target: Target,
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    /// The controller on this host.
+    Local { client: FrontClient<Channel>, socket: PathBuf },
+    /// The owners, over the cluster API.
+    Cluster(Arc<ClusterRoutes>),
 }
 
 impl FrontHandle {
@@ -45,7 +56,12 @@ impl FrontHandle {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
         let client = FrontClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
-        Self { client, socket: socket.to_owned() }
+        Self { target: Target::Local { client, socket: socket.to_owned() } }
+    }
+
+    /// A handle that forwards to the controllers of a cluster.
+    pub fn cluster(routes: Arc<ClusterRoutes>) -> Self {
+        Self { target: Target::Cluster(routes) }
     }
 
     /// Forwards a re-serialized body; the reply is the controller's verbatim.
@@ -57,7 +73,11 @@ impl FrontHandle {
         request_id: String,
     ) -> Result<FrontReply, tonic::Status> {
         let request = FrontRequest { body, remote_address, request_id };
-        let mut client = self.client.clone();
+        let client = match &self.target {
+            Target::Local { client, .. } => client,
+            Target::Cluster(routes) => return cluster_call(routes, call, request).await,
+        };
+        let mut client = client.clone();
         let reply = match call {
             FrontCall::Approval => client.submit_approval(request).await?,
             FrontCall::Enroll => client.enroll(request).await?,
@@ -67,6 +87,25 @@ impl FrontHandle {
 
     /// Whether the controller accepts connections on its socket within `timeout`.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&self.socket)).await, Ok(Ok(_)))
+        match &self.target {
+            Target::Local { socket, .. } => {
+                matches!(tokio::time::timeout(timeout, tokio::net::UnixStream::connect(socket)).await, Ok(Ok(_)))
+            }
+            Target::Cluster(routes) => routes.any_reachable(),
+        }
+    }
+}
+
+/// Sends a request into the cluster. The approval's server name is read from the body,
+/// which is already the canonical re-serialization, so it always parses.
+async fn cluster_call(routes: &ClusterRoutes, call: FrontCall, request: FrontRequest) -> Result<FrontReply, tonic::Status> {
+    match call {
+        FrontCall::Approval => {
+            let server = crate::approval::parse_request(&request.body)
+                .map_err(|_| tonic::Status::internal("re-serialized approval request does not parse"))?
+                .server;
+            routes.submit_approval(&server, request).await
+        }
+        FrontCall::Enroll => routes.enroll(request).await,
     }
 }

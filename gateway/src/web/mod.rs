@@ -9,6 +9,7 @@
 mod client_addr;
 mod front;
 pub mod privileges;
+pub mod proxy_v2;
 mod rate_limit;
 mod routes;
 
@@ -29,7 +30,7 @@ pub use front::{FrontCall, FrontHandle};
 pub use rate_limit::{DEFAULT_MAX_SOURCES, RateLimiter};
 pub use routes::{AppState, router};
 
-use crate::config::WebConfig;
+use crate::config::{IpNet, WebConfig};
 use crate::tls::{self, TlsError};
 
 /// Most connections open at once; more are closed on accept.
@@ -63,18 +64,28 @@ pub enum WebError {
     /// Root could not be given up.
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
+    /// The cluster routes could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The TLS side, loaded before privileges are dropped.
 struct LoadedTls {
     acceptor: TlsAcceptor,
     pin: String,
+    /// The cluster routes (their mTLS files are read here, before privileges are dropped).
+    routes: Option<Arc<crate::cluster::ClusterRoutes>>,
 }
 
 fn load_tls(config: &WebConfig) -> Result<LoadedTls, WebError> {
     Ok(LoadedTls {
         acceptor: TlsAcceptor::from(Arc::new(tls::server_config(&config.cert, &config.key)?)),
         pin: tls::cert_sha256_hex(&config.cert)?,
+        routes: config
+            .cluster
+            .as_ref()
+            .map(|cluster| crate::cluster::ClusterRoutes::new(cluster, config.request_timeout))
+            .transpose()?,
     })
 }
 
@@ -138,9 +149,18 @@ async fn serve_loaded(
     loaded: LoadedTls,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebError> {
-    let LoadedTls { acceptor, pin } = loaded;
+    let LoadedTls { acceptor, pin, routes } = loaded;
+    let (front, _refresher) = match (&config.cluster, routes) {
+        (Some(cluster), Some(routes)) => {
+            let refresher = routes.spawn_refresher(cluster.refresh);
+            tracing::info!(controllers = cluster.controllers.len(), "web node forwards over the cluster API");
+            (FrontHandle::cluster(routes), Some(AbortOnDrop(refresher)))
+        }
+        _ => (FrontHandle::new(&config.front_socket, config.request_timeout), None),
+    };
+    let proxy_peers: Arc<[IpNet]> = config.proxy_protocol_peers.clone().into();
     let state = AppState {
-        front: FrontHandle::new(&config.front_socket, config.request_timeout),
+        front,
         limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES)),
         trusted_proxies: config.trusted_proxies.clone().into(),
         request_timeout: config.request_timeout,
@@ -178,6 +198,7 @@ async fn serve_loaded(
             acceptor: acceptor.clone(),
             app: app.clone(),
             info: ConnInfo::direct(peer),
+            proxy: proxy_peers.iter().any(|net| net.contains(peer.ip().to_canonical())),
             stop: stop_rx.clone(),
         };
         connections.spawn(async move {
@@ -215,15 +236,38 @@ struct Connection {
     acceptor: TlsAcceptor,
     app: axum::Router,
     info: ConnInfo,
+    /// The peer must send a PROXY v2 header first.
+    proxy: bool,
     stop: watch::Receiver<bool>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Connection {
     /// TLS handshake, then one HTTP/1.1 request (no keep-alive).
     async fn run(self) {
-        let Connection { tcp, acceptor, app, info, mut stop } = self;
-        let span = tracing::debug_span!("connection", peer = %info.peer);
+        let Connection { mut tcp, acceptor, app, mut info, proxy, mut stop } = self;
+        let span = tracing::debug_span!("connection", peer = %info.peer, proxied = tracing::field::Empty);
         async move {
+            if proxy {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_v2::read_header(&mut tcp)).await {
+                    Ok(Ok(announced)) => {
+                        info.proxied = announced;
+                        if let Some(source) = announced {
+                            tracing::Span::current().record("proxied", tracing::field::display(source));
+                        }
+                    }
+                    Ok(Err(err)) => return tracing::warn!("closing a proxy connection: {err}"),
+                    Err(_) => return tracing::warn!("PROXY header timed out"),
+                }
+            }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => return tracing::debug!("TLS handshake failed: {err}"),

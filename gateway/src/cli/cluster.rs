@@ -1,0 +1,110 @@
+//! `xdpgate cluster ...`: the cluster CA, node certificates, and the operator's view.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use xdpgate::cluster::{self, ClusterRoutes};
+use xdpgate::config::WebConfig;
+
+/// `xdpgate cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The cluster CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Node certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Ask every controller of a web node's `[web.cluster]` for its servers, health and
+    /// version (uses that node's certificate).
+    Status {
+        /// Configuration file with a `[web]` section that has `[web.cluster]`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `xdpgate cluster ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a cluster CA: `DIR/ca.pem` and `DIR/ca.key` (0600). Keep the key offline.
+    Init {
+        /// Folder to create the CA in (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// `xdpgate cluster cert ...`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a node certificate: `OUT/node.pem`, `OUT/node.key` (0600), `OUT/ca.pem`.
+    Issue {
+        /// The CA folder (from `cluster ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node name (its DNS name), e.g. `web-1` or `gw-a`.
+        #[arg(long)]
+        name: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = cluster::ca::NODE_VALID_DAYS)]
+        days: i64,
+    },
+}
+
+/// Runs a cluster command and returns what to print.
+pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
+    match command {
+        ClusterCommand::Ca { command: CaCommand::Init { dir } } => {
+            let cert = cluster::ca::init(&dir)?;
+            Ok(format!("cluster CA created: {}\n", cert.display()))
+        }
+        ClusterCommand::Cert { command: CertCommand::Issue { ca, name, out, days } } => {
+            let files = cluster::ca::issue(&ca, &name, days, &out)?;
+            Ok(format!("issued {name}: {} {} (CA {})\n", files.cert.display(), files.key.display(), files.ca.display()))
+        }
+        ClusterCommand::Status { config } => status(&WebConfig::load(&config)?).await,
+    }
+}
+
+async fn status(config: &WebConfig) -> anyhow::Result<String> {
+    let Some(cluster) = &config.cluster else {
+        anyhow::bail!("the [web] section has no [web.cluster]");
+    };
+    let routes = ClusterRoutes::new(cluster, Duration::from_secs(3))?;
+    routes.refresh().await;
+    let mut out = String::new();
+    let mut all_ok = true;
+    for (node, client) in routes.status().iter().zip(routes.controllers()) {
+        let health = match client.health().await {
+            Ok(status) => status,
+            Err(err) => format!("UNREACHABLE ({})", err.code()),
+        };
+        all_ok &= node.reachable && health == "SERVING";
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\tversion={}\tservers={}",
+            node.name,
+            node.address,
+            health,
+            if node.version.is_empty() { "-" } else { &node.version },
+            if node.servers.is_empty() { "-".to_owned() } else { node.servers.join(",") },
+        );
+        if let Some(error) = &node.error {
+            let _ = writeln!(out, "\terror: {error}");
+        }
+    }
+    if !all_ok {
+        print!("{out}");
+        anyhow::bail!("some controllers are not healthy");
+    }
+    Ok(out)
+}

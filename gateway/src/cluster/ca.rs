@@ -1,0 +1,159 @@
+//! The cluster CA: `xdpgate cluster ca init` creates it, `xdpgate cluster cert issue` signs
+//! one certificate per node (its node name as the only DNS name, usable as TLS client and
+//! server). Keys are ECDSA P-256 and written 0600; nothing is ever overwritten.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use zeroize::Zeroizing;
+
+use crate::tls::{self, TlsError};
+
+/// File names inside a CA folder.
+pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key (0600).
+pub const CA_KEY: &str = "ca.key";
+/// File names inside a node's folder.
+pub const NODE_CERT: &str = "node.pem";
+/// The node's private key (0600).
+pub const NODE_KEY: &str = "node.key";
+/// The CA certificate copied next to a node's pair, so a node folder is self-contained.
+pub const NODE_CA: &str = "ca.pem";
+/// Validity of the CA, days.
+pub const CA_VALID_DAYS: i64 = 3650;
+/// Default validity of a node certificate, days.
+pub const NODE_VALID_DAYS: i64 = 825;
+
+/// A CA or node certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Reading or writing a file failed (an existing file is never replaced).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// rcgen refused the parameters or the CA files.
+    #[error("certificate generation failed")]
+    Generate(#[from] rcgen::Error),
+    /// The node name is not a DNS name of lower-case letters, digits, `-` and `.`.
+    #[error("node name {0:?} must be a DNS name (a-z 0-9 - .), 1-63 characters")]
+    BadName(String),
+    /// The validity is out of range.
+    #[error("validity must be between 1 and 3650 days")]
+    BadValidity,
+}
+
+/// Paths of a node's files written by [`issue`].
+#[derive(Clone, Debug)]
+pub struct NodeFiles {
+    /// The node certificate.
+    pub cert: PathBuf,
+    /// The node key (0600).
+    pub key: PathBuf,
+    /// A copy of the CA certificate.
+    pub ca: PathBuf,
+}
+
+/// Whether `name` is usable as a node name (a DNS name, so webpki can check it).
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // An hour of slack for clocks that are a little behind.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+/// Creates `dir/ca.pem` and `dir/ca.key` (0600; the folder is created 0700).
+pub fn init(dir: &Path) -> Result<PathBuf, CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    let mut id = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+    dn.push(DnType::CommonName, format!("xdpgate cluster CA {}", tls::to_hex(&id)));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, CA_VALID_DAYS);
+    let cert = params.self_signed(&key)?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    tls::write_new_file(&dir.join(CA_KEY), key_pem.as_bytes(), 0o600)?;
+    let cert_path = dir.join(CA_CERT);
+    tls::write_new_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    Ok(cert_path)
+}
+
+/// Signs a certificate for node `name` with the CA in `ca_dir`, valid for `days`, and writes
+/// `out/node.pem`, `out/node.key` (0600) and `out/ca.pem`.
+pub fn issue(ca_dir: &Path, name: &str, days: i64, out: &Path) -> Result<NodeFiles, CaError> {
+    if !valid_node_name(name) {
+        return Err(CaError::BadName(name.to_owned()));
+    }
+    if !(1..=3650).contains(&days) {
+        return Err(CaError::BadValidity);
+    }
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|source| CaError::Tls(TlsError::Io { path: path.clone(), source }))
+    };
+    let ca_pem = read(ca_dir.join(CA_CERT))?;
+    let ca_key_pem = Zeroizing::new(read(ca_dir.join(CA_KEY))?);
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, days);
+    let cert = params.signed_by(&key, &issuer)?;
+    let files = NodeFiles { cert: out.join(NODE_CERT), key: out.join(NODE_KEY), ca: out.join(NODE_CA) };
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    tls::write_new_file(&files.key, key_pem.as_bytes(), 0o600)?;
+    tls::write_new_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    tls::write_new_file(&files.ca, ca_pem.as_bytes(), 0o644)?;
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn ca_and_node_files_are_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init(&ca).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ca.join(CA_KEY)), 0o600);
+        assert_eq!(mode(&ca), 0o700);
+        assert!(init(&ca).is_err(), "an existing CA is never replaced");
+        let files = issue(&ca, "web-1", 30, &dir.path().join("web-1")).unwrap();
+        assert_eq!(mode(&files.key), 0o600);
+        assert!(issue(&ca, "web-1", 30, &dir.path().join("web-1")).is_err());
+        assert!(matches!(issue(&ca, "Web 1", 30, &dir.path().join("x")), Err(CaError::BadName(_))));
+        assert!(matches!(issue(&ca, "web-2", 0, &dir.path().join("y")), Err(CaError::BadValidity)));
+    }
+
+    #[test]
+    fn node_names() {
+        for ok in ["web-1", "gw-a", "web-1.nodes.xdpgate", "a"] {
+            assert!(valid_node_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a..b", "a b", "a_b", &"x".repeat(64)] {
+            assert!(!valid_node_name(bad), "{bad}");
+        }
+    }
+}
