@@ -1038,6 +1038,14 @@ address = "192.0.2.1"
     }
 
     #[test]
+    fn web_node_example_in_the_repo_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/web-node.toml"));
+        let web = WebConfig::load(path).unwrap();
+        assert_eq!(web.proxy_protocol_peers.len(), 1);
+        assert_eq!(web.cluster.as_ref().map(|c| c.controllers.len()), Some(2));
+    }
+
+    #[test]
     fn ip_networks_match_by_prefix() {
         let net: IpNet = "10.1.0.0/16".parse().unwrap();
         assert!(net.contains("10.1.200.3".parse().unwrap()));
