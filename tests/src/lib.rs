@@ -21,6 +21,7 @@
 
 mod gateway;
 mod netns;
+pub mod openvpn;
 mod probe;
 mod veth;
 

@@ -1,37 +1,29 @@
-//! `cargo xtask demo`: the gate on real interfaces, narrated in plain lines.
+//! `cargo xtask demo`: a real OpenVPN server behind the gate, narrated in plain lines.
 //!
-//! Builds a client and a gateway network namespace joined by a veth pair, starts the real
-//! controller (embedded redb, XDP on the gateway's interface) guarding UDP and TCP port 1194,
-//! and shows: closed to everyone, opened for one client address, still enforced while the
-//! controller is killed and restarted, closed again on revoke. Everything it creates is
-//! removed at the end, also on Ctrl-C.
+//! Builds a client and a gateway network namespace joined by a veth pair, starts the gateway
+//! (controller and web front, embedded redb, XDP on the gateway's interface) with an OpenVPN
+//! 2.6 server on the guarded UDP port 1194, and shows: the client's OpenVPN gets nothing back,
+//! the client enrolls and asks for approval, OpenVPN connects and carries traffic, and after
+//! the disconnect the port is closed again. Everything it creates (namespaces, processes, tun
+//! interface, pinned maps, temporary folders) is removed at the end, also on Ctrl-C.
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use xdpgate_tests::{Gateway, NetNs, TcpEcho, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip};
+use xdpgate_tests::openvpn::{INIT_DONE, OpenVpn, TUNNEL_SERVER, VPN_PORT, start_gateway, wait_for, wait_for_log};
+use xdpgate_tests::{NetNs, UdpEcho, VethLink, require_root, udp_roundtrip, xdpgate_bin};
 
-const PORT: u16 = 1194;
-const TIMEOUT: Duration = Duration::from_millis(800);
-const SERVER: &str = r#"
-[[server]]
-name = "vpn1"
-id = 1
-connect_window_secs = 60
-idle_timeout_secs = 60
-max_lifetime_secs = 3600
-
-[[server.service]]
-protocol = "udp"
-port = 1194
-
-[[server.service]]
-protocol = "tcp"
-port = 1194
-"#;
+const WEB_PORT: u16 = 8443;
+const ECHO_PORT: u16 = 7777;
+/// How long an OpenVPN attempt that should get nothing back is watched.
+const ATTEMPT: Duration = Duration::from_secs(5);
+/// How long the approved tunnel may take to come up.
+const TUNNEL_UP: Duration = Duration::from_secs(20);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -39,17 +31,17 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Stops the demo between steps after Ctrl-C, so the guards below clean up.
-fn step(text: &str) -> Result<(), &'static str> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err("interrupted; cleaning up");
+fn step(text: &str) -> Result<(), String> {
+    if interrupted() {
+        return Err("interrupted".to_owned());
     }
     println!("\n==> {text}");
     Ok(())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "answered" } else { "no answer (dropped by the XDP gate)" }
 }
 
 fn main() {
@@ -61,63 +53,112 @@ fn main() {
             eprintln!("warning: cannot handle {signal}: {err}");
         }
     }
-    match run() {
-        Ok(()) => println!("\nDemo finished; namespaces, links and pinned maps removed."),
+    // A helper that fails because Ctrl-C also stopped its processes panics; say it quietly.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !interrupted() {
+            report(info);
+        }
+    }));
+    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| Err("failed (see above)".to_owned()));
+    match outcome {
+        Ok(()) => println!("\nDemo done; namespaces, processes, tun interface, pinned maps and temporary folders removed."),
         Err(reason) => {
-            println!("\n{reason}");
-            std::process::exit(130);
+            let reason = if interrupted() { "interrupted" } else { reason.as_str() };
+            println!("\nDemo {reason}; everything it created was removed.");
+            std::process::exit(if interrupted() { 130 } else { 1 });
         }
     }
 }
 
-fn run() -> Result<(), &'static str> {
+fn run() -> Result<(), String> {
     step("Creating a client namespace and a gateway namespace joined by a veth pair")?;
     let client = NetNs::new_unique("democl");
     let gateway_ns = NetNs::new_unique("demogw");
     let link = VethLink::new(&client, &gateway_ns, 90);
-    let stranger = Ipv4Addr::new(10, 201, 90, 3);
-    client.exec(&["ip", "addr", "add", &format!("{stranger}/24"), "dev", &link.a.ifname]);
-    let service = SocketAddr::new(IpAddr::V4(link.b.v4), PORT);
-    let _udp = UdpEcho::start(&gateway_ns, service);
-    let _tcp = TcpEcho::start(&gateway_ns, service);
-    println!("    client {} (and a second address {stranger}), gateway {}", link.a.v4, link.b.v4);
-    println!("    a stand-in VPN service answers on UDP and TCP {service}");
+    let gw = link.b.v4;
+    println!("    client {}, gateway {gw}", link.a.v4);
 
-    step("Starting the xdpgate controller (embedded redb, XDP on the gateway's interface)")?;
-    let mut gateway = Gateway::start(&gateway_ns, &[&link.b.ifname], SERVER);
+    step(&format!(
+        "Starting the gateway (controller + web front, embedded redb, XDP on {}) and OpenVPN on guarded UDP {gw}:{VPN_PORT}",
+        link.b.ifname
+    ))?;
+    let vpn = OpenVpn::generate();
+    let (gateway, tun) = start_gateway(&vpn, &gateway_ns, &[&link.b.ifname], gw, WEB_PORT);
+    let _server = vpn.start_server(&gateway_ns, &tun.name, &gateway);
+    let echo = UdpEcho::start(&gateway_ns, SocketAddr::new(TUNNEL_SERVER.into(), ECHO_PORT));
+    println!("    OpenVPN server up, as nobody, on the tun interface {} ({TUNNEL_SERVER}) the controller created", tun.name);
     print!("{}", indent(&gateway.cli(&["servers", "list"])));
 
-    let client_ip = IpAddr::V4(link.a.v4);
-    let probe = |from: IpAddr| {
-        (udp_roundtrip(&client, Some(from), service, TIMEOUT), tcp_connects(&client, Some(from), service, TIMEOUT))
-    };
-    step("The client knocks on the VPN port before any approval")?;
-    let (udp, tcp) = probe(client_ip);
-    println!("    UDP: {}\n    TCP: {}", verdict(udp), verdict(tcp));
+    step("The client's OpenVPN tries to connect before any approval")?;
+    let early = vpn.dir().join("early.auth");
+    fs::write(&early, "alice\nno-approval-yet\n").map_err(|e| format!("writing {}: {e}", early.display()))?;
+    attempt(&vpn, &client, gw, &early, "early");
+    print!("{}", indent(&dropped(&gateway.cli(&["status"]))));
 
-    step(&format!("The operator opens the port for {client_ip} only: xdpgate openings add --server vpn1 --ip {client_ip} --ttl 60"))?;
-    print!("{}", indent(&gateway.cli(&["openings", "add", "--server", "vpn1", "--ip", &client_ip.to_string(), "--ttl", "60"])));
-    let (udp, tcp) = probe(client_ip);
-    println!("    from {client_ip}: UDP {}, TCP {}", verdict(udp), verdict(tcp));
-    let (udp, tcp) = probe(IpAddr::V4(stranger));
-    println!("    from {stranger}: UDP {}, TCP {}", verdict(udp), verdict(tcp));
+    step("The client enrolls and asks for approval")?;
+    println!("    $ xdpgate clients add alice --server vpn1");
+    let added = gateway.cli(&["clients", "add", "alice", "--server", "vpn1"]);
+    print!("{}", indent(&added));
+    let enroll_link = added.lines().find(|l| l.starts_with("https://")).ok_or(format!("no link in: {added}"))?;
+    let profile = vpn.dir().join("alice.profile.json").display().to_string();
+    println!("    $ xdpgate client enroll LINK --profile {profile}");
+    print!("{}", indent(&xdpgate(&client, &["client", "enroll", enroll_link, "--profile", &profile])?));
+    let auth = vpn.dir().join("alice.auth").display().to_string();
+    println!("    $ xdpgate client connect --profile {profile} --server vpn1 --openvpn-auth {auth}");
+    let args = ["client", "connect", "--profile", &profile, "--server", "vpn1", "--openvpn-auth", &auth];
+    print!("{}", indent(&xdpgate(&client, &args)?));
 
-    step("The controller is killed with SIGKILL: the pinned gate keeps enforcing")?;
-    gateway.kill9();
-    println!("    from {client_ip}: UDP {}", verdict(probe(client_ip).0));
-    println!("    from {stranger}: UDP {}", verdict(probe(IpAddr::V4(stranger)).0));
-
-    step("The controller restarts, reuses the pinned gate and its redb state")?;
-    gateway.restart();
+    step("OpenVPN connects with the approval's one-time token")?;
+    let (mut session, log) = vpn.start_client(&client, gw, Path::new(&auth), "alice");
+    if !wait_for(TUNNEL_UP, || interrupted() || xdpgate_tests::openvpn::read(&log).contains(INIT_DONE)) || interrupted() {
+        return Err(format!("failed: OpenVPN did not come up within {TUNNEL_UP:?}"));
+    }
+    println!("    client: {INIT_DONE}");
+    let answered =
+        wait_for(Duration::from_secs(5), || interrupted() || udp_roundtrip(&client, None, echo.local_addr(), Duration::from_millis(500)));
+    println!("    UDP echo to {} through the tunnel: {}", echo.local_addr(), if answered { "answered" } else { "no answer" });
     print!("{}", indent(&gateway.cli(&["openings", "list"])));
 
-    step(&format!("The operator revokes {client_ip}"))?;
-    print!("{}", indent(&gateway.cli(&["openings", "revoke", "--ip", &client_ip.to_string()])));
-    println!("    from {client_ip}: UDP {}", verdict(probe(client_ip).0));
-
-    step("Packet counters of the gate")?;
-    print!("{}", indent(&gateway.cli(&["status"])));
+    step("The client disconnects; the port closes again")?;
+    if !session.terminate(Duration::from_secs(10)) {
+        return Err("failed: the OpenVPN client did not exit on SIGTERM".to_owned());
+    }
+    drop(session);
+    wait_for(Duration::from_secs(10), || interrupted() || gateway.cli(&["openings", "list"]) == "no openings\n");
+    print!("{}", indent(&gateway.cli(&["openings", "list"])));
+    attempt(&vpn, &client, gw, Path::new(&auth), "again");
+    print!("{}", indent(&dropped(&gateway.cli(&["status"]))));
     Ok(())
+}
+
+/// Starts an OpenVPN client that should get nothing back, watches it for [`ATTEMPT`] and says
+/// how it went.
+fn attempt(vpn: &OpenVpn, ns: &NetNs, gw: Ipv4Addr, auth: &Path, name: &str) {
+    let (_client, log) = vpn.start_client(ns, gw, auth, name);
+    let answered = wait_for_log(&log, "Peer Connection Initiated", ATTEMPT);
+    if answered {
+        println!("    OpenVPN got an answer from the server (the gate let it through)");
+    } else {
+        println!("    OpenVPN did not complete within {}s: no answer from {gw}:{VPN_PORT}", ATTEMPT.as_secs());
+    }
+}
+
+/// Runs `xdpgate ARGS` in `ns`; its output (progress on stderr first), or an error with it.
+fn xdpgate(ns: &NetNs, args: &[&str]) -> Result<String, String> {
+    let out = ns
+        .command(&xdpgate_bin().display().to_string())
+        .args(args)
+        .output()
+        .map_err(|e| format!("running xdpgate {args:?}: {e}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    if out.status.success() { Ok(text) } else { Err(format!("failed: xdpgate {} said: {text}", args.join(" "))) }
+}
+
+/// The lines of `xdpgate status` with the gate's dropped counters.
+fn dropped(status: &str) -> String {
+    let lines: String = status.lines().filter(|l| l.contains("dropped")).map(|l| format!("xdpgate status: {}\n", l.trim())).collect();
+    if lines.is_empty() { status.to_owned() } else { lines }
 }
 
 fn indent(text: &str) -> String {
