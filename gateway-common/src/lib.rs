@@ -15,26 +15,37 @@ pub const FAMILY_V4: u8 = 4;
 /// Address family tag for IPv6 in [`ServiceKey::family`].
 pub const FAMILY_V6: u8 = 6;
 
-/// Bit in a `GUARD_PORTS` entry: a UDP service on any local address uses this port.
-pub const PORT_UDP_ANY_ADDR: u8 = 1;
-/// Bit in a `GUARD_PORTS` entry: a UDP service bound to one local address uses this port.
-pub const PORT_UDP_ONE_ADDR: u8 = 2;
-/// Bit in a `GUARD_PORTS` entry: a TCP service on any local address uses this port.
-pub const PORT_TCP_ANY_ADDR: u8 = 4;
-/// Bit in a `GUARD_PORTS` entry: a TCP service bound to one local address uses this port.
-pub const PORT_TCP_ONE_ADDR: u8 = 8;
+/// [`PortGuard::flags`] bit: a service on any local address guards this port and protocol;
+/// the entry itself names its server and counter slot, so no service lookup is needed.
+pub const PORT_ANY_ADDR: u32 = 1;
+/// [`PortGuard::flags`] bit: a service bound to one local address guards this port and
+/// protocol; the program looks the exact destination up in `SERVICES`.
+pub const PORT_ONE_ADDR: u32 = 2;
 
-/// The `GUARD_PORTS` bits of one protocol: `(any address, one address)`.
+/// How one (destination port, protocol, address family) is guarded: an entry of `GUARD_PORTS`.
 ///
-/// The program looks up the exact destination only when some service is bound to an address,
-/// and the wildcard only when some service listens on any address, so the common case costs
-/// one service lookup.
-pub const fn port_bits(proto: u8) -> (u8, u8) {
-    if proto == PROTO_TCP {
-        (PORT_TCP_ANY_ADDR, PORT_TCP_ONE_ADDR)
-    } else {
-        (PORT_UDP_ANY_ADDR, PORT_UDP_ONE_ADDR)
-    }
+/// The common case, a service on any local address, is answered from this array entry alone;
+/// only ports with address-bound services cost a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortGuard {
+    /// [`PORT_ANY_ADDR`] and/or [`PORT_ONE_ADDR`]; 0: not guarded.
+    pub flags: u32,
+    /// Server of the any-address service (with [`PORT_ANY_ADDR`]).
+    pub server_id: u32,
+    /// Counter slot of the any-address service (with [`PORT_ANY_ADDR`]).
+    pub stats_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortGuard>() == 12);
+
+/// Number of `GUARD_PORTS` entries: one per port, protocol (UDP, TCP) and family (v4, v6).
+pub const GUARD_PORT_SLOTS: u32 = 65_536 * 4;
+
+/// The `GUARD_PORTS` index of a port, protocol and address family.
+pub const fn guard_slot(family: u8, proto: u8, port: u16) -> u32 {
+    (port as u32) * 4
+        + if proto == PROTO_TCP { 2 } else { 0 }
+        + if family == FAMILY_V6 { 1 } else { 0 }
 }
 
 /// Maximum number of guarded services (size of the service and per-service counter maps).
@@ -48,7 +59,7 @@ pub const LAST_SEEN_GRANULARITY_NS: u64 = 250_000_000;
 
 /// Names of the maps, shared so the controller finds exactly what the program declares.
 pub mod map_names {
-    /// `Array<u8>` of 65536 entries indexed by destination port: `PORT_*_ADDR` bits.
+    /// `Array<PortGuard>` indexed by [`guard_slot`](super::guard_slot)(family, protocol, port).
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
     /// `HashMap<ServiceKey, ServiceValue>`: guarded services.
     pub const SERVICES: &str = "SERVICES";
@@ -69,7 +80,7 @@ pub const PROGRAM_NAME: &str = "xdpgate";
 
 /// Version of the map layout. Pinned state lives under a folder named after it, so a
 /// controller never reinterprets maps written with another layout.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// A guarded service: protocol, destination port and destination address.
 ///
@@ -252,6 +263,8 @@ mod pod {
     unsafe impl aya::Pod for super::Opening {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortGuard {}
 }
 
 #[cfg(test)]
@@ -266,6 +279,15 @@ mod tests {
         assert_eq!(key.port, [0x04, 0xaa]);
         assert_eq!(key.port(), 1194);
         assert_eq!(key.family, FAMILY_V4);
+    }
+
+    #[test]
+    fn guard_slots_are_distinct_per_port_and_protocol() {
+        assert_eq!(guard_slot(FAMILY_V4, PROTO_UDP, 0), 0);
+        assert_eq!(guard_slot(FAMILY_V6, PROTO_UDP, 0), 1);
+        assert_eq!(guard_slot(FAMILY_V4, PROTO_TCP, 0), 2);
+        assert_eq!(guard_slot(FAMILY_V4, PROTO_UDP, 1194), 4776);
+        assert_eq!(guard_slot(FAMILY_V6, PROTO_TCP, u16::MAX), GUARD_PORT_SLOTS - 1);
     }
 
     #[test]

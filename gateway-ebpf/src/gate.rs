@@ -1,8 +1,8 @@
 //! The decision for a packet to a TCP/UDP port: guarded or not, and if guarded, admitted or not.
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_boot_ns};
 use gateway_common::{
-    LAST_SEEN_GRANULARITY_NS, Opening, OpeningKeyV4, OpeningKeyV6, ServiceKey, ServiceValue,
-    port_bits,
+    LAST_SEEN_GRANULARITY_NS, Opening, OpeningKeyV4, OpeningKeyV6, PORT_ANY_ADDR, PORT_ONE_ADDR,
+    FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, guard_slot,
 };
 
 use crate::maps::{GUARD_PORTS, OPEN_V4, OPEN_V6, SERVICES, SVC_STATS};
@@ -11,7 +11,7 @@ use crate::maps::{GUARD_PORTS, OPEN_V4, OPEN_V6, SERVICES, SVC_STATS};
 #[inline(always)]
 pub fn check_v4(proto: u8, port: [u8; 2], src: [u8; 4], dst: [u8; 4]) -> u32 {
     let port_host = u16::from_be_bytes(port);
-    let service = find_service(proto, port_host, |addr_or_any| match addr_or_any {
+    let service = find_service(FAMILY_V4, proto, port_host, |addr_or_any| match addr_or_any {
         true => ServiceKey::v4(proto, port_host, dst),
         false => ServiceKey::v4(proto, port_host, [0; 4]),
     });
@@ -26,7 +26,7 @@ pub fn check_v4(proto: u8, port: [u8; 2], src: [u8; 4], dst: [u8; 4]) -> u32 {
 #[inline(always)]
 pub fn check_v6(proto: u8, port: [u8; 2], src: &[u8; 16], dst: &[u8; 16]) -> u32 {
     let port_host = u16::from_be_bytes(port);
-    let service = find_service(proto, port_host, |addr_or_any| match addr_or_any {
+    let service = find_service(FAMILY_V6, proto, port_host, |addr_or_any| match addr_or_any {
         true => ServiceKey::v6(proto, port_host, *dst),
         false => ServiceKey::v6(proto, port_host, [0; 16]),
     });
@@ -37,21 +37,25 @@ pub fn check_v6(proto: u8, port: [u8; 2], src: &[u8; 16], dst: &[u8; 16]) -> u32
     admit(OPEN_V6.get_ptr_mut(&key), service.stats_index)
 }
 
-/// The service a packet is for, if its port is guarded: the exact-address service first,
-/// then the any-address one. `key(true)` builds the exact key, `key(false)` the wildcard.
+/// The service a packet is for, if its port is guarded: an address-bound service first
+/// (a `SERVICES` lookup, only on ports that have one), then the any-address service, which
+/// the port's own entry names. `key(true)` builds the exact key.
 #[inline(always)]
-fn find_service(proto: u8, port: u16, key: impl Fn(bool) -> ServiceKey) -> Option<ServiceValue> {
-    let bits = *GUARD_PORTS.get(u32::from(port))?;
-    let (any_addr, one_addr) = port_bits(proto);
-    if bits & one_addr != 0 {
+fn find_service(
+    family: u8,
+    proto: u8,
+    port: u16,
+    key: impl Fn(bool) -> ServiceKey,
+) -> Option<ServiceValue> {
+    let guard = *GUARD_PORTS.get(guard_slot(family, proto, port))?;
+    if guard.flags & PORT_ONE_ADDR != 0 {
         // SAFETY: the value is copied out immediately; map values are plain integers.
         if let Some(found) = unsafe { SERVICES.get(&key(true)) } {
             return Some(*found);
         }
     }
-    if bits & any_addr != 0 {
-        // SAFETY: as above.
-        return unsafe { SERVICES.get(&key(false)) }.copied();
+    if guard.flags & PORT_ANY_ADDR != 0 {
+        return Some(ServiceValue { server_id: guard.server_id, stats_index: guard.stats_index });
     }
     None
 }

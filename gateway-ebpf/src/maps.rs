@@ -4,13 +4,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use gateway_common::{
-    DEFAULT_MAX_OPENINGS, GlobalCounter, MAX_SERVICES, Opening, OpeningKeyV4, OpeningKeyV6,
-    ServiceKey, ServiceStats, ServiceValue,
+    DEFAULT_MAX_OPENINGS, GUARD_PORT_SLOTS, GlobalCounter, MAX_SERVICES, Opening, OpeningKeyV4,
+    OpeningKeyV6, PortGuard, ServiceKey, ServiceStats, ServiceValue,
 };
 
-/// Per destination port: which protocols guard it, and whether by exact address or any.
+/// Per destination port and protocol: how it is guarded (see [`PortGuard`]).
 #[map]
-pub static GUARD_PORTS: Array<u8> = Array::pinned(65_536, 0);
+pub static GUARD_PORTS: Array<PortGuard> = Array::pinned(GUARD_PORT_SLOTS, 0);
 
 /// Guarded services.
 #[map]

@@ -10,14 +10,14 @@ use aya::{
 };
 use gateway_common::{
     GlobalCounter, Opening, OpeningKeyV4, OpeningKeyV6, ServiceKey, ServiceStats, ServiceValue,
-    map_names, port_bits,
+    GUARD_PORT_SLOTS, PORT_ANY_ADDR, PORT_ONE_ADDR, PortGuard, guard_slot, map_names,
 };
 
 use super::GateError;
 
 /// Handles to every map of the program. Owned by exactly one thread (see `owner.rs`).
 pub struct GateMaps {
-    guard_ports: Array<MapData, u8>,
+    guard_ports: Array<MapData, PortGuard>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     open_v4: HashMap<MapData, OpeningKeyV4, Opening>,
     open_v6: HashMap<MapData, OpeningKeyV6, Opening>,
@@ -69,17 +69,23 @@ impl GateMaps {
     /// Makes the kernel's service tables equal `wanted`: adds and updates first, then removes
     /// stale entries, so a service that stays guarded is never unguarded in between.
     pub fn sync_services(&mut self, wanted: &[KernelService]) -> Result<(), GateError> {
-        let mut bits: BTreeMap<u16, u8> = BTreeMap::new();
+        let mut guards: BTreeMap<u32, PortGuard> = BTreeMap::new();
         for service in wanted {
             self.services
                 .insert(service.key, service.value, 0)
                 .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
-            let (any_addr, one_addr) = port_bits(service.key.proto);
-            let bit = if service.key.addr == [0; 16] { any_addr } else { one_addr };
-            *bits.entry(service.key.port()).or_default() |= bit;
+            let slot = guard_slot(service.key.family, service.key.proto, service.key.port());
+            let guard = guards.entry(slot).or_default();
+            if service.key.addr == [0; 16] {
+                guard.flags |= PORT_ANY_ADDR;
+                guard.server_id = service.value.server_id;
+                guard.stats_index = service.value.stats_index;
+            } else {
+                guard.flags |= PORT_ONE_ADDR;
+            }
         }
-        for (port, value) in &bits {
-            self.set_port_bits(*port, *value)?;
+        for (slot, guard) in &guards {
+            self.set_port_guard(*slot, *guard)?;
         }
         let wanted_keys: HashSet<ServiceKey> = wanted.iter().map(|s| s.key).collect();
         let stale: Vec<ServiceKey> = self
@@ -93,22 +99,22 @@ impl GateMaps {
                 .remove(&key)
                 .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
         }
-        for port in 0..=u16::MAX {
+        for slot in 0..GUARD_PORT_SLOTS {
             let current = self
                 .guard_ports
-                .get(&u32::from(port), 0)
+                .get(&slot, 0)
                 .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })?;
-            let wanted_bits = bits.get(&port).copied().unwrap_or(0);
-            if current != wanted_bits {
-                self.set_port_bits(port, wanted_bits)?;
+            let wanted_guard = guards.get(&slot).copied().unwrap_or_default();
+            if current != wanted_guard {
+                self.set_port_guard(slot, wanted_guard)?;
             }
         }
         Ok(())
     }
 
-    fn set_port_bits(&mut self, port: u16, value: u8) -> Result<(), GateError> {
+    fn set_port_guard(&mut self, slot: u32, guard: PortGuard) -> Result<(), GateError> {
         self.guard_ports
-            .set(u32::from(port), value, 0)
+            .set(slot, guard, 0)
             .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })
     }
 
