@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use gateway::Gateway;
 pub use netns::{NetNs, in_netns};
-pub use probe::{TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
+pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use veth::{VethEnd, VethLink};
 
 /// Panics unless the test runs as root (namespaces, veth and XDP need it).

@@ -174,6 +174,25 @@ fn tcp_echo_connection(mut stream: TcpStream, stop: &AtomicBool) {
     }
 }
 
+/// A UDP and a TCP echo server on each of several addresses of one namespace; all stop
+/// when this is dropped.
+pub struct Echoes {
+    _udp: Vec<UdpEcho>,
+    _tcp: Vec<TcpEcho>,
+}
+
+impl Echoes {
+    /// Starts UDP and TCP echo servers on every address in `addrs`, inside `ns`.
+    pub fn start(ns: &NetNs, addrs: impl IntoIterator<Item = SocketAddr>) -> Echoes {
+        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+        for addr in addrs {
+            udp.push(UdpEcho::start(ns, addr));
+            tcp.push(TcpEcho::start(ns, addr));
+        }
+        Echoes { _udp: udp, _tcp: tcp }
+    }
+}
+
 /// Sends one small UDP datagram from `client_ns` to `to` and waits up to `timeout` for the
 /// echo; true iff the same payload comes back from `to`.
 ///

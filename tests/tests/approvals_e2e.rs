@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use xdpgate_tests::{Gateway, NetNs, TcpEcho, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{Echoes, Gateway, NetNs, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
 
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
@@ -24,7 +24,7 @@ struct ApprovalLab {
     link: VethLink,
     stranger: Ipv4Addr,
     profile: PathBuf,
-    _echoes: (Vec<UdpEcho>, Vec<TcpEcho>),
+    _echoes: Echoes,
 }
 
 fn sections(link: &VethLink, dir: &std::path::Path) -> String {
@@ -87,18 +87,11 @@ impl ApprovalLab {
         let link = VethLink::new(&client, &gateway_ns, subnet);
         let stranger = Ipv4Addr::new(10, 201, subnet, 3);
         client.exec(&["ip", "addr", "add", &format!("{stranger}/24"), "dev", &link.a.ifname]);
-        let mut udp = Vec::new();
-        let mut tcp = Vec::new();
-        for ip in link.b.ips() {
-            udp.push(UdpEcho::start(&gateway_ns, SocketAddr::new(ip, GUARDED)));
-            tcp.push(TcpEcho::start(&gateway_ns, SocketAddr::new(ip, GUARDED)));
-        }
-        // The fixture's folder is only known after start; the sections need it, so reserve
-        // it by starting with a placeholder and rewriting: simpler to compute it up front.
+        let echoes = Echoes::start(&gateway_ns, link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED)));
         let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
         gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));
         let profile = gateway.dir().join("alice.profile.json");
-        let lab = ApprovalLab { gateway, client, _gateway_ns: gateway_ns, link, stranger, profile, _echoes: (udp, tcp) };
+        let lab = ApprovalLab { gateway, client, _gateway_ns: gateway_ns, link, stranger, profile, _echoes: echoes };
         lab.enroll("alice", &lab.profile.clone());
         lab
     }

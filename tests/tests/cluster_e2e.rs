@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdpgate_tests::{Gateway, NetNs, TcpEcho, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{Echoes, Gateway, NetNs, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
 
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
@@ -175,7 +175,7 @@ struct Lab {
     shared: tempfile_dir::Dir,
     web_logs: Vec<PathBuf>,
     _procs: Vec<Proc>,
-    _echoes: (Vec<UdpEcho>, Vec<TcpEcho>),
+    _echoes: Vec<Echoes>,
     _ns: Vec<NetNs>,
 }
 
@@ -252,13 +252,10 @@ impl Lab {
         let web_addrs = [SocketAddr::new(IpAddr::V4(links[2].b.v4), WEB_PORT), SocketAddr::new(IpAddr::V4(links[3].b.v4), WEB_PORT)];
         let cluster_addrs = [SocketAddr::new(IpAddr::V4(links[4].b.v4), CLUSTER_PORT), SocketAddr::new(IpAddr::V4(links[5].b.v4), CLUSTER_PORT)];
 
-        let mut udp = Vec::new();
-        let mut tcp = Vec::new();
-        for i in [4, 5] {
-            let ip = IpAddr::V4(links[i].b.v4);
-            udp.push(UdpEcho::start(&nodes[i], SocketAddr::new(ip, GUARDED)));
-            tcp.push(TcpEcho::start(&nodes[i], SocketAddr::new(ip, GUARDED)));
-        }
+        let echoes: Vec<Echoes> = [4, 5]
+            .into_iter()
+            .map(|i| Echoes::start(&nodes[i], [SocketAddr::new(IpAddr::V4(links[i].b.v4), GUARDED)]))
+            .collect();
         let gw_a = Gateway::start_with(&nodes[4], &[&links[4].b.ifname], |gdir| {
             gateway_sections(gdir, &dir, "gw-a", cluster_addrs[0], "vpn-a", 1, IpAddr::V4(links[4].b.v4), lb)
         });
@@ -305,7 +302,7 @@ impl Lab {
         let mut nodes = nodes.into_iter();
         let client = nodes.next().unwrap();
         ns.extend(nodes);
-        Lab { client, links, gw_a, gw_b, shared, web_logs, _procs: procs, _echoes: (udp, tcp), _ns: ns }
+        Lab { client, links, gw_a, gw_b, shared, web_logs, _procs: procs, _echoes: echoes, _ns: ns }
     }
 
     /// Forwarding latencies (µs) the web nodes logged.

@@ -9,8 +9,7 @@ use std::{
 };
 
 use xdpgate_tests::{
-    Gateway, NetNs, TcpEcho, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip,
-    udp_roundtrip_large,
+    Echoes, Gateway, NetNs, VethLink, require_root, tcp_connects, udp_roundtrip, udp_roundtrip_large,
 };
 
 const GUARDED: u16 = 1194;
@@ -45,7 +44,7 @@ struct Lab {
     link: VethLink,
     /// A second address on the client's interface that is never approved.
     stranger: Ipv4Addr,
-    _echoes: (Vec<UdpEcho>, Vec<TcpEcho>),
+    _echoes: Echoes,
 }
 
 impl Lab {
@@ -56,16 +55,11 @@ impl Lab {
         let link = VethLink::new(&client, &server_ns, subnet);
         let stranger = Ipv4Addr::new(10, 201, subnet, 3);
         client.exec(&["ip", "addr", "add", &format!("{stranger}/24"), "dev", &link.a.ifname]);
-        let mut udp = Vec::new();
-        let mut tcp = Vec::new();
-        for ip in link.b.ips() {
-            udp.push(UdpEcho::start(&server_ns, SocketAddr::new(ip, GUARDED)));
-            tcp.push(TcpEcho::start(&server_ns, SocketAddr::new(ip, GUARDED)));
-        }
-        udp.push(UdpEcho::start(&server_ns, link.b.v4_addr(UNGUARDED_UDP)));
-        tcp.push(TcpEcho::start(&server_ns, link.b.v4_addr(UNGUARDED_TCP)));
+        let guarded = link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED));
+        let unguarded = [link.b.v4_addr(UNGUARDED_UDP), link.b.v4_addr(UNGUARDED_TCP)];
+        let echoes = Echoes::start(&server_ns, guarded.into_iter().chain(unguarded));
         let gateway = Gateway::start(&server_ns, &[&link.b.ifname], SERVER);
-        Lab { gateway, client, server_ns, link, stranger, _echoes: (udp, tcp) }
+        Lab { gateway, client, server_ns, link, stranger, _echoes: echoes }
     }
 
     fn udp(&self, from: IpAddr, to: IpAddr) -> bool {
