@@ -188,6 +188,19 @@ fn approved_client_opens_exactly_its_addresses_until_expiry_or_disable() {
     assert_eq!(lab.guarded(c4, g4), (false, false));
     assert_eq!(lab.openings(), "no openings\n");
 
+    let status = lab.gateway.cli(&["status"]);
+    let counter = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(counter("approval.approved"), 2, "two approvals counted: {status}");
+    assert_eq!(counter("approval.denied"), 1, "one denial counted: {status}");
+    assert_eq!(counter("enrollment.enrolled"), 1, "{status}");
+
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "50"]);
     assert!(audit.contains("approved") && audit.contains("disabled"), "{audit}");
     assert!(audit.contains("client is disabled") || audit.contains("disabled"), "{audit}");

@@ -2,6 +2,7 @@
 //! the gate, seal the answer), redeem enrollments, manage clients, and audit all of it.
 pub mod audit;
 pub mod box_key;
+pub mod metrics;
 pub mod state;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -91,6 +92,7 @@ pub struct Approvals {
     public_url: Option<String>,
     web_cert: Option<PathBuf>,
     audit: AuditLog,
+    metrics: metrics::Metrics,
     vpn_tokens: Arc<VpnTokens>,
 }
 
@@ -114,6 +116,7 @@ impl Approvals {
             enrollment_ttl: approvals.enrollment_ttl,
             public_url: approvals.public_url.clone(),
             web_cert: approvals.web_cert.clone(),
+            metrics: metrics::Metrics::default(),
             vpn_tokens: Arc::new(VpnTokens::new()),
         }
     }
@@ -131,6 +134,11 @@ impl Approvals {
     /// The audit writer.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Outcome counters (`approval.<code>`, `enrollment.<outcome>`) since start.
+    pub fn metrics(&self) -> Vec<(String, u64)> {
+        self.metrics.snapshot()
     }
 
     /// Decides a `POST /v1/approvals` body: cheapest checks first, the gate opened only for
@@ -162,6 +170,7 @@ impl Approvals {
 
     fn rejected(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
         let code = rejection.public_code();
+        self.metrics.count(&format!("approval.{}", code.as_str()));
         self.audit.record(AuditEvent {
             unix_ms: unix_ms(),
             kind: AuditKind::Approval,
@@ -200,6 +209,7 @@ impl Approvals {
             let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
             self.vpn_tokens.record(&approved.client_id, server.id, token, opened.clone(), server.connect_window);
         }
+        self.metrics.count("approval.approved");
         let expires = unix_ms() / 1000 + server.connect_window.as_secs();
         let payload = ResponsePayload::allow(target, opened.clone(), expires);
         let sealed = approval::seal_response(&approved.binding, &self.box_keys, approved.client_hmac_secret(), &payload);
@@ -233,6 +243,8 @@ impl Approvals {
     /// HMAC secret and the server's box key. A bad, used or expired token is `denied`.
     pub async fn enroll(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
         let audit = |client_id: &str, verdict: &str, code: &str, reason: String| {
+            let outcome = if code.is_empty() { verdict } else { code };
+            self.metrics.count(&format!("enrollment.{outcome}"));
             self.audit.record(AuditEvent {
                 unix_ms: unix_ms(),
                 kind: AuditKind::Enrollment,

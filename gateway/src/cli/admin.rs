@@ -72,6 +72,12 @@ pub async fn status(socket: &Path) -> anyhow::Result<String> {
     for counter in &status.parse_counters {
         let _ = writeln!(out, "  {:<26} {}", counter.name, counter.value);
     }
+    if !status.approval_counters.is_empty() {
+        let _ = writeln!(out, "approvals since start:");
+        for counter in &status.approval_counters {
+            let _ = writeln!(out, "  {:<26} {}", counter.name, counter.value);
+        }
+    }
     Ok(out)
 }
 

@@ -279,6 +279,13 @@ impl pb::control_server::Control for ControlService {
                 .collect(),
             openings_v4: u32::try_from(openings_v4).unwrap_or(u32::MAX),
             openings_v6: u32::try_from(openings.len() - openings_v4).unwrap_or(u32::MAX),
+            approval_counters: self
+                .controller
+                .approvals
+                .metrics()
+                .into_iter()
+                .map(|(name, value)| pb::Counter { name, value })
+                .collect(),
         }))
     }
 
