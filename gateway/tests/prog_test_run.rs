@@ -151,6 +151,23 @@ fn guarded_port_without_opening_drops() {
 }
 
 #[test]
+fn resync_without_a_service_unguards_its_port_and_keeps_the_others() {
+    let mut gate = Gate::load();
+    let udp_any = |f: &&Flow| f.proto == PROTO_UDP;
+    gate.resync(|key| !(key.proto == PROTO_UDP && key.port() == UDP_PORT));
+    for flow in FLOWS.iter().filter(udp_any) {
+        gate.expect(flow.name, &flow.frame(), Pass, Nothing);
+    }
+    for flow in FLOWS.iter().filter(|f| f.proto == PROTO_TCP) {
+        gate.expect(flow.name, &flow.frame(), Drop, Dropped(flow.slot));
+    }
+    gate.resync(|_| true);
+    for flow in FLOWS.iter().filter(udp_any) {
+        gate.expect(flow.name, &flow.frame(), Drop, Dropped(flow.slot));
+    }
+}
+
+#[test]
 fn unexpired_opening_passes_and_records_last_seen() {
     let mut gate = Gate::load();
     for flow in FLOWS {

@@ -10,7 +10,7 @@ use aya::{
 };
 use gateway_common::{
     GlobalCounter, Opening, OpeningKeyV4, OpeningKeyV6, ServiceKey, ServiceStats, ServiceValue,
-    GUARD_PORT_SLOTS, PORT_ANY_ADDR, PORT_ONE_ADDR, PortGuard, guard_slot, map_names,
+    PORT_ANY_ADDR, PORT_ONE_ADDR, PortGuard, guard_slot, map_names,
 };
 
 use super::GateError;
@@ -94,20 +94,19 @@ impl GateMaps {
             .filter_map(Result::ok)
             .filter(|key| !wanted_keys.contains(key))
             .collect();
+        // Every non-zero guard slot belongs to a key in SERVICES (they are written together),
+        // so the stale keys name every slot that may need clearing. Slots are cleared before
+        // their keys go, so a crash in between never leaves a slot that no key explains.
+        for key in &stale {
+            let slot = guard_slot(key.family, key.proto, key.port());
+            if !guards.contains_key(&slot) {
+                self.set_port_guard(slot, PortGuard::default())?;
+            }
+        }
         for key in stale {
             self.services
                 .remove(&key)
                 .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
-        }
-        for slot in 0..GUARD_PORT_SLOTS {
-            let current = self
-                .guard_ports
-                .get(&slot, 0)
-                .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })?;
-            let wanted_guard = guards.get(&slot).copied().unwrap_or_default();
-            if current != wanted_guard {
-                self.set_port_guard(slot, wanted_guard)?;
-            }
         }
         Ok(())
     }

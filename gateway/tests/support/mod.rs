@@ -72,6 +72,18 @@ const SERVICES: [(ServiceKey, u32, u32); 10] = [
     (ServiceKey::v6(PROTO_TCP, SHARED_PORT, [0; 16]), SERVER, WILDCARD_V6),
 ];
 
+/// The entries of the fixed service table that `keep` accepts.
+fn services_where(keep: impl Fn(&ServiceKey) -> bool) -> Vec<KernelService> {
+    SERVICES
+        .iter()
+        .filter(|(key, _, _)| keep(key))
+        .map(|(key, server_id, stats_index)| KernelService {
+            key: *key,
+            value: ServiceValue { server_id: *server_id, stats_index: *stats_index },
+        })
+        .collect()
+}
+
 /// How long an opening made by [`Gate::open`] lasts.
 const OPEN_FOR_NS: u64 = 3_600 * 1_000_000_000;
 const XDP_DROP: u32 = 1;
@@ -160,15 +172,14 @@ impl Gate {
         let mut ebpf = load_isolated();
         let mut maps =
             GateMaps::take(&mut ebpf).unwrap_or_else(|e| panic!("taking the gate maps: {e}"));
-        let services: Vec<KernelService> = SERVICES
-            .iter()
-            .map(|(key, server_id, stats_index)| KernelService {
-                key: *key,
-                value: ServiceValue { server_id: *server_id, stats_index: *stats_index },
-            })
-            .collect();
-        maps.sync_services(&services).unwrap_or_else(|e| panic!("installing services: {e}"));
+        maps.sync_services(&services_where(|_| true)).unwrap_or_else(|e| panic!("installing services: {e}"));
         Gate { ebpf, maps }
+    }
+
+    /// Re-syncs the kernel with only the services of the fixed table that `keep` accepts,
+    /// as a controller restarted with a smaller configuration would.
+    pub fn resync(&mut self, keep: impl Fn(&ServiceKey) -> bool) {
+        self.maps.sync_services(&services_where(keep)).unwrap_or_else(|e| panic!("re-syncing services: {e}"));
     }
 
     /// Runs the program once on `frame`; `Err` if the kernel refused to run it.
