@@ -43,10 +43,10 @@ pub struct AuditEvent {
 }
 
 impl Store {
-    /// Appends events in one transaction, dropping the oldest past `retention` events.
+    /// Appends events in one transaction (which also carries the nonces recorded since the
+    /// last commit), dropping the oldest past `retention` events.
     pub fn append_audit(&self, events: &[AuditEvent], retention: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
+        self.commit_with_nonces(|txn| {
             let mut table = txn.open_table(TABLE)?;
             let first = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
             for (seq, event) in (first..).zip(events) {
@@ -56,9 +56,8 @@ impl Store {
             for _ in 0..excess {
                 table.pop_first()?;
             }
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The newest `count` events, oldest first.

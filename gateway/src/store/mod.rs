@@ -75,11 +75,17 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 /// The controller's database.
 pub struct Store {
     db: Database,
+    /// Seen nonces (see the `nonces` module).
+    nonces: std::sync::Mutex<nonces::NonceCache>,
 }
 
 impl Store {
     /// File name of the database inside the state folder.
     pub const FILE_NAME: &'static str = "xdpgate.redb";
+    /// redb's page cache ceiling. Its default (1 GiB) lets one start-up scan of 100k
+    /// openings stay resident for the life of the process; the hot set (b-tree interior
+    /// pages, clients) is far smaller.
+    pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
     /// Opens (or creates) the database in `state_dir`, fixing permissions.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
@@ -87,24 +93,33 @@ impl Store {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(folder_err)?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(folder_err)?;
         let path = state_dir.join(Self::FILE_NAME);
-        let db = Database::create(&path)?;
+        let db = redb::Builder::new().set_cache_size(Self::CACHE_BYTES).create(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .map_err(|source| StoreError::Folder { path: path.clone(), source })?;
-        let store = Self { db };
-        store.create_tables()?;
-        Ok(store)
+        create_tables(&db)?;
+        let nonces = std::sync::Mutex::new(nonces::NonceCache::load(&db)?);
+        Ok(Self { db, nonces })
     }
 
-    fn create_tables(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(openings::TABLE)?;
-        txn.open_table(clients::CLIENTS)?;
-        txn.open_table(clients::ENROLLMENTS)?;
-        txn.open_table(nonces::TABLE)?;
-        txn.open_table(audit::TABLE)?;
-        txn.commit()?;
-        Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(err) = self.flush_nonces() {
+            tracing::error!(error = %err, "writing the last seen nonces failed");
+        }
     }
+}
+
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(openings::TABLE)?;
+    txn.open_table(clients::CLIENTS)?;
+    txn.open_table(clients::ENROLLMENTS)?;
+    txn.open_table(nonces::TABLE)?;
+    txn.open_table(audit::TABLE)?;
+    txn.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

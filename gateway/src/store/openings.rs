@@ -20,7 +20,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes and removes openings in one durable transaction.
+    /// Writes and removes openings in one durable transaction (which also carries the nonces
+    /// recorded since the last commit).
     pub fn save_openings(
         &self,
         put: &[&OpeningRecord],
@@ -29,8 +30,7 @@ impl Store {
         if put.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
-        {
+        self.commit_with_nonces(|txn| {
             let mut table = txn.open_table(TABLE)?;
             for record in put {
                 let value = encode(record)?;
@@ -39,8 +39,7 @@ impl Store {
             for id in remove {
                 table.remove(id.store_key().as_str())?;
             }
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 }
