@@ -4,7 +4,7 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use gateway_common::{ServiceKey, ServiceValue};
 
-use tracing::{error, info, info_span, warn, Instrument as _};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::{
     approvals::{Approvals, box_key::{self, BoxKeyError}},
@@ -159,9 +159,12 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
 
 /// Loads (or reuses) the gate, syncs services, reconciles openings, then attaches.
 async fn start(config: Config) -> Result<Controller, ControllerError> {
+    let started = Instant::now();
     let store = Arc::new(Store::open(&config.state_dir)?);
+    let store_ms = started.elapsed().as_millis();
     let pin_dir = loader::pin_folder(&config.bpffs_dir);
     let mut ebpf = loader::load_pinned(&pin_dir, config.max_openings)?;
+    debug!(store_ms, load_ms = started.elapsed().as_millis() - store_ms, "store open, program loaded");
     let mut maps = GateMaps::take(&mut ebpf)?;
     let services = plan_services(&config);
     let kernel_services: Vec<KernelService> =
@@ -174,7 +177,7 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
     let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;
     let approvals = Arc::new(Approvals::new(&config, store, openings.clone(), box_keys));
     let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
-    info!(?attachments, services = services.len(), "gate ready");
+    info!(?attachments, services = services.len(), start_ms = started.elapsed().as_millis(), "gate ready");
     Ok(Controller { config, openings, approvals, gate, services, attachments, started: Instant::now() })
 }
 

@@ -136,6 +136,30 @@ impl GateMaps {
         }
     }
 
+    /// Creates an opening the kernel does not hold yet, in one map call; if it exists after
+    /// all, only its expiry is set (keeping the program's last-seen time).
+    pub fn create_opening(&mut self, server_id: u32, addr: IpAddr, expires_at_ns: u64) -> Result<(), GateError> {
+        const BPF_NOEXIST: u64 = 1;
+        let state = Opening { expires_at_ns, last_seen_ns: 0 };
+        let (name, result) = match addr {
+            IpAddr::V4(v4) => {
+                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                (map_names::OPEN_V4, self.open_v4.insert(key, state, BPF_NOEXIST))
+            }
+            IpAddr::V6(v6) => {
+                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                (map_names::OPEN_V6, self.open_v6.insert(key, state, BPF_NOEXIST))
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                self.set_expiry(server_id, addr, expires_at_ns)
+            }
+            Err(source) => Err(map_full(name, source)),
+        }
+    }
+
     /// Sets an opening's expiry, keeping the last-seen time the program recorded.
     pub fn set_expiry(
         &mut self,

@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use record::{Holder, OpeningId, OpeningRecord};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -42,6 +42,20 @@ pub enum OpeningsError {
     /// The address cannot be opened.
     #[error("{0} is not a unicast address that can be opened")]
     BadAddress(IpAddr),
+    /// The batch this grant was written in failed (the message says why).
+    #[error("granting failed: {0}")]
+    Batch(String),
+}
+
+/// A grant waiting to be written with the next batch.
+struct PendingGrant {
+    id: OpeningId,
+    server_name: String,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+    origin: String,
+    connect_window: Duration,
+    reply: oneshot::Sender<Result<OpeningRecord, OpeningsError>>,
 }
 
 /// What one sweep did.
@@ -71,6 +85,8 @@ pub struct Openings {
     gate: GateHandle,
     store: Arc<Store>,
     records: Mutex<HashMap<OpeningId, OpeningRecord>>,
+    /// Grants waiting for the next batch (see [`Openings::grant`]).
+    waiting: std::sync::Mutex<Vec<PendingGrant>>,
     next_holder: AtomicU64,
 }
 
@@ -99,6 +115,7 @@ impl Openings {
             gate,
             store,
             records: Mutex::new(HashMap::new()),
+            waiting: std::sync::Mutex::new(Vec::new()),
             next_holder: AtomicU64::new(crate::clock::unix_ms()),
         }
     }
@@ -106,20 +123,25 @@ impl Openings {
     /// Loads the store and makes the kernel match it: missing entries are added, stale ones
     /// removed, expiries corrected, and expired holders pruned.
     pub async fn reconcile(&self) -> Result<SweepReport, OpeningsError> {
+        let started = std::time::Instant::now();
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load_openings()).await??;
+        let load_ms = started.elapsed().as_millis();
         {
             let mut records = self.records.lock().await;
             records.clear();
             records.extend(loaded.into_iter().map(|r| (r.id, r)));
         }
         let report = self.sweep().await?;
-        info!(?report, "reconciled openings with the kernel");
+        info!(?report, load_ms, total_ms = started.elapsed().as_millis(), "reconciled openings with the kernel");
         Ok(report)
     }
 
     /// Grants `origin` access from `addr` to `server` for `connect_window` (extended by
     /// traffic up to the server's idle timeout and max lifetime).
+    ///
+    /// Grants that arrive while another batch is being written are written together in the
+    /// next one: one durable commit and one kernel update for all of them (group commit).
     pub async fn grant(
         &self,
         server: &ServerConfig,
@@ -130,32 +152,104 @@ impl Openings {
         if !is_openable(addr) {
             return Err(OpeningsError::BadAddress(addr));
         }
-        let id = OpeningId { server_id: server.id, addr };
-        let mut records = self.records.lock().await;
-        let clocks = ClockPair::now();
-        let holder = Holder {
-            id: format!("{origin}-{}", self.next_holder.fetch_add(1, Ordering::Relaxed)),
+        let (reply, mut answer) = oneshot::channel();
+        self.waiting_grants().push(PendingGrant {
+            id: OpeningId { server_id: server.id, addr },
+            server_name: server.name.clone(),
+            idle_timeout: server.idle_timeout,
+            max_lifetime: server.max_lifetime,
             origin: origin.to_owned(),
-            granted_unix_ms: clocks.unix_ms,
-            connect_until_unix_ms: clocks.unix_ms.saturating_add(millis(connect_window)),
-            deadline_unix_ms: clocks.unix_ms.saturating_add(millis(server.max_lifetime)),
-        };
-        let mut record = match records.get(&id) {
-            Some(existing) => {
-                let mut record = existing.clone();
-                record.prune(clocks.unix_ms);
-                record.add_holder(holder);
-                record
+            connect_window,
+            reply,
+        });
+        loop {
+            tokio::select! {
+                biased;
+                answered = &mut answer => {
+                    return answered.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())));
+                }
+                mut records = self.records.lock() => {
+                    // Whoever holds the lock writes every waiting grant, ours included. An
+                    // empty queue means an earlier holder wrote ours and has answered.
+                    let batch = std::mem::take(&mut *self.waiting_grants());
+                    if !batch.is_empty() {
+                        self.grant_batch(&mut records, batch).await;
+                    }
+                }
             }
-            None => OpeningRecord::new(id, millis(server.idle_timeout), holder),
-        };
-        record.idle_timeout_ms = millis(server.idle_timeout);
-        self.persist(vec![record.clone()], Vec::new()).await?;
-        let expires_at_ns = clocks.unix_ms_to_boot_ns(record.expiry_unix_ms());
-        self.gate.run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns)).await??;
-        info!(server = %server.name, client_ip = %addr, origin, holders = record.holders.len(), "opening granted");
-        records.insert(id, record.clone());
-        Ok(record)
+        }
+    }
+
+    fn waiting_grants(&self) -> std::sync::MutexGuard<'_, Vec<PendingGrant>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes a batch of grants: records first (one commit), then the kernel (one call),
+    /// then answers each waiter.
+    async fn grant_batch(&self, records: &mut HashMap<OpeningId, OpeningRecord>, batch: Vec<PendingGrant>) {
+        let clocks = ClockPair::now();
+        let mut updated: HashMap<OpeningId, OpeningRecord> = HashMap::with_capacity(batch.len());
+        for grant in &batch {
+            let holder = Holder {
+                id: format!("{}-{}", grant.origin, self.next_holder.fetch_add(1, Ordering::Relaxed)),
+                origin: grant.origin.clone(),
+                granted_unix_ms: clocks.unix_ms,
+                connect_until_unix_ms: clocks.unix_ms.saturating_add(millis(grant.connect_window)),
+                deadline_unix_ms: clocks.unix_ms.saturating_add(millis(grant.max_lifetime)),
+            };
+            let mut record = match updated.get(&grant.id).or_else(|| records.get(&grant.id)) {
+                Some(existing) => {
+                    let mut record = existing.clone();
+                    record.prune(clocks.unix_ms);
+                    record.add_holder(holder);
+                    record
+                }
+                None => OpeningRecord::new(grant.id, millis(grant.idle_timeout), holder),
+            };
+            record.idle_timeout_ms = millis(grant.idle_timeout);
+            updated.insert(grant.id, record);
+        }
+        if let Err(err) = self.persist(updated.values().cloned().collect(), Vec::new()).await {
+            let message = err.to_string();
+            for grant in batch {
+                let _ = grant.reply.send(Err(OpeningsError::Batch(message.clone())));
+            }
+            return;
+        }
+        let expiries: Vec<(OpeningId, u64, bool)> = updated
+            .values()
+            .map(|r| (r.id, clocks.unix_ms_to_boot_ns(r.expiry_unix_ms()), !records.contains_key(&r.id)))
+            .collect();
+        // The records are stored: keep them even if the kernel update fails (the sweeper
+        // retries it).
+        records.extend(updated.iter().map(|(id, record)| (*id, record.clone())));
+        let kernel = self
+            .gate
+            .run(move |maps| -> Result<(), GateError> {
+                for (id, expires_at_ns, new) in expiries {
+                    if new {
+                        maps.create_opening(id.server_id, id.addr, expires_at_ns)?;
+                    } else {
+                        maps.set_expiry(id.server_id, id.addr, expires_at_ns)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(OpeningsError::from)
+            .and_then(|done| done.map_err(OpeningsError::from));
+        let failure = kernel.err().map(|err| err.to_string());
+        for grant in batch {
+            let answer = match (&failure, updated.get(&grant.id)) {
+                (None, Some(record)) => {
+                    info!(server = %grant.server_name, client_ip = %grant.id.addr, origin = %grant.origin, holders = record.holders.len(), "opening granted");
+                    Ok(record.clone())
+                }
+                (Some(message), _) => Err(OpeningsError::Batch(message.clone())),
+                (None, None) => Err(OpeningsError::Batch("grant missing from its batch".into())),
+            };
+            let _ = grant.reply.send(answer);
+        }
     }
 
     /// Closes openings of `addr` (on `server_id`, or on every server); returns how many.
@@ -318,7 +412,7 @@ impl Openings {
             let wanted = clocks.unix_ms_to_boot_ns(record.expiry_unix_ms());
             let current = kernel_expiry.get(&record.id).copied();
             if current.is_none_or(|ns| ns.abs_diff(wanted) > EXPIRY_TOLERANCE_NS) {
-                updates.push((record.id, wanted));
+                updates.push((record.id, wanted, current.is_none()));
             }
         }
         self.persist(pruned, closed.clone()).await?;
@@ -337,8 +431,12 @@ impl Openings {
                 for id in closed.into_iter().chain(stale) {
                     maps.remove_opening(id.server_id, id.addr)?;
                 }
-                for (id, expires_at_ns) in updates {
-                    maps.set_expiry(id.server_id, id.addr, expires_at_ns)?;
+                for (id, expires_at_ns, missing) in updates {
+                    if missing {
+                        maps.create_opening(id.server_id, id.addr, expires_at_ns)?;
+                    } else {
+                        maps.set_expiry(id.server_id, id.addr, expires_at_ns)?;
+                    }
                 }
                 Ok(())
             })
