@@ -264,6 +264,27 @@ pub(crate) fn seal_response_with_nonce(
     payload: &ResponsePayload,
     box_nonce: [u8; BOX_NONCE_LEN],
 ) -> Result<ApprovalResponse, SealError> {
+    let plaintext = response_plaintext(binding, payload)?;
+    let client_pk = BoxPublicKey::from_bytes(binding.client_box_public_key).to_crypto_box();
+    let shared = crypto_box::SalsaBox::new(&client_pk, server_keys.secret());
+    seal_in_box(binding, &shared, client_hmac_secret, &plaintext, box_nonce)
+}
+
+/// [`seal_response`] with the box key shared with the request's one-time key already
+/// computed (it was, to open the request).
+pub(crate) fn seal_response_in_box(
+    binding: &ResponseBinding,
+    shared: &crypto_box::SalsaBox,
+    client_hmac_secret: &HmacSecret,
+    payload: &ResponsePayload,
+) -> Result<ApprovalResponse, SealError> {
+    let plaintext = response_plaintext(binding, payload)?;
+    let box_nonce = rng::random_array::<BOX_NONCE_LEN>()?;
+    seal_in_box(binding, shared, client_hmac_secret, &plaintext, box_nonce)
+}
+
+/// The checked, size-limited plaintext of a response.
+fn response_plaintext(binding: &ResponseBinding, payload: &ResponsePayload) -> Result<Vec<u8>, SealError> {
     payload
         .check_consistent()
         .map_err(SealError::Inconsistent)?;
@@ -275,9 +296,19 @@ pub(crate) fn seal_response_with_nonce(
             max,
         });
     }
-    let client_pk = BoxPublicKey::from_bytes(binding.client_box_public_key).to_crypto_box();
-    let sealed = crypto_box::SalsaBox::new(&client_pk, server_keys.secret())
-        .encrypt(&box_nonce.into(), plaintext.as_slice())
+    Ok(plaintext)
+}
+
+/// Boxes `plaintext` under `box_nonce` and HMAC-signs the result.
+fn seal_in_box(
+    binding: &ResponseBinding,
+    shared: &crypto_box::SalsaBox,
+    client_hmac_secret: &HmacSecret,
+    plaintext: &[u8],
+    box_nonce: [u8; BOX_NONCE_LEN],
+) -> Result<ApprovalResponse, SealError> {
+    let sealed = shared
+        .encrypt(&box_nonce.into(), plaintext)
         .map_err(|_| SealError::Box)?;
     let mut response = ApprovalResponse {
         box_nonce,

@@ -7,6 +7,7 @@
 //! nonce store.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crypto_box::aead::Aead as _;
 use zeroize::Zeroizing;
@@ -15,11 +16,11 @@ use super::address::{CheckedReported, Reported, check_reported, select_addresses
 use super::canonical::{request_mac_input, request_signature_input};
 use super::error::{Reason, Rejection, Stage};
 use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
-use super::response::ResponseBinding;
+use super::response::{ResponseBinding, ResponsePayload, SealError, seal_response_in_box};
 use super::state::{
     ApprovalState, ClientRecord, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
 };
-use super::wire::{ApprovalRequest, NONCE_LEN, RequestPayload};
+use super::wire::{ApprovalRequest, ApprovalResponse, NONCE_LEN, RequestPayload};
 
 /// Default accepted clock skew, each way.
 pub const DEFAULT_TIMESTAMP_WINDOW_SECS: u64 = 300;
@@ -71,12 +72,31 @@ pub struct ApprovedRequest {
     /// What [`super::seal_response`] needs to answer this request.
     pub binding: ResponseBinding,
     client_hmac_secret: HmacSecret,
+    /// The box key shared with the request's one-time key, computed once when the box was
+    /// opened and used again to seal the answer.
+    response_box: SharedBox,
 }
 
 impl ApprovedRequest {
     /// The client's HMAC secret, to seal the response with.
     pub fn client_hmac_secret(&self) -> &HmacSecret {
         &self.client_hmac_secret
+    }
+
+    /// Seals `payload` as the answer to this request: [`super::seal_response`] without a
+    /// second X25519 (the shared key of the request's box is reused).
+    pub fn seal(&self, payload: &ResponsePayload) -> Result<ApprovalResponse, SealError> {
+        seal_response_in_box(&self.binding, &self.response_box.0, &self.client_hmac_secret, payload)
+    }
+}
+
+/// A precomputed box key (secret: never printed).
+#[derive(Clone)]
+struct SharedBox(Arc<crypto_box::SalsaBox>);
+
+impl std::fmt::Debug for SharedBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedBox(<redacted>)")
     }
 }
 
@@ -101,7 +121,7 @@ pub fn validate<S: ApprovalState + ?Sized>(
         binding: None,
     };
     let client = run.authenticate()?;
-    let (policy, payload) = run.open(&client, server_keys)?;
+    let (policy, payload, response_box) = run.open(&client, server_keys)?;
     let (reported, open) = run.authorize(&client, policy, &payload, remote)?;
     let binding = run.binding.take().unwrap_or_else(|| run.new_binding());
     let ClientRecord {
@@ -121,6 +141,7 @@ pub fn validate<S: ApprovalState + ?Sized>(
         device_name: payload.device_name,
         binding,
         client_hmac_secret: hmac_secret,
+        response_box: SharedBox(Arc::new(response_box)),
     })
 }
 
@@ -184,11 +205,11 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         &self,
         client: &ClientRecord,
         server_keys: &ServerBoxKeys,
-    ) -> Result<(ServerPolicy, RequestPayload), Rejection> {
+    ) -> Result<(ServerPolicy, RequestPayload, crypto_box::SalsaBox), Rejection> {
         let r = self.request;
         let policy = self.stage(Stage::Server, || lookup_server(self.state, &r.server))?;
         self.stage(Stage::Signature, || verify_signature(client, r))?;
-        let plaintext = self.stage(Stage::BoxOpen, || open_box(r, server_keys))?;
+        let (plaintext, shared) = self.stage(Stage::BoxOpen, || open_box(r, server_keys))?;
         let payload = self.stage(Stage::Payload, || parse_payload(&plaintext, r))?;
         self.stage(Stage::PayloadTimestamp, || {
             self.check_window(payload.timestamp)
@@ -205,7 +226,7 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
                 Reason::PayloadNonceReplayed,
             )
         })?;
-        Ok((policy, payload))
+        Ok((policy, payload, shared))
     }
 
     /// Stages client allowed → addresses.
@@ -298,15 +319,18 @@ fn check_hmac(client: &ClientRecord, request: &ApprovalRequest) -> Result<(), Re
     }
 }
 
+/// Opens the request's box; also returns the shared box key, to seal the answer with.
 fn open_box(
     request: &ApprovalRequest,
     server_keys: &ServerBoxKeys,
-) -> Result<Zeroizing<Vec<u8>>, Reason> {
+) -> Result<(Zeroizing<Vec<u8>>, crypto_box::SalsaBox), Reason> {
     let one_time = BoxPublicKey::from_bytes(request.box_public_key).to_crypto_box();
-    crypto_box::SalsaBox::new(&one_time, server_keys.secret())
+    let shared = crypto_box::SalsaBox::new(&one_time, server_keys.secret());
+    let plaintext = shared
         .decrypt(&request.box_nonce.into(), request.box_ciphertext.as_slice())
         .map(Zeroizing::new)
-        .map_err(|_| Reason::BoxOpenFailed)
+        .map_err(|_| Reason::BoxOpenFailed)?;
+    Ok((plaintext, shared))
 }
 
 fn lookup_server<S: ApprovalState + ?Sized>(

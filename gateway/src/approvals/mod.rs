@@ -212,7 +212,7 @@ impl Approvals {
         self.metrics.count("approval.approved");
         let expires = unix_ms() / 1000 + server.connect_window.as_secs();
         let payload = ResponsePayload::allow(target, opened.clone(), expires);
-        let sealed = approval::seal_response(&approved.binding, &self.box_keys, approved.client_hmac_secret(), &payload);
+        let sealed = approved.seal(&payload);
         self.audit.record(AuditEvent {
             unix_ms: unix_ms(),
             kind: AuditKind::Approval,

@@ -1,6 +1,9 @@
 //! The approval pipeline's view of the controller: clients from redb, servers from the
 //! configuration, nonces recorded durably in redb.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use tracing::error;
 
@@ -17,6 +20,10 @@ use crate::{
 pub struct StoreState {
     store: Arc<Store>,
     servers: HashMap<String, ServerPolicy>,
+    /// Parsed RSA keys by client id, with the PEM they were parsed from: parsing a 4096-bit
+    /// key costs more than verifying with it. A re-enrolled client has a new PEM, so a stale
+    /// entry is never used.
+    parsed_keys: Mutex<HashMap<String, (String, ClientRsaPublicKey)>>,
 }
 
 fn policy(setting: AddressPolicySetting) -> AddressPolicy {
@@ -34,7 +41,20 @@ impl StoreState {
             .iter()
             .map(|s| (s.name.clone(), ServerPolicy { address_policy: policy(s.address_policy) }))
             .collect();
-        Self { store, servers }
+        Self { store, servers, parsed_keys: Mutex::new(HashMap::new()) }
+    }
+
+    /// The client's RSA key parsed from `pem`, from the cache when it holds that PEM.
+    fn rsa_key(&self, client_id: &str, pem: &str) -> Option<ClientRsaPublicKey> {
+        let mut cache = self.parsed_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached_pem, key)) = cache.get(client_id)
+            && cached_pem == pem
+        {
+            return Some(key.clone());
+        }
+        let key = ClientRsaPublicKey::from_pem(pem).ok()?;
+        cache.insert(client_id.to_owned(), (pem.to_owned(), key.clone()));
+        Some(key)
     }
 }
 
@@ -49,7 +69,7 @@ impl ApprovalState for StoreState {
         };
         let enrollment = stored.enrollment?;
         let hmac_secret = HmacSecret::from_base64(&enrollment.hmac_secret_b64).ok()?;
-        let rsa_public_key = ClientRsaPublicKey::from_pem(&enrollment.rsa_public_key_pem).ok()?;
+        let rsa_public_key = self.rsa_key(&stored.client_id, &enrollment.rsa_public_key_pem)?;
         Some(ClientRecord { client_id: stored.client_id, enabled: stored.enabled, hmac_secret, rsa_public_key })
     }
 
