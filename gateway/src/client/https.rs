@@ -1,5 +1,6 @@
-//! One HTTPS request over a pinned TLS connection: hyper's HTTP/1.1 client on tokio-rustls,
-//! one connection per request, everything under one deadline, the answer size bounded.
+//! HTTPS over a pinned TLS connection: hyper's HTTP/1.1 client on tokio-rustls. [`send`] makes
+//! one request on its own connection under one deadline; a [`Session`] keeps a connection for
+//! many. Answer sizes are bounded.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -152,46 +153,70 @@ async fn exchange(
     request: HttpsRequest<'_>,
     max_body: usize,
 ) -> Result<HttpsReply, HttpsError> {
-    let authority = endpoint.authority.clone();
-    let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|source| HttpsError::Connect { authority: authority.clone(), source })?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(endpoint.server_name()?, tcp)
-        .await
-        .map_err(|source| tls_error(&authority, source))?;
-    let server_cert =
-        stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.clone().into_owned());
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!("HTTPS connection ended: {err}");
-        }
-    });
-    let mut builder = Request::builder()
-        .method(request.method)
-        .uri(format!("{}{}", endpoint.prefix, request.path))
-        .header(header::HOST, HeaderValue::from_str(&authority).map_err(http::Error::from)?)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json");
-    for (name, value) in request.headers {
-        builder = builder.header(name, value);
+    Session::open(endpoint, tls).await?.send(request, max_body).await
+}
+
+/// A kept-alive HTTPS connection: one TLS handshake, then any number of requests in turn.
+/// The connection closes when the session is dropped.
+pub struct Session {
+    endpoint: Endpoint,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    server_cert: Option<CertificateDer<'static>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Connects to `endpoint` and completes the pinned TLS handshake (no deadline: wrap it in
+    /// one).
+    pub async fn open(endpoint: &Endpoint, tls: Arc<ClientConfig>) -> Result<Self, HttpsError> {
+        let authority = endpoint.authority.clone();
+        let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|source| HttpsError::Connect { authority: authority.clone(), source })?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(endpoint.server_name()?, tcp)
+            .await
+            .map_err(|source| tls_error(&authority, source))?;
+        let server_cert =
+            stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.clone().into_owned());
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("HTTPS connection ended: {err}");
+            }
+        });
+        Ok(Self { endpoint: endpoint.clone(), sender, server_cert, driver })
     }
-    let http_request = builder.body(Full::new(Bytes::from(request.body)))?;
-    let response = sender.send_request(http_request).await;
-    let outcome = match response {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            Limited::new(response.into_body(), max_body)
-                .collect()
-                .await
-                .map(|c| HttpsReply { status, body: c.to_bytes(), server_cert })
-                .map_err(|err| HttpsError::Body(err.to_string()))
+
+    /// Sends one request and reads at most `max_body` bytes of its answer (no deadline: wrap
+    /// it in one).
+    pub async fn send(&mut self, request: HttpsRequest<'_>, max_body: usize) -> Result<HttpsReply, HttpsError> {
+        let authority = HeaderValue::from_str(&self.endpoint.authority).map_err(http::Error::from)?;
+        let mut builder = Request::builder()
+            .method(request.method)
+            .uri(format!("{}{}", self.endpoint.prefix, request.path))
+            .header(header::HOST, authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json");
+        for (name, value) in request.headers {
+            builder = builder.header(name, value);
         }
-        Err(err) => Err(HttpsError::Http(err)),
-    };
-    driver.abort();
-    outcome
+        let http_request = builder.body(Full::new(Bytes::from(request.body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(http_request).await?;
+        let status = response.status().as_u16();
+        Limited::new(response.into_body(), max_body)
+            .collect()
+            .await
+            .map(|c| HttpsReply { status, body: c.to_bytes(), server_cert: self.server_cert.clone() })
+            .map_err(|err| HttpsError::Body(err.to_string()))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// A pin mismatch is told apart from other handshake failures.

@@ -37,8 +37,13 @@ use crate::tls::{self, TlsError};
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Deadline of the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for a request's headers.
+/// Deadline for a request's headers, counted from the end of the previous answer on a
+/// kept-alive connection (so it is also the idle timeout).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this long a kept-alive connection finishes its current request and closes.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The answer to this many-th request on one connection closes it.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 /// Largest header block (and read buffer) of a connection.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long open connections may finish after shutdown is asked for.
@@ -166,8 +171,9 @@ async fn serve_loaded(
         request_timeout: config.request_timeout,
     };
     let app = router(state);
-    // A connection never outlives this: handshake, headers, the request deadline and slack.
-    let connection_deadline = HANDSHAKE_TIMEOUT + HEADER_TIMEOUT + config.request_timeout + Duration::from_secs(5);
+    // A connection never outlives this: handshake, its lifetime, a last request and slack.
+    let connection_deadline =
+        HANDSHAKE_TIMEOUT + CONNECTION_LIFETIME + HEADER_TIMEOUT + config.request_timeout + Duration::from_secs(5);
     let local = listener.local_addr().map_err(WebError::Accept)?;
     tracing::info!(listen = %local, cert_sha256 = %pin, front_socket = %config.front_socket.display(), "web front serving");
 
@@ -251,7 +257,8 @@ impl Drop for AbortOnDrop {
 }
 
 impl Connection {
-    /// TLS handshake, then one HTTP/1.1 request (no keep-alive).
+    /// TLS handshake, then HTTP/1.1 requests (kept alive for at most [`CONNECTION_LIFETIME`]
+    /// and [`MAX_REQUESTS_PER_CONNECTION`]).
     async fn run(self) {
         let Connection { mut tcp, acceptor, app, mut info, proxy, mut stop } = self;
         let span = tracing::debug_span!("connection", peer = %info.peer, proxied = tracing::field::Empty);
@@ -273,17 +280,28 @@ impl Connection {
                 Ok(Err(err)) => return tracing::debug!("TLS handshake failed: {err}"),
                 Err(_) => return tracing::debug!("TLS handshake timed out"),
             };
+            let served = std::sync::atomic::AtomicUsize::new(0);
             let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(info);
-                tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+                let last = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
+                let answer = tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new));
+                async move {
+                    let mut response = answer.await?;
+                    if last {
+                        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES)
-                .keep_alive(false)
+                .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+            tokio::pin!(lifetime);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
@@ -291,6 +309,10 @@ impl Connection {
                     }
                 }
                 () = stop_requested(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+                () = &mut lifetime => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
