@@ -125,7 +125,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         key: ServiceKey::v4(PROTO_UDP, PORT, [0; 4]),
         value: ServiceValue { server_id: 1, stats_index: 0 },
     }])?;
-    maps.put_opening(1, ALLOWED.into(), gateway_common::Opening { expires_at_ns: xdpgate::clock::boot_ns() + 3_600_000_000_000, last_seen_ns: 0 })?;
+    maps.put_opening(1, ALLOWED.into(), gateway_common::Opening { expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000, last_seen_ns: 0 })?;
 
     progress(&format!(
         "live: veth {} -> {} (namespaces {} -> {}), generator pinned to CPU {}, {trials} trial(s) of {:.1} s per case",

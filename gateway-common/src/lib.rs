@@ -155,14 +155,14 @@ pub struct OpeningKeyV6 {
 }
 const _: () = assert!(core::mem::size_of::<OpeningKeyV6>() == 20);
 
-/// An opening's state, in the kernel's `CLOCK_BOOTTIME` nanoseconds.
+/// An opening's state, in the kernel's `CLOCK_MONOTONIC` nanoseconds.
 ///
 /// The program admits a packet only while `expires_at_ns` lies in the future, so an opening
 /// closes on time even when the controller is not running.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Opening {
-    /// Absolute expiry (`bpf_ktime_get_boot_ns` clock).
+    /// Absolute expiry (`bpf_ktime_get_mono_ns` clock).
     pub expires_at_ns: u64,
     /// When the program last admitted a packet for this opening (0: never).
     pub last_seen_ns: u64,

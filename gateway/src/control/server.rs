@@ -128,14 +128,14 @@ impl ControlService {
         let last_seen = view
             .kernel
             .filter(|k| k.last_seen_ns != 0)
-            .map_or(record.last_seen_unix_ms, |k| view.clocks.boot_ns_to_unix_ms(k.last_seen_ns));
+            .map_or(record.last_seen_unix_ms, |k| view.clocks.mono_ns_to_unix_ms(k.last_seen_ns));
         pb::Opening {
             server,
             address: record.id.addr.to_string(),
             created_unix_ms: record.created_unix_ms,
             expires_unix_ms: view
                 .kernel
-                .map_or_else(|| record.expiry_unix_ms(), |k| view.clocks.boot_ns_to_unix_ms(k.expires_at_ns)),
+                .map_or_else(|| record.expiry_unix_ms(), |k| view.clocks.mono_ns_to_unix_ms(k.expires_at_ns)),
             deadline_unix_ms: record.deadline_unix_ms(),
             last_seen_unix_ms: last_seen,
             holders: u32::try_from(record.holders.len()).unwrap_or(u32::MAX),

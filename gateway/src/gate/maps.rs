@@ -41,7 +41,7 @@ pub struct KernelOpening {
     pub server_id: u32,
     /// Source address.
     pub addr: IpAddr,
-    /// Expiry and last-seen, boot-clock ns.
+    /// Expiry and last-seen, monotonic-clock ns.
     pub state: Opening,
 }
 

@@ -218,7 +218,7 @@ impl Openings {
         }
         let expiries: Vec<(OpeningId, u64, bool)> = updated
             .values()
-            .map(|r| (r.id, clocks.unix_ms_to_boot_ns(r.expiry_unix_ms()), !records.contains_key(&r.id)))
+            .map(|r| (r.id, clocks.unix_ms_to_mono_ns(r.expiry_unix_ms()), !records.contains_key(&r.id)))
             .collect();
         // The records are stored: keep them even if the kernel update fails (the sweeper
         // retries it).
@@ -305,7 +305,7 @@ impl Openings {
             return Ok(true);
         }
         self.persist(vec![record.clone()], Vec::new()).await?;
-        let expires_at_ns = ClockPair::now().unix_ms_to_boot_ns(record.expiry_unix_ms());
+        let expires_at_ns = ClockPair::now().unix_ms_to_mono_ns(record.expiry_unix_ms());
         self.gate.run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns)).await??;
         info!(server_id, client_ip = %addr, origin, holders = record.holders.len(), "hold released; opening kept");
         records.insert(id, record);
@@ -391,7 +391,7 @@ impl Openings {
             match records.get_mut(&id) {
                 Some(record) => {
                     if state.last_seen_ns != 0 {
-                        record.observe_traffic(clocks.boot_ns_to_unix_ms(state.last_seen_ns));
+                        record.observe_traffic(clocks.mono_ns_to_unix_ms(state.last_seen_ns));
                     }
                     kernel_expiry.insert(id, state.expires_at_ns);
                 }
@@ -409,7 +409,7 @@ impl Openings {
                 }
                 pruned.push(record.clone());
             }
-            let wanted = clocks.unix_ms_to_boot_ns(record.expiry_unix_ms());
+            let wanted = clocks.unix_ms_to_mono_ns(record.expiry_unix_ms());
             let current = kernel_expiry.get(&record.id).copied();
             if current.is_none_or(|ns| ns.abs_diff(wanted) > EXPIRY_TOLERANCE_NS) {
                 updates.push((record.id, wanted, current.is_none()));

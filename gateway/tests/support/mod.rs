@@ -16,7 +16,7 @@ use gateway_common::{
     GlobalCounter, Opening, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceStats, ServiceValue,
 };
 use xdpgate::{
-    clock::boot_ns,
+    clock::mono_ns,
     gate::{GateMaps, KernelService, loader},
 };
 
@@ -255,7 +255,7 @@ impl Gate {
         self.put_opening(
             server_id,
             client,
-            Opening { expires_at_ns: boot_ns() + OPEN_FOR_NS, last_seen_ns: 0 },
+            Opening { expires_at_ns: mono_ns() + OPEN_FOR_NS, last_seen_ns: 0 },
         );
     }
 
