@@ -462,6 +462,46 @@ async fn rate_limit_answers_429_after_the_burst() {
     harness.stop().await;
 }
 
+impl Harness {
+    async fn session(&self) -> https::Session {
+        let endpoint = Endpoint::parse(&self.base_url()).unwrap();
+        let config = Arc::new(tls::pinned_client_config(vec![self.pin]).unwrap());
+        https::Session::open(&endpoint, config).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_serves_several_requests_and_is_still_rate_limited() {
+    let harness = Harness::start(Setup { per_minute: 1, burst: 3, ..Setup::default() }).await;
+    let body = signed_request().to_json().unwrap();
+    let mut session = harness.session().await;
+    for _ in 0..3 {
+        let reply = session.send(HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()), 1 << 20).await.unwrap();
+        assert_eq!(reply.status, 202);
+    }
+    let limited = session.send(HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()), 1 << 20).await.unwrap();
+    assert_error(&limited, 429, "rate_limited");
+    assert_eq!(harness.received().len(), 3, "the limit counts requests, not connections");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_closes_after_its_request_quota() {
+    let quota = web::MAX_REQUESTS_PER_CONNECTION;
+    let allowance = u32::try_from(quota * 2).unwrap();
+    let harness = Harness::start(Setup { per_minute: allowance, burst: allowance, ..Setup::default() }).await;
+    let mut session = harness.session().await;
+    for n in 1..=quota {
+        let reply = session.send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20).await;
+        assert!(reply.is_ok_and(|r| r.status == 200), "request {n} of {quota} on one connection");
+    }
+    let after = session.send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20).await;
+    assert!(after.is_err(), "the connection is closed after {quota} answers: {after:?}");
+    // A new connection is served.
+    assert_eq!(harness.request(Method::GET, "/healthz", Vec::new(), Vec::new()).await.status, 200);
+    harness.stop().await;
+}
+
 #[tokio::test]
 async fn health_reflects_the_controller() {
     let up = Harness::start(Setup::default()).await;

@@ -127,6 +127,11 @@ pub struct HttpsRequest<'a> {
 }
 
 impl<'a> HttpsRequest<'a> {
+    /// A request without a body or extra headers.
+    pub fn new(method: Method, path: &'a str) -> Self {
+        Self { method, path, headers: Vec::new(), body: Vec::new() }
+    }
+
     /// A JSON POST.
     pub fn post_json(path: &'a str, body: Vec<u8>) -> Self {
         Self { method: Method::POST, path, headers: Vec::new(), body }
