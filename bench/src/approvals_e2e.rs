@@ -1,5 +1,5 @@
 //! Part 3 (end to end): approvals per second through the real web front over HTTPS to the real
-//! controller (validate, open the gate, seal), several concurrent clients; and the time from
+//! controller (validate, open the gate, seal), several concurrent kept-alive clients; and the time from
 //! an approval's answer to the first packet passing the gate (p50, p99).
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -21,8 +21,8 @@ use crate::{Opts, progress, report::Report};
 const SUBNET: u8 = 233;
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
-/// Concurrent HTTPS clients.
-const CONCURRENCY: usize = 8;
+/// Concurrent HTTPS clients, one run each.
+const CONCURRENCY: [usize; 2] = [8, 32];
 
 fn sections(link: &VethLink, dir: &Path) -> String {
     let web = dir.join("web");
@@ -78,54 +78,55 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         client_version: "bench".into(),
         device_name: "bench".into(),
     };
-    let total = if opts.quick { 16 } else { 400 };
+    let total = if opts.quick { 32 } else { 4000 };
     progress(&format!("approvals e2e: signing {total} requests"));
     let now = xdpgate::clock::unix_ms() / 1000;
-    let mut bodies = Vec::with_capacity(total);
-    for _ in 0..total {
-        bodies.push(serde_json::to_vec(&build_request(&creds, &params, now)?.0)?);
-    }
+    let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
+        let handles: Vec<_> = (0..signers)
+            .map(|i| {
+                let (creds, params) = (&creds, &params);
+                let count = total / signers + usize::from(i < total % signers);
+                scope.spawn(move || -> Result<Vec<Vec<u8>>> {
+                    (0..count).map(|_| Ok(serde_json::to_vec(&build_request(creds, params, now)?.0)?)).collect()
+                })
+            })
+            .collect();
+        let mut bodies = Vec::with_capacity(total);
+        for handle in handles {
+            bodies.extend(handle.join().map_err(|_| anyhow!("a signing thread panicked"))??);
+        }
+        Ok(bodies)
+    })?;
     let endpoint = https::Endpoint::parse(&profile.web_endpoint)?;
     let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
 
-    progress(&format!("approvals e2e: {total} approvals over HTTPS, {CONCURRENCY} concurrent clients"));
-    let (elapsed, failures) = client.run(|| -> Result<(Duration, usize)> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        runtime.block_on(async {
-            let queue = Arc::new(tokio::sync::Mutex::new(bodies));
-            let started = Instant::now();
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..CONCURRENCY {
-                let (queue, endpoint, tls_config) = (queue.clone(), endpoint.clone(), tls_config.clone());
-                workers.spawn(async move {
-                    let mut failures = 0usize;
-                    loop {
-                        let Some(body) = queue.lock().await.pop() else { return failures };
-                        let request = https::HttpsRequest::post_json("/v1/approvals", body);
-                        match https::send(&endpoint, tls_config.clone(), request, Duration::from_secs(10), 64 * 1024).await {
-                            Ok(reply) if reply.status == 200 => {}
-                            _ => failures += 1,
-                        }
-                    }
-                });
-            }
-            let mut failures = 0;
-            while let Some(done) = workers.join_next().await {
-                failures += done.unwrap_or(1);
-            }
-            Ok((started.elapsed(), failures))
-        })
-    })?;
-    if failures > 0 {
-        report.note("approvals.e2e_failures", format!("{failures} of {total} requests were not approved"));
+    // Few clients show the latency-bound rate (each approval waits for its durable commit);
+    // many show what group commit makes of it.
+    let mut bodies = bodies;
+    let mut best = 0.0f64;
+    for (level, clients) in CONCURRENCY.iter().enumerate() {
+        let share = if level + 1 == CONCURRENCY.len() { bodies.len() } else { total / CONCURRENCY.len() };
+        let batch: Vec<Vec<u8>> = bodies.drain(..share).collect();
+        let count = batch.len();
+        progress(&format!("approvals e2e: {count} approvals over HTTPS, {clients} concurrent clients"));
+        let (elapsed, failures) = client.run(|| send_all(batch, *clients, &endpoint, &tls_config))?;
+        if failures > 0 {
+            report.note(&format!("approvals.e2e_failures_{clients}"), format!("{failures} of {count} requests were not approved"));
+        }
+        let per_sec = (count - failures) as f64 / elapsed.as_secs_f64();
+        progress(&format!("approvals e2e: {per_sec:.0} approvals/s with {clients} clients ({failures} failed)"));
+        report.set(&format!("approvals.per_sec_{clients}_clients"), per_sec);
+        best = best.max(per_sec);
     }
-    let per_sec = (total - failures) as f64 / elapsed.as_secs_f64();
-    progress(&format!("approvals e2e: {per_sec:.0} approvals/s ({failures} failed)"));
-    report.set("approvals.per_sec", per_sec);
+    report.set("approvals.per_sec", best);
     report.note(
         "approvals.method",
-        "HTTPS through the web front (one TLS connection per request), front socket, controller \
-         validation, gate opening in the kernel and sealed answer; requests pre-signed",
+        format!(
+            "HTTPS through the web front (one kept-alive TLS connection per client; {CONCURRENCY:?} concurrent \
+             clients, per_sec is the best), front socket, controller validation, gate opening in the kernel and \
+             sealed answer; requests pre-signed"
+        ),
     );
 
     let samples = if opts.quick { 5 } else { 60 };
@@ -137,6 +138,54 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     report.set("approvals.open_latency_p99_ms", percentile(&sorted, 0.99));
     drop(gateway);
     Ok(())
+}
+
+/// Sends every body over `clients` kept-alive HTTPS connections at once; the time taken and
+/// how many were not approved.
+fn send_all(
+    bodies: Vec<Vec<u8>>,
+    clients: usize,
+    endpoint: &https::Endpoint,
+    tls_config: &Arc<rustls::ClientConfig>,
+) -> Result<(Duration, usize)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let queue = Arc::new(tokio::sync::Mutex::new(bodies));
+        let started = Instant::now();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (queue, endpoint, tls_config) = (queue.clone(), endpoint.clone(), tls_config.clone());
+            workers.spawn(async move {
+                let mut failures = 0usize;
+                let mut session = None;
+                loop {
+                    let Some(body) = queue.lock().await.pop() else { return failures };
+                    if session.is_none() {
+                        session = https::Session::open(&endpoint, tls_config.clone()).await.ok();
+                    }
+                    let Some(open) = session.as_mut() else {
+                        failures += 1;
+                        continue;
+                    };
+                    let request = https::HttpsRequest::post_json("/v1/approvals", body);
+                    match tokio::time::timeout(Duration::from_secs(10), open.send(request, 64 * 1024)).await {
+                        Ok(Ok(reply)) if reply.status == 200 => {}
+                        Ok(Ok(_)) => failures += 1,
+                        // A broken or timed-out connection is replaced for the next request.
+                        _ => {
+                            failures += 1;
+                            session = None;
+                        }
+                    }
+                }
+            });
+        }
+        let mut failures = 0;
+        while let Some(done) = workers.join_next().await {
+            failures += done.unwrap_or(1);
+        }
+        Ok((started.elapsed(), failures))
+    })
 }
 
 /// For each sample: revoke the client's opening, get an approval, then send UDP probes to

@@ -5,6 +5,7 @@
 //! that cannot run leaves its numbers null and says why, and the others still run.
 mod approvals;
 mod approvals_e2e;
+mod cluster;
 mod frames;
 mod live;
 mod program;
@@ -24,8 +25,9 @@ use clap::Parser;
 use crate::report::{Machine, Report};
 
 /// Measures xdpgate on this machine: program cost (BPF_PROG_TEST_RUN), a live packet ladder
-/// on veth (XDP gate vs nftables vs iptables+ipset vs nothing), approval crypto rates, and a
-/// controller restart with 100k openings.
+/// on veth (XDP gate vs nftables vs iptables+ipset vs nothing), approval crypto rates,
+/// forwarding latency from a cluster web node to the owning controller, and a controller
+/// restart with 100k openings.
 #[derive(Parser, Debug)]
 #[command(name = "xdpgate-bench")]
 pub struct Opts {
@@ -35,7 +37,7 @@ pub struct Opts {
     /// Where report.json and report.svg go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Run only these parts (program, live, approvals, approvals-e2e, restart); default all.
+    /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,
 }
@@ -59,11 +61,12 @@ fn main() -> ExitCode {
     progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
     let machine = Machine::probe();
     let mut report = Report::new();
-    let parts: [(&str, Part); 5] = [
+    let parts: [(&str, Part); 6] = [
         ("program", program::run),
         ("live", live::run),
         ("approvals", approvals::run),
         ("approvals-e2e", approvals_e2e::run),
+        ("cluster", cluster::run),
         ("restart", restart::run),
     ];
     let started = Instant::now();

@@ -6,11 +6,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, Xdp},
 };
 use gateway_common::{Opening, PROTO_UDP, ServiceKey, ServiceValue};
 use xdpgate::{
-    clock::boot_ns,
+    clock::mono_ns,
     gate::{GateMaps, KernelService, loader},
 };
 
@@ -61,7 +61,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         KernelService { key: ServiceKey::v4(PROTO_UDP, GUARDED, [0; 4]), value: ServiceValue { server_id: SERVER, stats_index: 0 } },
         KernelService { key: ServiceKey::v6(PROTO_UDP, GUARDED, [0; 16]), value: ServiceValue { server_id: SERVER, stats_index: 1 } },
     ])?;
-    let opening = Opening { expires_at_ns: boot_ns() + 24 * 3_600_000_000_000, last_seen_ns: 0 };
+    let opening = Opening { expires_at_ns: mono_ns() + 24 * 3_600_000_000_000, last_seen_ns: 0 };
     let paths = paths();
     let mut filled = 0u32;
     for &size in sizes {
@@ -83,11 +83,32 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         }
     }
     cold(report, &mut ebpf, &paths, largest, opts)?;
+    // The harness's own cost: an XDP program that only returns XDP_PASS, same frame and runs.
+    let empty = empty_program_cost(&mut ebpf, &paths[0].frame, repeat, trials)?;
+    progress(&format!("  {:<22} {empty:>6.1} ns/packet (harness floor)", "empty program"));
+    report.set("program.empty_program_ns", empty);
     report.set("program.openings", f64::from(largest));
     report.note("program", format!(
         "BPF_PROG_TEST_RUN, 60-byte UDP frames, median of {trials} trials of {repeat} repeats; \
-         keys without a size suffix are at {largest} openings per family (IPv4 and IPv6 maps each)"));
+         keys without a size suffix are at {largest} openings per family (IPv4 and IPv6 maps each); \
+         empty_program_ns: a program that only returns XDP_PASS, i.e. the harness's own cost per packet"));
     Ok(())
+}
+
+/// Median ns per repeat of `xdpgate_bench_pass` (returns XDP_PASS, touches nothing) on
+/// `frame`: what BPF_PROG_TEST_RUN itself costs per packet here.
+fn empty_program_cost(ebpf: &mut Ebpf, frame: &[u8], repeat: u32, trials: usize) -> Result<f64> {
+    let program: &mut Xdp = ebpf
+        .program_mut("xdpgate_bench_pass")
+        .context("the eBPF object has no xdpgate_bench_pass")?
+        .try_into()?;
+    program.load()?;
+    let mut samples = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let result = program.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+        samples.push(result.duration.as_nanos() as f64);
+    }
+    Ok(median(&mut samples))
 }
 
 fn size_tag(size: u32) -> String {

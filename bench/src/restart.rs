@@ -81,7 +81,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     }
     wrong_packets(report, &mut gw, &peer, &link)?;
     report.note("restart", "reconcile_ms: wall time from spawning the controller over a redb with the openings \
-        (none in the kernel maps) to its first successful `xdpgate health` (polled every 100 ms; it reconciles \
+        (none in the kernel maps) to its first successful `xdpgate health` (polled every 20 ms; it reconciles \
         before it serves); controller_rss_mb: VmHWM right after; then a second restart (kernel already in sync) while a peer sends ~20k UDP/s each from an opened and an unopened address: wrongly_passed = passed counter delta beyond what the opened address sent, wrongly_dropped = dropped delta beyond what the unopened address sent (counters of the pinned maps)");
     Ok(())
 }
