@@ -37,6 +37,10 @@ pub struct Opts {
     /// Where report.json and report.svg go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Exit with failure if any part did not complete (for CI's smoke run; slowness never
+    /// fails).
+    #[arg(long)]
+    pub fail_on_error: bool,
     /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         ("restart", restart::run),
     ];
     let started = Instant::now();
+    let mut failed_parts = Vec::new();
     for (name, part) in parts {
         if !opts.only.is_empty() && !opts.only.iter().any(|o| o == name) {
             report.note(name, "not run (--only)");
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             ),
         };
         if let Some(failure) = failure {
+            failed_parts.push(name);
             progress(&format!("{name}: did not complete: {failure}"));
             report.note(&format!("{name}.error"), failure);
         }
@@ -98,6 +104,10 @@ fn main() -> ExitCode {
     match report.write(&opts.out, &machine, opts.quick) {
         Ok(()) => {
             println!("\nreport: {0}/report.json, {0}/report.svg", opts.out.display());
+            if opts.fail_on_error && !failed_parts.is_empty() {
+                eprintln!("parts that did not complete: {}", failed_parts.join(", "));
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
