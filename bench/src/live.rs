@@ -10,10 +10,12 @@
 //! - `baseline`: nothing; the frames go up the stack to a port nobody listens on (UDP
 //!   NoPorts), counted by Ip:InReceives.
 //!
-//! The generator runs pinned to one CPU, and veth receives on the sending CPU (the NAPI poll
-//! runs when each batch's bottom half is re-enabled), so that CPU does all the work: packets
-//! per second is what one core sustains, and its busy time per packet minus the floor's is the
-//! receive cost.
+//! With two cores or more the ladder runs twice. First split: the generator on one CPU and the
+//! receiving veth's NAPI as a thread pinned to another, so each filter's rate is what its
+//! receive path sustains on one core, and that core's busy time per packet is its cost. Then on
+//! one core: veth receives on the sending CPU (the NAPI poll runs when each batch's bottom half
+//! is re-enabled), so packets per second is what one core sustains generating and dropping,
+//! and its busy time per packet minus the floor's is the receive cost (`live.one_core.*`).
 use std::{
     fs,
     net::Ipv4Addr,
@@ -95,7 +97,11 @@ struct Bed {
     rx: NetNs,
     link: VethLink,
     frame: Vec<u8>,
+    /// The generator's CPU.
     cpu: usize,
+    /// In split mode, the CPU the receiver's NAPI thread is pinned to; otherwise the receiver
+    /// runs on the generator's CPU.
+    rx_cpu: Option<usize>,
 }
 
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
@@ -110,8 +116,9 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let b_mac = mac(&rx, &link.b.ifname)?;
     let a_mac = mac(&tx, &link.a.ifname)?;
     let frame = frames::udp_v4_mac(b_mac, a_mac, link.a.v4, link.b.v4, PORT);
-    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-    let bed = Bed { tx, rx, link, frame, cpu };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cores - 1;
+    let mut bed = Bed { tx, rx, link, frame, cpu, rx_cpu: None };
 
     let mut ebpf = loader::load_unpinned(1024).context("loading the gate")?;
     for name in [TRAFFICGEN, PASS, DROP] {
@@ -127,24 +134,59 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     }])?;
     maps.put_opening(1, ALLOWED.into(), gateway_common::Opening { expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000, last_seen_ns: 0 })?;
 
-    progress(&format!(
-        "live: veth {} -> {} (namespaces {} -> {}), generator pinned to CPU {}, {trials} trial(s) of {:.1} s per case",
-        bed.link.a.ifname, bed.link.b.ifname, bed.link.a.ns, bed.link.b.ns, bed.cpu, budget.as_secs_f64()
-    ));
+    // With two cores or more the receiver gets a core of its own (threaded NAPI, pinned), so
+    // each filter's packet rate is what its receive path sustains; then the one-core run.
+    let modes: Vec<Option<usize>> = if cores >= 2 { vec![Some(0), None] } else { vec![None] };
+    for rx_cpu in modes {
+        bed.rx_cpu = rx_cpu;
+        let prefix = if rx_cpu.is_some() || cores < 2 { "live" } else { "live.one_core" };
+        match rx_cpu {
+            Some(rx) => progress(&format!(
+                "live: veth {} -> {} (namespaces {} -> {}), generator on CPU {}, receiver (threaded NAPI) on CPU {rx}, \
+                 {trials} trial(s) of {:.1} s per case",
+                bed.link.a.ifname, bed.link.b.ifname, bed.link.a.ns, bed.link.b.ns, bed.cpu, budget.as_secs_f64()
+            )),
+            None => progress(&format!(
+                "live: generator and receiver on CPU {}, {trials} trial(s) of {:.1} s per case",
+                bed.cpu, budget.as_secs_f64()
+            )),
+        }
+        let results = ladder(&mut ebpf, &maps, &bed, budget, chunk, trials, report);
+        record(report, &results, prefix, rx_cpu.is_some());
+    }
+    Ok(())
+}
+
+/// Runs every case once in the current mode of `bed`.
+fn ladder(
+    ebpf: &mut Ebpf,
+    maps: &GateMaps,
+    bed: &Bed,
+    budget: Duration,
+    chunk: u32,
+    trials: usize,
+    report: &mut Report,
+) -> Vec<(Case, Sample)> {
     let mut results: Vec<(Case, Sample)> = Vec::new();
     for case in Case::ALL {
         let sample = (|| -> Result<Sample> {
-            let _filter = Filter::install(case, &bed)?;
+            let _filter = Filter::install(case, bed)?;
             let receiver = case.receiver();
             let link_id = {
-                let prog = xdp(&mut ebpf, receiver)?;
+                let prog = xdp(ebpf, receiver)?;
                 let ifname = bed.link.b.ifname.clone();
                 bed.rx.run(|| prog.attach(&ifname, XdpMode::Driver)).with_context(|| format!("attaching {receiver} to {ifname} (native)"))?
             };
             let mut samples = Vec::new();
-            let mut outcome = Ok(());
+            let mut outcome = match bed.rx_cpu {
+                Some(rx_cpu) => pin_receiver(bed, rx_cpu),
+                None => unthread_receiver(bed),
+            };
             for _ in 0..trials {
-                match one_run(&mut ebpf, &maps, case, &bed, budget, chunk) {
+                if outcome.is_err() {
+                    break;
+                }
+                match one_run(ebpf, maps, case, bed, budget, chunk) {
                     Ok(s) => samples.push(s),
                     Err(e) => {
                         outcome = Err(e);
@@ -152,7 +194,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
                     }
                 }
             }
-            xdp(&mut ebpf, receiver)?.detach(link_id)?;
+            xdp(ebpf, receiver)?.detach(link_id)?;
             outcome?;
             let mut pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
             let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu_ns_per_packet).collect();
@@ -173,39 +215,100 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
             }
         }
     }
-    record(report, &results);
-    Ok(())
+    results
 }
 
-fn record(report: &mut Report, results: &[(Case, Sample)]) {
+/// Writes one mode's results under `prefix`. The CPU figures are the receiver's own in split
+/// mode and the shared CPU's on one core; either way the receive cost of a filter is its CPU
+/// time per packet minus the floor's (a bare XDP_DROP).
+fn record(report: &mut Report, results: &[(Case, Sample)], prefix: &str, split: bool) {
     let get = |c: Case| results.iter().find(|(k, _)| *k == c).map(|(_, s)| *s);
     let floor = get(Case::Floor);
+    let rx_cost = |s: Sample| floor.map(|f| s.cpu_ns_per_packet - f.cpu_ns_per_packet);
     for (case, s) in results {
-        report.set(&format!("live.{}_pps", case.key()), s.pps);
-        report.set(&format!("live.{}_cpu_ns_per_packet", case.key()), s.cpu_ns_per_packet);
-        if let Some(f) = floor {
-            report.set(&format!("live.{}_rx_ns_per_packet", case.key()), s.cpu_ns_per_packet - f.cpu_ns_per_packet);
+        report.set(&format!("{prefix}.{}_pps", case.key()), s.pps);
+        report.set(&format!("{prefix}.{}_cpu_ns_per_packet", case.key()), s.cpu_ns_per_packet);
+        if let Some(rx) = rx_cost(*s) {
+            report.set(&format!("{prefix}.{}_rx_ns_per_packet", case.key()), rx);
         }
-        report.ladder_bars.push(Bar { label: case.label().to_owned(), value: s.pps });
+        if prefix == "live" {
+            report.ladder_bars.push(Bar { label: case.label().to_owned(), value: s.pps });
+        }
     }
     if let Some(x) = get(Case::Xdp) {
         for other in [Case::Nft, Case::IptablesIpset, Case::Baseline] {
             if let Some(o) = get(other) {
-                report.set(&format!("live.xdp_over_{}", other.key()), x.pps / o.pps);
-                if let Some(f) = floor {
-                    let (xr, or) = (x.cpu_ns_per_packet - f.cpu_ns_per_packet, o.cpu_ns_per_packet - f.cpu_ns_per_packet);
-                    if xr > 0.0 {
-                        report.set(&format!("live.rx_cost_{}_over_xdp", other.key()), or / xr);
-                    }
+                report.set(&format!("{prefix}.xdp_over_{}", other.key()), x.pps / o.pps);
+                if let (Some(xr), Some(or)) = (rx_cost(x), rx_cost(o))
+                    && xr > 0.0
+                {
+                    report.set(&format!("{prefix}.rx_cost_{}_over_xdp", other.key()), or / xr);
                 }
             }
         }
     }
-    report.note("live", "one core generates (xdpgate_trafficgen, BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) and receives \
-        (veth NAPI runs on the sending CPU); *_pps = packets counted by the receiver's drop counter per wall second; \
-        *_cpu_ns_per_packet = busy time of that CPU (/proc/stat) per generated packet; *_rx_ns_per_packet = that minus \
-        the floor (bare XDP_DROP receiver); nft/iptables/baseline receivers run an XDP_PASS program (veth needs one to \
-        take redirected frames); baseline = no filter, UDP to a port without listener");
+    let note = if split {
+        "the generator (xdpgate_trafficgen, BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) runs on one CPU and the receiving \
+         veth's NAPI runs threaded, pinned to another, so *_pps = packets counted by the receiver per wall second is \
+         what that receive path sustains on one core (frames the receiver cannot take are dropped at the veth ring); \
+         *_cpu_ns_per_packet = the receiver CPU's busy time (/proc/stat) per counted packet; *_rx_ns_per_packet = \
+         that minus the floor's (bare XDP_DROP, which does not read the frame); \
+         nft/iptables/baseline receivers run an XDP_PASS program (veth needs one to take redirected frames); \
+         baseline = no filter, UDP to a port without listener"
+    } else {
+        "one core generates and receives (veth NAPI runs on the sending CPU); *_pps = packets counted by the receiver \
+         per wall second; *_cpu_ns_per_packet = busy time of that CPU per generated packet; *_rx_ns_per_packet = that \
+         minus the floor (bare XDP_DROP receiver)"
+    };
+    report.note(prefix, note);
+}
+
+/// Split mode: makes the receiving veth's NAPI a kernel thread and pins it to `rx_cpu`.
+fn pin_receiver(bed: &Bed, rx_cpu: usize) -> Result<()> {
+    set_threaded(bed, true)?;
+    let ifname = &bed.link.b.ifname;
+    // Thread names are cut at 15 characters: "napi/<ifname>-<id>".
+    let prefix: String = format!("napi/{ifname}").chars().take(15).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let threads = loop {
+        let found = kernel_threads_named(&prefix);
+        if !found.is_empty() {
+            break found;
+        }
+        if Instant::now() >= deadline {
+            bail!("no NAPI thread {prefix}* after enabling threaded NAPI on {ifname}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut set = CpuSet::new();
+    set.set(rx_cpu)?;
+    for pid in threads {
+        sched_setaffinity(Pid::from_raw(pid), &set).with_context(|| format!("pinning {prefix} ({pid}) to CPU {rx_cpu}"))?;
+    }
+    Ok(())
+}
+
+/// One-core mode: NAPI back in softirq context (on the sending CPU).
+fn unthread_receiver(bed: &Bed) -> Result<()> {
+    set_threaded(bed, false)
+}
+
+fn set_threaded(bed: &Bed, on: bool) -> Result<()> {
+    let ifname = &bed.link.b.ifname;
+    let out = bed.rx.try_exec(&["sh", "-c", &format!("echo {} > /sys/class/net/{ifname}/threaded", u8::from(on))]);
+    if !out.status.success() {
+        bail!("setting threaded NAPI on {ifname}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Pids whose command name starts with `prefix`.
+fn kernel_threads_named(prefix: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end().starts_with(prefix)))
+        .collect()
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -224,12 +327,13 @@ fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Dura
     let before = counted(case, maps, bed)?;
     let frame = bed.frame.clone();
     let cpu = bed.cpu;
+    let measured_cpu = bed.rx_cpu.unwrap_or(cpu);
     let generator = xdp(ebpf, TRAFFICGEN)?;
     let (sent, wall, busy_ns) = bed.tx.run(move || -> Result<(u64, Duration, f64)> {
         let mut set = CpuSet::new();
         set.set(cpu)?;
         sched_setaffinity(Pid::from_raw(0), &set)?;
-        let busy_before = cpu_busy_ns(cpu)?;
+        let busy_before = cpu_busy_ns(measured_cpu)?;
         let started = Instant::now();
         let mut sent = 0u64;
         // Bounded in count (at most 60 chunks) and in time (the budget).
@@ -249,7 +353,7 @@ fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Dura
             }
         }
         let wall = started.elapsed();
-        Ok((sent, wall, cpu_busy_ns(cpu)? - busy_before))
+        Ok((sent, wall, cpu_busy_ns(measured_cpu)? - busy_before))
     })?;
     std::thread::sleep(Duration::from_millis(50));
     let after = counted(case, maps, bed)?;
@@ -257,7 +361,10 @@ fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Dura
     if got == 0.0 {
         bail!("the receiver counted nothing of {sent} generated frames");
     }
-    Ok(Sample { pps: got / wall.as_secs_f64(), cpu_ns_per_packet: busy_ns / sent as f64, delivered: got / sent as f64 })
+    // Split mode charges the receiver's CPU to the packets it took; one-core mode charges the
+    // shared CPU to every packet generated.
+    let per = if bed.rx_cpu.is_some() { got } else { sent as f64 };
+    Ok(Sample { pps: got / wall.as_secs_f64(), cpu_ns_per_packet: busy_ns / per, delivered: got / sent as f64 })
 }
 
 /// The receiver's count of dropped (or, for the baseline, received) packets.
