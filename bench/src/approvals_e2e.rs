@@ -80,7 +80,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     };
     let total = if opts.quick { 32 } else { 4000 };
     progress(&format!("approvals e2e: signing {total} requests"));
-    let now = xdpgate::clock::unix_ms() / 1000;
+    let now = xdpgate::clock::unix_secs();
     let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
         let handles: Vec<_> = (0..signers)
@@ -205,7 +205,7 @@ fn open_latencies(
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         gateway.cli(&["openings", "revoke", "--ip", &link.a.v4.to_string()]);
-        let body = serde_json::to_vec(&build_request(creds, params, xdpgate::clock::unix_ms() / 1000)?.0)?;
+        let body = serde_json::to_vec(&build_request(creds, params, xdpgate::clock::unix_secs())?.0)?;
         let latency = client.run(|| -> Result<f64> {
             let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(link.a.v4), 0))?;
             socket.connect(target)?;

@@ -278,7 +278,7 @@ fn sign(profile: &ClientProfile, count: usize) -> Result<Vec<Vec<u8>>> {
         client_version: "bench".into(),
         device_name: "bench".into(),
     };
-    let now = xdpgate::clock::unix_ms() / 1000;
+    let now = xdpgate::clock::unix_secs();
     let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
     thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
         let handles: Vec<_> = (0..signers)

@@ -26,6 +26,11 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whole seconds since the Unix epoch (request timestamps, expiries in answers).
+pub fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}
+
 /// A reading of both clocks taken together, to convert between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClockPair {

@@ -237,7 +237,7 @@ fn params(server: &str) -> xdpgate::approval::RequestParams {
 }
 
 fn now() -> u64 {
-    xdpgate::clock::unix_ms() / 1000
+    xdpgate::clock::unix_secs()
 }
 
 /// Recomputes the envelope HMAC after a deliberate change, so only that change is wrong.

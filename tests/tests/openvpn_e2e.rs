@@ -3,7 +3,8 @@
 //! followed through its management socket; a client namespace gets no answer before
 //! approval, connects with the approval's one-time token and reaches the server through the
 //! tunnel, a second namespace holding the same (stolen) credentials gets nothing, the spent
-//! token is refused, and the opening closes after the client disconnects.
+//! token is refused, and the opening closes after the client disconnects; disabling a client
+//! cuts its live tunnel.
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
@@ -163,4 +164,34 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
         lab.gateway.log()
     );
     assert!(lab.gateway.log().contains("opening closed after disconnect"), "{}", lab.gateway.log());
+
+    // 5. A new approval and tunnel; disabling the client cuts the live tunnel at once
+    //    (client-kill), closes the opening, and the client cannot come back.
+    let (ok, out) = lab.xdpgate(
+        &lab.c1,
+        &["client", "connect", "--profile", &lab.profile.display().to_string(), "--server", "vpn1", "--openvpn-auth", &auth.display().to_string()],
+    );
+    assert!(ok, "second approval failed: {out}");
+    let (_client, log) = lab.start_client(&lab.c1, &auth, "alice-again");
+    assert!(wait_for_log(&log, INIT_DONE, Duration::from_secs(20)), "second tunnel not up:\n{}", read(&log));
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(500))),
+        "no answer through the second tunnel"
+    );
+    let disconnects_before = lab.gateway.log().matches("client disconnected").count();
+    lab.gateway.cli(&["clients", "disable", "alice"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.gateway.log().contains("client revoked; cutting its tunnels")),
+        "no tunnel cut after disable:\n{}",
+        lab.gateway.log()
+    );
+    // OpenVPN reports the killed session's DISCONNECT, which the follower logs.
+    let cut_seen =
+        wait_for(Duration::from_secs(10), || lab.gateway.log().matches("client disconnected").count() > disconnects_before);
+    assert!(cut_seen, "OpenVPN did not drop the session:\nserver:\n{}\ncontroller:\n{}", read(&server_log), lab.gateway.log());
+    assert_eq!(lab.openings(), "no openings\n");
+    assert!(
+        !udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)),
+        "traffic still flows through the tunnel of a disabled client"
+    );
 }

@@ -19,7 +19,7 @@ use crate::{
         self, ApprovedRequest, ClientRsaPublicKey, ConnectTarget, HmacSecret, PublicCode, Rejection,
         ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
     },
-    clock::unix_ms,
+    clock::{unix_ms, unix_secs},
     config::{Config, Protocol, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentLink},
     openings::Openings,
@@ -153,7 +153,7 @@ impl Approvals {
         let state = self.state.clone();
         let keys = self.box_keys.clone();
         let validation = self.validation;
-        let now = unix_ms() / 1000;
+        let now = unix_secs();
         let decided = tokio::task::spawn_blocking(move || {
             approval::validate(&request, &*state, &keys, remote, now, &validation)
         })
@@ -210,7 +210,7 @@ impl Approvals {
             self.vpn_tokens.record(&approved.client_id, server.id, token, opened.clone(), server.connect_window);
         }
         self.metrics.count("approval.approved");
-        let expires = unix_ms() / 1000 + server.connect_window.as_secs();
+        let expires = unix_secs() + server.connect_window.as_secs();
         let payload = ResponsePayload::allow(target, opened.clone(), expires);
         let sealed = approved.seal(&payload);
         self.audit.record(AuditEvent {
@@ -281,11 +281,11 @@ impl Approvals {
             hmac_secret_b64: secret.to_base64().to_string(),
             rsa_public_key_pem: public_key,
             device_name: request.device_name.clone(),
-            enrolled_unix: unix_ms() / 1000,
+            enrolled_unix: unix_secs(),
         };
         let digest = token_digest(&request.token);
         let store = self.store.clone();
-        let now = unix_ms() / 1000;
+        let now = unix_secs();
         let redeemed = tokio::task::spawn_blocking(move || store.redeem_enrollment_token(&digest, now, enrollment)).await;
         match redeemed {
             Ok(Ok(Some(client))) => {
@@ -331,12 +331,12 @@ impl Approvals {
         })?;
         let cert_sha256 = self.web_cert_pin()?;
         let token = random_token().map_err(ClientAdminError::Invalid)?;
-        let expires_unix = unix_ms() / 1000 + self.enrollment_ttl.as_secs();
+        let expires_unix = unix_secs() + self.enrollment_ttl.as_secs();
         let client = StoredClient {
             client_id: name.to_owned(),
             servers: servers.to_vec(),
             enabled: true,
-            created_unix: unix_ms() / 1000,
+            created_unix: unix_secs(),
             enrollment: None,
         };
         let pending = EnrollmentToken { client_id: name.to_owned(), expires_unix };
@@ -367,14 +367,14 @@ impl Approvals {
         Ok(tokio::task::spawn_blocking(move || store.clients()).await??)
     }
 
-    /// Enables or disables a client; disabling closes its openings at once. Returns how
-    /// many openings were closed.
+    /// Enables or disables a client; disabling closes its openings and cuts its live OpenVPN
+    /// tunnels at once. Returns how many openings were closed.
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let id = name.to_owned();
         tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = enabled)).await??;
         if !enabled {
-            self.vpn_tokens.forget_client(name);
+            self.vpn_tokens.revoke_client(name);
         }
         let closed = if enabled { 0 } else { self.openings.revoke_origin(name).await? };
         let verdict = if enabled { "enabled" } else { "disabled" };
@@ -382,12 +382,13 @@ impl Approvals {
         Ok(closed)
     }
 
-    /// Removes a client and closes its openings. Returns how many openings were closed.
+    /// Removes a client, closes its openings and cuts its live OpenVPN tunnels. Returns how
+    /// many openings were closed.
     pub async fn remove_client(&self, name: &str) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let id = name.to_owned();
         tokio::task::spawn_blocking(move || store.remove_client(&id)).await??;
-        self.vpn_tokens.forget_client(name);
+        self.vpn_tokens.revoke_client(name);
         let closed = self.openings.revoke_origin(name).await?;
         self.operator_audit(name, "removed", format!("{closed} opening(s) closed"));
         Ok(closed)
@@ -396,7 +397,7 @@ impl Approvals {
     /// Forgets nonces past their keep-until time; returns how many.
     pub async fn purge_nonces(&self) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
-        let now = unix_ms() / 1000;
+        let now = unix_secs();
         Ok(tokio::task::spawn_blocking(move || store.purge_nonces(now)).await??)
     }
 

@@ -84,7 +84,7 @@ impl ApprovalState for StoreState {
             NonceScope::Payload => b'p',
         };
         key[1..].copy_from_slice(nonce);
-        match self.store.record_nonce(&key, crate::clock::unix_ms() / 1000, keep_until_unix) {
+        match self.store.record_nonce(&key, crate::clock::unix_secs(), keep_until_unix) {
             Ok(true) => NonceCheck::Fresh,
             Ok(false) => NonceCheck::Replayed,
             Err(err) => {

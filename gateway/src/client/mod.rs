@@ -359,7 +359,7 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
         client_version: CLIENT_VERSION.to_owned(),
         device_name: request_device_name(options.device_name),
     };
-    let now = crate::clock::unix_ms() / 1000;
+    let now = crate::clock::unix_secs();
     let (request, pending) = approval::build_request(&credentials, &params, now)?;
     let body = request.to_json().map_err(approval::ClientError::from)?;
     let endpoint = Endpoint::parse(&profile.web_endpoint)?;

@@ -107,6 +107,12 @@ pub fn deny_command(cid: u64, kid: u64, reason: &str) -> String {
     format!("client-deny {cid} {kid} \"{reason}\"\n")
 }
 
+/// The command cutting a live client (`client-kill CID`): OpenVPN drops the session and
+/// reports its `DISCONNECT`.
+pub fn kill_command(cid: u64) -> String {
+    format!("client-kill {cid}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +158,6 @@ mod tests {
     fn commands_are_well_formed_and_reasons_cannot_inject() {
         assert_eq!(accept_command(4, 0), "client-auth-nt 4 0\n");
         assert_eq!(deny_command(4, 1, "bad \"token\"\nkill 1"), "client-deny 4 1 \"bad tokenkill 1\"\n");
+        assert_eq!(kill_command(7), "client-kill 7\n");
     }
 }

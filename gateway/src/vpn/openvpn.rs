@@ -2,7 +2,8 @@
 //! a `CONNECT` is accepted only with the one-time token of an approval of that client, from
 //! an address that approval opened; `ESTABLISHED` turns the opening into a session opening
 //! (held up to the server's max lifetime by the client); `DISCONNECT` releases it after a
-//! short grace unless the client is back, or another holder keeps it.
+//! short grace unless the client is back, or another holder keeps it. A client disabled or
+//! removed by the operator has its live sessions cut (`client-kill`).
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -119,17 +120,46 @@ impl Follower {
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         let mut parser = Parser::new();
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with("ERROR:") {
-                warn!(reply = %line, "OpenVPN refused a command");
-            }
-            let Some(event) = parser.feed(&line) else { continue };
-            if let Some(command) = self.handle(event).await {
+        let mut cuts = self.tokens.cuts();
+        let mut cuts_open = true;
+        loop {
+            let command = tokio::select! {
+                line = lines.next_line() => {
+                    let Some(line) = line? else { return Ok(()) };
+                    if line.starts_with("ERROR:") {
+                        warn!(reply = %line, "OpenVPN refused a command");
+                    }
+                    let Some(event) = parser.feed(&line) else { continue };
+                    self.handle(event).await
+                }
+                cut = cuts.recv(), if cuts_open => match cut {
+                    Ok(client_id) => self.cut(&client_id),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "missed notices of revoked clients; their tunnels end at the next renegotiation");
+                        None
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        cuts_open = false;
+                        None
+                    }
+                },
+            };
+            if let Some(command) = command {
                 write.write_all(command.as_bytes()).await?;
                 write.flush().await?;
             }
         }
-        Ok(())
+    }
+
+    /// The commands cutting every live session of `client_id` (disabled or removed).
+    fn cut(&self, client_id: &str) -> Option<String> {
+        let cids: Vec<u64> =
+            self.lock().by_cid.iter().filter(|(_, s)| s.client_id == client_id).map(|(cid, _)| *cid).collect();
+        if cids.is_empty() {
+            return None;
+        }
+        info!(client_id, sessions = cids.len(), "client revoked; cutting its tunnels");
+        Some(cids.into_iter().map(management::kill_command).collect())
     }
 
     async fn handle(&self, event: ClientEvent) -> Option<String> {

@@ -31,16 +31,39 @@ struct Pending {
     expires: Instant,
 }
 
-/// The pending tokens of every client. Cheap to share behind an `Arc`.
-#[derive(Default)]
+/// Cut notices a slow follower may fall behind by before it misses some (it then logs it).
+const CUT_BACKLOG: usize = 256;
+
+/// The pending tokens of every client, and the notices that cut a client's live tunnels.
+/// Cheap to share behind an `Arc`.
 pub struct VpnTokens {
     pending: Mutex<HashMap<String, Vec<Pending>>>,
+    cuts: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for VpnTokens {
+    fn default() -> Self {
+        Self { pending: Mutex::default(), cuts: tokio::sync::broadcast::channel(CUT_BACKLOG).0 }
+    }
 }
 
 impl VpnTokens {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Ends everything `client_id` has on the VPN servers (disabled or removed): its pending
+    /// tokens are forgotten and every OpenVPN follower cuts its live tunnels.
+    pub fn revoke_client(&self, client_id: &str) {
+        self.forget_client(client_id);
+        // No receiver means no follower is running: nothing to cut.
+        let _ = self.cuts.send(client_id.to_owned());
+    }
+
+    /// Notices of clients whose live tunnels must be cut (see [`VpnTokens::revoke_client`]).
+    pub fn cuts(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cuts.subscribe()
     }
 
     /// Records the token of an approval of `client_id` on `server_id` for `addrs`, valid for
@@ -123,6 +146,18 @@ mod tests {
         tokens.record("alice", 1, tok("t2"), vec![addr], Duration::from_secs(60));
         tokens.forget_client("alice");
         assert_eq!(tokens.redeem("alice", 1, "t2", addr), Redemption::Refused);
+    }
+
+    #[test]
+    fn revoking_a_client_forgets_its_tokens_and_notifies_followers() {
+        let tokens = VpnTokens::new();
+        let addr: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut cuts = tokens.cuts();
+        tokens.record("alice", 1, tok("t1"), vec![addr], Duration::from_secs(60));
+        tokens.revoke_client("alice");
+        assert_eq!(tokens.redeem("alice", 1, "t1", addr), Redemption::Refused);
+        assert_eq!(cuts.try_recv().unwrap(), "alice");
+        assert!(cuts.try_recv().is_err(), "one notice");
     }
 
     #[test]
