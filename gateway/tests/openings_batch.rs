@@ -1,7 +1,8 @@
 //! Grants that arrive together are written in shared batches (one redb commit and one kernel
 //! call each). Under a burst of concurrent grants every caller gets its own record, every
 //! opening is in redb and in the kernel map, and two grants of one address in the same burst
-//! end up as two holders of one opening. Real maps (loaded unpinned), a real redb file.
+//! end up as two holders of one opening; a grant whose caller goes away is still written
+//! whole. Real maps (loaded unpinned), a real redb file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -82,4 +83,36 @@ async fn a_burst_of_concurrent_grants_is_fully_written_and_answered() {
     assert_eq!(stored.len(), views.len(), "every opening is in redb");
     let stored_shared = stored.iter().find(|r| r.id.addr == address(0)).unwrap();
     assert_eq!(stored_shared.holders.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_caller_goes_away_is_still_written_whole() {
+    assert!(nix::unistd::geteuid().is_root(), "this test loads BPF maps: run it as root (cargo xtask test)");
+    let config = Config::parse(CONFIG, Path::new("test.toml")).unwrap();
+    let server = config.servers[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut ebpf = loader::load_unpinned(1024).unwrap();
+    let gate = spawn_owner(GateMaps::take(&mut ebpf).unwrap()).unwrap();
+    let openings = Arc::new(Openings::new(gate, store.clone()));
+
+    // Polled once (which queues the grant), then dropped: a cancelled request.
+    let cancelled = tokio::time::timeout(
+        Duration::ZERO,
+        openings.grant(&server, address(7), "gone", Duration::from_secs(60)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the grant cannot have finished without waiting");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let views = openings.list().await.unwrap();
+        if let Some(view) = views.iter().find(|v| v.record.id.addr == address(7)) {
+            assert!(view.kernel.is_some(), "in the kernel map too");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned grant was never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.load_openings().unwrap().len(), 1, "and in redb");
 }

@@ -141,9 +141,11 @@ impl Openings {
     /// traffic up to the server's idle timeout and max lifetime).
     ///
     /// Grants that arrive while another batch is being written are written together in the
-    /// next one: one durable commit and one kernel update for all of them (group commit).
+    /// next one: one durable commit and one kernel update for all of them (group commit). The
+    /// writing runs in its own task, so a caller that goes away (a cancelled request) never
+    /// leaves a batch half written.
     pub async fn grant(
-        &self,
+        self: &Arc<Self>,
         server: &ServerConfig,
         addr: IpAddr,
         origin: &str,
@@ -152,7 +154,7 @@ impl Openings {
         if !is_openable(addr) {
             return Err(OpeningsError::BadAddress(addr));
         }
-        let (reply, mut answer) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         self.waiting_grants().push(PendingGrant {
             id: OpeningId { server_id: server.id, addr },
             server_name: server.name.clone(),
@@ -162,22 +164,17 @@ impl Openings {
             connect_window,
             reply,
         });
-        loop {
-            tokio::select! {
-                biased;
-                answered = &mut answer => {
-                    return answered.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())));
-                }
-                mut records = self.records.lock() => {
-                    // Whoever holds the lock writes every waiting grant, ours included. An
-                    // empty queue means an earlier holder wrote ours and has answered.
-                    let batch = std::mem::take(&mut *self.waiting_grants());
-                    if !batch.is_empty() {
-                        self.grant_batch(&mut records, batch).await;
-                    }
-                }
+        // Whichever writer gets the lock first writes every waiting grant, ours included;
+        // writers that find the queue empty have nothing to do.
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut records = this.records.lock().await;
+            let batch = std::mem::take(&mut *this.waiting_grants());
+            if !batch.is_empty() {
+                this.grant_batch(&mut records, batch).await;
             }
-        }
+        });
+        answer.await.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())))
     }
 
     fn waiting_grants(&self) -> std::sync::MutexGuard<'_, Vec<PendingGrant>> {
