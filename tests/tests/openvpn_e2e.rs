@@ -3,8 +3,9 @@
 //! followed through its management socket; a client namespace gets no answer before
 //! approval, connects with the approval's one-time token and reaches the server through the
 //! tunnel, a second namespace holding the same (stolen) credentials gets nothing, the spent
-//! token is refused, and the opening closes after the client disconnects; disabling a client
-//! cuts its live tunnel.
+//! token is refused, a controller restart under the live tunnel leaves it working, the
+//! opening closes after the client disconnects (though an earlier controller accepted it), and
+//! disabling a client cuts its live tunnel.
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
@@ -92,7 +93,7 @@ impl Lab {
 
 #[test]
 fn openvpn_connects_only_after_approval_with_its_one_time_token() {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let _server = lab.start_server();
     let server_log = lab.vpn.server_log();
     let c1_ip = lab.l1.a.v4.to_string();
@@ -153,7 +154,18 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     }
     assert!(udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)), "the first tunnel is unaffected");
 
-    // 4. Disconnect (explicit exit notify): the opening closes after the grace period.
+    // 4. The controller restarts under the live tunnel (an upgrade): the tunnel keeps carrying
+    //    traffic, and the new controller follows OpenVPN again.
+    lab.gateway.restart();
+    assert!(udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)), "tunnel broken by the restart");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.gateway.log().matches("following OpenVPN's management interface").count() >= 2),
+        "the restarted controller does not follow OpenVPN:\n{}",
+        lab.gateway.log()
+    );
+
+    // 5. Disconnect (explicit exit notify): the opening closes after the grace period, though
+    //    the session was accepted by the controller before the restart.
     let mut client = client;
     assert!(client.terminate(Duration::from_secs(10)), "client did not exit on SIGTERM");
     drop(client);
@@ -165,7 +177,7 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     );
     assert!(lab.gateway.log().contains("opening closed after disconnect"), "{}", lab.gateway.log());
 
-    // 5. A new approval and tunnel; disabling the client cuts the live tunnel at once
+    // 6. A new approval and tunnel; disabling the client cuts the live tunnel at once
     //    (client-kill), closes the opening, and the client cannot come back.
     let (ok, out) = lab.xdpgate(
         &lab.c1,
