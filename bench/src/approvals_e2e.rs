@@ -16,7 +16,7 @@ use xdpgate::{
 };
 use xdpgate_tests::{Gateway, NetNs, UdpEcho, VethLink};
 
-use crate::{Opts, progress, report::Report};
+use crate::{Opts, percentile, progress, report::Report};
 
 const SUBNET: u8 = 233;
 const GUARDED: u16 = 1194;
@@ -38,15 +38,8 @@ fn sections(link: &VethLink, dir: &Path) -> String {
     )
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
-    if std::env::var_os("XDPGATE_BIN").is_none() {
-        bail!("XDPGATE_BIN is not set; run through `cargo xtask bench`");
-    }
+    crate::require_xdpgate_bin()?;
     let client = NetNs::new_unique("xbacl");
     let gateway_ns = NetNs::new_unique("xbagw");
     let link = VethLink::new(&client, &gateway_ns, SUBNET);
@@ -80,24 +73,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     };
     let total = if opts.quick { 32 } else { 4000 };
     progress(&format!("approvals e2e: signing {total} requests"));
-    let now = xdpgate::clock::unix_secs();
-    let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
-        let handles: Vec<_> = (0..signers)
-            .map(|i| {
-                let (creds, params) = (&creds, &params);
-                let count = total / signers + usize::from(i < total % signers);
-                scope.spawn(move || -> Result<Vec<Vec<u8>>> {
-                    (0..count).map(|_| Ok(serde_json::to_vec(&build_request(creds, params, now)?.0)?)).collect()
-                })
-            })
-            .collect();
-        let mut bodies = Vec::with_capacity(total);
-        for handle in handles {
-            bodies.extend(handle.join().map_err(|_| anyhow!("a signing thread panicked"))??);
-        }
-        Ok(bodies)
-    })?;
+    let bodies = crate::requests::sign_requests(&creds, &params, total)?;
     let endpoint = https::Endpoint::parse(&profile.web_endpoint)?;
     let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
 

@@ -10,7 +10,7 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -18,13 +18,13 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use xdpgate::{
-    approval::{ClientProfile, RequestParams, build_request},
+    approval::{ClientProfile, RequestParams},
     client::https,
     tls,
 };
-use xdpgate_tests::{Gateway, NetNs, VethLink, unique_name, xdpgate_bin};
+use xdpgate_tests::{Gateway, NetNs, Proc, VethLink, unique_name, xdpgate_bin};
 
-use crate::{Opts, progress, report::Report};
+use crate::{Opts, percentile, progress, report::Report};
 
 const SUBNET: u8 = 236;
 const GUARDED: u16 = 1194;
@@ -39,15 +39,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the whole measured batch.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A child process killed (and reaped) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A folder removed when dropped.
 struct TempDir(PathBuf);
@@ -166,15 +157,8 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
-    if std::env::var_os("XDPGATE_BIN").is_none() {
-        bail!("XDPGATE_BIN is not set; run through `cargo xtask bench`");
-    }
+    crate::require_xdpgate_bin()?;
     let web_ns = NetNs::new_unique("xbclw");
     let gateway_ns = NetNs::new_unique("xbclg");
     let link = VethLink::new(&web_ns, &gateway_ns, SUBNET);
@@ -278,24 +262,7 @@ fn sign(profile: &ClientProfile, count: usize) -> Result<Vec<Vec<u8>>> {
         client_version: "bench".into(),
         device_name: "bench".into(),
     };
-    let now = xdpgate::clock::unix_secs();
-    let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
-        let handles: Vec<_> = (0..signers)
-            .map(|i| {
-                let (creds, params) = (&creds, &params);
-                let n = count / signers + usize::from(i < count % signers);
-                scope.spawn(move || -> Result<Vec<Vec<u8>>> {
-                    (0..n).map(|_| Ok(serde_json::to_vec(&build_request(creds, params, now)?.0)?)).collect()
-                })
-            })
-            .collect();
-        let mut bodies = Vec::with_capacity(count);
-        for handle in handles {
-            bodies.extend(handle.join().map_err(|_| anyhow!("a signing thread panicked"))??);
-        }
-        Ok(bodies)
-    })
+    crate::requests::sign_requests(&creds, &params, count)
 }
 
 /// Opens the kept-alive sessions (from the calling thread's namespace).

@@ -10,6 +10,7 @@ mod frames;
 mod live;
 mod program;
 mod report;
+mod requests;
 mod restart;
 
 use std::{
@@ -55,6 +56,21 @@ pub fn progress(line: &str) {
 }
 
 type Part = fn(&mut Report, &Opts) -> Result<()>;
+
+/// Fails unless `XDPGATE_BIN` names the xdpgate binary (the parts that run real processes
+/// need it; `cargo xtask bench` sets it).
+pub fn require_xdpgate_bin() -> Result<()> {
+    if std::env::var_os("XDPGATE_BIN").is_none() {
+        anyhow::bail!("XDPGATE_BIN is not set; run through `cargo xtask bench`");
+    }
+    Ok(())
+}
+
+/// The value at fraction `p` (0..=1) of `sorted` (nearest rank); `sorted` must not be empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
 
 fn main() -> ExitCode {
     let opts = Opts::parse();

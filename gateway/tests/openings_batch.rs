@@ -13,7 +13,7 @@ use std::{
 };
 
 use xdpgate::{
-    config::Config,
+    config::{Config, ServerConfig},
     gate::{GateMaps, loader, spawn_owner},
     openings::Openings,
     store::Store,
@@ -38,16 +38,32 @@ fn address(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a63_0000 + i))
 }
 
+/// A fresh opening manager over real maps (loaded unpinned) and a redb file in a temporary
+/// folder, with the server of [`CONFIG`].
+struct Lab {
+    server: ServerConfig,
+    store: Arc<Store>,
+    openings: Arc<Openings>,
+    _ebpf: aya::Ebpf,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        assert!(nix::unistd::geteuid().is_root(), "this test loads BPF maps: run it as root (cargo xtask test)");
+        let config = Config::parse(CONFIG, Path::new("test.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut ebpf = loader::load_unpinned(1024).unwrap();
+        let gate = spawn_owner(GateMaps::take(&mut ebpf).unwrap()).unwrap();
+        let openings = Arc::new(Openings::new(gate, store.clone()));
+        Lab { server: config.servers[0].clone(), store, openings, _ebpf: ebpf, _dir: dir }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_concurrent_grants_is_fully_written_and_answered() {
-    assert!(nix::unistd::geteuid().is_root(), "this test loads BPF maps: run it as root (cargo xtask test)");
-    let config = Config::parse(CONFIG, Path::new("test.toml")).unwrap();
-    let server = config.servers[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut ebpf = loader::load_unpinned(1024).unwrap();
-    let gate = spawn_owner(GateMaps::take(&mut ebpf).unwrap()).unwrap();
-    let openings = Arc::new(Openings::new(gate.clone(), store.clone()));
+    let Lab { server, store, openings, .. } = &Lab::new();
 
     const DISTINCT: u32 = 64;
     let mut grants = tokio::task::JoinSet::new();
@@ -87,19 +103,12 @@ async fn a_burst_of_concurrent_grants_is_fully_written_and_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_caller_goes_away_is_still_written_whole() {
-    assert!(nix::unistd::geteuid().is_root(), "this test loads BPF maps: run it as root (cargo xtask test)");
-    let config = Config::parse(CONFIG, Path::new("test.toml")).unwrap();
-    let server = config.servers[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut ebpf = loader::load_unpinned(1024).unwrap();
-    let gate = spawn_owner(GateMaps::take(&mut ebpf).unwrap()).unwrap();
-    let openings = Arc::new(Openings::new(gate, store.clone()));
+    let Lab { server, store, openings, .. } = &Lab::new();
 
     // Polled once (which queues the grant), then dropped: a cancelled request.
     let cancelled = tokio::time::timeout(
         Duration::ZERO,
-        openings.grant(&server, address(7), "gone", Duration::from_secs(60)),
+        openings.grant(server, address(7), "gone", Duration::from_secs(60)),
     )
     .await;
     assert!(cancelled.is_err(), "the grant cannot have finished without waiting");

@@ -23,6 +23,7 @@ mod gateway;
 mod netns;
 pub mod openvpn;
 mod probe;
+mod process;
 mod veth;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use gateway::Gateway;
 pub use netns::{NetNs, in_netns};
+pub use process::{Proc, wait_for};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use veth::{VethEnd, VethLink};
 

@@ -9,11 +9,11 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
+pub use crate::process::{Proc, wait_for};
 use crate::{Gateway, NetNs, unique_name};
 
 /// The guarded OpenVPN port (UDP).
@@ -24,26 +24,6 @@ pub const TUNNEL_SERVER: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 1);
 pub const NOBODY_UID: u32 = 65534;
 /// What OpenVPN logs once its tunnel is up.
 pub const INIT_DONE: &str = "Initialization Sequence Completed";
-
-/// A spawned process killed (and reaped) on drop.
-pub struct Proc(pub Child);
-
-impl Proc {
-    /// Sends SIGTERM (a client then tells the server it leaves) and waits up to `limit` for
-    /// the process to exit; true if it did.
-    pub fn terminate(&mut self, limit: Duration) -> bool {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap_or(0));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap_or_else(|e| panic!("SIGTERM: {e}"));
-        wait_for(limit, || matches!(self.0.try_wait(), Ok(Some(_))))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Deletes the persistent tun interface (it outlives every process by design).
 pub struct TunGuard {
@@ -95,20 +75,6 @@ fn chown_nobody(path: &Path) {
 /// A file's text, or "" if it cannot be read (yet).
 pub fn read(path: &Path) -> String {
     fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-/// Polls `done` every 100 ms until it holds or `limit` passes.
-pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits up to `limit` for `text` in the log at `path`.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdpgate_tests::{Echoes, Gateway, NetNs, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{Echoes, Gateway, NetNs, Proc, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
 
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
@@ -23,15 +23,6 @@ const CLUSTER_PORT: u16 = 7443;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn xdpgate(args: &[&str]) -> Output {
     Command::new(xdpgate_bin()).args(args).output().unwrap_or_else(|e| panic!("xdpgate {args:?}: {e}"))
