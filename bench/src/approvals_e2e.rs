@@ -64,13 +64,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     }
     let profile = ClientProfile::from_json(&std::fs::read_to_string(&profile_path)?)?;
     let creds = profile.credentials()?;
-    let params = RequestParams {
-        server: "vpn1".into(),
-        public_ipv4: None,
-        public_ipv6: None,
-        client_version: "bench".into(),
-        device_name: "bench".into(),
-    };
+    let params = crate::requests::vpn1_params();
     let total = if opts.quick { 32 } else { 4000 };
     progress(&format!("approvals e2e: signing {total} requests"));
     let bodies = crate::requests::sign_requests(&creds, &params, total)?;

@@ -18,11 +18,11 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use xdpgate::{
-    approval::{ClientProfile, RequestParams},
+    approval::ClientProfile,
     client::https,
     tls,
 };
-use xdpgate_tests::{Gateway, NetNs, Proc, VethLink, unique_name, xdpgate_bin};
+use xdpgate_tests::{Gateway, NetNs, Proc, VethLink, start_web_node, unique_name, xdpgate_bin};
 
 use crate::{Opts, percentile, progress, report::Report};
 
@@ -100,31 +100,7 @@ fn web_config(shared: &Path, listen: SocketAddr, controller: SocketAddr) -> Resu
 
 /// Starts `xdpgate web` in `ns` (debug log to `log`) and waits until it accepts on `listen`.
 fn start_web(ns: &NetNs, config: &Path, listen: SocketAddr, log: &Path) -> Result<Proc> {
-    let out = fs::File::create(log).context("creating the web log")?;
-    let err = out.try_clone()?;
-    // nsenter execs the program, so the child's pid is the web node's (for its RSS).
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg(xdpgate_bin())
-        .args(["--log", "info,xdpgate=debug", "web", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("starting xdpgate web")?;
-    let mut web = Proc(child);
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while !ns.run(|| std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
-        if let Some(status) = web.0.try_wait()? {
-            bail!("the web node exited during start-up ({status}):\n{}", fs::read_to_string(log).unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("the web node is not listening after {STEP_TIMEOUT:?}:\n{}", fs::read_to_string(log).unwrap_or_default());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(web)
+    Ok(Proc(start_web_node(ns.name(), config, listen, log, STEP_TIMEOUT).map_err(anyhow::Error::msg)?))
 }
 
 /// The text without ANSI colour sequences (`ESC [ ... m`).
@@ -255,13 +231,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
 /// `count` distinct approval requests for server `vpn1`, signed on every core.
 fn sign(profile: &ClientProfile, count: usize) -> Result<Vec<Vec<u8>>> {
     let creds = profile.credentials()?;
-    let params = RequestParams {
-        server: "vpn1".into(),
-        public_ipv4: None,
-        public_ipv6: None,
-        client_version: "bench".into(),
-        device_name: "bench".into(),
-    };
+    let params = crate::requests::vpn1_params();
     crate::requests::sign_requests(&creds, &params, count)
 }
 

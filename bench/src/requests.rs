@@ -3,6 +3,17 @@
 use anyhow::{Result, anyhow};
 use xdpgate::approval::{ClientCredentials, RequestParams, build_request};
 
+/// What the benchmark's client asks for: server `vpn1`, no reported addresses.
+pub fn vpn1_params() -> RequestParams {
+    RequestParams {
+        server: "vpn1".into(),
+        public_ipv4: None,
+        public_ipv6: None,
+        client_version: "bench".into(),
+        device_name: "bench".into(),
+    }
+}
+
 /// `count` distinct requests of `creds` for `params`, timestamped now, as JSON bodies.
 pub fn sign_requests(creds: &ClientCredentials, params: &RequestParams, count: usize) -> Result<Vec<Vec<u8>>> {
     let now = xdpgate::clock::unix_secs();

@@ -132,28 +132,9 @@ impl Gateway {
     /// Starts `xdpgate web` (the config must have a `[web]` section) in the gateway's
     /// namespace and waits until it accepts TCP connections on `listen`.
     pub fn start_web(&mut self, listen: std::net::SocketAddr) {
-        let log = fs::File::create(self.dir.join("web.log")).unwrap_or_else(|e| panic!("web log: {e}"));
-        let log_err = log.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(xdpgate_bin())
-            .args(["--log", "info,xdpgate=debug", "web", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting the web front: {e}"));
+        let log = self.dir.join("web.log");
+        let child = start_web_node(&self.ns, &self.config, listen, &log, START_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         self.web = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let ns = self.ns.clone();
-        while !crate::in_netns(&ns, || std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
-            if let Some(Ok(Some(status))) = self.web.as_mut().map(Child::try_wait) {
-                panic!("web front exited during start-up ({status}):\n{}", self.web_log());
-            }
-            assert!(Instant::now() < deadline, "web front not listening after {START_TIMEOUT:?}:\n{}", self.web_log());
-            thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// The web front's log so far.
@@ -247,4 +228,38 @@ impl Drop for Gateway {
         let _ = fs::remove_dir_all(&self.bpffs_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `xdpgate web --config CONFIG` in the namespace named `ns` (debug log to `log`) and
+/// waits up to `limit` until it accepts TCP on `listen`. nsenter execs the program, so the
+/// child's pid is the web front's. On failure the child is killed and the error carries its log.
+pub fn start_web_node(ns: &str, config: &Path, listen: std::net::SocketAddr, log: &Path, limit: Duration) -> Result<Child, String> {
+    let out = fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("cloning the log handle: {e}"))?;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(xdpgate_bin())
+        .args(["--log", "info,xdpgate=debug", "web", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting xdpgate web: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let fail = |why: String, child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("{why}:\n{}", fs::read_to_string(log).unwrap_or_default()))
+    };
+    while !crate::in_netns(ns, || std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return fail(format!("the web front exited during start-up ({status})"), &mut child);
+        }
+        if Instant::now() >= deadline {
+            return fail(format!("the web front is not listening on {listen} after {limit:?}"), &mut child);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child)
 }

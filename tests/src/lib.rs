@@ -29,7 +29,7 @@ mod veth;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use gateway::Gateway;
+pub use gateway::{Gateway, start_web_node};
 pub use netns::{NetNs, in_netns};
 pub use process::{Proc, wait_for};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};

@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdpgate_tests::{Echoes, Gateway, NetNs, Proc, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{
+    Echoes, Gateway, NetNs, Proc, VethLink, require_root, start_web_node, tcp_connects, udp_roundtrip, xdpgate_bin,
+};
 
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
@@ -46,20 +48,7 @@ fn wait_listening(ns: &NetNs, addr: SocketAddr, child: &mut Child, log: &Path) {
 
 /// Starts `xdpgate web` in `ns` with `config`.
 fn start_web(ns: &NetNs, config: &Path, listen: SocketAddr, log: &Path) -> Proc {
-    let out = fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg(xdpgate_bin())
-        .args(["--log", "info,xdpgate=debug", "web", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    wait_listening(ns, listen, &mut child, log);
-    Proc(child)
+    Proc(start_web_node(ns.name(), config, listen, log, START_TIMEOUT).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn web_config(dir: &Path, node: &str, listen: SocketAddr, lb: IpAddr, controllers: &[(&str, SocketAddr)]) -> PathBuf {
