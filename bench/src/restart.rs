@@ -90,8 +90,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
 /// the guarded port from an opened and from an unopened address, and compares the gate's
 /// pinned counters with what was sent.
 fn wrong_packets(report: &mut Report, gw: &mut Gateway, peer: &NetNs, link: &VethLink) -> Result<()> {
-    let closed = Ipv4Addr::new(10, 201, SUBNET, 3);
-    peer.exec(&["ip", "addr", "add", &format!("{closed}/24"), "dev", &link.a.ifname]);
+    let closed = link.a.add_v4_host(3);
     gw.cli(&["openings", "add", "--server", "vpn1", "--ip", &link.a.v4.to_string(), "--ttl", "3600"]);
     let stats_pin = gw.bpffs_dir().join(format!("v{}", gateway_common::MAP_LAYOUT_VERSION)).join(gateway_common::map_names::SVC_STATS);
     let before = counters(&stats_pin)?;

@@ -40,6 +40,15 @@ impl VethEnd {
         [IpAddr::V4(self.v4), IpAddr::V6(self.v6)]
     }
 
+    /// Adds a second IPv4 address, host `host` of this end's /24, to the interface and
+    /// returns it: another source on the same wire (an address that was never opened).
+    pub fn add_v4_host(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.v4.octets();
+        let addr = Ipv4Addr::new(a, b, c, host);
+        run(std::process::Command::new("ip").args(["-n", &self.ns, "addr", "add", &format!("{addr}/24"), "dev", &self.ifname]));
+        addr
+    }
+
     /// The interface's index inside its namespace (for attaching XDP).
     pub fn ifindex(&self) -> u32 {
         let path = format!("/sys/class/net/{}/ifindex", self.ifname);

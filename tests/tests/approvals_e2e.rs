@@ -85,8 +85,7 @@ impl ApprovalLab {
         let client = NetNs::new_unique("acl");
         let gateway_ns = NetNs::new_unique("agw");
         let link = VethLink::new(&client, &gateway_ns, subnet);
-        let stranger = Ipv4Addr::new(10, 201, subnet, 3);
-        client.exec(&["ip", "addr", "add", &format!("{stranger}/24"), "dev", &link.a.ifname]);
+        let stranger = link.a.add_v4_host(3);
         let echoes = Echoes::start(&gateway_ns, link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED)));
         let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
         gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));

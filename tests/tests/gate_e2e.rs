@@ -53,8 +53,7 @@ impl Lab {
         let client = NetNs::new_unique("cl");
         let server_ns = NetNs::new_unique("gw");
         let link = VethLink::new(&client, &server_ns, subnet);
-        let stranger = Ipv4Addr::new(10, 201, subnet, 3);
-        client.exec(&["ip", "addr", "add", &format!("{stranger}/24"), "dev", &link.a.ifname]);
+        let stranger = link.a.add_v4_host(3);
         let guarded = link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED));
         let unguarded = [link.b.v4_addr(UNGUARDED_UDP), link.b.v4_addr(UNGUARDED_TCP)];
         let echoes = Echoes::start(&server_ns, guarded.into_iter().chain(unguarded));
