@@ -18,6 +18,7 @@
 //! path sustains on a core of its own, but every frame it reads was written by the other CPU,
 //! a cross-core cache miss that a NIC's DMA does not cause.
 use std::{
+    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -39,6 +40,8 @@ use crate::{Opts, frames, program::median, progress, report::{Bar, Report}};
 const PORT: u16 = 1194;
 const SUBNET: u8 = 231;
 const TRAFFICGEN: &str = "xdpgate_trafficgen";
+/// The generator that gives every frame a new source address in 10.0.0.0/8.
+const TRAFFICGEN_RANDOM: &str = "xdpgate_trafficgen_random";
 const PASS: &str = "xdpgate_bench_pass";
 const DROP: &str = "xdpgate_bench_drop";
 /// An address in the allow set / opened, so the set is not empty (never the sender).
@@ -103,6 +106,10 @@ struct Bed {
     /// In split mode, the CPU the receiver's NAPI thread is pinned to; otherwise the receiver
     /// runs on the generator's CPU.
     rx_cpu: Option<usize>,
+    /// The generator program (one source, or a new source per frame).
+    generator: &'static str,
+    /// The addresses every filter admits (the gate's openings, the nftables set, the ipset).
+    allowed: Vec<Ipv4Addr>,
 }
 
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
@@ -119,10 +126,10 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let frame = frames::udp_v4_mac(b_mac, a_mac, link.a.v4, link.b.v4, PORT);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cores - 1;
-    let mut bed = Bed { tx, rx, link, frame, cpu, rx_cpu: None };
+    let mut bed = Bed { tx, rx, link, frame, cpu, rx_cpu: None, generator: TRAFFICGEN, allowed: vec![ALLOWED] };
 
     let mut ebpf = loader::load_unpinned(1024).context("loading the gate")?;
-    for name in [TRAFFICGEN, PASS, DROP] {
+    for name in [TRAFFICGEN, TRAFFICGEN_RANDOM, PASS, DROP] {
         xdp(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
     }
     let a_ifindex = bed.link.a.ifindex();
@@ -154,7 +161,42 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         let results = ladder(&mut ebpf, &maps, &bed, budget, chunk, trials, report);
         record(report, &results, prefix, rx_cpu.is_some());
     }
+
+    // Random sources against full sets (`live.random.*`): every frame from a new source, the
+    // gate, the nftables set and the ipset each holding the same `size` addresses.
+    bed.rx_cpu = None;
+    bed.generator = TRAFFICGEN_RANDOM;
+    let sizes: &[u32] = if opts.quick { &[1_000] } else { &[100_000, 1_000_000] };
+    let opening = gateway_common::Opening { expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000, last_seen_ns: 0 };
+    let mut filled = 0u32;
+    for (n, &size) in sizes.iter().enumerate() {
+        let started = Instant::now();
+        for i in filled..size {
+            maps.put_opening(1, full_set_addr(i).into(), opening)?;
+        }
+        filled = size;
+        bed.allowed = (0..size).map(full_set_addr).collect();
+        progress(&format!(
+            "live, random sources: a new source in 10.0.0.0/8 per frame, {size} addresses in every filter's set (gate filled in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        ));
+        let results = ladder(&mut ebpf, &maps, &bed, budget, chunk, trials, report);
+        let tag = if size % 1_000_000 == 0 { format!("{}m", size / 1_000_000) } else { format!("{}k", size / 1_000) };
+        record(report, &results, &format!("live.random.{tag}"), false);
+        if n + 1 == sizes.len() {
+            record(report, &results, "live.random", false);
+        }
+    }
+    report.note("live.random", "as live, but the generator (xdpgate_trafficgen_random) gives every frame a new source in \
+        10.0.0.0/8 (2^24 addresses in a scattered order) and the gate's openings, the nftables set and the ipset each hold \
+        the same addresses (172.16.0.0 + i, none of them a source): live.random.<size>.* per set size, live.random.* at \
+        the largest");
     Ok(())
+}
+
+/// The i-th address of the full sets (172.16.0.0/12 holds 2^20 of them).
+fn full_set_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0xac10_0000 + i)
 }
 
 /// Runs every case once in the current mode of `bed`.
@@ -231,8 +273,12 @@ fn record(report: &mut Report, results: &[(Case, Sample)], prefix: &str, split: 
         if let Some(rx) = rx_cost(*s) {
             report.set(&format!("{prefix}.{}_rx_ns_per_packet", case.key()), rx);
         }
-        if prefix == "live" {
-            report.ladder_bars.push(Bar { label: case.label().to_owned(), value: s.pps });
+        if prefix == "live" || prefix == "live.random" {
+            let label = if prefix == "live" { case.label().to_owned() } else { format!("{}, random sources, full set", case.label()) };
+            report.ladder_bars.push(Bar { label: label.clone(), value: s.pps });
+            if let Some(rx) = rx_cost(*s) {
+                report.rx_bars.push(Bar { label, value: rx });
+            }
         }
     }
     if let Some(x) = get(Case::Xdp) {
@@ -328,7 +374,7 @@ fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Dura
     let frame = bed.frame.clone();
     let cpu = bed.cpu;
     let measured_cpu = bed.rx_cpu.unwrap_or(cpu);
-    let generator = xdp(ebpf, TRAFFICGEN)?;
+    let generator = xdp(ebpf, bed.generator)?;
     let (sent, wall, busy_ns) = bed.tx.run(move || -> Result<(u64, Duration, f64)> {
         let mut set = CpuSet::new();
         set.set(cpu)?;
@@ -431,10 +477,13 @@ impl<'a> Filter<'a> {
         let filter = Filter { case, bed };
         match case {
             Case::Nft => {
+                let elements: Vec<String> = bed.allowed.iter().map(Ipv4Addr::to_string).collect();
                 let rules = format!(
-                    "table netdev {NFT_TABLE} {{\n  set allowed {{ type ipv4_addr; elements = {{ {ALLOWED} }} }}\n  \
+                    "table netdev {NFT_TABLE} {{\n  set allowed {{ type ipv4_addr; size {}; elements = {{ {} }} }}\n  \
                      chain ingress {{\n    type filter hook ingress device \"{}\" priority -500; policy accept;\n    \
                      ip protocol udp udp dport {PORT} ip saddr != @allowed counter drop\n  }}\n}}\n",
+                    bed.allowed.len().max(65_536) * 2,
+                    elements.join(", "),
                     bed.link.b.ifname
                 );
                 let path = std::env::temp_dir().join(format!("xdpgate-bench-{}.nft", std::process::id()));
@@ -446,8 +495,18 @@ impl<'a> Filter<'a> {
                 }
             }
             Case::IptablesIpset => {
-                bed.rx.exec(&["ipset", "create", IPSET, "hash:ip"]);
-                bed.rx.exec(&["ipset", "add", IPSET, &ALLOWED.to_string()]);
+                let max = (bed.allowed.len() * 2).max(65_536);
+                let mut restore = format!("create {IPSET} hash:ip hashsize {} maxelem {max}\n", max.next_power_of_two() / 2);
+                for addr in &bed.allowed {
+                    let _ = writeln!(restore, "add {IPSET} {addr}");
+                }
+                let path = std::env::temp_dir().join(format!("xdpgate-bench-{}.ipset", std::process::id()));
+                fs::write(&path, restore)?;
+                let out = bed.rx.try_exec(&["sh", "-c", &format!("ipset restore < {}", path.display())]);
+                let _ = fs::remove_file(&path);
+                if !out.status.success() {
+                    bail!("ipset restore: {}", String::from_utf8_lossy(&out.stderr));
+                }
                 bed.rx.exec(&iptables_rule("-A"));
             }
             _ => {}

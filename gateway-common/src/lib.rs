@@ -71,8 +71,94 @@ pub mod map_names {
     pub const SVC_STATS: &str = "SVC_STATS";
     /// `PerCpuArray<u64>` indexed by [`GlobalCounter`](super::GlobalCounter).
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// `Array<u64>`: the IPv4 prefilter bit array (see [`prefilter`](super::prefilter)).
+    pub const PREFILTER_V4: &str = "PREFILTER_V4";
+    /// `Array<u64>`: the IPv6 prefilter bit array.
+    pub const PREFILTER_V6: &str = "PREFILTER_V6";
     /// Every map the program declares, in a fixed order.
-    pub const ALL: [&str; 6] = [GUARD_PORTS, SERVICES, OPEN_V4, OPEN_V6, SVC_STATS, GLOBAL_STATS];
+    pub const ALL: [&str; 8] = [
+        GUARD_PORTS,
+        SERVICES,
+        OPEN_V4,
+        OPEN_V6,
+        SVC_STATS,
+        GLOBAL_STATS,
+        PREFILTER_V4,
+        PREFILTER_V6,
+    ];
+}
+
+/// The prefilter: a bit array per openings map that answers "certainly no opening" without
+/// touching the hash map, so a flood from random sources is dropped from a few hundred KiB
+/// that stay in cache instead of a cache miss into a map of up to millions of entries.
+///
+/// Each (server, source address) hashes to one bit. The controller sets the bit before it
+/// creates an opening and clears it only after the last opening hashing there is gone (it
+/// keeps a count per bit), so an opening's bit is never clear: a clear bit drops, a set bit
+/// falls through to the exact lookup, and no verdict differs from the map alone. A bit set
+/// by another opening (a collision) costs only the exact lookup.
+pub mod prefilter {
+    /// Name of the program's read-only global holding log2 of the bits per family (0: off).
+    pub const SHIFT_GLOBAL: &str = "PREFILTER_SHIFT";
+    /// Bits per opening the controller provisions (rounded up to a power of two in total):
+    /// at a full map about 1 - e^(-1/8) = 11.8% of random sources fall through.
+    pub const BITS_PER_OPENING: u64 = 8;
+    /// Smallest and largest log2 of the bit count (8 KiB and 64 MiB).
+    pub const MIN_SHIFT: u32 = 16;
+    /// See [`MIN_SHIFT`].
+    pub const MAX_SHIFT: u32 = 29;
+
+    /// log2 of the number of bits for an openings map of `max_openings` entries.
+    pub const fn shift_for(max_openings: u32) -> u32 {
+        let wanted = (max_openings as u64) * BITS_PER_OPENING;
+        let mut shift = MIN_SHIFT;
+        while shift < MAX_SHIFT && (1u64 << shift) < wanted {
+            shift += 1;
+        }
+        shift
+    }
+
+    /// Number of 64-bit words of a prefilter with `1 << shift` bits.
+    pub const fn words(shift: u32) -> u32 {
+        1 << (shift - 6)
+    }
+
+    /// Finalizer of MurmurHash3 (64-bit): every input bit affects every output bit.
+    #[inline(always)]
+    pub const fn mix(mut x: u64) -> u64 {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^= x >> 33;
+        x
+    }
+
+    /// Hash of an IPv4 opening key.
+    #[inline(always)]
+    pub const fn hash_v4(server_id: u32, addr: [u8; 4]) -> u64 {
+        mix(((server_id as u64) << 32) | u32::from_le_bytes(addr) as u64)
+    }
+
+    /// Hash of an IPv6 opening key.
+    #[inline(always)]
+    pub const fn hash_v6(server_id: u32, addr: &[u8; 16]) -> u64 {
+        let hi = u64::from_le_bytes([
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        ]);
+        let lo = u64::from_le_bytes([
+            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+        ]);
+        mix(mix(hi ^ server_id as u64) ^ lo)
+    }
+
+    /// The (word index, bit mask) of `hash` in a prefilter of `1 << shift` bits; `shift` must
+    /// lie in `6..=63`.
+    #[inline(always)]
+    pub const fn slot(hash: u64, shift: u32) -> (u32, u64) {
+        let bit = hash >> (64 - shift);
+        ((bit >> 6) as u32, 1u64 << (bit & 63))
+    }
 }
 
 /// Name of the XDP program inside the eBPF object.
@@ -108,12 +194,22 @@ impl ServiceKey {
         full[1] = addr[1];
         full[2] = addr[2];
         full[3] = addr[3];
-        Self { addr: full, port: port.to_be_bytes(), proto, family: FAMILY_V4 }
+        Self {
+            addr: full,
+            port: port.to_be_bytes(),
+            proto,
+            family: FAMILY_V4,
+        }
     }
 
     /// Key for an IPv6 service; `addr` all zero means any local address.
     pub const fn v6(proto: u8, port: u16, addr: [u8; 16]) -> Self {
-        Self { addr, port: port.to_be_bytes(), proto, family: FAMILY_V6 }
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            proto,
+            family: FAMILY_V6,
+        }
     }
 
     /// The destination port in host order.
@@ -287,7 +383,40 @@ mod tests {
         assert_eq!(guard_slot(FAMILY_V6, PROTO_UDP, 0), 1);
         assert_eq!(guard_slot(FAMILY_V4, PROTO_TCP, 0), 2);
         assert_eq!(guard_slot(FAMILY_V4, PROTO_UDP, 1194), 4776);
-        assert_eq!(guard_slot(FAMILY_V6, PROTO_TCP, u16::MAX), GUARD_PORT_SLOTS - 1);
+        assert_eq!(
+            guard_slot(FAMILY_V6, PROTO_TCP, u16::MAX),
+            GUARD_PORT_SLOTS - 1
+        );
+    }
+
+    #[test]
+    fn prefilter_sizes_and_slots_stay_in_range() {
+        assert_eq!(prefilter::shift_for(1), prefilter::MIN_SHIFT);
+        assert_eq!(prefilter::shift_for(DEFAULT_MAX_OPENINGS), 21);
+        assert_eq!(prefilter::shift_for(1_001_024), 23);
+        assert_eq!(prefilter::shift_for(u32::MAX), prefilter::MAX_SHIFT);
+        assert_eq!(prefilter::words(21), 32_768);
+        for shift in [prefilter::MIN_SHIFT, 21, prefilter::MAX_SHIFT] {
+            for hash in [0, 1, u64::MAX, prefilter::hash_v4(1, [10, 0, 0, 1])] {
+                let (word, mask) = prefilter::slot(hash, shift);
+                assert!(word < prefilter::words(shift));
+                assert_eq!(mask.count_ones(), 1);
+            }
+        }
+        // The key's parts all matter.
+        assert_ne!(
+            prefilter::hash_v4(1, [10, 0, 0, 1]),
+            prefilter::hash_v4(2, [10, 0, 0, 1])
+        );
+        assert_ne!(
+            prefilter::hash_v4(1, [10, 0, 0, 1]),
+            prefilter::hash_v4(1, [10, 0, 0, 2])
+        );
+        let mut a = [0u8; 16];
+        let b = a;
+        a[15] = 1;
+        assert_ne!(prefilter::hash_v6(1, &a), prefilter::hash_v6(1, &b));
+        assert_ne!(prefilter::hash_v6(1, &b), prefilter::hash_v6(2, &b));
     }
 
     #[test]

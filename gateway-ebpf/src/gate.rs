@@ -1,24 +1,41 @@
 //! The decision for a packet to a TCP/UDP port: guarded or not, and if guarded, admitted or not.
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns};
 use gateway_common::{
-    LAST_SEEN_GRANULARITY_NS, Opening, OpeningKeyV4, OpeningKeyV6, PORT_ANY_ADDR, PORT_ONE_ADDR,
-    FAMILY_V4, FAMILY_V6, ServiceKey, ServiceValue, guard_slot,
+    FAMILY_V4, FAMILY_V6, LAST_SEEN_GRANULARITY_NS, Opening, OpeningKeyV4, OpeningKeyV6,
+    PORT_ANY_ADDR, PORT_ONE_ADDR, ServiceKey, ServiceValue, guard_slot, prefilter,
 };
 
-use crate::maps::{GUARD_PORTS, OPEN_V4, OPEN_V6, SERVICES, SVC_STATS};
+use crate::maps::{
+    GUARD_PORTS, OPEN_V4, OPEN_V6, PREFILTER_V4, PREFILTER_V6, SERVICES, SVC_STATS, prefilter_shift,
+};
 
 /// Gate an IPv4 TCP/UDP packet.
 #[inline(always)]
 pub fn check_v4(proto: u8, port: [u8; 2], src: [u8; 4], dst: [u8; 4]) -> u32 {
     let port_host = u16::from_be_bytes(port);
-    let service = find_service(FAMILY_V4, proto, port_host, |addr_or_any| match addr_or_any {
-        true => ServiceKey::v4(proto, port_host, dst),
-        false => ServiceKey::v4(proto, port_host, [0; 4]),
-    });
+    let service = find_service(
+        FAMILY_V4,
+        proto,
+        port_host,
+        |addr_or_any| match addr_or_any {
+            true => ServiceKey::v4(proto, port_host, dst),
+            false => ServiceKey::v4(proto, port_host, [0; 4]),
+        },
+    );
     let Some(service) = service else {
         return xdp_action::XDP_PASS;
     };
-    let key = OpeningKeyV4 { server_id: service.server_id, addr: src };
+    let shift = prefilter_shift();
+    if shift != 0 {
+        let (word, mask) = prefilter::slot(prefilter::hash_v4(service.server_id, src), shift);
+        if PREFILTER_V4.get(word).is_some_and(|bits| *bits & mask == 0) {
+            return admit(None, service.stats_index);
+        }
+    }
+    let key = OpeningKeyV4 {
+        server_id: service.server_id,
+        addr: src,
+    };
     admit(OPEN_V4.get_ptr_mut(&key), service.stats_index)
 }
 
@@ -26,14 +43,29 @@ pub fn check_v4(proto: u8, port: [u8; 2], src: [u8; 4], dst: [u8; 4]) -> u32 {
 #[inline(always)]
 pub fn check_v6(proto: u8, port: [u8; 2], src: &[u8; 16], dst: &[u8; 16]) -> u32 {
     let port_host = u16::from_be_bytes(port);
-    let service = find_service(FAMILY_V6, proto, port_host, |addr_or_any| match addr_or_any {
-        true => ServiceKey::v6(proto, port_host, *dst),
-        false => ServiceKey::v6(proto, port_host, [0; 16]),
-    });
+    let service = find_service(
+        FAMILY_V6,
+        proto,
+        port_host,
+        |addr_or_any| match addr_or_any {
+            true => ServiceKey::v6(proto, port_host, *dst),
+            false => ServiceKey::v6(proto, port_host, [0; 16]),
+        },
+    );
     let Some(service) = service else {
         return xdp_action::XDP_PASS;
     };
-    let key = OpeningKeyV6 { server_id: service.server_id, addr: *src };
+    let shift = prefilter_shift();
+    if shift != 0 {
+        let (word, mask) = prefilter::slot(prefilter::hash_v6(service.server_id, src), shift);
+        if PREFILTER_V6.get(word).is_some_and(|bits| *bits & mask == 0) {
+            return admit(None, service.stats_index);
+        }
+    }
+    let key = OpeningKeyV6 {
+        server_id: service.server_id,
+        addr: *src,
+    };
     admit(OPEN_V6.get_ptr_mut(&key), service.stats_index)
 }
 
@@ -55,7 +87,10 @@ fn find_service(
         }
     }
     if guard.flags & PORT_ANY_ADDR != 0 {
-        return Some(ServiceValue { server_id: guard.server_id, stats_index: guard.stats_index });
+        return Some(ServiceValue {
+            server_id: guard.server_id,
+            stats_index: guard.stats_index,
+        });
     }
     None
 }

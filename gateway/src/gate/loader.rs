@@ -17,7 +17,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use gateway_common::{MAP_LAYOUT_VERSION, PROGRAM_NAME, map_names};
+use gateway_common::{MAP_LAYOUT_VERSION, PROGRAM_NAME, map_names, prefilter};
 use tracing::{info, warn};
 
 use super::GateError;
@@ -52,10 +52,20 @@ fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
 /// when no folder is given, reusing what is there), so this pins into a fresh folder and
 /// removes the pins at once; the maps live on through the returned object.
 pub fn load_unpinned(max_openings: u32) -> Result<Ebpf, GateError> {
+    load_unpinned_with(max_openings, Some(prefilter::shift_for(max_openings)))
+}
+
+/// [`load_unpinned`] with a chosen prefilter size: `Some(log2 of the bits)`, or `None` for a
+/// program that never reads its prefilter (the benchmark's baseline).
+pub fn load_unpinned_with(
+    max_openings: u32,
+    prefilter_shift: Option<u32>,
+) -> Result<Ebpf, GateError> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let scratch = PathBuf::from("/sys/fs/bpf").join(format!("xdpgate-private-{}-{n}", std::process::id()));
-    let loaded = load_pinned(&scratch, max_openings);
+    let scratch =
+        PathBuf::from("/sys/fs/bpf").join(format!("xdpgate-private-{}-{n}", std::process::id()));
+    let loaded = load_pinned_with(&scratch, max_openings, prefilter_shift);
     let cleaned = remove_map_pins(&scratch);
     let ebpf = loaded?;
     cleaned?;
@@ -70,25 +80,74 @@ fn remove_map_pins(dir: &Path) -> Result<(), GateError> {
     match fs::remove_dir(dir) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(GateError::Io { what: format!("removing {}", dir.display()), source }),
+        Err(source) => Err(GateError::Io {
+            what: format!("removing {}", dir.display()),
+            source,
+        }),
     }
 }
 
 /// Loads the program, reusing maps already pinned in `pin_dir` (creating them otherwise).
+///
+/// The prefilters get `8 × max_openings` bits each (see [`prefilter::shift_for`]); a pinned
+/// prefilter of another size is derived state and is replaced (`GateMaps::take` rebuilds it).
 pub fn load_pinned(pin_dir: &Path, max_openings: u32) -> Result<Ebpf, GateError> {
+    load_pinned_with(
+        pin_dir,
+        max_openings,
+        Some(prefilter::shift_for(max_openings)),
+    )
+}
+
+fn load_pinned_with(
+    pin_dir: &Path,
+    max_openings: u32,
+    prefilter_shift: Option<u32>,
+) -> Result<Ebpf, GateError> {
     ensure_bpffs(pin_dir)?;
+    let shift = prefilter_shift
+        .unwrap_or(prefilter::MIN_SHIFT)
+        .clamp(prefilter::MIN_SHIFT, prefilter::MAX_SHIFT);
+    let words = prefilter::words(shift);
+    for name in [map_names::PREFILTER_V4, map_names::PREFILTER_V6] {
+        drop_resized_pin(&pin_dir.join(name), words)?;
+    }
+    let program_shift: u32 = if prefilter_shift.is_some() { shift } else { 0 };
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(map_names::OPEN_V4, max_openings)
         .map_max_entries(map_names::OPEN_V6, max_openings)
+        .map_max_entries(map_names::PREFILTER_V4, words)
+        .map_max_entries(map_names::PREFILTER_V6, words)
+        .override_global(prefilter::SHIFT_GLOBAL, &program_shift, true)
         .load(PROGRAM_OBJECT)?;
     program(&mut ebpf)?.load()?;
     Ok(ebpf)
 }
 
+/// Removes the prefilter pinned at `pin` if it does not have `words` words, so the loader
+/// creates one of the wanted size. A program still attached keeps its old map (and the bits
+/// it had) until the new program replaces it.
+fn drop_resized_pin(pin: &Path, words: u32) -> Result<(), GateError> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(pin).map_err(|source| GateError::Map {
+        name: "pinned prefilter",
+        source,
+    })?;
+    if info.max_entries() != words {
+        warn!(pin = %pin.display(), had = info.max_entries(), wanted = words, "prefilter size changed; replacing it");
+        remove_pin(pin)?;
+    }
+    Ok(())
+}
+
 /// The XDP program inside a loaded object.
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, GateError> {
-    let program = ebpf.program_mut(PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
+    let program = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(GateError::MissingProgram)?;
     Ok(program.try_into()?)
 }
 
@@ -106,8 +165,10 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), GateError> {
     if !on_bpffs {
         return Err(GateError::NotBpffs(pin_dir.to_owned()));
     }
-    fs::create_dir_all(pin_dir)
-        .map_err(|source| GateError::Io { what: format!("creating {}", pin_dir.display()), source })
+    fs::create_dir_all(pin_dir).map_err(|source| GateError::Io {
+        what: format!("creating {}", pin_dir.display()),
+        source,
+    })
 }
 
 /// Attaches the loaded program to every interface, pinning each link. An interface whose
@@ -122,9 +183,20 @@ pub fn attach_all(
     let mut out = Vec::with_capacity(interfaces.len());
     for interface in interfaces {
         let pin = link_pin(pin_dir, interface);
-        let kept = if pin.exists() { replace_in_pinned_link(xdp, &pin, interface)? } else { false };
-        let mode_name = if kept { "kept" } else { attach_and_pin(xdp, &pin, interface, mode)? };
-        out.push(Attachment { interface: interface.clone(), mode: mode_name.to_owned() });
+        let kept = if pin.exists() {
+            replace_in_pinned_link(xdp, &pin, interface)?
+        } else {
+            false
+        };
+        let mode_name = if kept {
+            "kept"
+        } else {
+            attach_and_pin(xdp, &pin, interface, mode)?
+        };
+        out.push(Attachment {
+            interface: interface.clone(),
+            mode: mode_name.to_owned(),
+        });
     }
     detach_unlisted(pin_dir, interfaces)?;
     Ok(out)
@@ -138,7 +210,10 @@ fn replace_in_pinned_link(xdp: &mut Xdp, pin: &Path, interface: &str) -> Result<
     let link = XdpLink::try_from(FdLink::from(pinned))?;
     match xdp.attach_to_link(link) {
         Ok(_) => {
-            info!(interface, "reused pinned XDP link; program replaced atomically");
+            info!(
+                interface,
+                "reused pinned XDP link; program replaced atomically"
+            );
             Ok(true)
         }
         Err(err) => {
@@ -168,7 +243,11 @@ fn attach_and_pin(
     };
     let link = FdLink::try_from(xdp.take_link(link_id)?)?;
     link.pin(pin)?;
-    info!(interface, mode = mode_name, "attached XDP gate and pinned its link");
+    info!(
+        interface,
+        mode = mode_name,
+        "attached XDP gate and pinned its link"
+    );
     Ok(mode_name)
 }
 
@@ -176,7 +255,10 @@ fn attach_and_pin(
 fn detach_unlisted(pin_dir: &Path, interfaces: &[String]) -> Result<(), GateError> {
     for (interface, pin) in pinned_links(pin_dir)? {
         if !interfaces.contains(&interface) {
-            warn!(interface, "interface no longer configured; detaching its gate");
+            warn!(
+                interface,
+                "interface no longer configured; detaching its gate"
+            );
             remove_pin(&pin)?;
         }
     }
@@ -201,9 +283,10 @@ fn remove_pin(path: &Path) -> Result<(), GateError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => {
-            Err(GateError::Io { what: format!("removing {}", path.display()), source })
-        }
+        Err(source) => Err(GateError::Io {
+            what: format!("removing {}", path.display()),
+            source,
+        }),
     }
 }
 
@@ -220,7 +303,12 @@ pub fn detach_all(bpffs_dir: &Path) -> Result<Vec<PathBuf>, GateError> {
             remove_pin(&pin)?;
             removed.push(pin);
         }
-        removed.extend(map_names::ALL.iter().map(|name| dir.join(name)).filter(|pin| pin.exists()));
+        removed.extend(
+            map_names::ALL
+                .iter()
+                .map(|name| dir.join(name))
+                .filter(|pin| pin.exists()),
+        );
         remove_map_pins(&dir)?;
     }
     let _ = fs::remove_dir(bpffs_dir);

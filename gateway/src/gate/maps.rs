@@ -9,11 +9,11 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 use gateway_common::{
-    GlobalCounter, Opening, OpeningKeyV4, OpeningKeyV6, ServiceKey, ServiceStats, ServiceValue,
-    PORT_ANY_ADDR, PORT_ONE_ADDR, PortGuard, guard_slot, map_names,
+    GlobalCounter, Opening, OpeningKeyV4, OpeningKeyV6, PORT_ANY_ADDR, PORT_ONE_ADDR, PortGuard,
+    ServiceKey, ServiceStats, ServiceValue, guard_slot, map_names, prefilter,
 };
 
-use super::GateError;
+use super::{GateError, prefilter::Prefilter};
 
 /// Handles to every map of the program. Owned by exactly one thread (see `owner.rs`).
 pub struct GateMaps {
@@ -23,6 +23,8 @@ pub struct GateMaps {
     open_v6: HashMap<MapData, OpeningKeyV6, Opening>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     global_stats: PerCpuArray<MapData, u64>,
+    prefilter_v4: Prefilter,
+    prefilter_v6: Prefilter,
 }
 
 /// A service as written to the kernel, with its counter slot.
@@ -54,16 +56,49 @@ where
 }
 
 impl GateMaps {
-    /// Takes the maps out of a loaded program.
+    /// Takes the maps out of a loaded program and rebuilds the prefilters from the openings
+    /// the kernel holds (they may be pinned from an earlier run, or new).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, GateError> {
-        Ok(Self {
+        let mut maps = Self {
             guard_ports: take(ebpf, map_names::GUARD_PORTS)?,
             services: take(ebpf, map_names::SERVICES)?,
             open_v4: take(ebpf, map_names::OPEN_V4)?,
             open_v6: take(ebpf, map_names::OPEN_V6)?,
             svc_stats: take(ebpf, map_names::SVC_STATS)?,
             global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
-        })
+            prefilter_v4: Prefilter::new(
+                map_names::PREFILTER_V4,
+                take(ebpf, map_names::PREFILTER_V4)?,
+            )?,
+            prefilter_v6: Prefilter::new(
+                map_names::PREFILTER_V6,
+                take(ebpf, map_names::PREFILTER_V6)?,
+            )?,
+        };
+        maps.rebuild_prefilters()?;
+        Ok(maps)
+    }
+
+    /// Recomputes both prefilters from the openings maps (start-up; see `prefilter.rs`).
+    pub fn rebuild_prefilters(&mut self) -> Result<(), GateError> {
+        let mut v4 = Vec::new();
+        for key in self.open_v4.keys() {
+            let key = key.map_err(|source| GateError::Map {
+                name: map_names::OPEN_V4,
+                source,
+            })?;
+            v4.push(prefilter::hash_v4(key.server_id, key.addr));
+        }
+        let mut v6 = Vec::new();
+        for key in self.open_v6.keys() {
+            let key = key.map_err(|source| GateError::Map {
+                name: map_names::OPEN_V6,
+                source,
+            })?;
+            v6.push(prefilter::hash_v6(key.server_id, &key.addr));
+        }
+        self.prefilter_v4.rebuild(v4.into_iter())?;
+        self.prefilter_v6.rebuild(v6.into_iter())
     }
 
     /// Makes the kernel's service tables equal `wanted`: adds and updates first, then removes
@@ -73,7 +108,10 @@ impl GateMaps {
         for service in wanted {
             self.services
                 .insert(service.key, service.value, 0)
-                .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
+                .map_err(|source| GateError::Map {
+                    name: map_names::SERVICES,
+                    source,
+                })?;
             let slot = guard_slot(service.key.family, service.key.proto, service.key.port());
             let guard = guards.entry(slot).or_default();
             if service.key.addr == [0; 16] {
@@ -106,7 +144,10 @@ impl GateMaps {
         for key in stale {
             self.services
                 .remove(&key)
-                .map_err(|source| GateError::Map { name: map_names::SERVICES, source })?;
+                .map_err(|source| GateError::Map {
+                    name: map_names::SERVICES,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -114,7 +155,73 @@ impl GateMaps {
     fn set_port_guard(&mut self, slot: u32, guard: PortGuard) -> Result<(), GateError> {
         self.guard_ports
             .set(slot, guard, 0)
-            .map_err(|source| GateError::Map { name: map_names::GUARD_PORTS, source })
+            .map_err(|source| GateError::Map {
+                name: map_names::GUARD_PORTS,
+                source,
+            })
+    }
+
+    /// The prefilter of `addr`'s family and the hash of (server, `addr`) in it.
+    fn prefilter_of(&mut self, server_id: u32, addr: IpAddr) -> (&mut Prefilter, u64) {
+        match addr {
+            IpAddr::V4(v4) => (
+                &mut self.prefilter_v4,
+                prefilter::hash_v4(server_id, v4.octets()),
+            ),
+            IpAddr::V6(v6) => (
+                &mut self.prefilter_v6,
+                prefilter::hash_v6(server_id, &v6.octets()),
+            ),
+        }
+    }
+
+    /// Writes an opening with `flags` (`BPF_ANY`, `BPF_NOEXIST`, ...): the raw map call.
+    fn insert(
+        &mut self,
+        server_id: u32,
+        addr: IpAddr,
+        state: Opening,
+        flags: u64,
+    ) -> (&'static str, Result<(), MapError>) {
+        match addr {
+            IpAddr::V4(v4) => {
+                let key = OpeningKeyV4 {
+                    server_id,
+                    addr: v4.octets(),
+                };
+                (map_names::OPEN_V4, self.open_v4.insert(key, state, flags))
+            }
+            IpAddr::V6(v6) => {
+                let key = OpeningKeyV6 {
+                    server_id,
+                    addr: v6.octets(),
+                };
+                (map_names::OPEN_V6, self.open_v6.insert(key, state, flags))
+            }
+        }
+    }
+
+    /// Creates the opening if the kernel lacks it, its prefilter bit held first and counted
+    /// after; `Ok(false)` (nothing written) if it exists.
+    fn create(&mut self, server_id: u32, addr: IpAddr, state: Opening) -> Result<bool, GateError> {
+        const BPF_NOEXIST: u64 = 1;
+        let (filter, hash) = self.prefilter_of(server_id, addr);
+        filter.hold(hash)?;
+        match self.insert(server_id, addr, state, BPF_NOEXIST) {
+            (_, Ok(())) => {
+                self.prefilter_of(server_id, addr).0.count(hash);
+                Ok(true)
+            }
+            (_, Err(MapError::SyscallError(err)))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            (name, Err(source)) => {
+                self.prefilter_of(server_id, addr).0.settle(hash)?;
+                Err(map_full(name, source))
+            }
+        }
     }
 
     /// Inserts or replaces an opening.
@@ -124,40 +231,35 @@ impl GateMaps {
         addr: IpAddr,
         state: Opening,
     ) -> Result<(), GateError> {
-        match addr {
-            IpAddr::V4(v4) => {
-                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
-                self.open_v4.insert(key, state, 0).map_err(|source| map_full(map_names::OPEN_V4, source))
-            }
-            IpAddr::V6(v6) => {
-                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
-                self.open_v6.insert(key, state, 0).map_err(|source| map_full(map_names::OPEN_V6, source))
-            }
+        if self.create(server_id, addr, state)? {
+            return Ok(());
+        }
+        // It exists, so its prefilter bit is set and counted: a plain replace.
+        match self.insert(server_id, addr, state, 0) {
+            (_, Ok(())) => Ok(()),
+            (name, Err(source)) => Err(map_full(name, source)),
         }
     }
 
     /// Creates an opening the kernel does not hold yet, in one map call; if it exists after
     /// all, only its expiry is set (keeping the program's last-seen time).
-    pub fn create_opening(&mut self, server_id: u32, addr: IpAddr, expires_at_ns: u64) -> Result<(), GateError> {
-        const BPF_NOEXIST: u64 = 1;
-        let state = Opening { expires_at_ns, last_seen_ns: 0 };
-        let (name, result) = match addr {
-            IpAddr::V4(v4) => {
-                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
-                (map_names::OPEN_V4, self.open_v4.insert(key, state, BPF_NOEXIST))
-            }
-            IpAddr::V6(v6) => {
-                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
-                (map_names::OPEN_V6, self.open_v6.insert(key, state, BPF_NOEXIST))
-            }
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                self.set_expiry(server_id, addr, expires_at_ns)
-            }
-            Err(source) => Err(map_full(name, source)),
+    pub fn create_opening(
+        &mut self,
+        server_id: u32,
+        addr: IpAddr,
+        expires_at_ns: u64,
+    ) -> Result<(), GateError> {
+        if self.create(
+            server_id,
+            addr,
+            Opening {
+                expires_at_ns,
+                last_seen_ns: 0,
+            },
+        )? {
+            return Ok(());
         }
+        self.set_expiry(server_id, addr, expires_at_ns)
     }
 
     /// Sets an opening's expiry, keeping the last-seen time the program recorded.
@@ -167,38 +269,89 @@ impl GateMaps {
         addr: IpAddr,
         expires_at_ns: u64,
     ) -> Result<(), GateError> {
-        let last_seen_ns = self.opening(server_id, addr)?.map_or(0, |o| o.last_seen_ns);
-        self.put_opening(server_id, addr, Opening { expires_at_ns, last_seen_ns })
+        let Some(current) = self.opening(server_id, addr)? else {
+            return self.put_opening(
+                server_id,
+                addr,
+                Opening {
+                    expires_at_ns,
+                    last_seen_ns: 0,
+                },
+            );
+        };
+        // It exists, so its prefilter bit is set and counted: a plain replace.
+        let state = Opening {
+            expires_at_ns,
+            last_seen_ns: current.last_seen_ns,
+        };
+        match self.insert(server_id, addr, state, 0) {
+            (_, Ok(())) => Ok(()),
+            (name, Err(source)) => Err(map_full(name, source)),
+        }
     }
 
-    /// Removes an opening; `Ok(false)` if there was none.
+    /// Removes an opening (then its prefilter count); `Ok(false)` if there was none.
     pub fn remove_opening(&mut self, server_id: u32, addr: IpAddr) -> Result<bool, GateError> {
         let (name, result) = match addr {
             IpAddr::V4(v4) => {
-                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                let key = OpeningKeyV4 {
+                    server_id,
+                    addr: v4.octets(),
+                };
                 (map_names::OPEN_V4, self.open_v4.remove(&key))
             }
             IpAddr::V6(v6) => {
-                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                let key = OpeningKeyV6 {
+                    server_id,
+                    addr: v6.octets(),
+                };
                 (map_names::OPEN_V6, self.open_v6.remove(&key))
             }
         };
         match result {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                let (filter, hash) = self.prefilter_of(server_id, addr);
+                filter.uncount(hash)?;
+                Ok(true)
+            }
+            // The kernel answers ENOENT (aya passes it through as a syscall error).
             Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
             Err(source) => Err(GateError::Map { name, source }),
         }
+    }
+
+    /// Whether the prefilter bit of (server, `addr`) is set: true for every opening the
+    /// kernel holds.
+    pub fn prefilter_admits(&mut self, server_id: u32, addr: IpAddr) -> bool {
+        let (filter, hash) = self.prefilter_of(server_id, addr);
+        filter.is_set(hash)
+    }
+
+    /// log2 of the prefilter bits per family (IPv4, IPv6).
+    pub fn prefilter_shifts(&self) -> (u32, u32) {
+        (self.prefilter_v4.shift(), self.prefilter_v6.shift())
     }
 
     /// The state of one opening, if the kernel holds it.
     pub fn opening(&self, server_id: u32, addr: IpAddr) -> Result<Option<Opening>, GateError> {
         let (name, result) = match addr {
             IpAddr::V4(v4) => {
-                let key = OpeningKeyV4 { server_id, addr: v4.octets() };
+                let key = OpeningKeyV4 {
+                    server_id,
+                    addr: v4.octets(),
+                };
                 (map_names::OPEN_V4, self.open_v4.get(&key, 0))
             }
             IpAddr::V6(v6) => {
-                let key = OpeningKeyV6 { server_id, addr: v6.octets() };
+                let key = OpeningKeyV6 {
+                    server_id,
+                    addr: v6.octets(),
+                };
                 (map_names::OPEN_V6, self.open_v6.get(&key, 0))
             }
         };
@@ -213,8 +366,10 @@ impl GateMaps {
     pub fn openings(&self) -> Result<Vec<KernelOpening>, GateError> {
         let mut out = Vec::new();
         for entry in self.open_v4.iter() {
-            let (key, state) =
-                entry.map_err(|source| GateError::Map { name: map_names::OPEN_V4, source })?;
+            let (key, state) = entry.map_err(|source| GateError::Map {
+                name: map_names::OPEN_V4,
+                source,
+            })?;
             out.push(KernelOpening {
                 server_id: key.server_id,
                 addr: IpAddr::from(key.addr),
@@ -222,8 +377,10 @@ impl GateMaps {
             });
         }
         for entry in self.open_v6.iter() {
-            let (key, state) =
-                entry.map_err(|source| GateError::Map { name: map_names::OPEN_V6, source })?;
+            let (key, state) = entry.map_err(|source| GateError::Map {
+                name: map_names::OPEN_V6,
+                source,
+            })?;
             out.push(KernelOpening {
                 server_id: key.server_id,
                 addr: IpAddr::from(key.addr),
@@ -238,11 +395,16 @@ impl GateMaps {
         let per_cpu = self
             .svc_stats
             .get(&index, 0)
-            .map_err(|source| GateError::Map { name: map_names::SVC_STATS, source })?;
-        Ok(per_cpu.iter().fold(ServiceStats::default(), |sum, cpu| ServiceStats {
-            passed: sum.passed + cpu.passed,
-            dropped: sum.dropped + cpu.dropped,
-        }))
+            .map_err(|source| GateError::Map {
+                name: map_names::SVC_STATS,
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServiceStats::default(), |sum, cpu| ServiceStats {
+                passed: sum.passed + cpu.passed,
+                dropped: sum.dropped + cpu.dropped,
+            }))
     }
 
     /// Every global counter, summed over CPUs.
@@ -253,7 +415,10 @@ impl GateMaps {
                 let per_cpu = self
                     .global_stats
                     .get(&(*counter as u32), 0)
-                    .map_err(|source| GateError::Map { name: map_names::GLOBAL_STATS, source })?;
+                    .map_err(|source| GateError::Map {
+                        name: map_names::GLOBAL_STATS,
+                        source,
+                    })?;
                 Ok((*counter, per_cpu.iter().sum()))
             })
             .collect()

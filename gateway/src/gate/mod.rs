@@ -1,9 +1,10 @@
 //! The kernel side of the gate as the controller sees it: loading and attaching the XDP
-//! program (`loader`), typed map access (`maps`) and the one thread that owns the maps
-//! (`owner`).
+//! program (`loader`), typed map access (`maps`), the prefilter bits beside the openings
+//! maps (`prefilter`) and the one thread that owns the maps (`owner`).
 pub mod loader;
 pub mod maps;
 pub mod owner;
+pub mod prefilter;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,14 @@ pub enum GateError {
     /// An openings map is at capacity.
     #[error("map {0} is full; raise controller.max_openings")]
     OpeningsFull(&'static str),
+    /// A prefilter map is not a power of two of at least the minimum number of words.
+    #[error("prefilter map {name} has {words} words; expected a power of two")]
+    PrefilterSize {
+        /// Map concerned.
+        name: &'static str,
+        /// Its size.
+        words: u32,
+    },
     /// The object lacks a map the controller expects (build mismatch).
     #[error("the XDP object has no map {0}")]
     MissingMap(&'static str),
