@@ -1,8 +1,9 @@
-//! Developer tasks for xdpgate: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//! Developer tasks for xdpgate: `cargo xtask <setup|build-ebpf|test|demo|bench|fuzz>`.
 //!
 //! Every task that builds or runs the gateway starts with `setup`, which installs what is
 //! missing and is a no-op on a machine that has everything.
 
+mod fuzz;
 mod run;
 mod setup;
 mod workspace;
@@ -43,6 +44,8 @@ enum Task {
     ///
     /// The tests get XDPGATE_BIN=<target>/release/xdpgate. Arguments after `--` go to the
     /// test binaries, e.g. `cargo xtask test -- gate_e2e` runs only tests matching gate_e2e.
+    /// Without a filter it then runs every fuzz target for a few seconds (see `fuzz`), and
+    /// fails if one finds a crash.
     Test(TestArgs),
     /// Setup, build, then run the narrated demo in network namespaces.
     Demo,
@@ -52,6 +55,23 @@ enum Task {
     /// Writes <target>/bench/report.json and report.svg. A benchmark, not a test: it never
     /// fails for being slow.
     Bench(BenchArgs),
+    /// Setup, build the libFuzzer targets of `fuzz/` (nightly), run each for a time budget.
+    ///
+    /// Targets: approval, enrollment, proxy_v2, client_addr, config, openvpn_mgmt, xdp_diff
+    /// (the XDP program against a reference classifier, with BPF_PROG_TEST_RUN). Fails if a
+    /// target finds a crash or a verdict disagreement; the input is kept in
+    /// <target>/fuzz/artifacts/<target>/.
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args)]
+struct FuzzArgs {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Run only this target (repeatable); default: all.
+    #[arg(long = "target", value_name = "TARGET")]
+    targets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -96,6 +116,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Test(args) => test(&args),
         Task::Demo => demo(),
         Task::Bench(args) => bench(&args),
+        Task::Fuzz(args) => fuzz_task(&args),
     }
 }
 
@@ -128,7 +149,26 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     cmd.args(["--", "--test-threads=1"]).args(&args.test_args);
     cmd.env("XDPGATE_BIN", &bin);
     let status = run_status(&mut cmd)?;
+    // A few seconds of every fuzz target (seed corpus first), unless only some tests were
+    // asked for; a crash fails the run.
+    if args.test_args.is_empty() && args.packages.is_empty() {
+        let target_dir = fuzz::build()?;
+        let all: Vec<String> = fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect();
+        fuzz::report(&fuzz::run(&target_dir, &all, fuzz::SMOKE_SECONDS)?)?;
+    }
     Ok(exit_code(status))
+}
+
+fn fuzz_task(args: &FuzzArgs) -> Result<ExitCode> {
+    setup::setup()?;
+    let target_dir = fuzz::build()?;
+    let targets: Vec<String> = if args.targets.is_empty() {
+        fuzz::TARGETS.iter().map(|t| (*t).to_owned()).collect()
+    } else {
+        args.targets.clone()
+    };
+    fuzz::report(&fuzz::run(&target_dir, &targets, args.seconds)?)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn demo() -> Result<ExitCode> {

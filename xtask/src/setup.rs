@@ -35,6 +35,7 @@ pub fn setup() -> Result<()> {
     let llvm = nightly_llvm_major()?;
     ensure_apt_packages(llvm)?;
     ensure_bpf_linker(llvm)?;
+    ensure_cargo_fuzz()?;
     ensure_bpffs()?;
     check_btf();
     println!("setup: done ({:.1} s)", started.elapsed().as_secs_f64());
@@ -276,6 +277,36 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+/// cargo-fuzz, which builds the libFuzzer targets of `fuzz/` (`cargo xtask fuzz`).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let bin = find_in_path("cargo-fuzz")
+        .unwrap_or_else(|| cargo_bin_dir().unwrap_or_default().join("cargo-fuzz"));
+    if bin.is_file()
+        && Command::new(&bin)
+            .args(["fuzz", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        println!("setup: cargo-fuzz: present");
+        return Ok(());
+    }
+    println!("setup: cargo-fuzz: missing; installing it (about 1 min)");
+    let started = Instant::now();
+    run_checked(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--quiet",
+        "--locked",
+        "--version",
+        "^0.13",
+    ]))?;
+    println!(
+        "setup: cargo-fuzz: installed ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// bpffs at /sys/fs/bpf, where the gateway pins its maps and XDP link.

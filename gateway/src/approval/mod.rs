@@ -15,6 +15,8 @@ mod b64;
 mod canonical;
 mod client;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod keys;
 mod profile;
 mod response;
