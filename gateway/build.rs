@@ -4,6 +4,8 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // `cargo fuzz` builds with --cfg fuzzing, which exposes `approval::fuzzing`.
+    println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     let metadata = cargo_metadata_root()?;
     let ebpf_dir = format!("{metadata}/gateway-ebpf");
     let package = Package { name: "gateway-ebpf", root_dir: &ebpf_dir, ..Default::default() };
