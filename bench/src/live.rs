@@ -128,7 +128,8 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let cpu = cores - 1;
     let mut bed = Bed { tx, rx, link, frame, cpu, rx_cpu: None, generator: TRAFFICGEN, allowed: vec![ALLOWED] };
 
-    let mut ebpf = loader::load_unpinned(1024).context("loading the gate")?;
+    // Capacity for the largest full set of the random-source ladder.
+    let mut ebpf = loader::load_unpinned(if opts.quick { 2_048 } else { 1_001_024 }).context("loading the gate")?;
     for name in [TRAFFICGEN, TRAFFICGEN_RANDOM, PASS, DROP] {
         xdp(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
     }

@@ -42,6 +42,10 @@ pub struct Opts {
     /// fails).
     #[arg(long)]
     pub fail_on_error: bool,
+    /// Prefilter bits per opening of capacity for the program part's prefilter variant
+    /// (rounded to a power of two in total; the controller uses 8), to compare sizes.
+    #[arg(long, default_value_t = 8)]
+    pub prefilter_bits: u32,
     /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,

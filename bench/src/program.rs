@@ -133,9 +133,13 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let mut empty = f64::NAN;
     for variant in &variants {
         let capacity = largest + 1024;
-        let shift = variant
-            .prefilter
-            .then(|| gateway_common::prefilter::shift_for(capacity));
+        // shift_for provisions BITS_PER_OPENING (8) bits per opening; --prefilter-bits scales it.
+        let scale = i64::from(opts.prefilter_bits.max(1).ilog2()) - 3;
+        let shift = variant.prefilter.then(|| {
+            let base = i64::from(gateway_common::prefilter::shift_for(capacity));
+            let (min, max) = (gateway_common::prefilter::MIN_SHIFT, gateway_common::prefilter::MAX_SHIFT);
+            (base + scale).clamp(i64::from(min), i64::from(max)) as u32
+        });
         let mut ebpf = loader::load_unpinned_with(capacity, shift).context("loading the gate")?;
         let mut maps = GateMaps::take(&mut ebpf).context("taking the gate maps")?;
         maps.sync_services(&[

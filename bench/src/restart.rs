@@ -67,6 +67,9 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let rss = ns.pids().into_iter().find_map(peak_rss_mb);
     let reconciled = gw.log().lines().filter(|l| l.contains("reconciled openings with the kernel")).count();
+    for line in gw.log().lines().filter(|l| l.contains("reconciled openings with the kernel") || l.contains("rebuilt the prefilter")) {
+        progress(&format!("  controller: {}", line.trim()));
+    }
     progress(&format!(
         "  start to healthy (reconciled {count} openings): {ms:.0} ms; controller peak RSS {}",
         rss.map_or_else(|| "unknown".to_owned(), |r| format!("{r:.1} MB"))
