@@ -304,9 +304,10 @@ pub mod defaults {
     pub fn request_timeout_ms() -> Spanned<u64> {
         Spanned::new(0..0, 5_000)
     }
-    /// Unprivileged user the web front runs as under `xdpgate run`.
+    /// Unprivileged user the web front runs as under `xdpgate run` (its own system user, not
+    /// `nobody`, which other daemons share).
     pub fn web_user() -> String {
-        "nobody".to_owned()
+        "xdpgate-web".to_owned()
     }
     /// How long an OpenVPN client's opening survives its disconnect, ms.
     pub fn disconnect_grace_ms() -> Spanned<u64> {
@@ -764,7 +765,9 @@ impl Validator<'_> {
         let refresh = match raw.refresh_ms {
             None => crate::cluster::DEFAULT_REFRESH,
             Some(ms) if (100..=600_000).contains(ms.get_ref()) => Duration::from_millis(*ms.get_ref()),
-            Some(ms) => return Err(self.fail(ms.span(), "refresh_ms must be between 100 and 600000")),
+            Some(ms) => {
+                return Err(self.fail(ms.span(), "refresh_ms must be between 100 and 600000"));
+            }
         };
         Ok(crate::cluster::WebClusterConfig {
             tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key },
@@ -1033,7 +1036,7 @@ address = "192.0.2.1"
         assert!(config.approvals.public_url.as_deref().is_some_and(|u| u.starts_with("https://")));
         let web = config.web.unwrap();
         assert_eq!(web.rate_limit_burst, 20);
-        assert_eq!(config.approvals.front_socket_user.as_deref(), Some("nobody"));
+        assert_eq!(config.approvals.front_socket_user.as_deref(), Some("xdpgate-web"));
         assert_eq!(config.servers[0].public_ipv4, Some("203.0.113.10".parse().unwrap()));
     }
 

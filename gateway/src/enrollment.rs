@@ -1,14 +1,25 @@
-//! Enrollment without moving private keys: the link the operator hands out, and the JSON the
-//! client and the controller exchange through the web front.
+//! Sealed enrollment without moving private keys: the link the operator hands out, and the
+//! boxed messages the client and the controller exchange through the (untrusted) web front.
 //!
 //! The operator runs `xdpgate clients add NAME --server S` and gets a single-use link that
-//! expires. The client generates its RSA key pair itself, sends only the public half with the
-//! token, and receives its HMAC secret and the server's box public key over HTTPS whose
-//! certificate it pins from the link. Nothing secret is ever emailed or copied.
+//! expires. It carries the token, the SHA-256 pin of the web front's certificate and the
+//! controller's long-term NaCl box public key. The client generates its RSA key pair itself,
+//! boxes `{token, RSA public key, device name}` from a one-time X25519 key to the controller's
+//! key, and the controller answers boxed from its long-term key to that one-time key, echoing
+//! the SHA-256 of the request plaintext. The web front relays ciphertext it can neither read
+//! nor alter undetected (`docs/PROTOCOL.md`, "Enrollment"). This module is pure: no I/O.
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use crypto_box::aead::Aead as _;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-/// Largest enrollment body the web front and controller accept.
+use crate::approval::{BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, BoxPublicKey, HmacSecret, ServerBoxKeys};
+
+/// Largest enrollment body (request or answer envelope) the web front and controller accept.
 pub const MAX_ENROLL_BODY_BYTES: usize = 8 * 1024;
+/// Largest request plaintext (inside the box).
+pub const MAX_ENROLL_PLAINTEXT_BYTES: usize = 5 * 1024;
 /// Length of an enrollment token in bytes before base64url.
 pub const TOKEN_BYTES: usize = 32;
 /// Longest device name accepted.
@@ -17,6 +28,10 @@ pub const MAX_DEVICE_NAME_LEN: usize = 64;
 pub const MAX_PUBLIC_KEY_PEM_LEN: usize = 4 * 1024;
 /// Path of the enrollment endpoint.
 pub const ENROLL_PATH: &str = "/v1/enroll";
+/// The `version` of both sealed envelopes.
+pub const ENROLLMENT_VERSION: u8 = 1;
+/// Poly1305 tag length of a box.
+const BOX_TAG_LEN: usize = 16;
 
 /// Why an enrollment message or link was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,9 +42,28 @@ pub enum EnrollmentError {
     /// The link is not an xdpgate enrollment link.
     #[error("not an enrollment link: {0}")]
     BadLink(String),
+    /// The request box does not open with this controller's key (another controller's link,
+    /// or altered on the way).
+    #[error("the enrollment box does not open with this controller's key")]
+    BoxOpen,
+    /// The answer box does not open with the link's controller key and this request's
+    /// one-time key: it was not made by the controller the link names.
+    #[error(
+        "the enrollment answer is not sealed by the controller key in the link: the web front or something between altered or forged it; nothing was saved, ask the operator"
+    )]
+    AnswerNotSealed,
+    /// The answer opened but answers another request.
+    #[error("the enrollment answer does not answer this request (request_sha256 differs)")]
+    AnswerNotBound,
+    /// The answer envelope or its plaintext is not the expected JSON.
+    #[error("the enrollment answer is malformed: {0}")]
+    AnswerMalformed(String),
+    /// The system random generator or the box failed.
+    #[error("sealing failed: {0}")]
+    Seal(&'static str),
 }
 
-/// `POST /v1/enroll` body.
+/// The request plaintext, boxed inside [`SealedEnrollRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
@@ -41,16 +75,17 @@ pub struct EnrollRequest {
     pub device_name: String,
 }
 
-/// `POST /v1/enroll` answer on success.
+/// The answer plaintext, boxed inside [`SealedEnrollAnswer`]. A strict JSON object: unknown
+/// fields are refused; later revisions add optional fields (absent means "none").
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollResponse {
+    /// Lower-case hex SHA-256 of the request plaintext this answers.
+    pub request_sha256: String,
     /// The client id to put in every request.
     pub client_id: String,
     /// The shared HMAC-SHA512 secret (base64).
     pub hmac_secret: String,
-    /// The server's long-term NaCl box public key (base64).
-    pub server_box_public_key: String,
     /// Servers the client may ask for.
     pub servers: Vec<String>,
 }
@@ -65,9 +100,282 @@ impl std::fmt::Debug for EnrollResponse {
     }
 }
 
-/// Parses an enrollment body strictly: size, unknown fields, field lengths.
+/// `POST /v1/enroll` body: the request plaintext boxed from a one-time key to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEnrollRequest {
+    /// The issuing controller's cluster node name, copied from the link (routing only; not
+    /// authenticated, the box is).
+    pub controller: Option<String>,
+    /// The client's one-time X25519 public key.
+    pub client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
+    /// The box nonce.
+    pub box_nonce: [u8; BOX_NONCE_LEN],
+    /// `crypto_box` of the [`EnrollRequest`] JSON.
+    pub ciphertext: Vec<u8>,
+}
+
+/// `POST /v1/enroll` answer on success: the [`EnrollResponse`] boxed from the controller's
+/// long-term key to the request's one-time key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEnrollAnswer {
+    /// The box nonce.
+    pub box_nonce: [u8; BOX_NONCE_LEN],
+    /// `crypto_box` of the [`EnrollResponse`] JSON.
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    version: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    controller: Option<String>,
+    client_box_public_key: String,
+    box_nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerJson {
+    version: u8,
+    box_nonce: String,
+    ciphertext: String,
+}
+
+fn decode_fixed<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
+    let bytes = STANDARD.decode(text).map_err(|_| format!("{what} is not padded standard base64"))?;
+    bytes.try_into().map_err(|_| format!("{what} must be {N} bytes"))
+}
+
+fn decode_ciphertext(text: &str, max_plaintext: usize) -> Result<Vec<u8>, String> {
+    if text.len() > (max_plaintext + BOX_TAG_LEN).div_ceil(3) * 4 {
+        return Err("ciphertext too long".into());
+    }
+    let bytes = STANDARD.decode(text).map_err(|_| "ciphertext is not padded standard base64".to_owned())?;
+    if bytes.len() <= BOX_TAG_LEN || bytes.len() > max_plaintext + BOX_TAG_LEN {
+        return Err(format!("ciphertext must be {}-{} bytes", BOX_TAG_LEN + 1, max_plaintext + BOX_TAG_LEN));
+    }
+    Ok(bytes)
+}
+
+/// Whether `name` is a cluster node name (1-63 of a-z 0-9 . -, no leading/trailing/double dot).
+pub fn valid_controller_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
+}
+
+impl SealedEnrollRequest {
+    /// Parses a `POST /v1/enroll` body strictly: size, unknown fields, version, encodings.
+    pub fn parse(body: &[u8]) -> Result<Self, EnrollmentError> {
+        if body.len() > MAX_ENROLL_BODY_BYTES {
+            return Err(EnrollmentError::Malformed("body too large".into()));
+        }
+        let raw: RequestJson =
+            serde_json::from_slice(body).map_err(|err| EnrollmentError::Malformed(err.to_string()))?;
+        if raw.version != ENROLLMENT_VERSION {
+            return Err(EnrollmentError::Malformed(format!("unsupported version {}", raw.version)));
+        }
+        if raw.controller.as_deref().is_some_and(|c| !valid_controller_name(c)) {
+            return Err(EnrollmentError::Malformed("controller is not a node name".into()));
+        }
+        let malformed = EnrollmentError::Malformed;
+        Ok(Self {
+            controller: raw.controller,
+            client_box_public_key: decode_fixed(&raw.client_box_public_key, "client_box_public_key")
+                .map_err(malformed)?,
+            box_nonce: decode_fixed(&raw.box_nonce, "box_nonce").map_err(malformed)?,
+            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_PLAINTEXT_BYTES).map_err(malformed)?,
+        })
+    }
+
+    /// The canonical JSON body.
+    pub fn to_json(&self) -> Result<Vec<u8>, EnrollmentError> {
+        serde_json::to_vec(&RequestJson {
+            version: ENROLLMENT_VERSION,
+            controller: self.controller.clone(),
+            client_box_public_key: STANDARD.encode(self.client_box_public_key),
+            box_nonce: STANDARD.encode(self.box_nonce),
+            ciphertext: STANDARD.encode(&self.ciphertext),
+        })
+        .map_err(|_| EnrollmentError::Seal("JSON encoding failed"))
+    }
+
+    /// Controller side: opens the box with the controller's long-term key and parses the
+    /// plaintext strictly. The returned [`OpenedEnrollment`] seals the answer.
+    pub fn open(&self, keys: &ServerBoxKeys) -> Result<(EnrollRequest, OpenedEnrollment), EnrollmentError> {
+        let client = BoxPublicKey::from_bytes(self.client_box_public_key).to_crypto_box();
+        let shared = crypto_box::SalsaBox::new(&client, keys.secret());
+        let plaintext = Zeroizing::new(
+            shared.decrypt(&self.box_nonce.into(), self.ciphertext.as_slice()).map_err(|_| EnrollmentError::BoxOpen)?,
+        );
+        let request = parse_enroll_request(&plaintext)?;
+        Ok((request, OpenedEnrollment { shared, request_sha256: sha256_hex(&plaintext) }))
+    }
+}
+
+impl SealedEnrollAnswer {
+    /// Parses an answer body strictly.
+    pub fn parse(body: &[u8]) -> Result<Self, EnrollmentError> {
+        let malformed = EnrollmentError::AnswerMalformed;
+        if body.len() > MAX_ENROLL_BODY_BYTES {
+            return Err(malformed("body too large".into()));
+        }
+        let raw: AnswerJson = serde_json::from_slice(body).map_err(|err| malformed(err.to_string()))?;
+        if raw.version != ENROLLMENT_VERSION {
+            return Err(malformed(format!("unsupported version {}", raw.version)));
+        }
+        Ok(Self {
+            box_nonce: decode_fixed(&raw.box_nonce, "box_nonce").map_err(malformed)?,
+            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_BODY_BYTES).map_err(malformed)?,
+        })
+    }
+
+    /// The canonical JSON body.
+    pub fn to_json(&self) -> Result<Vec<u8>, EnrollmentError> {
+        serde_json::to_vec(&AnswerJson {
+            version: ENROLLMENT_VERSION,
+            box_nonce: STANDARD.encode(self.box_nonce),
+            ciphertext: STANDARD.encode(&self.ciphertext),
+        })
+        .map_err(|_| EnrollmentError::Seal("JSON encoding failed"))
+    }
+}
+
+/// A request the controller opened: seals the answer to the request's one-time key.
+pub struct OpenedEnrollment {
+    shared: crypto_box::SalsaBox,
+    request_sha256: String,
+}
+
+impl std::fmt::Debug for OpenedEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedEnrollment").field("request_sha256", &self.request_sha256).finish_non_exhaustive()
+    }
+}
+
+impl OpenedEnrollment {
+    /// Hex SHA-256 of the request plaintext (goes into the answer).
+    pub fn request_sha256(&self) -> &str {
+        &self.request_sha256
+    }
+
+    /// Boxes `answer` (its `request_sha256` must be this request's) with a random nonce.
+    pub fn seal(&self, answer: &EnrollResponse) -> Result<SealedEnrollAnswer, EnrollmentError> {
+        self.seal_with_nonce(answer, random_array()?)
+    }
+
+    /// [`Self::seal`] with a caller-chosen nonce (test vectors).
+    pub fn seal_with_nonce(
+        &self,
+        answer: &EnrollResponse,
+        box_nonce: [u8; BOX_NONCE_LEN],
+    ) -> Result<SealedEnrollAnswer, EnrollmentError> {
+        if answer.request_sha256 != self.request_sha256 {
+            return Err(EnrollmentError::Seal("answer bound to another request"));
+        }
+        let plaintext =
+            Zeroizing::new(serde_json::to_vec(answer).map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?);
+        let ciphertext =
+            self.shared.encrypt(&box_nonce.into(), plaintext.as_slice()).map_err(|_| EnrollmentError::Seal("box"))?;
+        Ok(SealedEnrollAnswer { box_nonce, ciphertext })
+    }
+}
+
+/// A request the client sent: opens the controller's answer. Holds the one-time secret key.
+pub struct PendingEnrollment {
+    shared: crypto_box::SalsaBox,
+    request_sha256: String,
+}
+
+impl std::fmt::Debug for PendingEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingEnrollment").field("request_sha256", &self.request_sha256).finish_non_exhaustive()
+    }
+}
+
+/// Client side: boxes `request` from a fresh one-time key to `controller_key`.
+pub fn seal_request(
+    request: &EnrollRequest,
+    controller_key: BoxPublicKey,
+    controller: Option<String>,
+) -> Result<(SealedEnrollRequest, PendingEnrollment), EnrollmentError> {
+    seal_request_with(request, controller_key, controller, random_array()?, random_array()?)
+}
+
+/// [`seal_request`] with a caller-chosen one-time secret key and nonce (test vectors).
+pub fn seal_request_with(
+    request: &EnrollRequest,
+    controller_key: BoxPublicKey,
+    controller: Option<String>,
+    one_time_secret: [u8; 32],
+    box_nonce: [u8; BOX_NONCE_LEN],
+) -> Result<(SealedEnrollRequest, PendingEnrollment), EnrollmentError> {
+    let secret = crypto_box::SecretKey::from_bytes(one_time_secret);
+    let client_box_public_key = *secret.public_key().as_bytes();
+    let shared = crypto_box::SalsaBox::new(&controller_key.to_crypto_box(), &secret);
+    let plaintext =
+        Zeroizing::new(serde_json::to_vec(request).map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?);
+    if plaintext.len() > MAX_ENROLL_PLAINTEXT_BYTES {
+        return Err(EnrollmentError::Malformed("request too large".into()));
+    }
+    let ciphertext =
+        shared.encrypt(&box_nonce.into(), plaintext.as_slice()).map_err(|_| EnrollmentError::Seal("box"))?;
+    let sealed = SealedEnrollRequest { controller, client_box_public_key, box_nonce, ciphertext };
+    Ok((sealed, PendingEnrollment { shared, request_sha256: sha256_hex(&plaintext) }))
+}
+
+impl PendingEnrollment {
+    /// Opens and checks the controller's answer body: the box must open with the link's
+    /// controller key and this request's one-time key, the plaintext must be strict JSON
+    /// answering this request, and its HMAC secret must be usable.
+    pub fn open_answer(&self, body: &[u8]) -> Result<EnrollResponse, EnrollmentError> {
+        let sealed = SealedEnrollAnswer::parse(body)?;
+        let plaintext = Zeroizing::new(
+            self.shared
+                .decrypt(&sealed.box_nonce.into(), sealed.ciphertext.as_slice())
+                .map_err(|_| EnrollmentError::AnswerNotSealed)?,
+        );
+        let answer: EnrollResponse =
+            serde_json::from_slice(&plaintext).map_err(|err| EnrollmentError::AnswerMalformed(err.to_string()))?;
+        if !constant_time_eq(answer.request_sha256.as_bytes(), self.request_sha256.as_bytes()) {
+            return Err(EnrollmentError::AnswerNotBound);
+        }
+        HmacSecret::from_base64(&answer.hmac_secret)
+            .map_err(|err| EnrollmentError::AnswerMalformed(format!("hmac_secret: {err}")))?;
+        if answer.client_id.is_empty() || answer.servers.is_empty() {
+            return Err(EnrollmentError::AnswerMalformed("no client id or no servers".into()));
+        }
+        Ok(answer)
+    }
+
+    /// Hex SHA-256 of the request plaintext.
+    pub fn request_sha256(&self) -> &str {
+        &self.request_sha256
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    crate::tls::to_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn random_array<const N: usize>() -> Result<[u8; N], EnrollmentError> {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| EnrollmentError::Seal("the system random generator failed"))?;
+    Ok(bytes)
+}
+
+/// Parses a request plaintext strictly: size, unknown fields, field lengths.
 pub fn parse_enroll_request(body: &[u8]) -> Result<EnrollRequest, EnrollmentError> {
-    if body.len() > MAX_ENROLL_BODY_BYTES {
+    if body.len() > MAX_ENROLL_PLAINTEXT_BYTES {
         return Err(EnrollmentError::Malformed("body too large".into()));
     }
     let request: EnrollRequest =
@@ -94,8 +402,10 @@ pub const fn token_text_len() -> usize {
     (TOKEN_BYTES * 4).div_ceil(3)
 }
 
-/// What an enrollment link carries: where to enroll, the token, and the pin of the web
-/// front's certificate. Written `https://HOST:PORT/v1/enroll#token=T&pin=sha256:HEX`.
+/// What an enrollment link carries: where to enroll, the token, the pin of the web front's
+/// certificate, the controller's long-term box public key and, in a cluster, the issuing
+/// controller's node name. Written
+/// `https://HOST:PORT/v1/enroll#token=T&pin=sha256:HEX&box=B64URL[&controller=NAME]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnrollmentLink {
     /// The web front's base URL, e.g. `https://vpn.example.net:8443`.
@@ -104,6 +414,10 @@ pub struct EnrollmentLink {
     pub token: String,
     /// Lower-case hex SHA-256 of the web front's certificate (DER).
     pub cert_sha256: String,
+    /// The controller's long-term box public key: the enrollment is sealed to it.
+    pub controller_box_key: BoxPublicKey,
+    /// The issuing controller's cluster node name (web nodes route the enrollment to it).
+    pub controller: Option<String>,
 }
 
 impl std::fmt::Debug for EnrollmentLink {
@@ -112,6 +426,8 @@ impl std::fmt::Debug for EnrollmentLink {
             .field("base_url", &self.base_url)
             .field("token", &"<redacted>")
             .field("cert_sha256", &self.cert_sha256)
+            .field("controller_box_key", &self.controller_box_key)
+            .field("controller", &self.controller)
             .finish()
     }
 }
@@ -119,7 +435,12 @@ impl std::fmt::Debug for EnrollmentLink {
 impl std::fmt::Display for EnrollmentLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let base = self.base_url.trim_end_matches('/');
-        write!(f, "{base}{ENROLL_PATH}#token={}&pin=sha256:{}", self.token, self.cert_sha256)
+        let key = URL_SAFE_NO_PAD.encode(self.controller_box_key.to_bytes());
+        write!(f, "{base}{ENROLL_PATH}#token={}&pin=sha256:{}&box={key}", self.token, self.cert_sha256)?;
+        if let Some(controller) = &self.controller {
+            write!(f, "&controller={controller}")?;
+        }
+        Ok(())
     }
 }
 
@@ -128,18 +449,24 @@ impl std::str::FromStr for EnrollmentLink {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| EnrollmentError::BadLink(why.to_owned());
-        let (url, fragment) = text.trim().split_once('#').ok_or_else(|| bad("no #token=…&pin=… part"))?;
+        let (url, fragment) = text.trim().split_once('#').ok_or_else(|| bad("no #token=…&pin=…&box=… part"))?;
         let base_url = url.strip_suffix(ENROLL_PATH).ok_or_else(|| bad("path is not /v1/enroll"))?;
         if !base_url.starts_with("https://") || base_url.len() <= "https://".len() {
             return Err(bad("not an https:// URL"));
         }
-        let mut token = None;
-        let mut pin = None;
+        let (mut token, mut pin, mut key, mut controller) = (None, None, None, None);
         for pair in fragment.split('&') {
-            match pair.split_once('=') {
-                Some(("token", value)) => token = Some(value.to_owned()),
-                Some(("pin", value)) => pin = value.strip_prefix("sha256:").map(str::to_owned),
+            let slot = match pair.split_once('=') {
+                Some(("token", value)) => (&mut token, value),
+                Some(("pin", value)) => {
+                    (&mut pin, value.strip_prefix("sha256:").ok_or_else(|| bad("pin is not sha256:"))?)
+                }
+                Some(("box", value)) => (&mut key, value),
+                Some(("controller", value)) => (&mut controller, value),
                 _ => return Err(bad("unexpected part after #")),
+            };
+            if slot.0.replace(slot.1.to_owned()).is_some() {
+                return Err(bad("a part after # is repeated"));
             }
         }
         let token = token.ok_or_else(|| bad("no token"))?;
@@ -151,19 +478,68 @@ impl std::str::FromStr for EnrollmentLink {
         if token.len() != token_text_len() {
             return Err(bad("token has the wrong length"));
         }
-        Ok(Self { base_url: base_url.to_owned(), token, cert_sha256 })
+        let key = key.ok_or_else(|| {
+            bad("no box= controller key (a link from before sealed enrollment); ask the operator for a new link")
+        })?;
+        let key: [u8; BOX_PUBLIC_KEY_LEN] = URL_SAFE_NO_PAD
+            .decode(&key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| bad("box= must be 32 bytes of base64url without padding"))?;
+        if controller.as_deref().is_some_and(|c| !valid_controller_name(c)) {
+            return Err(bad("controller= is not a node name"));
+        }
+        Ok(Self {
+            base_url: base_url.to_owned(),
+            token,
+            cert_sha256,
+            controller_box_key: BoxPublicKey::from_bytes(key),
+            controller,
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// Read at run time, so `regenerate_enrollment_vectors` and this test share one build.
+    fn vectors_json() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/enrollment-test-vectors.json");
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn key_bytes(start: u8) -> [u8; 32] {
+        std::array::from_fn(|i| start.wrapping_add(i as u8))
+    }
 
     fn link() -> EnrollmentLink {
         EnrollmentLink {
             base_url: "https://10.0.0.1:8443".into(),
             token: "A".repeat(token_text_len()),
             cert_sha256: "ab".repeat(32),
+            controller_box_key: ServerBoxKeys::from_secret_bytes(key_bytes(1)).public_key(),
+            controller: None,
+        }
+    }
+
+    fn request() -> EnrollRequest {
+        EnrollRequest {
+            token: "A".repeat(token_text_len()),
+            rsa_public_key_pem: "-----BEGIN PUBLIC KEY-----".into(),
+            device_name: "laptop".into(),
+        }
+    }
+
+    fn answer(request_sha256: &str) -> EnrollResponse {
+        EnrollResponse {
+            request_sha256: request_sha256.to_owned(),
+            client_id: "alice".into(),
+            hmac_secret: HmacSecret::from_bytes(&[7; 64]).unwrap().to_base64().to_string(),
+            servers: vec!["vpn1".into()],
         }
     }
 
@@ -171,32 +547,37 @@ mod tests {
     fn link_round_trips_and_hides_the_token_in_debug() {
         let text = link().to_string();
         assert!(text.starts_with("https://10.0.0.1:8443/v1/enroll#token="), "{text}");
+        assert!(text.contains("&box="), "{text}");
         assert_eq!(text.parse::<EnrollmentLink>().unwrap(), link());
         assert!(!format!("{:?}", link()).contains("AAAA"));
+        let clustered = EnrollmentLink { controller: Some("ctl-a".into()), ..link() };
+        assert_eq!(clustered.to_string().parse::<EnrollmentLink>().unwrap(), clustered);
     }
 
     #[test]
     fn bad_links_are_refused() {
         let good = link().to_string();
+        let (without_box, _) = good.split_once("&box=").unwrap();
         for bad in [
             good.replace("https://", "http://"),
             good.replace("/v1/enroll", "/v1/other"),
             good.replace("&pin=sha256:", "&pin=md5:"),
             good.replace("#", "?"),
             good.replace("token=A", "token=AA"),
+            good.replace("&box=", "&box=A"),
             format!("{good}&extra=1"),
+            format!("{good}&controller=Bad_Name"),
+            format!("{good}&token={}", "A".repeat(token_text_len())),
         ] {
             assert!(bad.parse::<EnrollmentLink>().is_err(), "{bad}");
         }
+        let old = without_box.parse::<EnrollmentLink>().unwrap_err();
+        assert!(old.to_string().contains("ask the operator for a new link"), "{old}");
     }
 
     #[test]
     fn enroll_requests_are_parsed_strictly() {
-        let ok = EnrollRequest {
-            token: "A".repeat(token_text_len()),
-            rsa_public_key_pem: "-----BEGIN PUBLIC KEY-----".into(),
-            device_name: "laptop".into(),
-        };
+        let ok = request();
         let body = serde_json::to_vec(&ok).unwrap();
         assert_eq!(parse_enroll_request(&body).unwrap(), ok);
         let extra = br#"{"token":"x","rsa_public_key_pem":"y","device_name":"z","admin":true}"#;
@@ -207,6 +588,161 @@ mod tests {
         let mut control = ok.clone();
         control.device_name = "a\nb".into();
         assert!(parse_enroll_request(&serde_json::to_vec(&control).unwrap()).is_err());
-        assert!(parse_enroll_request(&vec![b' '; MAX_ENROLL_BODY_BYTES + 1]).is_err());
+        assert!(parse_enroll_request(&vec![b' '; MAX_ENROLL_PLAINTEXT_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn sealed_enrollment_round_trips_and_binds_the_answer_to_the_request() {
+        let controller = ServerBoxKeys::from_secret_bytes(key_bytes(1));
+        let (sealed, pending) = seal_request(&request(), controller.public_key(), Some("ctl-a".into())).unwrap();
+        let body = sealed.to_json().unwrap();
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(!text.contains("laptop") && !text.contains("AAAA"), "the front sees no plaintext: {text}");
+        let parsed = SealedEnrollRequest::parse(&body).unwrap();
+        assert_eq!(parsed, sealed);
+        let (opened_request, opened) = parsed.open(&controller).unwrap();
+        assert_eq!(opened_request, request());
+        assert_eq!(opened.request_sha256(), pending.request_sha256());
+        let answer_body = opened.seal(&answer(opened.request_sha256())).unwrap().to_json().unwrap();
+        assert!(!String::from_utf8_lossy(&answer_body).contains("alice"));
+        assert_eq!(pending.open_answer(&answer_body).unwrap(), answer(pending.request_sha256()));
+
+        // Another controller's key cannot open the request.
+        let other = ServerBoxKeys::from_secret_bytes(key_bytes(2));
+        assert_eq!(parsed.open(&other).unwrap_err(), EnrollmentError::BoxOpen);
+        // An answer sealed by anyone else (a front that swapped the box key) does not open.
+        let client_key = BoxPublicKey::from_bytes(sealed.client_box_public_key).to_crypto_box();
+        let forged_box = crypto_box::SalsaBox::new(&client_key, other.secret());
+        let forged = OpenedEnrollment { shared: forged_box, request_sha256: pending.request_sha256().to_owned() };
+        let forged_body = forged.seal(&answer(pending.request_sha256())).unwrap().to_json().unwrap();
+        assert_eq!(pending.open_answer(&forged_body).unwrap_err(), EnrollmentError::AnswerNotSealed);
+        // A flipped ciphertext byte does not open.
+        let mut flipped = SealedEnrollAnswer::parse(&answer_body).unwrap();
+        flipped.ciphertext[0] ^= 1;
+        let flipped_body = flipped.to_json().unwrap();
+        assert_eq!(pending.open_answer(&flipped_body).unwrap_err(), EnrollmentError::AnswerNotSealed);
+        // The controller's answer to another request of the same client key is not accepted.
+        let real_box = crypto_box::SalsaBox::new(&client_key, controller.secret());
+        let unbound = OpenedEnrollment { shared: real_box, request_sha256: "00".repeat(32) };
+        let unbound_body = unbound.seal(&answer(&"00".repeat(32))).unwrap().to_json().unwrap();
+        assert_eq!(pending.open_answer(&unbound_body).unwrap_err(), EnrollmentError::AnswerNotBound);
+        // Sealing refuses an answer bound to another request.
+        assert!(opened.seal(&answer(&"00".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn sealed_envelopes_are_parsed_strictly() {
+        let controller = ServerBoxKeys::from_secret_bytes(key_bytes(1));
+        let (sealed, _) = seal_request(&request(), controller.public_key(), None).unwrap();
+        let good: Value = serde_json::from_slice(&sealed.to_json().unwrap()).unwrap();
+        let with = |key: &str, value: Value| {
+            let mut v = good.clone();
+            v[key] = value;
+            serde_json::to_vec(&v).unwrap()
+        };
+        let bad = [
+            with("version", json!(2)),
+            with("admin", json!(true)),
+            with("controller", json!("Bad_Name")),
+            with("client_box_public_key", json!(STANDARD.encode([0u8; 31]))),
+            with("box_nonce", json!(URL_SAFE_NO_PAD.encode([0u8; 24]))),
+            with("ciphertext", json!(STANDARD.encode([0u8; 16]))),
+            with("ciphertext", json!("A".repeat(MAX_ENROLL_BODY_BYTES))),
+            br#"[]"#.to_vec(),
+        ];
+        for body in bad {
+            let err = SealedEnrollRequest::parse(&body).unwrap_err();
+            assert!(matches!(err, EnrollmentError::Malformed(_)), "{err:?} for {}", String::from_utf8_lossy(&body));
+        }
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("box_nonce");
+        assert!(SealedEnrollRequest::parse(&serde_json::to_vec(&missing).unwrap()).is_err());
+        // The answer plaintext is strict too: an unknown field is refused after opening.
+        let (sealed, pending) = seal_request(&request(), controller.public_key(), None).unwrap();
+        let (_, opened) = sealed.open(&controller).unwrap();
+        let mut plaintext = serde_json::to_value(answer(opened.request_sha256())).unwrap();
+        plaintext["admin"] = json!(true);
+        let ciphertext =
+            opened.shared.encrypt(&[9u8; 24].into(), serde_json::to_vec(&plaintext).unwrap().as_slice()).unwrap();
+        let body = SealedEnrollAnswer { box_nonce: [9; 24], ciphertext }.to_json().unwrap();
+        assert!(matches!(pending.open_answer(&body), Err(EnrollmentError::AnswerMalformed(_))));
+    }
+
+    /// Everything the vectors file states, recomputed from its inputs.
+    fn compute_vectors(rsa_public_key_pem: &str) -> Value {
+        let controller = ServerBoxKeys::from_secret_bytes(key_bytes(0x40));
+        let one_time_secret = key_bytes(0x60);
+        let request = EnrollRequest {
+            token: URL_SAFE_NO_PAD.encode(key_bytes(0x10)),
+            rsa_public_key_pem: rsa_public_key_pem.to_owned(),
+            device_name: "laptop-1".into(),
+        };
+        let request_box_nonce: [u8; 24] = std::array::from_fn(|i| 0xc0 + i as u8);
+        let answer_box_nonce: [u8; 24] = std::array::from_fn(|i| 0xe0 + i as u8);
+        let (sealed, pending) = seal_request_with(
+            &request,
+            controller.public_key(),
+            Some("ctl-a".into()),
+            one_time_secret,
+            request_box_nonce,
+        )
+        .unwrap();
+        let (_, opened) = sealed.open(&controller).unwrap();
+        let answer = EnrollResponse {
+            request_sha256: opened.request_sha256().to_owned(),
+            client_id: "client-0001".into(),
+            hmac_secret: HmacSecret::from_bytes(&key_bytes(0x00).repeat(2)).unwrap().to_base64().to_string(),
+            servers: vec!["vpn1".into()],
+        };
+        let answer_body = opened.seal_with_nonce(&answer, answer_box_nonce).unwrap().to_json().unwrap();
+        assert_eq!(pending.open_answer(&answer_body).unwrap(), answer);
+        let link = EnrollmentLink {
+            base_url: "https://vpn.example.net:8443".into(),
+            token: request.token.clone(),
+            cert_sha256: "ab".repeat(32),
+            controller_box_key: controller.public_key(),
+            controller: Some("ctl-a".into()),
+        };
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        json!({
+            "description": "Sealed enrollment (docs/PROTOCOL.md, Enrollment). All keys and nonces are fixed test values; base64 is padded standard base64 except in the link.",
+            "controller_box_secret_key": controller.to_base64().to_string(),
+            "controller_box_public_key": controller.public_key().to_base64(),
+            "link": link.to_string(),
+            "client_one_time_secret_key": STANDARD.encode(one_time_secret),
+            "client_one_time_public_key": STANDARD.encode(sealed.client_box_public_key),
+            "request_plaintext": text(serde_json::to_vec(&request).unwrap()),
+            "request_plaintext_sha256": pending.request_sha256(),
+            "request_box_nonce": STANDARD.encode(request_box_nonce),
+            "request_body": text(sealed.to_json().unwrap()),
+            "answer_plaintext": text(serde_json::to_vec(&answer).unwrap()),
+            "answer_box_nonce": STANDARD.encode(answer_box_nonce),
+            "answer_body": text(answer_body),
+        })
+    }
+
+    #[test]
+    fn published_enrollment_vectors_are_recomputed() {
+        let published: Value = serde_json::from_str(&vectors_json()).unwrap();
+        let pem = published["request_plaintext"].as_str().and_then(|p| serde_json::from_str::<Value>(p).ok()).unwrap();
+        let pem = pem["rsa_public_key_pem"].as_str().unwrap().to_owned();
+        crate::approval::ClientRsaPublicKey::from_pem(&pem).expect("the vectors' RSA key is a valid 4096-bit key");
+        assert_eq!(compute_vectors(&pem), published);
+        // The controller opens the published request body to the published plaintext.
+        let controller = ServerBoxKeys::from_base64(published["controller_box_secret_key"].as_str().unwrap()).unwrap();
+        let body = published["request_body"].as_str().unwrap().as_bytes();
+        let (request, _) = SealedEnrollRequest::parse(body).unwrap().open(&controller).unwrap();
+        assert_eq!(serde_json::to_string(&request).unwrap(), published["request_plaintext"].as_str().unwrap());
+    }
+
+    /// `ENROLLMENT_VECTORS_OUT=docs/enrollment-test-vectors.json RSA_PEM=pub.pem cargo test
+    /// regenerate_enrollment -- --ignored` writes the file after a deliberate change.
+    #[test]
+    #[ignore = "writes the vectors file"]
+    fn regenerate_enrollment_vectors() {
+        let out = std::env::var("ENROLLMENT_VECTORS_OUT").unwrap();
+        let pem = std::fs::read_to_string(std::env::var("RSA_PEM").unwrap()).unwrap();
+        let text = serde_json::to_string_pretty(&compute_vectors(&pem)).unwrap();
+        std::fs::write(out, format!("{text}\n")).unwrap();
     }
 }

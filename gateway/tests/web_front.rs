@@ -22,12 +22,19 @@ use xdpgate::approval::{
 use xdpgate::client::https::{self, Endpoint, HttpsReply, HttpsRequest};
 use xdpgate::client::{self, ClientCommandError, ConnectOptions, EnrollOptions};
 use xdpgate::config::{IpNet, WebConfig};
-use xdpgate::enrollment::{self, EnrollRequest, EnrollResponse, EnrollmentLink};
+use xdpgate::enrollment::{self, EnrollRequest, EnrollResponse, EnrollmentLink, SealedEnrollRequest};
 use xdpgate::{tls, web};
 use xdpgate_proto::front::v1::front_server::{Front, FrontServer};
 use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
 
 const CLIENT_A_PEM: &str = include_str!("../src/approval/testdata/client_a_rsa4096.pem");
+
+/// The in-test controller's long-term box secret key (its public half goes into links).
+const MINI_BOX_SECRET: [u8; 32] = [0x42; 32];
+
+fn mini_box_key() -> approval::BoxPublicKey {
+    ServerBoxKeys::from_secret_bytes(MINI_BOX_SECRET).public_key()
+}
 
 /// What the in-test controller received.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +96,7 @@ impl MiniController {
         state.allow("laptop-1", "vpn1");
         Self {
             token,
-            keys: ServerBoxKeys::generate().unwrap(),
+            keys: ServerBoxKeys::from_secret_bytes(MINI_BOX_SECRET),
             hmac_secret: HmacSecret::generate().unwrap(),
             state: Mutex::new(state),
             token_used: Mutex::new(false),
@@ -101,7 +108,9 @@ impl MiniController {
     }
 
     fn enroll(&self, request: &FrontRequest) -> FrontReply {
-        let Ok(enroll) = enrollment::parse_enroll_request(&request.body) else { return Self::error(400, "malformed") };
+        let Ok((enroll, opened)) = SealedEnrollRequest::parse(&request.body).and_then(|s| s.open(&self.keys)) else {
+            return Self::error(400, "malformed");
+        };
         let mut used = self.token_used.lock().unwrap();
         if enroll.token != self.token || *used {
             return Self::error(403, "denied");
@@ -115,12 +124,12 @@ impl MiniController {
             rsa_public_key,
         });
         let answer = EnrollResponse {
+            request_sha256: opened.request_sha256().to_owned(),
             client_id: "laptop-1".into(),
             hmac_secret: self.hmac_secret.to_base64().to_string(),
-            server_box_public_key: self.keys.public_key().to_base64(),
             servers: vec!["vpn1".into(), "vpn2".into()],
         };
-        FrontReply { http_status: 200, body: serde_json::to_vec(&answer).unwrap() }
+        FrontReply { http_status: 200, body: opened.seal(&answer).unwrap().to_json().unwrap() }
     }
 
     fn approve(&self, request: &FrontRequest) -> FrontReply {
@@ -415,7 +424,8 @@ async fn enrollment_is_forwarded_re_serialized() {
         rsa_public_key_pem: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into(),
         device_name: "laptop".into(),
     };
-    let canonical = serde_json::to_vec(&request).unwrap();
+    let (sealed, _) = enrollment::seal_request(&request, mini_box_key(), Some("ctl-a".into())).unwrap();
+    let canonical = sealed.to_json().unwrap();
     let reply = harness.post(enrollment::ENROLL_PATH, reordered(&canonical)).await;
     assert_eq!(reply.status, 202);
     let received = harness.received();
@@ -571,6 +581,8 @@ async fn enroll(harness: &Harness, profile: &Path, force: bool) -> Result<String
         base_url: harness.base_url(),
         token: token(),
         cert_sha256: tls::cert_sha256_hex(&harness.cert).unwrap(),
+        controller_box_key: mini_box_key(),
+        controller: None,
     };
     client::enroll(&EnrollOptions { link: &link.to_string(), profile, device_name: Some("test laptop"), force }).await
 }
@@ -655,7 +667,13 @@ async fn enroll_with_a_wrong_pin_fails_before_generating_a_key() {
     let harness = Harness::start(Setup::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile.json");
-    let link = EnrollmentLink { base_url: harness.base_url(), token: token(), cert_sha256: "ab".repeat(32) };
+    let link = EnrollmentLink {
+        base_url: harness.base_url(),
+        token: token(),
+        cert_sha256: "ab".repeat(32),
+        controller_box_key: mini_box_key(),
+        controller: None,
+    };
     let started = Instant::now();
     let err =
         client::enroll(&EnrollOptions { link: &link.to_string(), profile: &profile, device_name: None, force: false })

@@ -56,6 +56,7 @@ impl Gateway {
         sections: impl FnOnce(&Path) -> String,
         role: &'static str,
     ) -> Gateway {
+        crate::ensure_system_users();
         let name = unique_name("gw");
         let dir = std::env::temp_dir().join(format!("xdpgate-test-{name}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));

@@ -24,6 +24,7 @@ mod netns;
 pub mod openvpn;
 mod probe;
 mod process;
+pub mod relay;
 mod veth;
 
 use std::path::PathBuf;
@@ -34,6 +35,40 @@ pub use netns::{NetNs, in_netns};
 pub use process::{Proc, wait_for};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use veth::{VethEnd, VethLink};
+
+/// The web front's and the VPN server's system users (`cargo xtask setup` creates them too).
+pub const SYSTEM_USERS: [&str; 2] = ["xdpgate-web", "xdpgate-vpn"];
+
+/// Creates the system users of [`SYSTEM_USERS`] that are missing (`useradd --system`).
+pub fn ensure_system_users() {
+    for user in SYSTEM_USERS {
+        if nix::unistd::User::from_name(user).ok().flatten().is_some() {
+            continue;
+        }
+        let out = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run useradd: {e}"));
+        // Another test may have created it meanwhile (exit 9: already exists).
+        let exists = nix::unistd::User::from_name(user).ok().flatten().is_some();
+        assert!(out.status.success() || exists, "useradd {user} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The uid of a system user of [`SYSTEM_USERS`], created if missing.
+pub fn system_uid(user: &str) -> u32 {
+    ensure_system_users();
+    nix::unistd::User::from_name(user).ok().flatten().unwrap_or_else(|| panic!("no user {user}")).uid.as_raw()
+}
 
 /// Panics unless the test runs as root (namespaces, veth and XDP need it).
 pub fn require_root() {

@@ -1,5 +1,5 @@
 //! A real OpenVPN 2.6 server and clients behind the gate: self-signed keys (peer-fingerprint
-//! mode, no CA), the controller's `[server.openvpn]` config, the server run as `nobody` on the
+//! mode, no CA), the controller's `[server.openvpn]` config, the server run as `xdpgate-vpn` on the
 //! controller's persistent tun, clients in their own namespaces, and bounded waits on logs.
 //!
 //! Used by `tests/openvpn_e2e.rs` and by `cargo xtask demo`. Every guard here cleans up on
@@ -20,8 +20,13 @@ use crate::{Gateway, NetNs, unique_name};
 pub const VPN_PORT: u16 = 1194;
 /// The server's side of the tunnel (set on the tun interface by the controller).
 pub const TUNNEL_SERVER: Ipv4Addr = Ipv4Addr::new(10, 8, 0, 1);
-/// The uid (and gid) of `nobody`, OpenVPN's user.
-pub const NOBODY_UID: u32 = 65534;
+/// OpenVPN's system user (and group), owner of the tun interface.
+pub const VPN_USER: &str = "xdpgate-vpn";
+
+/// The uid of [`VPN_USER`], created if missing.
+pub fn vpn_uid() -> u32 {
+    crate::system_uid(VPN_USER)
+}
 /// What OpenVPN logs once its tunnel is up.
 pub const INIT_DONE: &str = "Initialization Sequence Completed";
 
@@ -67,8 +72,10 @@ fn self_signed(dir: &Path, name: &str) -> String {
     fingerprint(&dir.join(format!("{name}.crt")))
 }
 
-fn chown_nobody(path: &Path) {
-    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(NOBODY_UID)), Some(nix::unistd::Gid::from_raw(NOBODY_UID)))
+fn chown_vpn(path: &Path) {
+    crate::ensure_system_users();
+    let user = nix::unistd::User::from_name(VPN_USER).ok().flatten().unwrap_or_else(|| panic!("no user {VPN_USER}"));
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
@@ -84,7 +91,7 @@ pub fn wait_for_log(path: &Path, text: &str, limit: Duration) -> bool {
 
 /// The controller's config after `[controller]`: approvals, a web front on `gw:web_port`, and
 /// server `vpn1` guarding UDP [`VPN_PORT`] with OpenVPN followed on `socket` and the tun
-/// interface `tun` created for `nobody`. `dir` is the gateway's private folder.
+/// interface `tun` created for `xdpgate-vpn`. `dir` is the gateway's private folder.
 pub fn gateway_sections(gw: Ipv4Addr, web_port: u16, dir: &Path, socket: &Path, tun: &str) -> String {
     let web = dir.join("web");
     format!(
@@ -115,8 +122,8 @@ port = {VPN_PORT}
 [server.openvpn]
 management_socket = {socket:?}
 tun_name = "{tun}"
-tun_owner = "nobody"
-tun_group = "nogroup"
+tun_owner = "xdpgate-vpn"
+tun_group = "xdpgate-vpn"
 tun_address = "{TUNNEL_SERVER}/24"
 disconnect_grace_ms = 1000
 "#,
@@ -143,7 +150,7 @@ pub fn start_gateway(
     (gateway, tun)
 }
 
-/// A folder with the OpenVPN keys, logs and management socket, readable by `nobody`; removed
+/// A folder with the OpenVPN keys, logs and management socket, readable by `xdpgate-vpn`; removed
 /// on drop.
 pub struct OpenVpn {
     dir: PathBuf,
@@ -161,9 +168,9 @@ impl OpenVpn {
         // From here on, drop removes the folder, also if a step below panics.
         let mut vpn = OpenVpn { dir, server_fp: String::new(), client_fp: String::new() };
         fs::set_permissions(&vpn.dir, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod: {e}"));
-        chown_nobody(&vpn.dir.join("run"));
+        chown_vpn(&vpn.dir.join("run"));
         vpn.server_fp = self_signed(&vpn.dir, "server");
-        chown_nobody(&vpn.dir.join("server.key"));
+        chown_vpn(&vpn.dir.join("server.key"));
         vpn.client_fp = self_signed(&vpn.dir, "client");
         vpn
     }
@@ -183,7 +190,7 @@ impl OpenVpn {
         self.dir.join("run/server.log")
     }
 
-    /// The OpenVPN server in `ns`, started as `nobody` on the controller's persistent `tun`;
+    /// The OpenVPN server in `ns`, started as `xdpgate-vpn` on the controller's persistent `tun`;
     /// waits until it is up and `gateway` follows its management interface.
     ///
     /// Debian's udev makes `/dev/net/tun` mode 0666; where it is 0600 (some containers), the
@@ -204,7 +211,7 @@ impl OpenVpn {
              if [ \"$(stat -c %a /dev/net/tun)\" != 666 ]; then\n\
                mount -t tmpfs -o mode=0755 none {d}/devtun && mknod -m 0666 {d}/devtun/tun c 10 200 && mount --bind {d}/devtun/tun /dev/net/tun\n\
              fi\n\
-             exec setpriv --reuid nobody --regid nogroup --clear-groups openvpn {args} --cert {d}/server.crt --key {d}/server.key \
+             exec setpriv --reuid xdpgate-vpn --regid xdpgate-vpn --clear-groups openvpn {args} --cert {d}/server.crt --key {d}/server.key \
              --peer-fingerprint {fp} --management {d}/run/management.sock unix --management-client-auth \
              --log {d}/run/server.log\n",
             d = d.display(),

@@ -382,9 +382,10 @@ fn run_mode_serves_approvals_with_an_unprivileged_web_front() {
         thread::sleep(Duration::from_millis(100));
     }
     let config = gateway.config_path().display().to_string();
-    let web_uid = uid_of_process_with(&["web", "--config", &config]).unwrap_or_else(|| panic!("no web front process:\n{}", gateway.log()));
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
-    assert_eq!(web_uid, nobody, "the web front must run as the unprivileged user");
+    let web_uid = uid_of_process_with(&["web", "--config", &config])
+        .unwrap_or_else(|| panic!("no web front process:\n{}", gateway.log()));
+    let web_user = xdpgate_tests::system_uid("xdpgate-web");
+    assert_eq!(web_uid, web_user, "the web front must run as its own unprivileged user xdpgate-web");
     assert_eq!(uid_of_process_with(&["run", "--config", &config]), Some(0), "the controller stays root");
 
     let added = gateway.cli(&["clients", "add", "dave", "--server", "vpn1"]);

@@ -1,5 +1,5 @@
 //! End to end with a real OpenVPN 2.6 server behind the gate: the controller creates the
-//! server's persistent tun interface (owned by `nobody`), the server runs as `nobody` and is
+//! server's persistent tun interface (owned by `xdpgate-vpn`), the server runs as `xdpgate-vpn` and is
 //! followed through its management socket; a client namespace gets no answer before
 //! approval, connects with the approval's one-time token and reaches the server through the
 //! tunnel, a second namespace holding the same (stolen) credentials gets nothing, the spent
@@ -16,7 +16,7 @@ use std::{
 };
 
 use xdpgate_tests::openvpn::{
-    INIT_DONE, NOBODY_UID, OpenVpn, Proc, TUNNEL_SERVER, TunGuard, read, start_gateway, wait_for, wait_for_log,
+    INIT_DONE, OpenVpn, Proc, TUNNEL_SERVER, TunGuard, read, start_gateway, wait_for, wait_for_log,
 };
 use xdpgate_tests::{Gateway, NetNs, UdpEcho, VethLink, require_root, udp_roundtrip, xdpgate_bin};
 
@@ -52,11 +52,11 @@ impl Lab {
         lab
     }
 
-    /// The controller made the tun interface: persistent, owned by nobody, addressed.
+    /// The controller made the tun interface: persistent, owned by xdpgate-vpn, addressed.
     fn check_tun(&self) {
         let tun = &self.tun.name;
         let owner = self.gw_ns.exec(&["cat", &format!("/sys/class/net/{tun}/owner")]);
-        assert_eq!(owner.trim(), NOBODY_UID.to_string(), "tun owner");
+        assert_eq!(owner.trim(), xdpgate_tests::openvpn::vpn_uid().to_string(), "tun owner");
         let addr = self.gw_ns.exec(&["ip", "-4", "addr", "show", "dev", tun]);
         assert!(addr.contains(&format!("{TUNNEL_SERVER}/24")), "tun address: {addr}\n{}", self.gateway.log());
     }

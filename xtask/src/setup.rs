@@ -32,11 +32,13 @@ pub fn setup() -> Result<()> {
     ensure_root()?;
     let started = Instant::now();
     ensure_nightly()?;
+    ensure_lint_tools()?;
     let llvm = nightly_llvm_major()?;
     ensure_apt_packages(llvm)?;
     ensure_bpf_linker(llvm)?;
     ensure_cargo_fuzz()?;
     ensure_bpffs()?;
+    ensure_system_users()?;
     check_btf();
     println!("setup: done ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
@@ -51,6 +53,47 @@ fn ensure_root() -> Result<()> {
              create network namespaces): run it as root, e.g. `sudo -E env PATH=$PATH cargo xtask ...`"
         );
     }
+    Ok(())
+}
+
+/// The system users of the unprivileged parts: the web front (`xdpgate-web`) and the VPN
+/// server with its tun interface (`xdpgate-vpn`). Each gets its own group, no home, no shell.
+pub const SYSTEM_USERS: [&str; 2] = ["xdpgate-web", "xdpgate-vpn"];
+
+fn ensure_system_users() -> Result<()> {
+    for user in SYSTEM_USERS {
+        let known = Command::new("id").arg("-u").arg(user).output().is_ok_and(|o| o.status.success());
+        if known {
+            println!("setup: system user {user}: present");
+            continue;
+        }
+        println!("setup: system user {user}: creating");
+        run_quiet(Command::new("useradd").args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            user,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy for the default toolchain (`cargo xtask test` runs both).
+fn ensure_lint_tools() -> Result<()> {
+    let components = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|tool| !components.lines().any(|l| l == *tool || l.starts_with(&format!("{tool}-"))))
+        .collect();
+    if !missing.is_empty() {
+        println!("setup: {}: installing", missing.join(", "));
+        run_quiet(Command::new("rustup").args(["component", "add"]).args(&missing))?;
+    }
+    println!("setup: rustfmt + clippy: {}", if missing.is_empty() { "present" } else { "installed" });
     Ok(())
 }
 

@@ -114,11 +114,19 @@ pub enum PublicCode {
     InvalidAddress,
     /// Identity or credentials failed; the precise reason is only in the audit log.
     Denied,
+    /// The controller cannot be reached or the deadline passed; retry later.
+    Unavailable,
+    /// No such path.
+    NotFound,
+    /// The path exists but not for this method.
+    MethodNotAllowed,
+    /// A `POST` body whose `Content-Type` is not `application/json`.
+    UnsupportedMediaType,
 }
 
 impl PublicCode {
     /// Every public code.
-    pub const ALL: [PublicCode; 9] = [
+    pub const ALL: [PublicCode; 13] = [
         PublicCode::Malformed,
         PublicCode::PayloadTooLarge,
         PublicCode::ClockSkew,
@@ -128,6 +136,10 @@ impl PublicCode {
         PublicCode::RateLimited,
         PublicCode::InvalidAddress,
         PublicCode::Denied,
+        PublicCode::Unavailable,
+        PublicCode::NotFound,
+        PublicCode::MethodNotAllowed,
+        PublicCode::UnsupportedMediaType,
     ];
 
     /// The stable snake_case string sent to the client.
@@ -142,6 +154,10 @@ impl PublicCode {
             PublicCode::RateLimited => "rate_limited",
             PublicCode::InvalidAddress => "invalid_address",
             PublicCode::Denied => "denied",
+            PublicCode::Unavailable => "unavailable",
+            PublicCode::NotFound => "not_found",
+            PublicCode::MethodNotAllowed => "method_not_allowed",
+            PublicCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -156,6 +172,10 @@ impl PublicCode {
             PublicCode::ServerNotHere => 421,
             PublicCode::InvalidAddress => 422,
             PublicCode::RateLimited => 429,
+            PublicCode::NotFound => 404,
+            PublicCode::MethodNotAllowed => 405,
+            PublicCode::UnsupportedMediaType => 415,
+            PublicCode::Unavailable => 503,
         }
     }
 
@@ -485,7 +505,9 @@ mod tests {
             assert!(seen.insert(s), "duplicate code {s}");
             assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
             assert_eq!(PublicCode::from_str_code(s), Some(code));
-            assert!((400..500).contains(&code.http_status()));
+            let server_side = code == PublicCode::Unavailable;
+            let range = if server_side { 500..600 } else { 400..500 };
+            assert!(range.contains(&code.http_status()), "{s}");
         }
     }
 

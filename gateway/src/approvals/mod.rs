@@ -21,7 +21,7 @@ use crate::{
     },
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, ServerConfig},
-    enrollment::{self, EnrollResponse, EnrollmentLink},
+    enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
     openings::Openings,
     vpn::{VpnTokens, derive_token},
     store::{AuditEvent, AuditKind, Enrollment, EnrollmentToken, Store, StoreError, StoredClient},
@@ -91,6 +91,8 @@ pub struct Approvals {
     enrollment_ttl: Duration,
     public_url: Option<String>,
     web_cert: Option<PathBuf>,
+    /// This controller's cluster node name, written into enrollment links.
+    node_name: Option<String>,
     audit: AuditLog,
     metrics: metrics::Metrics,
     vpn_tokens: Arc<VpnTokens>,
@@ -116,6 +118,7 @@ impl Approvals {
             enrollment_ttl: approvals.enrollment_ttl,
             public_url: approvals.public_url.clone(),
             web_cert: approvals.web_cert.clone(),
+            node_name: config.cluster.as_ref().map(|c| c.node.clone()),
             metrics: metrics::Metrics::default(),
             vpn_tokens: Arc::new(VpnTokens::new()),
         }
@@ -199,7 +202,9 @@ impl Approvals {
         for addr in &approved.open_addresses {
             match self.openings.grant(server, *addr, &approved.client_id, server.connect_window).await {
                 Ok(_) => opened.push(*addr),
-                Err(err) => warn!(client_ip = %addr, error = %err, "could not open an approved address"),
+                Err(err) => {
+                    warn!(client_ip = %addr, error = %err, "could not open an approved address")
+                }
             }
         }
         if opened.is_empty() {
@@ -239,8 +244,9 @@ impl Approvals {
         }
     }
 
-    /// Redeems a `POST /v1/enroll` body: registers the client's public key and hands out its
-    /// HMAC secret and the server's box key. A bad, used or expired token is `denied`.
+    /// Redeems a sealed `POST /v1/enroll` body: opens the box with the controller's key,
+    /// registers the client's public key and answers its HMAC secret boxed to the request's
+    /// one-time key. A box that does not open, or a bad, used or expired token, is `denied`.
     pub async fn enroll(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
         let audit = |client_id: &str, verdict: &str, code: &str, reason: String| {
             let outcome = if code.is_empty() { verdict } else { code };
@@ -256,15 +262,20 @@ impl Approvals {
                 reason: format!("[{request_id}] {reason}"),
             });
         };
-        let request = match enrollment::parse_enroll_request(&body) {
-            Ok(request) => request,
+        let opened = SealedEnrollRequest::parse(&body).and_then(|sealed| sealed.open(&self.box_keys));
+        let (request, opened) = match opened {
+            Ok(opened) => opened,
+            Err(err @ EnrollmentError::BoxOpen) => {
+                audit("", "rejected", "denied", format!("{err} (a link of another controller, or altered)"));
+                return FrontAnswer::error(PublicCode::Denied.as_str(), 403);
+            }
             Err(err) => {
                 audit("", "rejected", "malformed", err.to_string());
                 return FrontAnswer::error("malformed", 400);
             }
         };
-        let public_key = match ClientRsaPublicKey::from_pem(&request.rsa_public_key_pem).and_then(|k| k.to_pem().map(|pem| (k, pem))) {
-            Ok((_, pem)) => pem,
+        let public_key = match ClientRsaPublicKey::from_pem(&request.rsa_public_key_pem).and_then(|k| k.to_pem()) {
+            Ok(pem) => pem,
             Err(err) => {
                 audit("", "rejected", "malformed", format!("public key refused: {err}"));
                 return FrontAnswer::error("malformed", 400);
@@ -289,13 +300,22 @@ impl Approvals {
         let redeemed = tokio::task::spawn_blocking(move || store.redeem_enrollment_token(&digest, now, enrollment)).await;
         match redeemed {
             Ok(Ok(Some(client))) => {
-                audit(&client.client_id, "enrolled", "", format!("device {:?}", request.device_name));
-                FrontAnswer::json(&EnrollResponse {
-                    client_id: client.client_id,
+                let answer = EnrollResponse {
+                    request_sha256: opened.request_sha256().to_owned(),
+                    client_id: client.client_id.clone(),
                     hmac_secret: secret.to_base64().to_string(),
-                    server_box_public_key: self.box_public_key(),
                     servers: client.servers,
-                })
+                };
+                match opened.seal(&answer).and_then(|sealed| sealed.to_json()) {
+                    Ok(body) => {
+                        audit(&client.client_id, "enrolled", "", format!("device {:?}", request.device_name));
+                        FrontAnswer { status: 200, body }
+                    }
+                    Err(err) => {
+                        error!(client_id = %client.client_id, error = %err, "sealing an enrollment answer failed");
+                        FrontAnswer::unavailable()
+                    }
+                }
             }
             Ok(Ok(None)) => {
                 audit("", "rejected", "denied", "unknown, used or expired enrollment token".into());
@@ -348,7 +368,16 @@ impl Approvals {
         })
         .await??;
         self.operator_audit(name, "added", format!("servers {servers:?}; enrollment link expires at {expires_unix}"));
-        Ok((EnrollmentLink { base_url, token, cert_sha256 }, expires_unix))
+        Ok((
+            EnrollmentLink {
+                base_url,
+                token,
+                cert_sha256,
+                controller_box_key: self.box_keys.public_key(),
+                controller: self.node_name.clone(),
+            },
+            expires_unix,
+        ))
     }
 
     fn web_cert_pin(&self) -> Result<String, ClientAdminError> {

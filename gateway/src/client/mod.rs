@@ -22,7 +22,7 @@ use crate::approval::{
     self, BoxPublicKey, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError, ProfileError,
     PublicCode, RequestParams, ResponsePayload, TransportProtocol, Verdict,
 };
-use crate::enrollment::{self, EnrollRequest, EnrollResponse, EnrollmentError, EnrollmentLink};
+use crate::enrollment::{self, EnrollRequest, EnrollmentError, EnrollmentLink};
 use crate::tls::{self, TlsError};
 
 /// Deadline of one HTTPS exchange.
@@ -77,6 +77,9 @@ pub enum ClientCommandError {
     /// The server's enrollment answer is unusable.
     #[error("the server's enrollment answer is unusable: {0}")]
     BadEnrollAnswer(String),
+    /// The enrollment answer is not the controller's sealed answer to this request.
+    #[error("enrollment refused by this client: {0}")]
+    EnrollAnswerUntrusted(EnrollmentError),
     /// No server named and the profile has several.
     #[error("the profile allows several servers ({0}); choose one with --server")]
     ChooseServer(String),
@@ -156,7 +159,9 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
         .map_err(|err| ClientCommandError::BadEnrollAnswer(format!("key generation task failed: {err}")))??;
     let request =
         EnrollRequest { token: link.token.clone(), rsa_public_key_pem: rsa_key.public_key().to_pem()?, device_name };
-    let body = serde_json::to_vec(&request).map_err(|err| ClientCommandError::BadEnrollAnswer(err.to_string()))?;
+    // Boxed to the controller's key from the link: the web front relays ciphertext only.
+    let (sealed, pending) = enrollment::seal_request(&request, link.controller_box_key, link.controller.clone())?;
+    let body = sealed.to_json()?;
     let reply = https::send(
         &endpoint,
         tls_config,
@@ -168,16 +173,17 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
     match reply.status {
         200 => {}
         403 => return Err(ClientCommandError::EnrollDenied),
-        status => return Err(ClientCommandError::EnrollFailed { status, code: error_code(&reply.body) }),
+        status => {
+            return Err(ClientCommandError::EnrollFailed { status, code: error_code(&reply.body) });
+        }
     }
-    let answer: EnrollResponse =
-        serde_json::from_slice(&reply.body).map_err(|err| ClientCommandError::BadEnrollAnswer(err.to_string()))?;
+    let answer = pending.open_answer(&reply.body).map_err(ClientCommandError::EnrollAnswerUntrusted)?;
     let cert = reply.server_cert.ok_or_else(|| ClientCommandError::BadEnrollAnswer("no server certificate".into()))?;
     let profile = ClientProfile::new(
         &answer.client_id,
         &HmacSecret::from_base64(&answer.hmac_secret)?,
         &rsa_key,
-        BoxPublicKey::from_base64(&answer.server_box_public_key)?,
+        link.controller_box_key,
         link.base_url.trim_end_matches('/'),
         &tls::cert_to_pem(&cert),
         answer.servers.clone(),

@@ -3,9 +3,11 @@
 //! is down keeps its servers (requests for them fail fast with `unavailable` instead of
 //! being sent elsewhere).
 //!
-//! Enrollment rule: a token does not name its issuer, so an enrollment is offered to each
-//! controller in configuration order until one accepts it (2xx). Tokens are single-use, so
-//! offering one to a controller that did not issue it changes nothing there.
+//! Enrollment rule: an enrollment names its issuing controller (the link's `controller=`,
+//! copied into the sealed envelope's clear `controller` field), and goes to that controller
+//! only. An enrollment without it (a controller outside a cluster issued the link) is offered
+//! to each controller in configuration order until one accepts it (2xx); the box opens only at
+//! the issuer, so offering it elsewhere changes nothing there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -77,7 +79,9 @@ impl ClusterRoutes {
         let mut owners = self.owners.read().map(|o| o.clone()).unwrap_or_default();
         let mut status = self.status.read().map(|s| s.clone()).unwrap_or_default();
         for (index, answer) in answers.into_iter().enumerate() {
-            let Some(entry) = status.get_mut(index) else { continue };
+            let Some(entry) = status.get_mut(index) else {
+                continue;
+            };
             match answer {
                 Ok(ownership) => {
                     self.learn(index, &ownership, &mut owners);
@@ -173,6 +177,16 @@ impl ClusterRoutes {
     /// Offers an enrollment to each controller in turn; the first 2xx answer wins. If none
     /// accepts, the first refusal is returned; if none answered, `unavailable`.
     pub async fn enroll(&self, request: FrontRequest) -> Result<FrontReply, Status> {
+        let issuer =
+            crate::enrollment::SealedEnrollRequest::parse(&request.body).ok().and_then(|sealed| sealed.controller);
+        if let Some(issuer) = issuer {
+            let Some(controller) = self.controllers.iter().find(|c| c.addr.name == issuer) else {
+                info!(controller = %issuer, "enrollment names a controller this web node does not know");
+                return Ok(FrontReply { http_status: 403, body: br#"{"error":"denied"}"#.to_vec() });
+            };
+            debug!(controller = %issuer, "enrollment routed to its issuer");
+            return controller.enroll(request).await;
+        }
         let mut refusal = None;
         let mut last_error = None;
         for controller in &self.controllers {

@@ -2,9 +2,10 @@
 //! front's user): approval requests and enrollments go in, finished answers come out.
 use std::{net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument as _, info, info_span};
+use tracing::{Instrument as _, info, info_span, warn};
 use xdpgate_proto::front::v1::{self as pb, front_server::FrontServer};
 
 use crate::approvals::{Approvals, FrontAnswer};
@@ -23,11 +24,13 @@ pub async fn serve_front(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), std::io::Error> {
     let listener = super::server::bind_private(socket)?;
+    let mut web_uid = None;
     if let Some(owner) = owner {
         let user = nix::unistd::User::from_name(owner)
             .map_err(std::io::Error::other)?
             .ok_or_else(|| std::io::Error::other(format!("no user named {owner:?}")))?;
         nix::unistd::chown(socket, Some(user.uid), Some(user.gid)).map_err(std::io::Error::other)?;
+        web_uid = Some(user.uid.as_raw());
         if let Some(parent) = socket.parent() {
             // The web user must be able to reach the socket inside the folder.
             let mode = std::fs::metadata(parent)?.permissions().mode();
@@ -37,11 +40,31 @@ pub async fn serve_front(
         }
     }
     info!(socket = %socket.display(), owner, "front API listening");
+    // Beyond the file mode: only the web user (or root) is served (`SO_PEERCRED`).
+    let incoming = UnixListenerStream::new(listener).filter(move |conn| match conn {
+        Ok(stream) => peer_allowed(stream, web_uid),
+        Err(_) => true,
+    });
     tonic::transport::Server::builder()
         .add_service(FrontServer::new(FrontService { approvals }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// Whether the connecting process is root or the web front's user.
+fn peer_allowed(stream: &tokio::net::UnixStream, web_uid: Option<u32>) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || Some(cred.uid()) == web_uid => true,
+        Ok(cred) => {
+            warn!(peer_uid = cred.uid(), pid = ?cred.pid(), "front socket connection from a user other than the web front's; closed");
+            false
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot read a front socket peer's credentials; closed");
+            false
+        }
+    }
 }
 
 fn remote_of(request: &pb::FrontRequest) -> Result<IpAddr, Status> {

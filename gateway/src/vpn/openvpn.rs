@@ -58,6 +58,8 @@ impl Sessions {
 pub struct Follower {
     server: ServerConfig,
     socket: PathBuf,
+    /// The one non-root user trusted to answer on the socket: the tun interface's owner.
+    vpn_user: Option<String>,
     grace: Duration,
     openings: Arc<Openings>,
     tokens: Arc<VpnTokens>,
@@ -80,6 +82,7 @@ pub fn start_all(
         let follower = Follower {
             server: server.clone(),
             socket: vpn.management_socket.clone(),
+            vpn_user: vpn.tun.as_ref().map(|t| t.owner.clone()),
             grace: vpn.disconnect_grace,
             openings: openings.clone(),
             tokens: tokens.clone(),
@@ -97,6 +100,7 @@ impl Follower {
         let mut reported = false;
         loop {
             match UnixStream::connect(&self.socket).await {
+                Ok(stream) if !self.trusted_peer(&stream) => {}
                 Ok(stream) => {
                     reported = false;
                     info!("following OpenVPN's management interface");
@@ -114,6 +118,28 @@ impl Follower {
             }
             tokio::time::sleep(RECONNECT_DELAY).await;
         }
+    }
+
+    /// Whether the process answering on the socket is root or the VPN user (`SO_PEERCRED`):
+    /// anyone else who managed to bind the path (the web front, say) is not followed.
+    fn trusted_peer(&self, stream: &UnixStream) -> bool {
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(err) => {
+                warn!(error = %err, "cannot read the management socket's peer credentials; not following it");
+                return false;
+            }
+        };
+        let vpn_uid = self
+            .vpn_user
+            .as_deref()
+            .and_then(|name| nix::unistd::User::from_name(name).ok().flatten())
+            .map(|user| user.uid.as_raw());
+        let trusted = uid == 0 || Some(uid) == vpn_uid;
+        if !trusted {
+            warn!(peer_uid = uid, vpn_user = ?self.vpn_user, "the management socket is served by an untrusted user; not following it");
+        }
+        trusted
     }
 
     async fn follow(&self, stream: UnixStream) -> std::io::Result<()> {
@@ -311,7 +337,9 @@ impl Follower {
                 }
                 match this.openings.release(this.server.id, session.addr, &session.client_id).await {
                     Ok(true) => info!("opening closed after disconnect"),
-                    Ok(false) => info!("client's hold released; the opening stays for its other holders"),
+                    Ok(false) => {
+                        info!("client's hold released; the opening stays for its other holders")
+                    }
                     Err(err) => warn!(error = %err, "could not release the opening"),
                 }
             }

@@ -87,6 +87,8 @@ pub fn ensure_persistent(config: &TunConfig) -> Result<TunOutcome, TunError> {
     let device = tun::create(&settings).map_err(tun_err)?;
     let fd = device.as_raw_fd();
     let ioctl_err = |ioctl| move |source| TunError::Ioctl { name: config.name.clone(), ioctl, source };
+    // The crate opens /dev/net/tun without O_CLOEXEC: no child may inherit the descriptor.
+    set_cloexec(fd).map_err(ioctl_err("F_SETFD FD_CLOEXEC"))?;
     tun_ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(uid)).map_err(ioctl_err("TUNSETOWNER"))?;
     if let Some(gid) = gid {
         tun_ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(gid)).map_err(ioctl_err("TUNSETGROUP"))?;
@@ -96,6 +98,18 @@ pub fn ensure_persistent(config: &TunConfig) -> Result<TunOutcome, TunError> {
     drop(device);
     info!(tun = %config.name, owner = %config.owner, group = ?config.group, address = ?config.address, "persistent tun interface created");
     Ok(TunOutcome::Created)
+}
+
+/// Marks `fd` close-on-exec.
+fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl F_GETFD/F_SETFD on a descriptor we own only reads and sets its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// One TUNSET* ioctl whose argument is passed by value.

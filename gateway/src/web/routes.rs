@@ -95,6 +95,8 @@ struct Refusal {
 impl Refusal {
     /// The controller cannot be reached, or the deadline passed.
     const UNAVAILABLE: Self = Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable" };
+    /// A `POST` body that is not declared `application/json`.
+    const NOT_JSON: Self = Self { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, code: "unsupported_media_type" };
 
     fn public(code: PublicCode) -> Self {
         Self {
@@ -195,6 +197,10 @@ async fn forward(state: &AppState, call: FrontCall, request: Request) -> Respons
     };
     let (parts, body) = request.into_parts();
     let work = async {
+        if !declares_json(&parts.headers) {
+            drain(body).await;
+            return Err(Refusal::NOT_JSON);
+        }
         let bytes = read_body(&parts.headers, body, limit).await?;
         let clean = reserialize(call, &bytes)?;
         relay(state, call, clean, &ctx).await
@@ -207,6 +213,17 @@ async fn forward(state: &AppState, call: FrontCall, request: Request) -> Respons
             unavailable()
         }
     }
+}
+
+/// Whether the request declares `Content-Type: application/json` (parameters such as
+/// `charset=utf-8` allowed, media type case-insensitive).
+fn declares_json(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let media_type = value.to_str().ok().and_then(|v| v.split(';').next()).map(str::trim);
+    media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json"))
 }
 
 /// The body, at most `limit` bytes; 413 before reading when the declared length is over.
@@ -223,7 +240,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         match body.frame().await {
             None => return Ok(Bytes::from(collected)),
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 if collected.len() + data.len() > limit {
                     drain(body).await;
                     return Err(Refusal::public(PublicCode::PayloadTooLarge));
@@ -259,11 +278,12 @@ fn reserialize(call: FrontCall, body: &[u8]) -> Result<Vec<u8>, Refusal> {
             })
         }
         FrontCall::Enroll => {
-            let request = enrollment::parse_enroll_request(body).map_err(|err| {
+            // Sealed: the front checks the envelope's shape and relays ciphertext it cannot read.
+            let request = enrollment::SealedEnrollRequest::parse(body).map_err(|err| {
                 tracing::info!("{err}");
                 Refusal::public(PublicCode::Malformed)
             })?;
-            serde_json::to_vec(&request).map_err(|err| {
+            request.to_json().map_err(|err| {
                 tracing::error!("re-serializing an enrollment request failed: {err}");
                 Refusal::UNAVAILABLE
             })
@@ -321,6 +341,24 @@ mod tests {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000000000"));
         let over = read_body(&headers, streamed(1, 10), 8192).await.unwrap_err();
         assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
+    }
+
+    #[test]
+    fn only_json_bodies_are_accepted() {
+        let with = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            }
+            declares_json(&headers)
+        };
+        assert!(with(&["application/json"]));
+        assert!(with(&["Application/JSON; charset=utf-8"]));
+        assert!(!with(&[]), "a missing Content-Type is refused");
+        assert!(!with(&["text/plain"]));
+        assert!(!with(&["application/json-seq"]));
+        assert!(!with(&["application/x-www-form-urlencoded"]));
+        assert!(!with(&["application/json", "application/json"]), "two Content-Type headers are refused");
     }
 
     #[test]

@@ -87,7 +87,10 @@ fn run() -> Result<(), String> {
     let (gateway, tun) = start_gateway(&vpn, &gateway_ns, &[&link.b.ifname], gw, WEB_PORT);
     let _server = vpn.start_server(&gateway_ns, &tun.name, &gateway);
     let echo = UdpEcho::start(&gateway_ns, SocketAddr::new(TUNNEL_SERVER.into(), ECHO_PORT));
-    println!("    OpenVPN server up, as nobody, on the tun interface {} ({TUNNEL_SERVER}) the controller created", tun.name);
+    println!(
+        "    OpenVPN server up, as xdpgate-vpn, on the tun interface {} ({TUNNEL_SERVER}) the controller created",
+        tun.name
+    );
     print!("{}", indent(&gateway.cli(&["servers", "list"])));
 
     step("The client's OpenVPN tries to connect before any approval")?;
