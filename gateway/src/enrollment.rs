@@ -645,7 +645,7 @@ mod tests {
             with("admin", json!(true)),
             with("controller", json!("Bad_Name")),
             with("client_box_public_key", json!(STANDARD.encode([0u8; 31]))),
-            with("box_nonce", json!(URL_SAFE_NO_PAD.encode([0u8; 24]))),
+            with("box_nonce", json!(URL_SAFE_NO_PAD.encode([0xffu8; 24]))),
             with("ciphertext", json!(STANDARD.encode([0u8; 16]))),
             with("ciphertext", json!("A".repeat(MAX_ENROLL_BODY_BYTES))),
             br#"[]"#.to_vec(),

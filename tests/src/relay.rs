@@ -2,7 +2,7 @@
 //! front's own certificate and key (what an attacker who owns the front has), records every
 //! decrypted byte in both directions, forwards each HTTP/1.1 request to the real front over
 //! TLS and relays the answer, optionally rewriting a successful enrollment answer.
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

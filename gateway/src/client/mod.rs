@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use self::https::{Endpoint, HttpsError, HttpsRequest};
 use crate::approval::{
-    self, BoxPublicKey, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError, ProfileError,
+    self, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError, ProfileError,
     PublicCode, RequestParams, ResponsePayload, TransportProtocol, Verdict,
 };
 use crate::enrollment::{self, EnrollRequest, EnrollmentError, EnrollmentLink};
