@@ -27,10 +27,10 @@ const CONCURRENCY: [usize; 2] = [8, 32];
 fn sections(link: &VethLink, dir: &Path) -> String {
     let web = dir.join("web");
     format!(
-        "[approvals]\npublic_url = \"https://{gw}:{WEB_PORT}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\n\n\
+        "[approvals]\npublic_url = \"https://{gw}:{WEB_PORT}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\nclient_approvals_per_minute = 0\n\n\
          [web]\nlisten = \"{gw}:{WEB_PORT}\"\ncert = {cert:?}\nkey = {key:?}\nfront_socket = {front:?}\n\
          rate_limit_per_minute = 1000000\nrate_limit_burst = 100000\n\n\
-         [[server]]\nname = \"vpn1\"\nid = 1\npublic_ipv4 = \"{gw}\"\n\n[[server.service]]\nprotocol = \"udp\"\nport = {GUARDED}\n",
+         [[server]]\nname = \"vpn1\"\nid = 1\npublic_ipv4 = \"{gw}\"\naddress_policy = \"open_all\"\n\n[[server.service]]\nprotocol = \"udp\"\nport = {GUARDED}\n",
         gw = link.b.v4,
         cert = web.join("cert.pem"),
         key = web.join("key.pem"),

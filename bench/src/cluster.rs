@@ -67,10 +67,10 @@ fn xdpgate(ns: Option<&NetNs>, args: &[&str]) -> Result<String> {
 /// The gateway's sections: approvals pointing at the web node, the cluster API, one server.
 fn gateway_sections(dir: &Path, shared: &Path, listen: SocketAddr, web: SocketAddr, public: IpAddr) -> String {
     format!(
-        "[approvals]\npublic_url = \"https://{web}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\n\n\
+        "[approvals]\npublic_url = \"https://{web}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\nclient_approvals_per_minute = 0\n\n\
          [cluster]\nnode = \"gw-a\"\nlisten = \"{listen}\"\nca = {ca:?}\ncert = {ncert:?}\nkey = {nkey:?}\n\
          allowed_peers = [\"web-*\"]\n\n\
-         [[server]]\nname = \"vpn1\"\nid = 1\npublic_ipv4 = \"{public}\"\n\n\
+         [[server]]\nname = \"vpn1\"\nid = 1\npublic_ipv4 = \"{public}\"\naddress_policy = \"open_all\"\n\n\
          [[server.service]]\nprotocol = \"udp\"\nport = {GUARDED}\n",
         cert = shared.join("web-tls/cert.pem"),
         front = dir.join("front.sock"),

@@ -12,6 +12,7 @@ mod program;
 mod report;
 mod requests;
 mod restart;
+mod sweep;
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -46,7 +47,7 @@ pub struct Opts {
     /// (rounded to a power of two in total; the controller uses 8), to compare sizes.
     #[arg(long, default_value_t = 8)]
     pub prefilter_bits: u32,
-    /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart); default all.
+    /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart, sweep); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,
 }
@@ -85,13 +86,14 @@ fn main() -> ExitCode {
     progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
     let machine = Machine::probe();
     let mut report = Report::new();
-    let parts: [(&str, Part); 6] = [
+    let parts: [(&str, Part); 7] = [
         ("program", program::run),
         ("live", live::run),
         ("approvals", approvals::run),
         ("approvals-e2e", approvals_e2e::run),
         ("cluster", cluster::run),
         ("restart", restart::run),
+        ("sweep", sweep::run),
     ];
     let started = Instant::now();
     let mut failed_parts = Vec::new();

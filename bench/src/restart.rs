@@ -15,7 +15,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 
 use anyhow::{Context, Result, anyhow};
 use xdpgate::{
-    clock::unix_ms,
+    clock::boot_ms,
     openings::{Holder, OpeningId, OpeningRecord},
     store::Store,
 };
@@ -45,16 +45,16 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let started = Instant::now();
     {
         let store = Store::open(&gw.dir().join("state")).context("opening the controller's redb")?;
-        let now = unix_ms();
+        let now = boot_ms();
         let records: Vec<OpeningRecord> = (0..count)
             .map(|i| {
                 let id = OpeningId { server_id: 1, addr: IpAddr::V4(Ipv4Addr::from(0x0a64_0000 + i)) };
                 OpeningRecord::new(id, 3_600_000, Holder {
                     id: format!("bench-{i}"),
                     origin: "bench".into(),
-                    granted_unix_ms: now,
-                    connect_until_unix_ms: now + 3_600_000,
-                    deadline_unix_ms: now + 86_400_000,
+                    granted_ms: now,
+                    connect_until_ms: now + 3_600_000,
+                    deadline_ms: now + 86_400_000,
                 })
             })
             .collect();

@@ -115,6 +115,8 @@ struct RawApprovals {
     public_url: Option<Spanned<String>>,
     #[serde(default)]
     web_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_approvals_per_minute: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +205,8 @@ struct RawServer {
     public_ipv4: Option<Spanned<String>>,
     #[serde(default)]
     public_ipv6: Option<Spanned<String>>,
+    #[serde(default)]
+    max_addresses_per_client: Option<Spanned<u32>>,
     #[serde(default = "defaults::connect_window_secs")]
     connect_window_secs: Spanned<u32>,
     #[serde(default = "defaults::idle_timeout_secs")]
@@ -280,6 +284,11 @@ pub mod defaults {
     }
     /// Accepted clock skew of approval requests, seconds.
     pub const TIMESTAMP_WINDOW_SECS: u64 = 300;
+    /// Open addresses one client may hold on one server (a dual-stack client behind two
+    /// networks needs four).
+    pub const MAX_ADDRESSES_PER_CLIENT: usize = 4;
+    /// Approvals one client may get per minute.
+    pub const CLIENT_APPROVALS_PER_MINUTE: u32 = 30;
     /// Audit events kept.
     pub const AUDIT_RETENTION: u64 = 100_000;
     /// Lifetime of an enrollment link, seconds.
@@ -315,17 +324,40 @@ pub mod defaults {
     }
 }
 
-/// Which addresses an approval opens (see docs/PROTOCOL.md).
+/// Which addresses an approval opens (see docs/PROTOCOL.md §7).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressPolicySetting {
-    /// The request's remote address and the client-reported IPv4 and IPv6.
-    #[default]
+    /// The request's remote address and the client-reported IPv4 and IPv6: a relayed request
+    /// opens the relayer, and a client can open third-party addresses. Explicit only;
+    /// `check-config` warns about it.
     OpenAll,
-    /// Only the remote address, and the reported one of its family must match it.
+    /// The default ("proven" addresses): only the remote address, and the client must have
+    /// reported that same address inside the box, so neither a relay nor the web front alone
+    /// can choose what opens.
+    #[default]
+    #[serde(alias = "proven")]
     RequireMatch,
     /// Only the remote address.
     IgnoreReported,
+}
+
+impl Config {
+    /// Settings that are valid but weaken the gate, one sentence each, for `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| s.address_policy == AddressPolicySetting::OpenAll)
+            .map(|s| {
+                format!(
+                    "server {:?}: address_policy = \"open_all\" opens whatever address a request comes from and \
+                     every address the client reports: a relayed request opens the relayer, and a client can open \
+                     third-party addresses (the default, \"require_match\", opens only proven addresses)",
+                    s.name
+                )
+            })
+            .collect()
+    }
 }
 
 /// Approval settings of the controller.
@@ -346,6 +378,8 @@ pub struct ApprovalsConfig {
     pub public_url: Option<String>,
     /// The web front's certificate, pinned by clients via the enrollment link.
     pub web_cert: Option<PathBuf>,
+    /// Approvals one client may get per minute (token bucket; 0: unlimited).
+    pub client_approvals_per_minute: u32,
 }
 
 /// The web front's settings (`[web]`).
@@ -464,6 +498,8 @@ pub struct ServerConfig {
     pub services: Vec<ServiceConfig>,
     /// Which addresses an approval opens.
     pub address_policy: AddressPolicySetting,
+    /// At most this many addresses of this server held open by one client at once.
+    pub max_addresses_per_client: usize,
     /// The public IPv4 address clients are told to connect to.
     pub public_ipv4: Option<std::net::Ipv4Addr>,
     /// The public IPv6 address clients are told to connect to.
@@ -650,6 +686,7 @@ impl Validator<'_> {
                 return Err(self.fail(server.id.span(), format!("duplicate server id {id}")));
             }
             let limits = self.limits(&server)?;
+            let max_addresses_per_client = self.max_addresses_per_client(&server)?;
             let openvpn = server.openvpn.map(|raw| self.openvpn(raw)).transpose()?;
             let public_ipv4 = self.public_address(&server.public_ipv4, "IPv4")?;
             let public_ipv6 = self.public_address(&server.public_ipv6, "IPv6")?;
@@ -673,6 +710,7 @@ impl Validator<'_> {
                 max_lifetime: limits.2,
                 services,
                 address_policy: server.address_policy,
+                max_addresses_per_client,
                 public_ipv4,
                 public_ipv6,
                 openvpn,
@@ -697,6 +735,10 @@ impl Validator<'_> {
             let value = *t.get_ref();
             if (60..=7 * 86_400).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "enrollment_ttl_secs must be between 60 and 604800")) }
         })?;
+        let client_rate = raw.client_approvals_per_minute.map_or(Ok(defaults::CLIENT_APPROVALS_PER_MINUTE), |r| {
+            let value = *r.get_ref();
+            if value <= 100_000 { Ok(value) } else { Err(self.fail(r.span(), "client_approvals_per_minute must be at most 100000")) }
+        })?;
         if let Some(url) = raw.public_url.as_ref().filter(|u| !u.get_ref().starts_with("https://")) {
             return Err(self.fail(url.span(), "public_url must be an https:// URL"));
         }
@@ -708,6 +750,7 @@ impl Validator<'_> {
             front_socket_user: raw.front_socket_user,
             public_url: raw.public_url.map(Spanned::into_inner),
             web_cert: raw.web_cert.or_else(|| Some(state_dir.join("web").join("cert.pem"))),
+            client_approvals_per_minute: client_rate,
         })
     }
 
@@ -887,6 +930,14 @@ impl Validator<'_> {
             .transpose()
     }
 
+    fn max_addresses_per_client(&self, server: &RawServer) -> Result<usize, ConfigError> {
+        match &server.max_addresses_per_client {
+            None => Ok(defaults::MAX_ADDRESSES_PER_CLIENT),
+            Some(v) if (1..=1024).contains(v.get_ref()) => Ok(usize::try_from(*v.get_ref()).unwrap_or(1)),
+            Some(v) => Err(self.fail(v.span(), "max_addresses_per_client must be between 1 and 1024")),
+        }
+    }
+
     fn limits(&self, server: &RawServer) -> Result<(Duration, Duration, Duration), ConfigError> {
         let connect = *server.connect_window_secs.get_ref();
         let idle = *server.idle_timeout_secs.get_ref();
@@ -983,6 +1034,26 @@ address = "192.0.2.1"
         assert_eq!(server.connect_window, Duration::from_secs(180));
         assert_eq!(server.services.len(), 2);
         assert_eq!(server.services[1].address, Some("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn proven_addresses_are_the_default_and_open_all_is_warned_about() {
+        let config = parse(GOOD).unwrap();
+        let server = config.server("vpn1").unwrap();
+        assert_eq!(server.address_policy, AddressPolicySetting::RequireMatch);
+        assert_eq!(server.max_addresses_per_client, defaults::MAX_ADDRESSES_PER_CLIENT);
+        assert_eq!(config.approvals.client_approvals_per_minute, defaults::CLIENT_APPROVALS_PER_MINUTE);
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        let proven = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"proven\"\n");
+        assert_eq!(parse(&proven).unwrap().servers[0].address_policy, AddressPolicySetting::RequireMatch);
+        let open_all = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"open_all\"\n");
+        let warnings = parse(&open_all).unwrap().warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("vpn1") && warnings[0].contains("relayed request"), "{warnings:?}");
+        let capped = GOOD.replace("id = 1\n", "id = 1\nmax_addresses_per_client = 0\n");
+        let (line, reason) = invalid_line(&capped);
+        assert_eq!(line, line_of(&capped, "max_addresses_per_client"));
+        assert!(reason.contains("between 1 and 1024"), "{reason}");
     }
 
     #[test]

@@ -171,7 +171,7 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         services.iter().flat_map(PlannedService::kernel_entries).collect();
     maps.sync_services(&kernel_services)?;
     let gate = gate::spawn_owner(maps)?;
-    let openings = Arc::new(Openings::new(gate.clone(), store.clone()));
+    let openings = Arc::new(Openings::new(gate.clone(), store.clone()).with_map_capacity(config.max_openings));
     // The maps are right before the program is (re)attached.
     openings.reconcile().await?;
     let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;

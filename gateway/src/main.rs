@@ -62,7 +62,12 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             let services: usize = config.servers.iter().map(|s| s.services.len()).sum();
-            Ok(format!("ok: {} server(s), {services} service(s)\n", config.servers.len()))
+            let mut out = String::new();
+            for warning in config.warnings() {
+                out.push_str(&format!("warning: {warning}\n"));
+            }
+            out.push_str(&format!("ok: {} server(s), {services} service(s)\n", config.servers.len()));
+            Ok(out)
         }
         Command::Cluster { command } => cli::cluster::run(command).await,
         Command::Servers { command: ServersCommand::List { target } } => admin::servers_list(&target.socket).await,

@@ -2,7 +2,9 @@
 //! call each). Under a burst of concurrent grants every caller gets its own record, every
 //! opening is in redb and in the kernel map, and two grants of one address in the same burst
 //! end up as two holders of one opening; a grant whose caller goes away is still written
-//! whole. Real maps (loaded unpinned), a real redb file.
+//! whole, and so is a revocation. An approval's grant is checked under the batch lock: the
+//! per-client cap, the map's capacity (no eviction) and revocation in flight. Real maps
+//! (loaded unpinned), a real redb file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -15,7 +17,7 @@ use std::{
 use xdpgate::{
     config::{Config, ServerConfig},
     gate::{GateMaps, loader, spawn_owner},
-    openings::Openings,
+    openings::{GrantCheck, Openings, OpeningsError},
     store::Store,
 };
 
@@ -50,13 +52,18 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with_capacity(u32::MAX)
+    }
+
+    /// A lab whose manager believes each kernel map holds `capacity` entries.
+    fn with_capacity(capacity: u32) -> Lab {
         assert!(nix::unistd::geteuid().is_root(), "this test loads BPF maps: run it as root (cargo xtask test)");
         let config = Config::parse(CONFIG, Path::new("test.toml")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut ebpf = loader::load_unpinned(1024).unwrap();
         let gate = spawn_owner(GateMaps::take(&mut ebpf).unwrap()).unwrap();
-        let openings = Arc::new(Openings::new(gate, store.clone()));
+        let openings = Arc::new(Openings::new(gate, store.clone()).with_map_capacity(capacity));
         Lab { server: config.servers[0].clone(), store, openings, _ebpf: ebpf, _dir: dir }
     }
 }
@@ -124,4 +131,116 @@ async fn a_grant_whose_caller_goes_away_is_still_written_whole() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(store.load_openings().unwrap().len(), 1, "and in redb");
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn check(openings: &Openings, origin: &str, cap: usize) -> Option<GrantCheck> {
+    Some(GrantCheck { generation: openings.generation(origin), max_addresses_per_client: cap })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_at_most_its_cap_and_nobody_is_evicted() {
+    let Lab { server, openings, .. } = &Lab::new();
+    for i in 0..3 {
+        openings.grant_checked(server, address(i), "alice", WINDOW, check(openings, "alice", 3)).await.unwrap();
+    }
+    let fourth = openings.grant_checked(server, address(3), "alice", WINDOW, check(openings, "alice", 3)).await;
+    assert!(matches!(fourth, Err(OpeningsError::ClientCap { limit: 3, .. })), "{fourth:?}");
+    // Re-approving an address alice already holds is not a further address.
+    openings.grant_checked(server, address(1), "alice", WINDOW, check(openings, "alice", 3)).await.unwrap();
+    // Another client is not limited by alice's holdings, even on alice's addresses (NAT).
+    openings.grant_checked(server, address(0), "bob", WINDOW, check(openings, "bob", 1)).await.unwrap();
+    let views = openings.list().await.unwrap();
+    let addrs: Vec<IpAddr> = views.iter().map(|v| v.record.id.addr).collect();
+    assert_eq!(addrs, [address(0), address(1), address(2)], "the refused address was not opened");
+    assert!(views.iter().all(|v| v.kernel.is_some()));
+    // Concurrent grants of one client in one burst cannot exceed the cap either.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 10..20 {
+        let (openings, server) = (openings.clone(), server.clone());
+        burst.spawn(async move {
+            let c = check(&openings, "carol", 4);
+            openings.grant_checked(&server, address(i), "carol", WINDOW, c).await
+        });
+    }
+    let mut granted = 0;
+    while let Some(done) = burst.join_next().await {
+        match done.unwrap() {
+            Ok(_) => granted += 1,
+            Err(OpeningsError::ClientCap { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(granted, 4, "exactly the cap, however the burst was batched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_capacity_refuses_new_openings_and_evicts_nothing() {
+    // 32 entries per map: approvals stop with 2 (32 / 16) left.
+    let Lab { server, openings, .. } = &Lab::with_capacity(32);
+    let mut granted = Vec::new();
+    for i in 0..40 {
+        match openings.grant_checked(server, address(i), &format!("c{i}"), WINDOW, check(openings, &format!("c{i}"), 4)).await {
+            Ok(_) => granted.push(address(i)),
+            Err(OpeningsError::NearCapacity { family: "IPv4", capacity: 32, .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(granted.len(), 30, "refused once fewer than 1/16 of the entries are free");
+    let views = openings.list().await.unwrap();
+    assert_eq!(views.iter().map(|v| v.record.id.addr).collect::<Vec<_>>(), granted, "nobody was evicted");
+    // An address already open can still be re-approved (it takes no new entry).
+    openings.grant_checked(server, address(0), "c0", WINDOW, check(openings, "c0", 4)).await.unwrap();
+    // Operator grants are not approvals: they may use the reserve.
+    openings.grant(server, address(100), "admin", WINDOW).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_during_an_approval_opens_nothing() {
+    let Lab { server, store, openings, .. } = &Lab::new();
+    openings.grant_checked(server, address(1), "alice", WINDOW, check(openings, "alice", 4)).await.unwrap();
+    // The approval reads the generation before validating...
+    let in_flight = check(openings, "alice", 4);
+    // ...the operator disables the client meanwhile (the store write runs under the lock)...
+    let wrote = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = wrote.clone();
+    let closed = openings
+        .revoke_origin_with("alice", move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), OpeningsError>(())
+        })
+        .await
+        .unwrap();
+    assert!(wrote.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(closed, 1);
+    // ...and the approval's grant then comes: refused, nothing opens.
+    let late = openings.grant_checked(server, address(2), "alice", WINDOW, in_flight).await;
+    assert!(matches!(late, Err(OpeningsError::Revoked(ref c)) if c == "alice"), "{late:?}");
+    assert!(openings.list().await.unwrap().is_empty());
+    assert!(store.load_openings().unwrap().is_empty());
+    // A fresh approval (generation read after the revocation) works again, e.g. after enable.
+    openings.grant_checked(server, address(2), "alice", WINDOW, check(openings, "alice", 4)).await.unwrap();
+}
+
+// One thread, as for the grant: the revocation cannot run before its caller goes away.
+#[tokio::test(flavor = "current_thread")]
+async fn a_revocation_whose_caller_goes_away_is_still_done_whole() {
+    let Lab { server, store, openings, .. } = &Lab::new();
+    openings.grant(server, address(8), "gone", WINDOW).await.unwrap();
+    let mut revoke = Box::pin(openings.revoke_address(None, address(8)));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(revoke.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the revocation cannot have finished without waiting");
+    drop(revoke);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let views = openings.list().await.unwrap();
+        if views.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned revocation was never done");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.load_openings().unwrap().is_empty(), "gone from redb");
 }

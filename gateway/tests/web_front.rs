@@ -460,6 +460,23 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 }
 
 #[tokio::test]
+async fn the_address_echo_answers_the_address_an_approval_would_come_from() {
+    let xff = vec![("x-forwarded-for", "192.0.2.99, 198.51.100.7".to_owned())];
+    let direct = Harness::start(Setup::default()).await;
+    let reply = direct.request(Method::GET, approval::ADDRESS_PATH, xff.clone(), Vec::new()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(body_json(&reply), serde_json::json!({ "address": "127.0.0.1" }), "an untrusted peer's header is ignored");
+    assert!(direct.received().is_empty(), "the echo forwards nothing to the controller");
+    direct.stop().await;
+
+    let behind_proxy =
+        Harness::start(Setup { trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()], ..Setup::default() }).await;
+    let reply = behind_proxy.request(Method::GET, approval::ADDRESS_PATH, xff, Vec::new()).await;
+    assert_eq!(body_json(&reply), serde_json::json!({ "address": "198.51.100.7" }), "the same address approvals see");
+    behind_proxy.stop().await;
+}
+
+#[tokio::test]
 async fn rate_limit_answers_429_after_the_burst() {
     let harness = Harness::start(Setup { per_minute: 1, burst: 3, ..Setup::default() }).await;
     let body = signed_request().to_json().unwrap();

@@ -45,6 +45,7 @@ front_socket = {front:?}
 rate_limit_per_minute = 6000
 rate_limit_burst = 200
 
+# open_all explicitly: the first test checks that a reported IPv6 opens with the IPv4 remote.
 [[server]]
 name = "vpn1"
 id = 1
@@ -53,6 +54,7 @@ idle_timeout_secs = 2
 max_lifetime_secs = 3600
 public_ipv4 = "{gw}"
 public_ipv6 = "{gw6}"
+address_policy = "open_all"
 
 [[server.service]]
 protocol = "udp"
@@ -70,6 +72,16 @@ public_ipv4 = "{gw}"
 [[server.service]]
 protocol = "udp"
 port = 1195
+
+# The default address policy (proven addresses).
+[[server]]
+name = "vpn3"
+id = 3
+public_ipv4 = "{gw}"
+
+[[server.service]]
+protocol = "udp"
+port = 1196
 "#,
         gw = link.b.v4,
         gw6 = link.b.v6,
@@ -398,4 +410,54 @@ fn run_mode_serves_approvals_with_an_unprivileged_web_front() {
     let out = client.command(&xdpgate_bin().display().to_string()).args(["client", "connect", "--profile", &profile]).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(udp_roundtrip(&client, None, target, PROBE_TIMEOUT), "open after approval under `xdpgate run`");
+}
+
+#[test]
+fn default_policy_opens_only_proven_addresses_and_never_the_gateway() {
+    use xdpgate::approval::build_request;
+    let lab = ApprovalLab::new(44);
+    let (c4, g4) = lab.v4_pair();
+    let (c6, _) = lab.v6_pair();
+
+    // The reference client learns the address it is seen from (GET /v1/address) and reports
+    // it; under the default policy exactly that address opens, nothing else.
+    let added = lab.gateway.cli(&["clients", "add", "dave", "--server", "vpn3", "--server", "vpn1"]);
+    let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
+    let dave_profile = lab.gateway.dir().join("dave.profile.json");
+    let out = lab.client_cmd(&["client", "enroll", link, "--profile", &dave_profile.display().to_string()]);
+    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.client_cmd(&["client", "connect", "--profile", &dave_profile.display().to_string(), "--server", "vpn3", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "approval under the default policy: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    assert_eq!(json["opened"], serde_json::json!([c4.to_string()]), "{stdout}");
+    let listed = lab.openings();
+    assert_eq!(listed.lines().filter(|l| l.contains(&c4.to_string())).count(), 1, "{listed}");
+    assert!(!listed.contains(&c6.to_string()), "{listed}");
+
+    // A captured request of a client elsewhere (its box names that host's address), relayed
+    // from this host: the relayer's address was not proven, nothing opens.
+    let dave = load_profile(&dave_profile);
+    let creds = dave.credentials().unwrap();
+    let mut captured = params("vpn3");
+    captured.public_ipv4 = Some(lab.stranger);
+    let (request, _) = build_request(&creds, &captured, now()).unwrap();
+    let before = lab.openings();
+    let (status, body) = post(&lab, &dave, serde_json::to_vec(&request).unwrap());
+    assert_eq!((status, body.contains("\"invalid_address\"")), (422, true), "relayed request: {status} {body}");
+    assert_eq!(lab.openings(), before, "the relayed request opened nothing");
+
+    // The gateway's own address, reported under open_all (vpn1), is refused as a whole.
+    let mut own = params("vpn1");
+    own.public_ipv4 = match g4 {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
+    let (request, _) = build_request(&creds, &own, now()).unwrap();
+    let (status, body) = post(&lab, &dave, serde_json::to_vec(&request).unwrap());
+    assert_eq!((status, body.contains("\"invalid_address\"")), (422, true), "gateway's own address: {status} {body}");
+    assert_eq!(lab.openings(), before, "nothing opened for a request naming the gateway itself");
+    let audit = lab.gateway.cli(&["audit", "tail", "-n", "20"]);
+    assert!(audit.contains("an address of the gateway itself"), "{audit}");
+    assert!(audit.contains("does not match remote address"), "{audit}");
 }

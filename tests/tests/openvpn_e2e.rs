@@ -206,4 +206,44 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
         !udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)),
         "traffic still flows through the tunnel of a disabled client"
     );
+
+    // 7. A DISCONNECT the controller misses: the controller is down (SIGKILL) when the client
+    //    vanishes without a word (SIGKILL, no exit notify). The restarted controller has no
+    //    session to release, yet the opening closes once the address has been idle for
+    //    idle_timeout_secs (10 s), before OpenVPN's own ping-restart (20 s) could report it.
+    lab.gateway.cli(&["clients", "enable", "alice"]);
+    let (ok, out) = lab.xdpgate(
+        &lab.c1,
+        &["client", "connect", "--profile", &lab.profile.display().to_string(), "--server", "vpn1", "--openvpn-auth", &auth.display().to_string()],
+    );
+    assert!(ok, "third approval failed: {out}");
+    let (client, log) = lab.start_client(&lab.c1, &auth, "alice-vanishes");
+    assert!(wait_for_log(&log, INIT_DONE, Duration::from_secs(20)), "third tunnel not up:\n{}", read(&log));
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(500))),
+        "no answer through the third tunnel"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.gateway.log().matches("session opening held").count() >= 3),
+        "third session not held:\n{}",
+        lab.gateway.log()
+    );
+    let timeouts_before = read(&server_log).matches("Inactivity timeout").count();
+    lab.gateway.kill9();
+    drop(client);
+    let vanished = std::time::Instant::now();
+    lab.gateway.restart();
+    assert!(
+        wait_for(Duration::from_secs(17), || lab.openings() == "no openings\n"),
+        "the idle session opening is still there {:?} after the client vanished:\n{}\n{}",
+        vanished.elapsed(),
+        lab.openings(),
+        lab.gateway.log()
+    );
+    assert!(vanished.elapsed() >= Duration::from_secs(8), "closed after {:?}, before the idle timeout", vanished.elapsed());
+    assert_eq!(
+        read(&server_log).matches("Inactivity timeout").count(),
+        timeouts_before,
+        "OpenVPN had already timed the client out: the test did not show the idle close"
+    );
 }

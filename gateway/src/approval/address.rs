@@ -1,5 +1,5 @@
-//! Which client addresses a server opens: the per-server [`AddressPolicy`], and the rule that
-//! only real unicast addresses are ever opened.
+//! Which client addresses a server opens: the per-server [`AddressPolicy`], and the one rule
+//! ([`check_openable`]) of which addresses are never opened.
 //!
 //! Private ranges (10/8, 172.16/12, 192.168/16, fc00::/7) and documentation ranges are allowed
 //! on purpose: gateways run in private networks and tests run in network namespaces.
@@ -15,11 +15,13 @@ use super::error::{Reason, escape_for_log};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressPolicy {
-    /// Open the remote address (when it is openable) and every reported address.
-    #[default]
+    /// Open the remote address (when it is openable) and every reported address. A relayed
+    /// request opens the relayer; explicit only.
     OpenAll,
-    /// The reported address of the remote's family must equal the remote address; only the
-    /// remote address is opened.
+    /// The default ("proven" addresses): the reported address of the remote's family must
+    /// equal the remote address; only the remote address is opened.
+    #[default]
+    #[serde(alias = "proven")]
     RequireMatch,
     /// Open only the remote address; reported addresses are still checked but not used.
     IgnoreReported,
@@ -73,9 +75,14 @@ pub enum AddressProblem {
     /// An IPv4-mapped or IPv4-compatible IPv6 address reported as IPv6.
     #[error("IPv4 address in IPv6 form")]
     Ipv4InIpv6,
+    /// An address of the gateway itself (an interface address or a configured public address).
+    #[error("an address of the gateway itself")]
+    GatewayAddress,
 }
 
-/// Checks that an address is unicast and routable enough to open.
+/// Checks that an address is unicast and routable enough to open: the one never-openable list
+/// (`docs/PROTOCOL.md` §7), used for approvals and admin grants alike. The gateway's own
+/// addresses, known only at run time, are refused on top of it by the approval pipeline.
 pub fn check_openable(address: IpAddr) -> Result<(), AddressProblem> {
     match address {
         IpAddr::V4(v4) => check_v4(v4),

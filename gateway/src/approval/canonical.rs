@@ -14,6 +14,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const REQUEST_METHOD: &str = "POST";
 /// The HTTP path of an approval request, bound into the request MAC.
 pub const REQUEST_PATH: &str = "/v1/approvals";
+/// The unauthenticated echo a client asks its own public address from (`GET`, answered
+/// `{"address":"…"}`), to report it inside the box (`docs/PROTOCOL.md` §7).
+pub const ADDRESS_PATH: &str = "/v1/address";
 /// Domain-separation tag of the request MAC transcript.
 pub const REQUEST_MAC_TAG: &str = "xdpgate-approval-request-mac";
 /// Domain-separation tag of the request signature transcript.

@@ -40,11 +40,14 @@ pub enum Stage {
     ClientAllowed,
     /// The addresses to open.
     Addresses,
+    /// After validation, in the controller: revocation in flight, per-client rate and cap, map
+    /// capacity (`docs/PROTOCOL.md` §7.3).
+    Grant,
 }
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 14] = [
+    pub const ALL: [Stage; 15] = [
         Stage::Admission,
         Stage::Shape,
         Stage::Timestamp,
@@ -59,6 +62,7 @@ impl Stage {
         Stage::PayloadNonce,
         Stage::ClientAllowed,
         Stage::Addresses,
+        Stage::Grant,
     ];
 
     /// A stable snake_case name, for logs and metrics.
@@ -78,6 +82,7 @@ impl Stage {
             Stage::PayloadNonce => "payload_nonce",
             Stage::ClientAllowed => "client_allowed",
             Stage::Addresses => "addresses",
+            Stage::Grant => "grant",
         }
     }
 
@@ -288,6 +293,10 @@ pub enum Reason {
     /// The box does not open with the server's key and the request's one-time key.
     #[error("box does not open (wrong server key, or tampered ciphertext)")]
     BoxOpenFailed,
+    /// The one-time box key is of small order or not canonically encoded (its shared secret
+    /// would be a constant).
+    #[error("one-time box key is of small order or not canonical")]
+    WeakBoxKey,
     /// The boxed payload is not a valid payload.
     #[error("boxed payload is malformed: {0}")]
     PayloadMalformed(String),
@@ -347,6 +356,23 @@ pub enum Reason {
     /// The caller throttled the request.
     #[error("rate limited")]
     RateLimited,
+    /// The client asked for more approvals than its per-minute budget (checked after the
+    /// request was validated, so only the client itself can spend its budget).
+    #[error("client `{client_id}` is over its {per_minute} approvals per minute")]
+    ClientRateExceeded {
+        /// The client id.
+        client_id: String,
+        /// The configured budget.
+        per_minute: u32,
+    },
+    /// The client already holds the server's maximum number of open addresses.
+    #[error("client `{client_id}` already holds {limit} open address(es) on this server")]
+    ClientCapReached {
+        /// The client id.
+        client_id: String,
+        /// The server's `max_addresses_per_client`.
+        limit: usize,
+    },
 }
 
 impl Reason {
@@ -365,7 +391,9 @@ impl Reason {
             Reason::RequestNonceReplayed | Reason::PayloadNonceReplayed => PublicCode::Replay,
             Reason::UnknownServer { .. } => PublicCode::UnknownServer,
             Reason::ServerNotHere { .. } => PublicCode::ServerNotHere,
-            Reason::RateLimited => PublicCode::RateLimited,
+            Reason::RateLimited
+            | Reason::ClientRateExceeded { .. }
+            | Reason::ClientCapReached { .. } => PublicCode::RateLimited,
             Reason::InvalidAddress { .. }
             | Reason::AddressMismatch { .. }
             | Reason::NoOpenableAddress { .. } => PublicCode::InvalidAddress,
@@ -374,6 +402,7 @@ impl Reason {
             | Reason::HmacMismatch { .. }
             | Reason::SignatureInvalid { .. }
             | Reason::BoxOpenFailed
+            | Reason::WeakBoxKey
             | Reason::ClientNotAllowed { .. } => PublicCode::Denied,
         }
     }
@@ -396,6 +425,7 @@ impl Reason {
             Reason::ServerNotHere { .. } => "server_not_here",
             Reason::SignatureInvalid { .. } => "signature_invalid",
             Reason::BoxOpenFailed => "box_open_failed",
+            Reason::WeakBoxKey => "weak_box_key",
             Reason::PayloadMalformed(_) => "payload_malformed",
             Reason::PayloadServerMismatch { .. } => "payload_server_mismatch",
             Reason::PayloadClockSkew { .. } => "payload_clock_skew",
@@ -405,6 +435,8 @@ impl Reason {
             Reason::AddressMismatch { .. } => "address_mismatch",
             Reason::NoOpenableAddress { .. } => "no_openable_address",
             Reason::RateLimited => "rate_limited",
+            Reason::ClientRateExceeded { .. } => "client_rate_exceeded",
+            Reason::ClientCapReached { .. } => "client_cap_reached",
         }
     }
 }
@@ -528,6 +560,7 @@ mod tests {
                 client_id: id.clone(),
             },
             Reason::BoxOpenFailed,
+            Reason::WeakBoxKey,
             Reason::ClientNotAllowed {
                 client_id: id.clone(),
                 server: "s".into(),

@@ -21,6 +21,8 @@ pub const RSA_MIN_BITS: usize = 4096;
 pub const RSA_MAX_BITS: usize = 8192;
 /// Modulus size of generated client keys.
 pub const RSA_GENERATED_BITS: usize = 4096;
+/// The only accepted RSA public exponent (F4).
+pub const RSA_PUBLIC_EXPONENT: u32 = 65537;
 
 /// A key could not be read, generated or used.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +64,12 @@ pub enum KeyError {
     /// The RSA modulus size is outside the accepted range.
     #[error("RSA modulus is {bits} bits, allowed {RSA_MIN_BITS}..={RSA_MAX_BITS}")]
     RsaSize {
-        /// Modulus size.
+        /// Modulus size in bits (exact: the position of its highest set bit).
         bits: usize,
     },
+    /// The RSA public exponent is not 65537.
+    #[error("RSA public exponent is not {RSA_PUBLIC_EXPONENT}")]
+    RsaExponent,
     /// Signing failed.
     #[error("RSA signing failed")]
     Signing,
@@ -192,6 +197,24 @@ impl BoxPublicKey {
         b64::encode(&self.0)
     }
 
+    /// True when the key is a canonical encoding (u < 2^255 − 19, top bit clear) of a point
+    /// that is not of small order. A small-order key makes every X25519 shared secret the
+    /// all-zero value (libsodium refuses it), so a box "to" it is sealed under a constant
+    /// anyone can compute; a non-canonical key (top bit set, or u ≥ p) is another spelling of
+    /// a canonical one. See `docs/PROTOCOL.md` §1.
+    pub fn is_strong(&self) -> bool {
+        !self.is_non_canonical() && !SMALL_ORDER_U.contains(&self.0)
+    }
+
+    fn is_non_canonical(&self) -> bool {
+        let b = &self.0;
+        if b[31] & 0x80 != 0 {
+            return true;
+        }
+        // u ≥ p = 2^255 − 19: bytes 1..=30 all 0xff, byte 31 = 0x7f, byte 0 ≥ 0xed.
+        b[31] == 0x7f && b[1..31].iter().all(|&x| x == 0xff) && b[0] >= 0xed
+    }
+
     pub(crate) fn to_crypto_box(self) -> crypto_box::PublicKey {
         crypto_box::PublicKey::from_bytes(self.0)
     }
@@ -202,6 +225,32 @@ impl fmt::Debug for BoxPublicKey {
         write!(f, "BoxPublicKey({})", self.to_base64())
     }
 }
+
+/// The canonical u-coordinates of every point of small order on Curve25519 and its twist
+/// (0, 1, p − 1, and the two points of order 8), little-endian: the list libsodium's
+/// `has_small_order` uses, without its non-canonical spellings (refused separately).
+const SMALL_ORDER_U: [[u8; BOX_PUBLIC_KEY_LEN]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+];
 
 /// The server's long-term X25519 key pair: requests are boxed to it, responses boxed from it.
 /// The public half goes into every client profile.
@@ -304,7 +353,8 @@ impl ClientRsaKey {
     /// Reads an unencrypted PKCS#8 DER key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let pair = RsaKeyPair::from_pkcs8(der).map_err(|e| rejected("RSA private key", e))?;
-        check_rsa_bits(pair.public().modulus_len() * 8)?;
+        // The same exact checks as an enrolled public key (size in bits, e = 65537).
+        ClientRsaPublicKey::from_pkcs1_der(pair.public().as_ref())?;
         Ok(Self {
             pair,
             pkcs8_der: Zeroizing::new(der.to_vec()),
@@ -375,8 +425,10 @@ impl ClientRsaPublicKey {
         Self::from_rsa(&key)
     }
 
+    /// The one place every RSA public key passes through (enrollment, loading enrolled keys,
+    /// the client's own key): exact modulus size and exponent checks.
     fn from_rsa(key: &rsa::PublicKey) -> Result<Self, KeyError> {
-        check_rsa_bits(key.size() * 8)?;
+        check_rsa_public(&key.n_bytes(), &key.e_bytes())?;
         let der = key
             .to_pkcs1_der()
             .map_err(|e| rejected("RSA public key", e))?;
@@ -417,11 +469,27 @@ impl fmt::Debug for ClientRsaPublicKey {
     }
 }
 
-fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
+/// Checks an RSA public key from its big-endian modulus and exponent: the modulus is
+/// exactly [`RSA_MIN_BITS`]..=[`RSA_MAX_BITS`] bits long (counted from its highest set bit, not
+/// its byte length) and the exponent is exactly 65537.
+pub(crate) fn check_rsa_public(modulus_be: &[u8], exponent_be: &[u8]) -> Result<(), KeyError> {
+    let modulus = strip_leading_zeros(modulus_be);
+    let bits = match modulus.first() {
+        Some(&top) => (modulus.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+        None => 0,
+    };
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(KeyError::RsaSize { bits });
     }
+    if strip_leading_zeros(exponent_be) != &RSA_PUBLIC_EXPONENT.to_be_bytes()[1..] {
+        return Err(KeyError::RsaExponent);
+    }
     Ok(())
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
 }
 
 fn rejected(what: &'static str, e: impl fmt::Display) -> KeyError {

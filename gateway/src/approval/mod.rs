@@ -34,7 +34,7 @@ mod vectors;
 
 pub use address::{AddressPolicy, AddressProblem, AddressSource, check_openable, select_addresses};
 pub use canonical::{
-    PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, REQUEST_PATH, REQUEST_SIGNATURE_TAG,
+    PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, ADDRESS_PATH, REQUEST_PATH, REQUEST_SIGNATURE_TAG,
     RESPONSE_MAC_TAG, request_mac_input, request_signature_input, response_mac_input,
 };
 pub use client::{

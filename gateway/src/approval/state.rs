@@ -3,6 +3,7 @@
 //! in-memory implementation for tests and development.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::address::AddressPolicy;
@@ -80,6 +81,10 @@ pub trait ApprovalState {
     /// Whether the client may use the server.
     fn client_allowed(&self, client_id: &str, server: &str) -> bool;
 
+    /// Whether `addr` belongs to the gateway itself (an address of one of its interfaces, or a
+    /// configured public address): such an address is never opened (`docs/PROTOCOL.md` §7).
+    fn is_gateway_address(&self, addr: IpAddr) -> bool;
+
     /// Called as the pipeline enters each stage, before its work. For metrics and tests; the
     /// default does nothing.
     fn entering(&self, stage: Stage) {
@@ -96,6 +101,7 @@ pub struct MemoryState {
     nonces: Mutex<HashMap<(NonceScope, [u8; NONCE_LEN]), u64>>,
     trace: Mutex<Vec<Stage>>,
     nonce_calls: Mutex<usize>,
+    gateway_addresses: HashSet<IpAddr>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +134,11 @@ impl MemoryState {
     pub fn allow(&mut self, client_id: &str, server: &str) {
         self.allowed
             .insert((client_id.to_owned(), server.to_owned()));
+    }
+
+    /// Declares an address as the gateway's own (never opened).
+    pub fn add_gateway_address(&mut self, addr: IpAddr) {
+        self.gateway_addresses.insert(addr.to_canonical());
     }
 
     /// Forgets nonces whose keep-until time is before `now_unix`.
@@ -187,6 +198,10 @@ impl ApprovalState for MemoryState {
     fn client_allowed(&self, client_id: &str, server: &str) -> bool {
         self.allowed
             .contains(&(client_id.to_owned(), server.to_owned()))
+    }
+
+    fn is_gateway_address(&self, addr: IpAddr) -> bool {
+        self.gateway_addresses.contains(&addr.to_canonical())
     }
 
     fn entering(&self, stage: Stage) {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crypto_box::aead::Aead as _;
 use zeroize::Zeroizing;
 
-use super::address::{CheckedReported, Reported, check_reported, select_addresses};
+use super::address::{
+    AddressProblem, AddressSource, CheckedReported, Reported, check_reported, select_addresses,
+};
 use super::canonical::{request_mac_input, request_signature_input};
 use super::error::{Reason, Rejection, Stage};
 use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
@@ -255,6 +257,7 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
             })?;
             let open =
                 select_addresses(policy.address_policy, remote, reported.ipv4, reported.ipv6)?;
+            refuse_gateway_addresses(self.state, &reported, &open)?;
             Ok((reported, open))
         })
     }
@@ -281,6 +284,32 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
             NonceCheck::Replayed => Err(replayed),
         }
     }
+}
+
+/// Refuses the request when an address it reports, or one it would open, is the gateway's
+/// own: a client must never be able to open the gateway to itself.
+pub(crate) fn refuse_gateway_addresses<S: ApprovalState + ?Sized>(
+    state: &S,
+    reported: &CheckedReported,
+    open: &[IpAddr],
+) -> Result<(), Reason> {
+    // Reported addresses first: whatever is left in `open` after them is the remote address.
+    let candidates = reported
+        .ipv4
+        .map(|a| (IpAddr::V4(a), AddressSource::ReportedIpv4))
+        .into_iter()
+        .chain(reported.ipv6.map(|a| (IpAddr::V6(a), AddressSource::ReportedIpv6)))
+        .chain(open.iter().map(|&a| (a, AddressSource::Remote)));
+    for (addr, origin) in candidates {
+        if state.is_gateway_address(addr) {
+            return Err(Reason::InvalidAddress {
+                origin,
+                address: addr.to_string(),
+                problem: AddressProblem::GatewayAddress,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Looks the client up. Unknown and disabled clients still cost one HMAC computation, so the
@@ -324,7 +353,11 @@ fn open_box(
     request: &ApprovalRequest,
     server_keys: &ServerBoxKeys,
 ) -> Result<(Zeroizing<Vec<u8>>, crypto_box::SalsaBox), Reason> {
-    let one_time = BoxPublicKey::from_bytes(request.box_public_key).to_crypto_box();
+    let one_time = BoxPublicKey::from_bytes(request.box_public_key);
+    if !one_time.is_strong() {
+        return Err(Reason::WeakBoxKey);
+    }
+    let one_time = one_time.to_crypto_box();
     let shared = crypto_box::SalsaBox::new(&one_time, server_keys.secret());
     let plaintext = shared
         .decrypt(&request.box_nonce.into(), request.box_ciphertext.as_slice())

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod box_key;
 pub mod metrics;
+mod rate;
 pub mod state;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -22,7 +23,7 @@ use crate::{
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
-    openings::Openings,
+    openings::{GrantCheck, Openings, OpeningsError},
     vpn::{VpnTokens, derive_token},
     store::{AuditEvent, AuditKind, Enrollment, EnrollmentToken, Store, StoreError, StoredClient},
 };
@@ -96,6 +97,9 @@ pub struct Approvals {
     audit: AuditLog,
     metrics: metrics::Metrics,
     vpn_tokens: Arc<VpnTokens>,
+    /// Approvals per client per minute (after validation: only the client itself can use
+    /// up its budget).
+    client_rate: rate::ClientRate,
 }
 
 impl Approvals {
@@ -121,6 +125,7 @@ impl Approvals {
             node_name: config.cluster.as_ref().map(|c| c.node.clone()),
             metrics: metrics::Metrics::default(),
             vpn_tokens: Arc::new(VpnTokens::new()),
+            client_rate: rate::ClientRate::new(approvals.client_approvals_per_minute),
         }
     }
 
@@ -153,6 +158,9 @@ impl Approvals {
             Err(rejection) => return self.rejected(&origin, "", "", &rejection),
         };
         let (client_id, server) = (request.client_id.clone(), request.server.clone());
+        // Read before validation: a revocation after this point refuses the grant
+        // (see `Openings::revoke_origin_with`).
+        let generation = self.openings.generation(&client_id);
         let state = self.state.clone();
         let keys = self.box_keys.clone();
         let validation = self.validation;
@@ -162,7 +170,7 @@ impl Approvals {
         })
         .await;
         match decided {
-            Ok(Ok(approved)) => self.approve(&origin, approved).await,
+            Ok(Ok(approved)) => self.approve(&origin, approved, generation).await,
             Ok(Err(rejection)) => self.rejected(&origin, &client_id, &server, &rejection),
             Err(err) => {
                 error!(error = %err, "validation task failed");
@@ -190,7 +198,7 @@ impl Approvals {
         }
     }
 
-    async fn approve(&self, origin: &Origin<'_>, approved: ApprovedRequest) -> FrontAnswer {
+    async fn approve(&self, origin: &Origin<'_>, approved: ApprovedRequest, generation: u64) -> FrontAnswer {
         let Some(server) = self.servers.iter().find(|s| s.name == approved.server) else {
             return FrontAnswer::error(PublicCode::UnknownServer.as_str(), 404);
         };
@@ -198,13 +206,34 @@ impl Approvals {
             error!(server = %server.name, "server has no public_ipv4/public_ipv6; cannot tell clients where to connect");
             return FrontAnswer::unavailable();
         };
+        let (client_id, server_name) = (approved.client_id.as_str(), server.name.as_str());
+        let refuse = |reason: approval::Reason| {
+            let rejection = Rejection::new(approval::Stage::Grant, reason).with_binding(approved.binding.clone());
+            self.rejected(origin, client_id, server_name, &rejection)
+        };
+        if !self.client_rate.admit(client_id) {
+            return refuse(approval::Reason::ClientRateExceeded {
+                client_id: client_id.to_owned(),
+                per_minute: self.client_rate.per_minute(),
+            });
+        }
+        let check = GrantCheck { generation, max_addresses_per_client: server.max_addresses_per_client };
         let mut opened = Vec::new();
         for addr in &approved.open_addresses {
-            match self.openings.grant(server, *addr, &approved.client_id, server.connect_window).await {
+            match self.openings.grant_checked(server, *addr, client_id, server.connect_window, Some(check)).await {
                 Ok(_) => opened.push(*addr),
-                Err(err) => {
-                    warn!(client_ip = %addr, error = %err, "could not open an approved address")
+                Err(OpeningsError::Revoked(_)) => {
+                    return refuse(approval::Reason::ClientDisabled { client_id: client_id.to_owned() });
                 }
+                Err(OpeningsError::ClientCap { limit, .. }) if opened.is_empty() => {
+                    return refuse(approval::Reason::ClientCapReached { client_id: client_id.to_owned(), limit });
+                }
+                Err(err @ OpeningsError::NearCapacity { .. }) if opened.is_empty() => {
+                    self.metrics.count("approval.unavailable.map_capacity");
+                    warn!(client_id, error = %err, "approval refused: openings map nearly full");
+                    return FrontAnswer::unavailable();
+                }
+                Err(err) => warn!(client_ip = %addr, error = %err, "could not open an approved address"),
             }
         }
         if opened.is_empty() {
@@ -213,6 +242,12 @@ impl Approvals {
         if server.openvpn.is_some() {
             let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
             self.vpn_tokens.record(&approved.client_id, server.id, token, opened.clone(), server.connect_window);
+        }
+        // A revocation that ran after our grants removed them; its token revocation may have
+        // run before our token was recorded, so take it back here and answer `denied`.
+        if self.openings.generation(client_id) != generation {
+            self.vpn_tokens.revoke_client(client_id);
+            return refuse(approval::Reason::ClientDisabled { client_id: client_id.to_owned() });
         }
         self.metrics.count("approval.approved");
         let expires = unix_secs() + server.connect_window.as_secs();
@@ -401,11 +436,21 @@ impl Approvals {
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let id = name.to_owned();
-        tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = enabled)).await??;
-        if !enabled {
+        let closed = if enabled {
+            tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = true)).await??;
+            0
+        } else {
+            // Atomic with approvals in flight: the store write, the generation bump and the
+            // closing happen under the lock grants are written under.
+            let closed = self
+                .openings
+                .revoke_origin_with(name, move || {
+                    store.update_client(&id, |c| c.enabled = false).map(|_| ()).map_err(ClientAdminError::from)
+                })
+                .await?;
             self.vpn_tokens.revoke_client(name);
-        }
-        let closed = if enabled { 0 } else { self.openings.revoke_origin(name).await? };
+            closed
+        };
         let verdict = if enabled { "enabled" } else { "disabled" };
         self.operator_audit(name, verdict, format!("{closed} opening(s) closed"));
         Ok(closed)
@@ -416,9 +461,11 @@ impl Approvals {
     pub async fn remove_client(&self, name: &str) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let id = name.to_owned();
-        tokio::task::spawn_blocking(move || store.remove_client(&id)).await??;
+        let closed = self
+            .openings
+            .revoke_origin_with(name, move || store.remove_client(&id).map_err(ClientAdminError::from))
+            .await?;
         self.vpn_tokens.revoke_client(name);
-        let closed = self.openings.revoke_origin(name).await?;
         self.operator_audit(name, "removed", format!("{closed} opening(s) closed"));
         Ok(closed)
     }

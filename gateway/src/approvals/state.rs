@@ -1,11 +1,13 @@
 //! The approval pipeline's view of the controller: clients from redb, servers from the
 //! configuration, nonces recorded durably in redb.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::{
     approval::{
@@ -24,6 +26,65 @@ pub struct StoreState {
     /// key costs more than verifying with it. A re-enrolled client has a new PEM, so a stale
     /// entry is never used.
     parsed_keys: Mutex<HashMap<String, (String, ClientRsaPublicKey)>>,
+    gateway_addresses: GatewayAddresses,
+}
+
+/// How long a reading of the interfaces' addresses is used before it is read again.
+const INTERFACE_ADDRESSES_TTL: Duration = Duration::from_secs(2);
+
+/// The gateway's own addresses: every configured public address, and every address of every
+/// interface in the controller's network namespace (read again every
+/// [`INTERFACE_ADDRESSES_TTL`], so an address added later is refused too).
+pub struct GatewayAddresses {
+    configured: HashSet<IpAddr>,
+    interfaces: Mutex<Option<(Instant, HashSet<IpAddr>)>>,
+}
+
+impl GatewayAddresses {
+    /// The configured public addresses of `servers`, plus the interfaces' addresses.
+    pub fn new(servers: &[ServerConfig]) -> Self {
+        let configured = servers
+            .iter()
+            .flat_map(|s| [s.public_ipv4.map(IpAddr::V4), s.public_ipv6.map(IpAddr::V6)])
+            .flatten()
+            .collect();
+        Self { configured, interfaces: Mutex::new(None) }
+    }
+
+    /// Whether `addr` is one of the gateway's addresses.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        if self.configured.contains(&addr) {
+            return true;
+        }
+        let mut cache = self.interfaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = matches!(&*cache, Some((read, _)) if read.elapsed() < INTERFACE_ADDRESSES_TTL);
+        if !fresh {
+            *cache = Some((Instant::now(), interface_addresses()));
+        }
+        cache.as_ref().is_some_and(|(_, set)| set.contains(&addr))
+    }
+}
+
+/// Every address of every interface (an empty set, logged, if they cannot be read: the
+/// configured public addresses are still refused).
+fn interface_addresses() -> HashSet<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| a.address)
+            .filter_map(|sa| {
+                if let Some(v4) = sa.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+                }
+            })
+            .collect(),
+        Err(err) => {
+            warn!(error = %err, "reading the interfaces' addresses failed");
+            HashSet::new()
+        }
+    }
 }
 
 fn policy(setting: AddressPolicySetting) -> AddressPolicy {
@@ -37,11 +98,16 @@ fn policy(setting: AddressPolicySetting) -> AddressPolicy {
 impl StoreState {
     /// The state for the servers this controller runs.
     pub fn new(store: Arc<Store>, servers: &[ServerConfig]) -> Self {
-        let servers = servers
+        let policies = servers
             .iter()
             .map(|s| (s.name.clone(), ServerPolicy { address_policy: policy(s.address_policy) }))
             .collect();
-        Self { store, servers, parsed_keys: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            servers: policies,
+            parsed_keys: Mutex::new(HashMap::new()),
+            gateway_addresses: GatewayAddresses::new(servers),
+        }
     }
 
     /// The client's RSA key parsed from `pem`, from the cache when it holds that PEM.
@@ -97,5 +163,9 @@ impl ApprovalState for StoreState {
 
     fn client_allowed(&self, client_id: &str, server: &str) -> bool {
         matches!(self.store.client(client_id), Ok(Some(client)) if client.servers.iter().any(|s| s == server))
+    }
+
+    fn is_gateway_address(&self, addr: IpAddr) -> bool {
+        self.gateway_addresses.contains(addr)
     }
 }

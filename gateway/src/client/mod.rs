@@ -8,7 +8,7 @@
 pub mod https;
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -358,18 +358,27 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
     let profile = read_profile(options.profile)?;
     let credentials = profile.credentials()?;
     let server = choose_server(&profile, options.server)?;
+    let endpoint = Endpoint::parse(&profile.web_endpoint)?;
+    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
+    let (mut public_ipv4, mut public_ipv6) = (options.public_ipv4, options.public_ipv6);
+    if public_ipv4.is_none() && public_ipv6.is_none() {
+        // Report the address the gateway sees us from (behind NAT, our public one): under the
+        // default address policy only an address both seen and reported is opened.
+        match own_address(&endpoint, tls_config.clone()).await? {
+            IpAddr::V4(v4) => public_ipv4 = Some(v4),
+            IpAddr::V6(v6) => public_ipv6 = Some(v6),
+        }
+    }
     let params = RequestParams {
         server: server.clone(),
-        public_ipv4: options.public_ipv4,
-        public_ipv6: options.public_ipv6,
+        public_ipv4,
+        public_ipv6,
         client_version: CLIENT_VERSION.to_owned(),
         device_name: request_device_name(options.device_name),
     };
     let now = crate::clock::unix_secs();
     let (request, pending) = approval::build_request(&credentials, &params, now)?;
     let body = request.to_json().map_err(approval::ClientError::from)?;
-    let endpoint = Endpoint::parse(&profile.web_endpoint)?;
-    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
     let reply = https::send(
         &endpoint,
         tls_config,
@@ -392,6 +401,30 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
         password: crate::vpn::derive_token(credentials.hmac_secret(), &server, pending.request_nonce()),
     };
     approval_from(server, payload, openvpn)
+}
+
+/// Asks the web front which address it sees us from (`GET /v1/address`).
+async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>) -> Result<IpAddr, ClientCommandError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddressBody {
+        address: IpAddr,
+    }
+    let reply = https::send(
+        endpoint,
+        tls_config,
+        HttpsRequest::new(http::Method::GET, approval::ADDRESS_PATH),
+        REQUEST_TIMEOUT,
+        1024,
+    )
+    .await?;
+    match serde_json::from_slice::<AddressBody>(&reply.body) {
+        Ok(body) if reply.status == 200 => Ok(body.address.to_canonical()),
+        Ok(_) | Err(_) => Err(ClientCommandError::BadAnswer {
+            status: reply.status,
+            detail: format!("{} did not answer with an address", approval::ADDRESS_PATH),
+        }),
+    }
 }
 
 fn approval_from(server: String, payload: ResponsePayload, openvpn: OpenVpnCredentials) -> Result<Approval, ClientCommandError> {

@@ -128,15 +128,18 @@ impl ControlService {
         let last_seen = view
             .kernel
             .filter(|k| k.last_seen_ns != 0)
-            .map_or(record.last_seen_unix_ms, |k| view.clocks.mono_ns_to_unix_ms(k.last_seen_ns));
+            .map_or_else(
+                || if record.last_seen_ms == 0 { 0 } else { view.clocks.boot_ms_to_unix_ms(record.last_seen_ms) },
+                |k| view.clocks.mono_ns_to_unix_ms(k.last_seen_ns),
+            );
         pb::Opening {
             server,
             address: record.id.addr.to_string(),
             created_unix_ms: record.created_unix_ms,
             expires_unix_ms: view
                 .kernel
-                .map_or_else(|| record.expiry_unix_ms(), |k| view.clocks.mono_ns_to_unix_ms(k.expires_at_ns)),
-            deadline_unix_ms: record.deadline_unix_ms(),
+                .map_or_else(|| view.clocks.boot_ms_to_unix_ms(record.expiry_ms()), |k| view.clocks.mono_ns_to_unix_ms(k.expires_at_ns)),
+            deadline_unix_ms: view.clocks.boot_ms_to_unix_ms(record.deadline_ms()),
             last_seen_unix_ms: last_seen,
             holders: u32::try_from(record.holders.len()).unwrap_or(u32::MAX),
             in_kernel: view.kernel.is_some(),

@@ -45,7 +45,43 @@ pub enum OpeningsError {
     /// The batch this grant was written in failed (the message says why).
     #[error("granting failed: {0}")]
     Batch(String),
+    /// The client was disabled or removed after its approval started: nothing was opened.
+    #[error("client `{0}` was revoked while its approval was in flight")]
+    Revoked(String),
+    /// The client already holds its maximum number of open addresses on this server.
+    #[error("client `{client}` already holds {limit} open address(es) on this server")]
+    ClientCap {
+        /// The client id.
+        client: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The kernel map of this address family is nearly full: new approvals wait.
+    #[error("the {family} openings map is nearly full ({open} of {capacity})")]
+    NearCapacity {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// Openings of that family.
+        open: usize,
+        /// The map's capacity.
+        capacity: usize,
+    },
 }
+
+/// What an approval's grant must still satisfy when it is written, checked under the lock
+/// that writes it (so a revocation or another grant cannot slip in between).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantCheck {
+    /// The client's revocation generation read before its request was validated
+    /// ([`Openings::generation`]); a revocation since then refuses the grant.
+    pub generation: u64,
+    /// At most this many addresses of one server may be held by the client at once.
+    pub max_addresses_per_client: usize,
+}
+
+/// Approvals stop (answer `unavailable`) when a family's map has fewer free entries than
+/// `capacity / CAPACITY_RESERVE_DIVISOR`; admin grants may still use the reserve.
+pub const CAPACITY_RESERVE_DIVISOR: usize = 16;
 
 /// A grant waiting to be written with the next batch.
 struct PendingGrant {
@@ -55,6 +91,7 @@ struct PendingGrant {
     max_lifetime: Duration,
     origin: String,
     connect_window: Duration,
+    check: Option<GrantCheck>,
     reply: oneshot::Sender<Result<OpeningRecord, OpeningsError>>,
 }
 
@@ -80,6 +117,40 @@ pub struct OpeningView {
     pub clocks: ClockPair,
 }
 
+/// The kernel (`CLOCK_MONOTONIC`) expiry of a record, from its boot-clock lifetimes: the wall
+/// clock plays no part, so stepping it moves nothing.
+fn kernel_expiry_ns(record: &OpeningRecord, clocks: &ClockPair) -> u64 {
+    clocks.boot_ms_to_mono_ns(record.expiry_ms())
+}
+
+/// What the checks of one batch's approvals count: openings per family, and the addresses each
+/// checked client holds per server. One pass over the records per batch.
+struct Tally {
+    per_family: [usize; 2],
+    held: HashMap<(String, u32), std::collections::HashSet<IpAddr>>,
+    new_in_batch: std::collections::HashSet<OpeningId>,
+}
+
+impl Tally {
+    fn of(records: &HashMap<OpeningId, OpeningRecord>, batch: &[PendingGrant]) -> Self {
+        let mut tally = Tally { per_family: [0; 2], held: HashMap::new(), new_in_batch: Default::default() };
+        let origins: std::collections::HashSet<&str> =
+            batch.iter().filter(|g| g.check.is_some()).map(|g| g.origin.as_str()).collect();
+        if origins.is_empty() {
+            return tally;
+        }
+        for record in records.values() {
+            tally.per_family[usize::from(record.id.addr.is_ipv6())] += 1;
+            for holder in &record.holders {
+                if origins.contains(holder.origin.as_str()) {
+                    tally.held.entry((holder.origin.clone(), record.id.server_id)).or_default().insert(record.id.addr);
+                }
+            }
+        }
+        tally
+    }
+}
+
 /// The opening manager. Cheap to share behind an `Arc`.
 pub struct Openings {
     gate: GateHandle,
@@ -88,6 +159,11 @@ pub struct Openings {
     /// Grants waiting for the next batch (see [`Openings::grant`]).
     waiting: std::sync::Mutex<Vec<PendingGrant>>,
     next_holder: AtomicU64,
+    /// Revocation generation per origin (client id), bumped under the records lock by
+    /// [`Openings::revoke_origin_with`].
+    generations: std::sync::Mutex<HashMap<String, u64>>,
+    /// Entries of each kernel map (the controller's `max_openings`).
+    map_capacity: usize,
 }
 
 /// True for an address the gate may open: not unspecified, loopback or multicast, not IPv4
@@ -117,7 +193,25 @@ impl Openings {
             records: Mutex::new(HashMap::new()),
             waiting: std::sync::Mutex::new(Vec::new()),
             next_holder: AtomicU64::new(crate::clock::unix_ms()),
+            generations: std::sync::Mutex::new(HashMap::new()),
+            map_capacity: usize::MAX,
         }
+    }
+
+    /// Sets the capacity of each kernel map, for the near-capacity check of approvals.
+    pub fn with_map_capacity(mut self, max_openings: u32) -> Self {
+        self.map_capacity = usize::try_from(max_openings).unwrap_or(usize::MAX);
+        self
+    }
+
+    /// The revocation generation of `origin`: read it before validating a client's request and
+    /// pass it in [`GrantCheck`], so a revocation in between refuses the grant.
+    pub fn generation(&self, origin: &str) -> u64 {
+        self.generations_lock().get(origin).copied().unwrap_or(0)
+    }
+
+    fn generations_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Loads the store and makes the kernel match it: missing entries are added, stale ones
@@ -127,10 +221,17 @@ impl Openings {
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load_openings()).await??;
         let load_ms = started.elapsed().as_millis();
+        // Times of another boot mean nothing (and the kernel maps did not survive it).
+        let (ours, other_boot): (Vec<OpeningRecord>, Vec<OpeningRecord>) =
+            loaded.into_iter().partition(OpeningRecord::of_this_boot);
+        if !other_boot.is_empty() {
+            warn!(count = other_boot.len(), "dropping openings recorded in another boot");
+            self.persist(Vec::new(), other_boot.iter().map(|r| r.id).collect()).await?;
+        }
         {
             let mut records = self.records.lock().await;
             records.clear();
-            records.extend(loaded.into_iter().map(|r| (r.id, r)));
+            records.extend(ours.into_iter().map(|r| (r.id, r)));
         }
         let report = self.sweep().await?;
         info!(?report, load_ms, total_ms = started.elapsed().as_millis(), "reconciled openings with the kernel");
@@ -151,6 +252,20 @@ impl Openings {
         origin: &str,
         connect_window: Duration,
     ) -> Result<OpeningRecord, OpeningsError> {
+        self.grant_checked(server, addr, origin, connect_window, None).await
+    }
+
+    /// [`Openings::grant`] for an approval: `check` is verified under the lock that writes the
+    /// batch (revocation generation, per-client cap, map capacity); a failed check opens
+    /// nothing and evicts nobody.
+    pub async fn grant_checked(
+        self: &Arc<Self>,
+        server: &ServerConfig,
+        addr: IpAddr,
+        origin: &str,
+        connect_window: Duration,
+        check: Option<GrantCheck>,
+    ) -> Result<OpeningRecord, OpeningsError> {
         if !is_openable(addr) {
             return Err(OpeningsError::BadAddress(addr));
         }
@@ -162,6 +277,7 @@ impl Openings {
             max_lifetime: server.max_lifetime,
             origin: origin.to_owned(),
             connect_window,
+            check,
             reply,
         });
         // Whichever writer gets the lock first writes every waiting grant, ours included;
@@ -186,18 +302,33 @@ impl Openings {
     async fn grant_batch(&self, records: &mut HashMap<OpeningId, OpeningRecord>, batch: Vec<PendingGrant>) {
         let clocks = ClockPair::now();
         let mut updated: HashMap<OpeningId, OpeningRecord> = HashMap::with_capacity(batch.len());
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut tally = Tally::of(records, &batch);
+        for grant in batch {
+            if let Some(check) = grant.check
+                && let Err(err) = self.check_grant(&mut tally, records, &grant, check)
+            {
+                let _ = grant.reply.send(Err(err));
+                continue;
+            }
+            accepted.push(grant);
+        }
+        let batch = accepted;
+        if batch.is_empty() {
+            return;
+        }
         for grant in &batch {
             let holder = Holder {
                 id: format!("{}-{}", grant.origin, self.next_holder.fetch_add(1, Ordering::Relaxed)),
                 origin: grant.origin.clone(),
-                granted_unix_ms: clocks.unix_ms,
-                connect_until_unix_ms: clocks.unix_ms.saturating_add(millis(grant.connect_window)),
-                deadline_unix_ms: clocks.unix_ms.saturating_add(millis(grant.max_lifetime)),
+                granted_ms: clocks.boot_ms,
+                connect_until_ms: clocks.boot_ms.saturating_add(millis(grant.connect_window)),
+                deadline_ms: clocks.boot_ms.saturating_add(millis(grant.max_lifetime)),
             };
             let mut record = match updated.get(&grant.id).or_else(|| records.get(&grant.id)) {
                 Some(existing) => {
                     let mut record = existing.clone();
-                    record.prune(clocks.unix_ms);
+                    record.prune(clocks.boot_ms);
                     record.add_holder(holder);
                     record
                 }
@@ -215,7 +346,7 @@ impl Openings {
         }
         let expiries: Vec<(OpeningId, u64, bool)> = updated
             .values()
-            .map(|r| (r.id, clocks.unix_ms_to_mono_ns(r.expiry_unix_ms()), !records.contains_key(&r.id)))
+            .map(|r| (r.id, kernel_expiry_ns(r, &clocks), !records.contains_key(&r.id)))
             .collect();
         // The records are stored: keep them even if the kernel update fails (the sweeper
         // retries it).
@@ -249,24 +380,89 @@ impl Openings {
         }
     }
 
-    /// Closes openings of `addr` (on `server_id`, or on every server); returns how many.
-    pub async fn revoke_address(
+    /// Checks an approval's grant against the records and the grants accepted before it in
+    /// its batch; counts it in `tally` when it passes.
+    fn check_grant(
         &self,
-        server_id: Option<u32>,
-        addr: IpAddr,
-    ) -> Result<usize, OpeningsError> {
-        let mut records = self.records.lock().await;
-        let ids: Vec<OpeningId> = records
-            .keys()
-            .filter(|id| id.addr == addr && server_id.is_none_or(|s| s == id.server_id))
-            .copied()
-            .collect();
-        self.close(&mut records, ids).await
+        tally: &mut Tally,
+        records: &HashMap<OpeningId, OpeningRecord>,
+        grant: &PendingGrant,
+        check: GrantCheck,
+    ) -> Result<(), OpeningsError> {
+        if self.generation(&grant.origin) != check.generation {
+            return Err(OpeningsError::Revoked(grant.origin.clone()));
+        }
+        let held = tally.held.entry((grant.origin.clone(), grant.id.server_id)).or_default();
+        if !held.contains(&grant.id.addr) && held.len() >= check.max_addresses_per_client {
+            return Err(OpeningsError::ClientCap { client: grant.origin.clone(), limit: check.max_addresses_per_client });
+        }
+        let new = !records.contains_key(&grant.id) && !tally.new_in_batch.contains(&grant.id);
+        let v6 = grant.id.addr.is_ipv6();
+        if new {
+            let open = tally.per_family[usize::from(v6)];
+            let reserve = (self.map_capacity / CAPACITY_RESERVE_DIVISOR).max(1);
+            if open.saturating_add(reserve) >= self.map_capacity {
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                warn!(family, open, capacity = self.map_capacity, "openings map nearly full: refusing new approvals");
+                return Err(OpeningsError::NearCapacity { family, open, capacity: self.map_capacity });
+            }
+            tally.per_family[usize::from(v6)] += 1;
+            tally.new_in_batch.insert(grant.id);
+        }
+        held.insert(grant.id.addr);
+        Ok(())
     }
 
-    /// Removes every holder granted to `origin`, closing openings left without holders.
-    pub async fn revoke_origin(&self, origin: &str) -> Result<usize, OpeningsError> {
-        let mut records = self.records.lock().await;
+    /// Closes openings of `addr` (on `server_id`, or on every server); returns how many.
+    ///
+    /// Like [`Openings::grant`], the work runs in its own task: a caller that goes away never
+    /// leaves a revocation half done.
+    pub async fn revoke_address(self: &Arc<Self>, server_id: Option<u32>, addr: IpAddr) -> Result<usize, OpeningsError> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut records = this.records.lock().await;
+            let ids: Vec<OpeningId> = records
+                .keys()
+                .filter(|id| id.addr == addr && server_id.is_none_or(|s| s == id.server_id))
+                .copied()
+                .collect();
+            this.close(&mut records, ids).await
+        })
+        .await?
+    }
+
+    /// Removes every holder granted to `origin`, closing openings left without holders
+    /// (cancellation-safe like [`Openings::revoke_address`]).
+    pub async fn revoke_origin(self: &Arc<Self>, origin: &str) -> Result<usize, OpeningsError> {
+        self.revoke_origin_with(origin, || Ok::<(), OpeningsError>(())).await
+    }
+
+    /// Revokes `origin` atomically with its in-flight approvals: under the records lock (the
+    /// lock every grant batch is written under) it bumps the origin's generation, runs
+    /// `before` (e.g. the store write that disables the client), then removes the origin's
+    /// holders. A grant checked against the old generation ([`GrantCheck`]) is refused from
+    /// then on. Runs in its own task (cancellation-safe).
+    pub async fn revoke_origin_with<F, E>(self: &Arc<Self>, origin: &str, before: F) -> Result<usize, E>
+    where
+        F: FnOnce() -> Result<(), E> + Send + 'static,
+        E: From<OpeningsError> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        let origin = origin.to_owned();
+        let task = tokio::spawn(async move {
+            let mut records = this.records.lock().await;
+            *this.generations_lock().entry(origin.clone()).or_default() += 1;
+            tokio::task::spawn_blocking(before).await.map_err(|e| E::from(OpeningsError::Join(e)))??;
+            this.revoke_origin_locked(&mut records, &origin).await.map_err(E::from)
+        });
+        task.await.map_err(|e| E::from(OpeningsError::Join(e)))?
+    }
+
+    async fn revoke_origin_locked(
+        &self,
+        records: &mut HashMap<OpeningId, OpeningRecord>,
+        origin: &str,
+    ) -> Result<usize, OpeningsError> {
         let mut emptied = Vec::new();
         let mut changed = Vec::new();
         for record in records.values() {
@@ -281,13 +477,20 @@ impl Openings {
         for record in changed {
             records.insert(record.id, record);
         }
-        self.close(&mut records, emptied).await?;
+        self.close(records, emptied).await?;
         Ok(count)
     }
 
     /// Removes the holders `origin` has on the opening of `addr` on `server_id`, closing it if
     /// no other holder is left; returns whether it closed. (An OpenVPN client disconnected.)
-    pub async fn release(&self, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
+    /// Cancellation-safe like [`Openings::revoke_address`].
+    pub async fn release(self: &Arc<Self>, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
+        let this = Arc::clone(self);
+        let origin = origin.to_owned();
+        tokio::spawn(async move { this.release_now(server_id, addr, &origin).await }).await?
+    }
+
+    async fn release_now(&self, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
         let id = OpeningId { server_id, addr };
         let mut records = self.records.lock().await;
         let Some(mut record) = records.get(&id).cloned() else {
@@ -302,7 +505,7 @@ impl Openings {
             return Ok(true);
         }
         self.persist(vec![record.clone()], Vec::new()).await?;
-        let expires_at_ns = ClockPair::now().unix_ms_to_mono_ns(record.expiry_unix_ms());
+        let expires_at_ns = kernel_expiry_ns(&record, &ClockPair::now());
         self.gate.run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns)).await??;
         info!(server_id, client_ip = %addr, origin, holders = record.holders.len(), "hold released; opening kept");
         records.insert(id, record);
@@ -353,7 +556,6 @@ impl Openings {
 
     /// Every opening with its kernel state.
     pub async fn list(&self) -> Result<Vec<OpeningView>, OpeningsError> {
-        let records = self.records.lock().await;
         let kernel: HashMap<OpeningId, gateway_common::Opening> = self
             .gate
             .run(|maps| maps.openings())
@@ -361,6 +563,7 @@ impl Openings {
             .into_iter()
             .map(|k| (OpeningId { server_id: k.server_id, addr: k.addr }, k.state))
             .collect();
+        let records = self.records.lock().await;
         let clocks = ClockPair::now();
         let mut views: Vec<OpeningView> = records
             .values()
@@ -376,9 +579,16 @@ impl Openings {
 
     /// One pass of the sweeper: learn traffic from the kernel, extend active openings,
     /// close expired ones, remove kernel entries nobody holds.
+    ///
+    /// The kernel maps are walked *before* the records lock is taken (a walk of 100k entries
+    /// takes hundreds of ms; approvals must not wait for it). What changed in between is safe:
+    /// a record granted since has its kernel entry already (grants write the kernel under the
+    /// lock) and, missing from the walk, is re-created with `create_opening`, which keeps an
+    /// existing entry's last-seen time; an entry closed since is gone from the records and its
+    /// removal is a no-op.
     pub async fn sweep(&self) -> Result<SweepReport, OpeningsError> {
-        let mut records = self.records.lock().await;
         let kernel = self.gate.run(|maps| maps.openings()).await??;
+        let mut records = self.records.lock().await;
         let clocks = ClockPair::now();
         let mut report = SweepReport::default();
         let mut kernel_expiry = HashMap::with_capacity(kernel.len());
@@ -388,7 +598,7 @@ impl Openings {
             match records.get_mut(&id) {
                 Some(record) => {
                     if state.last_seen_ns != 0 {
-                        record.observe_traffic(clocks.mono_ns_to_unix_ms(state.last_seen_ns));
+                        record.observe_traffic(clocks.mono_ns_to_boot_ms(state.last_seen_ns));
                     }
                     kernel_expiry.insert(id, state.expires_at_ns);
                 }
@@ -399,14 +609,14 @@ impl Openings {
         let mut pruned = Vec::new();
         let mut updates = Vec::new();
         for record in records.values_mut() {
-            if record.prune(clocks.unix_ms) > 0 {
+            if record.prune(clocks.boot_ms) > 0 {
                 if record.is_empty() {
                     closed.push(record.id);
                     continue;
                 }
                 pruned.push(record.clone());
             }
-            let wanted = clocks.unix_ms_to_mono_ns(record.expiry_unix_ms());
+            let wanted = kernel_expiry_ns(record, &clocks);
             let current = kernel_expiry.get(&record.id).copied();
             if current.is_none_or(|ns| ns.abs_diff(wanted) > EXPIRY_TOLERANCE_NS) {
                 updates.push((record.id, wanted, current.is_none()));
@@ -444,14 +654,63 @@ impl Openings {
 
 #[cfg(test)]
 mod tests {
-    use super::is_openable;
+    use super::{ClockPair, Holder, OpeningId, OpeningRecord, is_openable, kernel_expiry_ns};
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn record_granted_at(boot_ms: u64) -> OpeningRecord {
+        let id = OpeningId { server_id: 1, addr: "10.0.0.2".parse().unwrap() };
+        let holder = Holder {
+            id: "a".into(),
+            origin: "c1".into(),
+            granted_ms: boot_ms,
+            connect_until_ms: boot_ms + 60_000,
+            deadline_ms: boot_ms + HOUR_MS,
+        };
+        OpeningRecord::new(id, 30_000, holder)
+    }
+
+    #[test]
+    fn a_stepped_wall_clock_moves_no_expiry() {
+        let mut record = record_granted_at(1_000_000);
+        let at = |unix_ms| ClockPair { unix_ms, mono_ns: 900_000_000_000, boot_ms: 1_010_000 };
+        let wall = 1_800_000_000_000;
+        let base = kernel_expiry_ns(&record, &at(wall));
+        assert_eq!(base, 900_000_000_000 + 50_000_000_000, "connect window: 50 s left");
+        for step_hours in [-5i64, -2, -1, 1, 2, 5] {
+            let stepped = wall.saturating_add_signed(step_hours * HOUR_MS as i64);
+            assert_eq!(kernel_expiry_ns(&record, &at(stepped)), base, "wall clock stepped {step_hours} h");
+            let mut pruned = record.clone();
+            assert_eq!(pruned.prune(at(stepped).boot_ms), 0, "no holder expires for a step of {step_hours} h");
+        }
+        // Traffic keeps it up to the idle timeout, never past the absolute deadline, whatever
+        // the wall clock says.
+        record.observe_traffic(1_000_000 + HOUR_MS - 1_000);
+        for step_hours in [-3i64, 3] {
+            let clocks = ClockPair { unix_ms: wall.saturating_add_signed(step_hours * HOUR_MS as i64), ..at(wall) };
+            let expiry_boot = clocks.mono_ns_to_boot_ms(kernel_expiry_ns(&record, &clocks));
+            assert_eq!(expiry_boot, 1_000_000 + HOUR_MS, "capped at the deadline (step {step_hours} h)");
+        }
+    }
+
+    #[test]
+    fn a_suspend_cannot_extend_an_opening_past_its_deadline() {
+        let mut record = record_granted_at(1_000_000);
+        record.observe_traffic(1_000_000 + 10_000);
+        // Two hours suspended: the boot clock counts them, the monotonic clock does not.
+        let resumed = ClockPair { unix_ms: 1_800_000_007_200_000, mono_ns: 900_000_000_000, boot_ms: 1_000_000 + 2 * HOUR_MS };
+        assert!(kernel_expiry_ns(&record, &resumed) <= resumed.mono_ns, "the kernel expiry is already past");
+        assert_eq!(record.prune(resumed.boot_ms), 1, "the holder is past its deadline");
+        assert!(record.is_empty());
+    }
 
     #[test]
     fn only_unicast_addresses_are_openable() {
         for good in ["10.0.0.2", "203.0.113.9", "fd00::2", "2001:db8::1"] {
             assert!(is_openable(good.parse().unwrap()), "{good}");
         }
-        for bad in ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255", "169.254.1.1", "::", "::1", "ff02::1", "fe80::1"] {
+        // The same list as the approval pipeline's, including 0/8, 240/4 and IPv4 in IPv6 form.
+        for bad in ["0.0.0.0", "0.1.2.3", "127.0.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "169.254.1.1", "::", "::1", "ff02::1", "fe80::1", "::ffff:10.0.0.1", "::10.0.0.1"] {
             assert!(!is_openable(bad.parse().unwrap()), "{bad}");
         }
     }

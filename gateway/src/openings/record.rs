@@ -5,6 +5,10 @@
 //! keeps it open up to the server's idle timeout, but never past the holder's absolute
 //! deadline. The opening lives as long as its longest-lived holder, so one client's expiry
 //! never closes another client's access from the same address.
+//!
+//! Every time here is `CLOCK_BOOTTIME` in ms, of the boot named by [`OpeningRecord::boot_id`]
+//! (see `crate::clock`): a wall-clock step moves no expiry, and a record of another boot is
+//! dropped. Only `created_unix_ms` is wall time, for display.
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -16,12 +20,15 @@ pub struct Holder {
     pub id: String,
     /// Who asked: a client id, or `admin`.
     pub origin: String,
-    /// When the grant was made.
-    pub granted_unix_ms: u64,
-    /// Until when the grant holds without traffic.
-    pub connect_until_unix_ms: u64,
-    /// Hard end of the grant, however busy the address is.
-    pub deadline_unix_ms: u64,
+    /// When the grant was made (boot clock, ms).
+    #[serde(default)]
+    pub granted_ms: u64,
+    /// Until when the grant holds without traffic (boot clock, ms).
+    #[serde(default)]
+    pub connect_until_ms: u64,
+    /// Hard end of the grant, however busy the address is (boot clock, ms).
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
 /// Identifies an opening: server and source address.
@@ -45,61 +52,72 @@ impl OpeningId {
 pub struct OpeningRecord {
     /// Server and address.
     pub id: OpeningId,
-    /// When the first holder arrived.
+    /// The boot the times belong to (`crate::clock::boot_id`; empty in records written before
+    /// lifetimes moved to the boot clock, which are dropped like another boot's).
+    #[serde(default)]
+    pub boot_id: String,
+    /// When the first holder arrived (wall clock, display only).
     pub created_unix_ms: u64,
     /// The server's idle timeout when the opening was made, ms.
     pub idle_timeout_ms: u64,
-    /// Last packet the XDP program admitted (0: none).
-    pub last_seen_unix_ms: u64,
+    /// Last packet the XDP program admitted (boot clock, ms; 0: none).
+    #[serde(default)]
+    pub last_seen_ms: u64,
     /// Grants that keep the opening alive.
     pub holders: Vec<Holder>,
 }
 
 impl OpeningRecord {
-    /// A new opening with one holder.
+    /// A new opening of this boot with one holder.
     pub fn new(id: OpeningId, idle_timeout_ms: u64, holder: Holder) -> Self {
         Self {
             id,
-            created_unix_ms: holder.granted_unix_ms,
+            boot_id: crate::clock::boot_id().to_owned(),
+            created_unix_ms: crate::clock::unix_ms(),
             idle_timeout_ms,
-            last_seen_unix_ms: 0,
+            last_seen_ms: 0,
             holders: vec![holder],
         }
     }
 
+    /// True when the record's times belong to this boot.
+    pub fn of_this_boot(&self) -> bool {
+        !self.boot_id.is_empty() && self.boot_id == crate::clock::boot_id()
+    }
+
     /// When one holder stops holding, given the traffic seen so far.
-    pub fn holder_expiry_unix_ms(&self, holder: &Holder) -> u64 {
-        let active_until = if self.last_seen_unix_ms >= holder.granted_unix_ms {
-            self.last_seen_unix_ms.saturating_add(self.idle_timeout_ms)
+    pub fn holder_expiry_ms(&self, holder: &Holder) -> u64 {
+        let active_until = if self.last_seen_ms >= holder.granted_ms {
+            self.last_seen_ms.saturating_add(self.idle_timeout_ms)
         } else {
             0
         };
-        holder.connect_until_unix_ms.max(active_until).min(holder.deadline_unix_ms)
+        holder.connect_until_ms.max(active_until).min(holder.deadline_ms)
     }
 
     /// When the opening closes unless something changes: its longest-lived holder's expiry.
-    pub fn expiry_unix_ms(&self) -> u64 {
-        self.holders.iter().map(|h| self.holder_expiry_unix_ms(h)).max().unwrap_or(0)
+    pub fn expiry_ms(&self) -> u64 {
+        self.holders.iter().map(|h| self.holder_expiry_ms(h)).max().unwrap_or(0)
     }
 
     /// The latest absolute deadline among the holders.
-    pub fn deadline_unix_ms(&self) -> u64 {
-        self.holders.iter().map(|h| h.deadline_unix_ms).max().unwrap_or(0)
+    pub fn deadline_ms(&self) -> u64 {
+        self.holders.iter().map(|h| h.deadline_ms).max().unwrap_or(0)
     }
 
     /// Records traffic seen by the kernel (ignores older observations).
-    pub fn observe_traffic(&mut self, seen_unix_ms: u64) {
-        self.last_seen_unix_ms = self.last_seen_unix_ms.max(seen_unix_ms);
+    pub fn observe_traffic(&mut self, seen_ms: u64) {
+        self.last_seen_ms = self.last_seen_ms.max(seen_ms);
     }
 
     /// Drops holders that have expired at `now`; returns how many were dropped.
-    pub fn prune(&mut self, now_unix_ms: u64) -> usize {
+    pub fn prune(&mut self, now_ms: u64) -> usize {
         let before = self.holders.len();
         let expiries: Vec<u64> =
-            self.holders.iter().map(|h| self.holder_expiry_unix_ms(h)).collect();
+            self.holders.iter().map(|h| self.holder_expiry_ms(h)).collect();
         let mut index = 0;
         self.holders.retain(|_| {
-            let keep = expiries[index] > now_unix_ms;
+            let keep = expiries[index] > now_ms;
             index += 1;
             keep
         });
@@ -136,9 +154,9 @@ mod tests {
         Holder {
             id: id.into(),
             origin: origin.into(),
-            granted_unix_ms: granted,
-            connect_until_unix_ms: granted + connect,
-            deadline_unix_ms: granted + deadline,
+            granted_ms: granted,
+            connect_until_ms: granted + connect,
+            deadline_ms: granted + deadline,
         }
     }
 
@@ -150,25 +168,25 @@ mod tests {
     #[test]
     fn unused_opening_lasts_its_connect_window() {
         let r = record(holder("a", "c1", 1_000, 5_000, 100_000));
-        assert_eq!(r.expiry_unix_ms(), 6_000);
+        assert_eq!(r.expiry_ms(), 6_000);
     }
 
     #[test]
     fn traffic_extends_to_idle_timeout_but_not_past_deadline() {
         let mut r = record(holder("a", "c1", 1_000, 5_000, 30_000));
         r.observe_traffic(4_000);
-        assert_eq!(r.expiry_unix_ms(), 14_000);
+        assert_eq!(r.expiry_ms(), 14_000);
         r.observe_traffic(25_000);
-        assert_eq!(r.expiry_unix_ms(), 31_000, "capped by the absolute deadline");
+        assert_eq!(r.expiry_ms(), 31_000, "capped by the absolute deadline");
         r.observe_traffic(2_000);
-        assert_eq!(r.last_seen_unix_ms, 25_000, "older observations are ignored");
+        assert_eq!(r.last_seen_ms, 25_000, "older observations are ignored");
     }
 
     #[test]
     fn traffic_before_a_grant_does_not_extend_it() {
         let mut r = record(holder("a", "c1", 50_000, 5_000, 100_000));
-        r.last_seen_unix_ms = 49_000;
-        assert_eq!(r.expiry_unix_ms(), 55_000);
+        r.last_seen_ms = 49_000;
+        assert_eq!(r.expiry_ms(), 55_000);
     }
 
     #[test]
@@ -178,7 +196,7 @@ mod tests {
         assert_eq!(r.prune(7_000), 1);
         assert_eq!(r.holders.len(), 1);
         assert_eq!(r.holders[0].id, "b");
-        assert_eq!(r.expiry_unix_ms(), 22_000);
+        assert_eq!(r.expiry_ms(), 22_000);
         assert_eq!(r.prune(22_000), 1);
         assert!(r.is_empty());
     }

@@ -132,9 +132,9 @@ mod tests {
         let holder = Holder {
             id: "admin-1".into(),
             origin: "admin".into(),
-            granted_unix_ms: 1,
-            connect_until_unix_ms: 2,
-            deadline_unix_ms: 3,
+            granted_ms: 1,
+            connect_until_ms: 2,
+            deadline_ms: 3,
         };
         OpeningRecord::new(id, 1000, holder)
     }

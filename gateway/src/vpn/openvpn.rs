@@ -1,7 +1,8 @@
 //! The follower of one OpenVPN server's management interface (`--management-client-auth`):
 //! a `CONNECT` is accepted only with the one-time token of an approval of that client, from
 //! an address that approval opened; `ESTABLISHED` turns the opening into a session opening
-//! (held up to the server's max lifetime by the client); `DISCONNECT` releases it after a
+//! (held while the tunnel carries traffic: idle timeout after its last packet, never past the
+//! server's max lifetime); `DISCONNECT` releases it after a
 //! short grace unless the client is back, or another holder keeps it. A client disabled or
 //! removed by the operator has its live sessions cut (`client-kill`).
 use std::{
@@ -278,7 +279,8 @@ impl Follower {
         }
     }
 
-    /// `ESTABLISHED`: hold the opening for the session, up to the server's max lifetime.
+    /// `ESTABLISHED`: hold the opening for the session while it is active (idle timeout), up to
+    /// the server's max lifetime.
     async fn established(&self, event: &ClientEvent) {
         let session = {
             let mut sessions = self.lock();
@@ -289,9 +291,16 @@ impl Follower {
             *sessions.epoch.entry((session.client_id.clone(), session.addr)).or_default() += 1;
             session
         };
-        let grant = self.openings.grant(&self.server, session.addr, &session.client_id, self.server.max_lifetime).await;
+        // The session holds the opening like any grant: for idle_timeout_secs after its last
+        // packet (the gate's last-seen time), never past max_lifetime_secs. A session whose
+        // DISCONNECT is missed (controller down, client gone without a word) closes when idle.
+        let grant = self.openings.grant(&self.server, session.addr, &session.client_id, self.server.idle_timeout).await;
         match grant {
-            Ok(_) => info!(lifetime_secs = self.server.max_lifetime.as_secs(), "tunnel up; session opening held"),
+            Ok(_) => info!(
+                idle_timeout_secs = self.server.idle_timeout.as_secs(),
+                max_lifetime_secs = self.server.max_lifetime.as_secs(),
+                "tunnel up; session opening held"
+            ),
             Err(err) => warn!(error = %err, "could not hold the session opening"),
         }
     }

@@ -50,10 +50,12 @@ struct RequestCtx {
     client_ip: IpAddr,
 }
 
-/// The router: `POST /v1/approvals`, `POST /v1/enroll`, `GET /healthz`; anything else 404.
+/// The router: `POST /v1/approvals`, `POST /v1/enroll`, `GET /v1/address`, `GET /healthz`;
+/// anything else 404.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(approval::REQUEST_PATH, post(approvals))
+        .route(approval::ADDRESS_PATH, get(address))
         .route(enrollment::ENROLL_PATH, post(enroll))
         .route("/healthz", get(healthz))
         .fallback(not_found)
@@ -167,6 +169,16 @@ async fn approvals(State(state): State<AppState>, request: Request) -> Response 
 
 async fn enroll(State(state): State<AppState>, request: Request) -> Response {
     forward(&state, FrontCall::Enroll, request).await
+}
+
+/// The caller's address as the front sees it (after PROXY v2 / `X-Forwarded-For` from trusted
+/// peers): what a client behind NAT reports inside its box. Unauthenticated on purpose: a
+/// lie here only makes the client's request fail the address check.
+async fn address(request: Request) -> Response {
+    match request.extensions().get::<RequestCtx>() {
+        Some(ctx) => json(StatusCode::OK, format!("{{\"address\":\"{}\"}}", ctx.client_ip.to_canonical())),
+        None => unavailable(),
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

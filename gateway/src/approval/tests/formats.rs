@@ -256,3 +256,107 @@ fn generated_rsa_key_works_end_to_end() {
         .is_ok()
     );
 }
+
+/// DER of a PKCS#1 `RSAPublicKey` with the given big-endian modulus and exponent.
+fn pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = body.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    fn integer(v: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        if v[0] & 0x80 != 0 {
+            body.push(0);
+        }
+        body.extend_from_slice(v);
+        tlv(0x02, &body)
+    }
+    let mut seq = integer(n);
+    seq.extend(integer(e));
+    tlv(0x30, &seq)
+}
+
+/// An odd modulus of exactly `bits` bits (not a real RSA modulus: only its size matters).
+fn modulus_of_bits(bits: usize) -> Vec<u8> {
+    let mut n = vec![0x5au8; bits.div_ceil(8)];
+    let top_bits = bits - (n.len() - 1) * 8;
+    n[0] = (0xffu8 >> (8 - top_bits)) | (1 << (top_bits - 1));
+    *n.last_mut().unwrap() |= 1;
+    n
+}
+
+#[test]
+fn rsa_public_keys_are_checked_exactly() {
+    let f4 = [0x01, 0x00, 0x01];
+    let pem_of = |der: &[u8]| {
+        use rsa::pkcs8::EncodePublicKey as _;
+        rsa::PublicKey::from_pkcs1_der(der)
+            .unwrap()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+    };
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    // Every size from 4089 to 4095 bits fits in 512 bytes: each is refused by its bit length.
+    for bits in [4089, 4094, 4095] {
+        let der = pkcs1_der(&modulus_of_bits(bits), &f4);
+        let got = ClientRsaPublicKey::from_pkcs1_der(&der);
+        assert!(matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits), "{bits}: {got:?}");
+        let got = ClientRsaPublicKey::from_pem(&pem_of(&der));
+        assert!(matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits), "{bits} (PEM): {got:?}");
+    }
+    for bits in [4096, 6000, 8192] {
+        let der = pkcs1_der(&modulus_of_bits(bits), &f4);
+        ClientRsaPublicKey::from_pkcs1_der(&der).unwrap_or_else(|e| panic!("{bits}: {e}"));
+        ClientRsaPublicKey::from_pem(&pem_of(&der)).unwrap_or_else(|e| panic!("{bits}: {e}"));
+    }
+    // Exponents other than 65537, with a valid 4096-bit modulus.
+    for e in [&[0x03][..], &[0x01, 0x00, 0x03], &[0x01, 0x00, 0x00, 0x01]] {
+        let der = pkcs1_der(&modulus_of_bits(4096), e);
+        let got = ClientRsaPublicKey::from_pkcs1_der(&der);
+        assert!(matches!(got, Err(KeyError::RsaExponent)), "e = {e:02x?}: {got:?}");
+        let got = ClientRsaPublicKey::from_pem(&pem_of(&der));
+        assert!(matches!(got, Err(KeyError::RsaExponent)), "e = {e:02x?} (PEM): {got:?}");
+    }
+    // Past the verifier's limit.
+    let der = pkcs1_der(&modulus_of_bits(8200), &f4);
+    assert!(ClientRsaPublicKey::from_pkcs1_der(&der).is_err());
+}
+
+#[test]
+fn weak_one_time_box_keys_are_recognised() {
+    let p_le = {
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        p
+    };
+    let mut weak: Vec<[u8; 32]> = vec![[0; 32], p_le];
+    // Every non-canonical spelling (u = p + k, and any key with the top bit set).
+    for k in 1..19u8 {
+        let mut v = p_le;
+        v[0] += k;
+        weak.push(v);
+    }
+    let mut top = server_keys().public_key().to_bytes();
+    top[31] |= 0x80;
+    weak.push(top);
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    weak.push(one);
+    for key in &weak {
+        assert!(!BoxPublicKey::from_bytes(*key).is_strong(), "{}", hex(key));
+    }
+    for seed in 0..32u8 {
+        let key = crypto_box::SecretKey::from_bytes([seed; 32]).public_key();
+        assert!(BoxPublicKey::from_bytes(key.to_bytes()).is_strong(), "seed {seed}");
+    }
+}

@@ -65,3 +65,4 @@ mod bad_requests;
 mod formats;
 mod pipeline;
 mod round_trip;
+mod rule_vectors;

@@ -90,8 +90,8 @@ fn accepted_stages_run_in_the_documented_order() {
     let trace = state.take_trace();
     assert_eq!(
         trace,
-        Stage::ALL[1..].to_vec(),
-        "every stage but admission, in order"
+        Stage::ALL[1..Stage::ALL.len() - 1].to_vec(),
+        "every stage but admission and grant (the controller's, after validation), in order"
     );
 }
 
@@ -198,4 +198,52 @@ fn audit_text_is_precise_but_public_body_is_uniform() {
     );
     let public = serde_json::to_string(&err.public_body()).unwrap();
     assert_eq!(public, r#"{"error":"denied"}"#);
+}
+
+/// A request from client A whose one-time key is `key`, its box sealed under the shared
+/// secret X25519 gives for that key (all zero for a small-order key: anyone can compute it).
+fn with_one_time_key(seed: u8, key: [u8; 32]) -> ApprovalRequest {
+    use crypto_box::aead::Aead as _;
+    let f = Forge::new(seed);
+    let attacker = crypto_box::SecretKey::from_bytes([0x42; 32]);
+    let constant = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from_bytes(key), &attacker);
+    let mut r = f.build();
+    r.box_public_key = key;
+    r.box_ciphertext = constant
+        .encrypt(&r.box_nonce.into(), f.plaintext.as_slice())
+        .unwrap();
+    resign(&mut r, f.rsa, &f.secret);
+    r
+}
+
+#[test]
+fn small_order_and_non_canonical_one_time_keys_are_denied() {
+    use crypto_box::aead::Aead as _;
+    let p_le = {
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        p
+    };
+    for (i, key) in [[0u8; 32], p_le].into_iter().enumerate() {
+        let r = with_one_time_key(90 + i as u8 * 4, key);
+        // The finding: without the check, such a box opens with the server's key, because
+        // the shared secret is the constant the attacker sealed under.
+        let server_side = crypto_box::SalsaBox::new(
+            &crypto_box::PublicKey::from_bytes(key),
+            server_keys().secret(),
+        );
+        assert!(
+            server_side
+                .decrypt(&r.box_nonce.into(), r.box_ciphertext.as_slice())
+                .is_ok(),
+            "key {i}: the box is sealed under the constant"
+        );
+        let state = state();
+        let err = validate(&r, &state, &server_keys(), remote(), NOW, &ValidationConfig::default())
+            .unwrap_err();
+        assert_eq!(err.public_code(), PublicCode::Denied, "key {i}: {err}");
+        assert_eq!(err.reason().kind(), "weak_box_key", "key {i}: {err}");
+        assert_eq!(err.stage(), Stage::BoxOpen, "key {i}");
+    }
 }
