@@ -166,22 +166,10 @@ pub struct Openings {
     map_capacity: usize,
 }
 
-/// True for an address the gate may open: not unspecified, loopback or multicast, not IPv4
-/// broadcast, not link-local.
+/// True for an address the gate may open: the one never-openable list is
+/// [`crate::approval::check_openable`] (PROTOCOL.md §7).
 pub fn is_openable(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => {
-            !(v4.is_unspecified()
-                || v4.is_loopback()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_link_local())
-        }
-        IpAddr::V6(v6) => {
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || link_local)
-        }
-    }
+    crate::approval::check_openable(addr).is_ok()
 }
 
 impl Openings {
@@ -556,6 +544,10 @@ impl Openings {
 
     /// Every opening with its kernel state.
     pub async fn list(&self) -> Result<Vec<OpeningView>, OpeningsError> {
+        // Records first: every record in this copy has its kernel entry written already
+        // (grants write the kernel under the lock), so the walk after it finds them; the
+        // lock is not held across the walk.
+        let records: Vec<OpeningRecord> = self.records.lock().await.values().cloned().collect();
         let kernel: HashMap<OpeningId, gateway_common::Opening> = self
             .gate
             .run(|maps| maps.openings())
@@ -563,13 +555,12 @@ impl Openings {
             .into_iter()
             .map(|k| (OpeningId { server_id: k.server_id, addr: k.addr }, k.state))
             .collect();
-        let records = self.records.lock().await;
         let clocks = ClockPair::now();
         let mut views: Vec<OpeningView> = records
-            .values()
+            .into_iter()
             .map(|record| OpeningView {
-                record: record.clone(),
                 kernel: kernel.get(&record.id).copied(),
+                record,
                 clocks,
             })
             .collect();
