@@ -106,6 +106,8 @@ struct RawApprovals {
     #[serde(default)]
     audit_retention: Option<Spanned<u64>>,
     #[serde(default)]
+    audit_max_age_days: Option<Spanned<u64>>,
+    #[serde(default)]
     enrollment_ttl_secs: Option<Spanned<u64>>,
     #[serde(default)]
     front_socket: Option<PathBuf>,
@@ -289,8 +291,10 @@ pub mod defaults {
     pub const MAX_ADDRESSES_PER_CLIENT: usize = 4;
     /// Approvals one client may get per minute.
     pub const CLIENT_APPROVALS_PER_MINUTE: u32 = 30;
-    /// Audit events kept.
+    /// Sampled unauthenticated failures kept.
     pub const AUDIT_RETENTION: u64 = 100_000;
+    /// Age after which authenticated decisions leave the audit log, days.
+    pub const AUDIT_MAX_AGE_DAYS: u64 = 400;
     /// Lifetime of an enrollment link, seconds.
     pub const ENROLLMENT_TTL_SECS: u64 = 900;
     /// The controller's socket for the web front.
@@ -365,8 +369,10 @@ impl Config {
 pub struct ApprovalsConfig {
     /// Accepted clock skew, seconds; nonces are kept twice as long.
     pub timestamp_window_secs: u64,
-    /// Audit events kept.
+    /// Sampled unauthenticated failures kept (a count).
     pub audit_retention: u64,
+    /// Authenticated decisions, enrollments and operator events are kept this long.
+    pub audit_max_age: Duration,
     /// Lifetime of an enrollment link.
     pub enrollment_ttl: Duration,
     /// Socket the web front submits requests on.
@@ -731,6 +737,10 @@ impl Validator<'_> {
             let value = *r.get_ref();
             if (100..=10_000_000).contains(&value) { Ok(value) } else { Err(self.fail(r.span(), "audit_retention must be between 100 and 10000000")) }
         })?;
+        let max_age_days = raw.audit_max_age_days.map_or(Ok(defaults::AUDIT_MAX_AGE_DAYS), |d| {
+            let value = *d.get_ref();
+            if (1..=36_500).contains(&value) { Ok(value) } else { Err(self.fail(d.span(), "audit_max_age_days must be between 1 and 36500")) }
+        })?;
         let ttl = raw.enrollment_ttl_secs.map_or(Ok(defaults::ENROLLMENT_TTL_SECS), |t| {
             let value = *t.get_ref();
             if (60..=7 * 86_400).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "enrollment_ttl_secs must be between 60 and 604800")) }
@@ -745,6 +755,7 @@ impl Validator<'_> {
         Ok(ApprovalsConfig {
             timestamp_window_secs: window,
             audit_retention: retention,
+            audit_max_age: Duration::from_secs(max_age_days.saturating_mul(86_400)),
             enrollment_ttl: Duration::from_secs(ttl),
             front_socket: raw.front_socket.unwrap_or_else(defaults::front_socket),
             front_socket_user: raw.front_socket_user,

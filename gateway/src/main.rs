@@ -85,7 +85,10 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             ClientsCommand::Enable { target, name } => admin::clients_set_enabled(&target.socket, &name, true).await,
             ClientsCommand::Remove { target, name } => admin::clients_remove(&target.socket, &name).await,
         },
-        Command::Audit { command: AuditCommand::Tail { target, count } } => admin::audit_tail(&target.socket, count).await,
+        Command::Audit { command: AuditCommand::Tail { target, count, all, before, unauthenticated, json } } => {
+            let query = admin::AuditQuery { count: if all { u64::MAX } else { count }, before, samples: unauthenticated, json };
+            admin::audit_tail(&target.socket, &query).await
+        }
         Command::Web { config } => {
             web::run(WebConfig::load(&config)?).await?;
             Ok(String::new())

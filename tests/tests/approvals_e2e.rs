@@ -36,6 +36,8 @@ public_url = "https://{gw}:{WEB_PORT}"
 web_cert = {cert:?}
 front_socket = {front:?}
 timestamp_window_secs = 60
+# The fewest samples allowed, so a garbage flood would overflow a shared log.
+audit_retention = 100
 
 [web]
 listen = "{gw}:{WEB_PORT}"
@@ -43,7 +45,7 @@ cert = {cert:?}
 key = {key:?}
 front_socket = {front:?}
 rate_limit_per_minute = 6000
-rate_limit_burst = 200
+rate_limit_burst = 400
 
 # open_all explicitly: the first test checks that a reported IPv6 opens with the IPv4 remote.
 [[server]]
@@ -352,7 +354,10 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     let original = valid();
     let (status, body) = post(&lab, &alice, json(&original));
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post(&lab, &alice, json(&original));
+    let mut reused = original.clone();
+    reused.timestamp -= 1;
+    resign(&mut reused, &alice);
+    let (status, body) = post(&lab, &alice, json(&reused));
     assert_eq!((status, body.contains("\"replay\"")), (409, true), "replayed request nonce: {body}");
     let mut same_box = original.clone();
     same_box.nonce[0] ^= 0x55;
@@ -460,4 +465,123 @@ fn default_policy_opens_only_proven_addresses_and_never_the_gateway() {
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "20"]);
     assert!(audit.contains("an address of the gateway itself"), "{audit}");
     assert!(audit.contains("does not match remote address"), "{audit}");
+}
+
+/// `audit tail --all --json` (or `--unauthenticated`): the events and failure counters.
+fn audit_json(lab: &ApprovalLab, samples: bool) -> serde_json::Value {
+    let mut args = vec!["audit", "tail", "--all", "--json"];
+    if samples {
+        args.push("--unauthenticated");
+    }
+    let text = lab.gateway.cli(&args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("audit tail --json is not JSON ({e}): {text}"))
+}
+
+fn events_with(audit: &serde_json::Value, verdict: &str) -> usize {
+    audit["events"].as_array().map_or(0, |events| events.iter().filter(|e| e["verdict"] == verdict).count())
+}
+
+#[test]
+fn answered_decisions_survive_sigkill_and_a_garbage_flood_leaves_them_untouched() {
+    use xdpgate::approval::build_request;
+    let mut lab = ApprovalLab::new(46);
+    let alice = load_profile(&lab.profile);
+    let creds = alice.credentials().unwrap();
+    // Approvals and one authenticated refusal (vpn2 is not alice's), answered; then SIGKILL at
+    // once, inside what used to be the audit writer's batching delay.
+    let mut approved = 0;
+    for _ in 0..20 {
+        let (status, body) = post(&lab, &alice, build_request(&creds, &params("vpn1"), now()).unwrap().0.to_json().unwrap());
+        assert_eq!(status, 200, "{body}");
+        approved += 1;
+    }
+    let (status, body) = post(&lab, &alice, build_request(&creds, &params("vpn2"), now()).unwrap().0.to_json().unwrap());
+    assert_eq!((status, body.contains("\"sealed\"")), (403, true), "an authenticated refusal is sealed: {body}");
+    lab.gateway.kill9();
+    lab.gateway.restart();
+    let before = audit_json(&lab, false);
+    assert_eq!(events_with(&before, "approved"), approved, "every answered approval is in the log after SIGKILL: {before}");
+    assert_eq!(events_with(&before, "rejected"), 1, "the answered refusal is in the log, nothing else: {before}");
+
+    // A flood of wrong-HMAC requests, more than the samples table keeps.
+    let flood: u64 = 150;
+    let mut garbage = build_request(&creds, &params("vpn1"), now()).unwrap().0;
+    garbage.hmac[0] ^= 0x01;
+    for i in 0..flood {
+        garbage.nonce[..8].copy_from_slice(&i.to_le_bytes());
+        let (status, body) = post(&lab, &alice, garbage.to_json().unwrap());
+        assert_eq!((status, body.contains("\"denied\"")), (403, true), "garbage #{i}: {body}");
+    }
+    let after = audit_json(&lab, false);
+    assert_eq!(after["events"], before["events"], "the flood changed no authenticated decision in the log");
+    let failures = after["unauthenticated_failures"].as_array().cloned().unwrap_or_default();
+    let hmac_failures: u64 = failures.iter().filter(|f| f["reason"] == "hmac_mismatch").filter_map(|f| f["count"].as_u64()).sum();
+    assert_eq!(hmac_failures, flood, "every garbage request is counted: {failures:?}");
+    let [a, b, c, _] = lab.link.a.v4.octets();
+    assert!(failures.iter().any(|f| f["prefix"] == format!("{a}.{b}.{c}.0/24")), "counted by source prefix: {failures:?}");
+    let samples = audit_json(&lab, true);
+    let sampled = samples["events"].as_array().map_or(0, Vec::len);
+    assert!((1..=100).contains(&sampled), "a bounded sample of the flood is kept, not every request: {sampled}");
+}
+
+#[test]
+fn an_idempotent_retry_after_sigkill_gets_the_committed_approval() {
+    use xdpgate::approval::{Verdict, build_request, open_denial, open_response};
+    let mut lab = ApprovalLab::new(47);
+    let alice = load_profile(&lab.profile);
+    let creds = alice.credentials().unwrap();
+    let (request, pending) = build_request(&creds, &params("vpn1"), now()).unwrap();
+    let bytes = request.to_json().unwrap();
+    let (status, body) = post(&lab, &alice, bytes.clone());
+    assert_eq!(status, 200, "{body}");
+    let first = open_response(&creds, &pending, body.as_bytes()).unwrap();
+    assert_eq!(first.verdict, Verdict::Allow);
+    // The controller dies after the commit; whatever reached the client, it resends the same bytes.
+    lab.gateway.kill9();
+    lab.gateway.restart();
+    let (status, body) = post(&lab, &alice, bytes.clone());
+    assert_eq!(status, 200, "the exact resend gets the approval, not replay: {body}");
+    let again = open_response(&creds, &pending, body.as_bytes()).unwrap();
+    assert_eq!((again.verdict, &again.opened, again.expires_unix, again.connect), (Verdict::Allow, &first.opened, first.expires_unix, first.connect));
+    // The opening may have expired meanwhile (3 s window); while listed, it has one holder.
+    let listed = lab.openings();
+    if let Some(row) = listed.lines().nth(1) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[fields.len() - 2], "1", "the retry adds no holder: {listed}");
+    }
+    // Any other use of the nonce is a (sealed) replay.
+    let mut other = request.clone();
+    other.timestamp -= 1;
+    resign(&mut other, &alice);
+    let (status, body) = post(&lab, &alice, other.to_json().unwrap());
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("replay"), "{body}");
+    assert_eq!(events_with(&audit_json(&lab, false), "approved"), 1, "the retry is not a second decision");
+}
+
+#[test]
+fn refused_then_sigkill_then_replay_stays_refused() {
+    use xdpgate::approval::{build_request, open_denial};
+    let mut lab = ApprovalLab::new(48);
+    let carol_profile = lab.gateway.dir().join("carol.profile.json");
+    lab.enroll("carol", &carol_profile);
+    lab.gateway.cli(&["clients", "disable", "carol"]);
+    let carol = load_profile(&carol_profile);
+    let creds = carol.credentials().unwrap();
+    let (request, pending) = build_request(&creds, &params("vpn1"), now()).unwrap();
+    let bytes = request.to_json().unwrap();
+    let (status, body) = post(&lab, &carol, bytes.clone());
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("denied"), "a disabled client's refusal is sealed: {body}");
+    // SIGKILL right after the refusal; the client is enabled again; the same bytes come back.
+    lab.gateway.kill9();
+    lab.gateway.restart();
+    lab.gateway.cli(&["clients", "enable", "carol"]);
+    let (status, body) = post(&lab, &carol, bytes);
+    assert_eq!(status, 409, "the refused request's nonce was on disk before the refusal: {body}");
+    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("replay"), "{body}");
+    assert_eq!(lab.openings(), "no openings\n");
+    // A fresh request of the re-enabled client is approved.
+    let (status, body) = post(&lab, &carol, build_request(&creds, &params("vpn1"), now()).unwrap().0.to_json().unwrap());
+    assert_eq!(status, 200, "{body}");
 }

@@ -8,7 +8,7 @@ use crypto_box::aead::Aead as _;
 use zeroize::Zeroizing;
 
 use super::canonical::{request_mac_input, request_signature_input, response_mac_input};
-use super::error::Reason;
+use super::error::{PublicCode, Reason, escape_for_log};
 use super::keys::{BoxPublicKey, ClientRsaKey, ClientRsaPublicKey, HmacSecret, KeyError};
 use super::response::{OpenError, ResponseBinding, ResponsePayload, ResponsePlaintextJson};
 use super::rng::{self, RngError};
@@ -283,4 +283,23 @@ pub fn open_response(
         OpenError::Malformed(detail) => ClientError::ResponsePayloadMalformed(detail),
         OpenError::NotBound => ClientError::ResponseNotBound,
     })
+}
+
+/// Opens a sealed denial (`{"error": code, "sealed": response}`, see PROTOCOL.md §8) of
+/// `pending`: the sealed response must open for this request, say `deny`, and give the same
+/// code as the clear `error` field. Returns the authenticated public code.
+pub fn open_denial(
+    creds: &ClientCredentials,
+    pending: &PendingApproval,
+    body: &[u8],
+) -> Result<PublicCode, ClientError> {
+    let denial: super::response::SealedDenialJson = serde_json::from_slice(body)
+        .map_err(|e| ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160))))?;
+    let sealed = serde_json::to_vec(&denial.sealed)
+        .map_err(|e| ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160))))?;
+    let payload = open_response(creds, pending, &sealed)?;
+    match (payload.verdict, PublicCode::from_str_code(&payload.reason)) {
+        (super::Verdict::Deny, Some(code)) if code.as_str() == denial.error => Ok(code),
+        _ => Err(ClientError::ResponsePayloadMalformed("a sealed denial whose code does not match its clear code".into())),
+    }
 }

@@ -30,6 +30,8 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod denial_vectors;
+#[cfg(test)]
 mod vectors;
 
 pub use address::{AddressPolicy, AddressProblem, AddressSource, check_openable, select_addresses};
@@ -38,7 +40,8 @@ pub use canonical::{
     RESPONSE_MAC_TAG, request_mac_input, request_signature_input, response_mac_input,
 };
 pub use client::{
-    ClientCredentials, ClientError, PendingApproval, RequestParams, build_request, open_response,
+    ClientCredentials, ClientError, PendingApproval, RequestParams, build_request, open_denial,
+    open_response,
 };
 pub use error::{PublicCode, Reason, Rejection, Stage};
 pub use keys::{
@@ -48,7 +51,7 @@ pub use keys::{
 pub use profile::{ClientProfile, PROFILE_VERSION, ProfileError};
 pub use response::{
     APPROVED_REASON, ConnectTarget, ResponseBinding, ResponsePayload, SealError, TransportProtocol,
-    Verdict, seal_response,
+    Verdict, seal_denial, seal_response,
 };
 pub use rng::RngError;
 pub use state::{

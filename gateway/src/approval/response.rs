@@ -20,6 +20,41 @@ use super::wire::{
 /// The reason code of an approval.
 pub const APPROVED_REASON: &str = "approved";
 
+/// The body of a sealed denial: `{"error": <public code>, "sealed": <response>}`. `error` is
+/// the public code in clear (an unauthenticated hint, as in every error body); `sealed` is a
+/// response whose verdict is `deny` with that code. A client trusts the denial only when
+/// `sealed` opens for its request and its reason equals `error`.
+#[derive(Serialize)]
+struct SealedDenialBody<'a> {
+    error: &'a str,
+    sealed: &'a ApprovalResponse,
+}
+
+/// The parsed (not yet opened) form of a sealed denial body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SealedDenialJson {
+    pub(crate) error: String,
+    pub(crate) sealed: serde_json::Value,
+}
+
+/// Seals a denial with `code` for a request whose HMAC verified: the JSON body of a
+/// [`SealedDenialBody`].
+pub fn seal_denial(
+    binding: &ResponseBinding,
+    server_keys: &ServerBoxKeys,
+    client_hmac_secret: &HmacSecret,
+    code: PublicCode,
+) -> Result<Vec<u8>, SealError> {
+    let sealed = seal_response(binding, server_keys, client_hmac_secret, &ResponsePayload::deny(code))?;
+    denial_body(code, &sealed)
+}
+
+/// The JSON body of a sealed denial of `code`.
+pub(crate) fn denial_body(code: PublicCode, sealed: &ApprovalResponse) -> Result<Vec<u8>, SealError> {
+    Ok(serde_json::to_vec(&SealedDenialBody { error: code.as_str(), sealed })?)
+}
+
 /// What ties a response to the request it answers. Comes from [`super::ApprovedRequest`] or,
 /// for a request whose HMAC verified, from [`super::Rejection::binding`].
 #[derive(Debug, Clone, PartialEq, Eq)]

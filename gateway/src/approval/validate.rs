@@ -1,5 +1,5 @@
 //! The validation pipeline, cheapest check first: shape → timestamp → client → HMAC → request
-//! nonce → server → RSA signature → box → payload → payload timestamp → payload nonce →
+//! nonce → client enabled → server → RSA signature → box → payload → payload timestamp → payload nonce →
 //! client allowed → addresses.
 //!
 //! Nothing past the HMAC runs for a request whose HMAC is wrong: no nonce is recorded and no
@@ -199,6 +199,17 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         self.stage(Stage::RequestNonce, || {
             self.record(NonceScope::Request, &r.nonce, Reason::RequestNonceReplayed)
         })?;
+        // A disabled client's authenticated request is consumed (its nonce is recorded) and
+        // refused with a sealed denial, like every request past the HMAC.
+        self.stage(Stage::ClientAllowed, || {
+            if client.enabled {
+                Ok(())
+            } else {
+                Err(Reason::ClientDisabled {
+                    client_id: client.client_id.clone(),
+                })
+            }
+        })?;
         Ok(client)
     }
 
@@ -312,25 +323,22 @@ pub(crate) fn refuse_gateway_addresses<S: ApprovalState + ?Sized>(
     Ok(())
 }
 
-/// Looks the client up. Unknown and disabled clients still cost one HMAC computation, so the
-/// answer time does not tell which client ids exist.
+/// Looks the client up. An unknown client still costs one HMAC computation, so the answer
+/// time does not tell which client ids exist.
 fn find_client<S: ApprovalState + ?Sized>(
     state: &S,
     request: &ApprovalRequest,
 ) -> Result<ClientRecord, Reason> {
-    let client_id = request.client_id.clone();
     match state.client(&request.client_id) {
         None => {
             let decoy = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &[0u8; 64]);
             let _ = ring::hmac::verify(&decoy, &request_mac_input(request), &request.hmac);
-            Err(Reason::UnknownClient { client_id })
+            Err(Reason::UnknownClient {
+                client_id: request.client_id.clone(),
+            })
         }
-        Some(record) if !record.enabled => {
-            let _ = record
-                .hmac_secret
-                .verify(&request_mac_input(request), &request.hmac);
-            Err(Reason::ClientDisabled { client_id })
-        }
+        // Enabled or not: a disabled client's HMAC is checked like any other, and its
+        // authenticated requests are refused after their nonce is recorded.
         Some(record) => Ok(record),
     }
 }

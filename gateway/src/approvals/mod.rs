@@ -10,22 +10,25 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 pub use audit::AuditLog;
 use state::StoreState;
 
 use crate::{
     approval::{
-        self, ApprovedRequest, ClientRsaPublicKey, ConnectTarget, HmacSecret, PublicCode, Rejection,
-        ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
+        self, ApprovalResponse, ApprovalState as _, ApprovedRequest, ClientRsaPublicKey, ConnectTarget, HmacSecret,
+        NonceScope, PublicCode, Reason, Rejection, ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
     },
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
     openings::{GrantCheck, Openings, OpeningsError},
     vpn::{VpnTokens, derive_token},
-    store::{AuditEvent, AuditKind, Enrollment, EnrollmentToken, Store, StoreError, StoredClient},
+    store::{
+        AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal, Store, StoreError,
+        StoredAnswer, StoredClient,
+    },
 };
 
 /// What the front API answers: an HTTP status and a JSON body, produced here.
@@ -95,6 +98,7 @@ pub struct Approvals {
     /// This controller's cluster node name, written into enrollment links.
     node_name: Option<String>,
     audit: AuditLog,
+    audit_max_age: Duration,
     metrics: metrics::Metrics,
     vpn_tokens: Arc<VpnTokens>,
     /// Approvals per client per minute (after validation: only the client itself can use
@@ -114,6 +118,7 @@ impl Approvals {
         Self {
             state: Arc::new(StoreState::new(store.clone(), &config.servers)),
             audit: AuditLog::start(store.clone(), approvals.audit_retention),
+            audit_max_age: approvals.audit_max_age,
             store,
             box_keys: Arc::new(box_keys),
             openings,
@@ -151,54 +156,162 @@ impl Approvals {
 
     /// Decides a `POST /v1/approvals` body: cheapest checks first, the gate opened only for
     /// a request that passed every check.
+    ///
+    /// A failure before the HMAC verified is counted and sampled, never written one by one.
+    /// Past the HMAC every answer is sealed with the client's secret and made durable first:
+    /// an approval's record and answer commit with its opening, a refusal's record with its
+    /// nonce. Resending the exact bytes of an approved request returns that approval.
     pub async fn submit(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
         let origin = Origin { remote, request_id };
         let request = match approval::parse_request(&body) {
             Ok(request) => request,
-            Err(rejection) => return self.rejected(&origin, "", "", &rejection),
+            Err(rejection) => return self.unauthenticated(&origin, "", "", &rejection),
         };
-        let (client_id, server) = (request.client_id.clone(), request.server.clone());
         // Read before validation: a revocation after this point refuses the grant
         // (see `Openings::revoke_origin_with`).
-        let generation = self.openings.generation(&client_id);
+        let generation = self.openings.generation(&request.client_id);
         let state = self.state.clone();
         let keys = self.box_keys.clone();
         let validation = self.validation;
         let now = unix_secs();
         let decided = tokio::task::spawn_blocking(move || {
-            approval::validate(&request, &*state, &keys, remote, now, &validation)
+            let decided = approval::validate(&request, &*state, &keys, remote, now, &validation);
+            (request, decided)
         })
         .await;
-        match decided {
-            Ok(Ok(approved)) => self.approve(&origin, approved, generation).await,
-            Ok(Err(rejection)) => self.rejected(&origin, &client_id, &server, &rejection),
+        let (request, decided) = match decided {
+            Ok(done) => done,
             Err(err) => {
                 error!(error = %err, "validation task failed");
+                return FrontAnswer::unavailable();
+            }
+        };
+        match decided {
+            Ok(approved) => self.approve(&origin, approved, body_digest(&body), generation).await,
+            Err(rejection) => match rejection.binding() {
+                None => self.unauthenticated(&origin, &request.client_id, &request.server, &rejection),
+                Some(_) if matches!(rejection.reason(), Reason::RequestNonceReplayed) => {
+                    self.replayed(&origin, &request.client_id, &rejection, body_digest(&body)).await
+                }
+                Some(_) => self.refused(&origin, &request.client_id, &request.server, &rejection).await,
+            },
+        }
+    }
+
+    /// A failure before the HMAC verified: counted by reason and source prefix, sampled into
+    /// the audit log at a bounded rate, answered with the unsealed public code.
+    fn unauthenticated(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
+        let code = rejection.public_code();
+        self.metrics.count_code(code);
+        self.audit.failure(rejection.reason().kind(), origin.remote, std::time::Instant::now(), || {
+            rejection_event(origin, client_id, server, rejection)
+        });
+        FrontAnswer::error(code.as_str(), rejection.http_status())
+    }
+
+    /// A refusal of a request whose HMAC verified: its nonce and its audit record are
+    /// committed, then the denial is sealed with the client's secret.
+    async fn refused(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
+        let code = rejection.public_code();
+        let event = rejection_event(origin, client_id, server, rejection);
+        let journal = Journal { audit: vec![event.clone()], answers: Vec::new() };
+        let store = self.store.clone();
+        let committed = tokio::task::spawn_blocking(move || store.commit_journal(&journal)).await;
+        match committed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                error!(error = %err, "recording a refusal failed; not answering it");
+                return FrontAnswer::unavailable();
+            }
+            Err(err) => {
+                error!(error = %err, "refusal task failed");
+                return FrontAnswer::unavailable();
+            }
+        }
+        self.metrics.count_code(code);
+        audit::log(&event);
+        self.sealed_denial(client_id, rejection, code).await
+    }
+
+    /// Seals a denial of `code` for the request `rejection` refused (its HMAC verified).
+    async fn sealed_denial(&self, client_id: &str, rejection: &Rejection, code: PublicCode) -> FrontAnswer {
+        let Some(binding) = rejection.binding().cloned() else {
+            return FrontAnswer::error(code.as_str(), code.http_status());
+        };
+        let state = self.state.clone();
+        let keys = self.box_keys.clone();
+        let client_id = client_id.to_owned();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let client = state.client(&client_id).ok_or("the client is gone")?;
+            approval::seal_denial(&binding, &keys, &client.hmac_secret, code).map_err(|_| "sealing failed")
+        })
+        .await;
+        match sealed {
+            Ok(Ok(body)) => FrontAnswer { status: code.http_status(), body },
+            Ok(Err(why)) => {
+                warn!(why, "cannot seal a denial; answering it unsealed");
+                FrontAnswer::error(code.as_str(), code.http_status())
+            }
+            Err(err) => {
+                error!(error = %err, "sealing task failed");
                 FrontAnswer::unavailable()
             }
         }
     }
 
-    fn rejected(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
-        let code = rejection.public_code();
-        self.metrics.count(&format!("approval.{}", code.as_str()));
-        self.audit.record(AuditEvent {
-            unix_ms: unix_ms(),
-            kind: AuditKind::Approval,
-            client_id: client_id.to_owned(),
-            remote: origin.remote.to_string(),
-            server: server.to_owned(),
-            verdict: "rejected".into(),
-            code: code.as_str().to_owned(),
-            reason: format!("[{}] {}", origin.request_id, rejection.reason()),
-        });
-        match serde_json::to_vec(&rejection.public_body()) {
-            Ok(body) => FrontAnswer { status: rejection.http_status(), body },
-            Err(_) => FrontAnswer::error(code.as_str(), rejection.http_status()),
+    /// A request whose nonce was used before: when an approval of these exact bytes was
+    /// committed, that approval again (sealed anew); otherwise a sealed `replay` denial. The
+    /// nonce is on disk already, so nothing is written.
+    async fn replayed(&self, origin: &Origin<'_>, client_id: &str, rejection: &Rejection, digest: String) -> FrontAnswer {
+        let Some(binding) = rejection.binding().cloned() else {
+            return FrontAnswer::error(PublicCode::Replay.as_str(), PublicCode::Replay.http_status());
+        };
+        let key = state::nonce_key(NonceScope::Request, binding.request_nonce());
+        let store = self.store.clone();
+        let state = self.state.clone();
+        let keys = self.box_keys.clone();
+        let wanted = client_id.to_owned();
+        let retried = tokio::task::spawn_blocking(move || -> Result<Option<ApprovalResponse>, String> {
+            let Some(answer) = store.answer(&key).map_err(|e| e.to_string())? else { return Ok(None) };
+            let same = answer.client_id == wanted
+                && ring::constant_time::verify_slices_are_equal(answer.body_sha256.as_bytes(), digest.as_bytes()).is_ok();
+            let Some(client) = state.client(&wanted).filter(|c| same && c.enabled) else { return Ok(None) };
+            let payload = ResponsePayload::allow(answer.connect, answer.opened, answer.expires_unix);
+            approval::seal_response(&binding, &keys, &client.hmac_secret, &payload).map(Some).map_err(|e| e.to_string())
+        })
+        .await;
+        match retried {
+            Ok(Ok(Some(response))) => {
+                self.metrics.count("approval.retried");
+                info!(client_id, client_ip = %origin.remote, request_id = origin.request_id, "idempotent retry of an approved request");
+                FrontAnswer::json(&response)
+            }
+            Ok(Ok(None)) => {
+                let code = rejection.public_code();
+                self.metrics.count_code(code);
+                self.audit.failure(rejection.reason().kind(), origin.remote, std::time::Instant::now(), || {
+                    rejection_event(origin, client_id, binding.server(), rejection)
+                });
+                self.sealed_denial(client_id, rejection, code).await
+            }
+            Ok(Err(err)) => {
+                error!(error = %err, "looking up a committed answer failed");
+                FrontAnswer::unavailable()
+            }
+            Err(err) => {
+                error!(error = %err, "retry task failed");
+                FrontAnswer::unavailable()
+            }
         }
     }
 
-    async fn approve(&self, origin: &Origin<'_>, approved: ApprovedRequest, generation: u64) -> FrontAnswer {
+    async fn approve(
+        &self,
+        origin: &Origin<'_>,
+        approved: ApprovedRequest,
+        digest: String,
+        generation: u64,
+    ) -> FrontAnswer {
         let Some(server) = self.servers.iter().find(|s| s.name == approved.server) else {
             return FrontAnswer::error(PublicCode::UnknownServer.as_str(), 404);
         };
@@ -207,53 +320,22 @@ impl Approvals {
             return FrontAnswer::unavailable();
         };
         let (client_id, server_name) = (approved.client_id.as_str(), server.name.as_str());
-        let refuse = |reason: approval::Reason| {
-            let rejection = Rejection::new(approval::Stage::Grant, reason).with_binding(approved.binding.clone());
-            self.rejected(origin, client_id, server_name, &rejection)
-        };
         if !self.client_rate.admit(client_id) {
-            return refuse(approval::Reason::ClientRateExceeded {
+            let reason = approval::Reason::ClientRateExceeded {
                 client_id: client_id.to_owned(),
                 per_minute: self.client_rate.per_minute(),
-            });
+            };
+            return self.refuse_grant(origin, &approved, server_name, reason).await;
         }
-        let check = GrantCheck { generation, max_addresses_per_client: server.max_addresses_per_client };
-        let mut opened = Vec::new();
-        for addr in &approved.open_addresses {
-            match self.openings.grant_checked(server, *addr, client_id, server.connect_window, Some(check)).await {
-                Ok(_) => opened.push(*addr),
-                Err(OpeningsError::Revoked(_)) => {
-                    return refuse(approval::Reason::ClientDisabled { client_id: client_id.to_owned() });
-                }
-                Err(OpeningsError::ClientCap { limit, .. }) if opened.is_empty() => {
-                    return refuse(approval::Reason::ClientCapReached { client_id: client_id.to_owned(), limit });
-                }
-                Err(err @ OpeningsError::NearCapacity { .. }) if opened.is_empty() => {
-                    self.metrics.count("approval.unavailable.map_capacity");
-                    warn!(client_id, error = %err, "approval refused: openings map nearly full");
-                    return FrontAnswer::unavailable();
-                }
-                Err(err) => warn!(client_ip = %addr, error = %err, "could not open an approved address"),
-            }
+        let opened: Vec<IpAddr> = approved.open_addresses.iter().copied().filter(|a| crate::openings::is_openable(*a)).collect();
+        if opened.len() != approved.open_addresses.len() {
+            warn!(addresses = ?approved.open_addresses, "approved addresses that cannot be opened were left out");
         }
         if opened.is_empty() {
             return FrontAnswer::unavailable();
         }
-        if server.openvpn.is_some() {
-            let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
-            self.vpn_tokens.record(&approved.client_id, server.id, token, opened.clone(), server.connect_window);
-        }
-        // A revocation that ran after our grants removed them; its token revocation may have
-        // run before our token was recorded, so take it back here and answer `denied`.
-        if self.openings.generation(client_id) != generation {
-            self.vpn_tokens.revoke_client(client_id);
-            return refuse(approval::Reason::ClientDisabled { client_id: client_id.to_owned() });
-        }
-        self.metrics.count("approval.approved");
         let expires = unix_secs() + server.connect_window.as_secs();
-        let payload = ResponsePayload::allow(target, opened.clone(), expires);
-        let sealed = approved.seal(&payload);
-        self.audit.record(AuditEvent {
+        let event = AuditEvent {
             unix_ms: unix_ms(),
             kind: AuditKind::Approval,
             client_id: approved.client_id.clone(),
@@ -262,21 +344,81 @@ impl Approvals {
             verdict: "approved".into(),
             code: approval::APPROVED_REASON.to_owned(),
             reason: format!(
-                "[{}] opened {:?} for {}s; device {:?}, client {:?}",
+                "[{}] opened {:?} until {expires} ({}s); device {:?}, client {:?}",
                 origin.request_id,
                 opened,
                 server.connect_window.as_secs(),
                 approved.device_name,
                 approved.client_version
             ),
-        });
-        match sealed {
+        };
+        let answer = StoredAnswer {
+            body_sha256: digest,
+            client_id: approved.client_id.clone(),
+            connect: target,
+            opened: opened.clone(),
+            expires_unix: expires,
+            keep_until_unix: self.validation.nonce_keep_until(unix_secs()),
+        };
+        let key = state::nonce_key(NonceScope::Request, approved.binding.request_nonce()).to_vec();
+        let journal = Journal { audit: vec![event.clone()], answers: vec![(key, answer)] };
+        let check = GrantCheck { generation, max_addresses_per_client: server.max_addresses_per_client };
+        let granted =
+            self.openings.grant_all(server, &opened, client_id, server.connect_window, Some(check), journal).await;
+        match granted {
+            Ok(_) => {}
+            Err(OpeningsError::Revoked(_)) => {
+                let reason = approval::Reason::ClientDisabled { client_id: client_id.to_owned() };
+                return self.refuse_grant(origin, &approved, server_name, reason).await;
+            }
+            Err(OpeningsError::ClientCap { limit, .. }) => {
+                let reason = approval::Reason::ClientCapReached { client_id: client_id.to_owned(), limit };
+                return self.refuse_grant(origin, &approved, server_name, reason).await;
+            }
+            Err(err @ OpeningsError::NearCapacity { .. }) => {
+                self.metrics.count("approval.unavailable.map_capacity");
+                warn!(client_id, error = %err, "approval refused: openings map nearly full");
+                return FrontAnswer::unavailable();
+            }
+            Err(err) => {
+                warn!(client_id, error = %err, "could not open the approved addresses");
+                return FrontAnswer::unavailable();
+            }
+        }
+        audit::log(&event);
+        if server.openvpn.is_some() {
+            let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
+            self.vpn_tokens.record(client_id, server.id, token, opened.clone(), server.connect_window);
+        }
+        // A revocation that ran after our grants removed them; its token revocation may have
+        // run before our token was recorded, so take it back here and answer `denied`.
+        if self.openings.generation(client_id) != generation {
+            self.vpn_tokens.revoke_client(client_id);
+            let reason = approval::Reason::ClientDisabled { client_id: client_id.to_owned() };
+            return self.refuse_grant(origin, &approved, server_name, reason).await;
+        }
+        self.metrics.count("approval.approved");
+        let payload = ResponsePayload::allow(target, opened, expires);
+        match approved.seal(&payload) {
             Ok(response) => FrontAnswer::json(&response),
             Err(err) => {
                 error!(error = %err, "sealing an approval failed");
                 FrontAnswer::unavailable()
             }
         }
+    }
+
+    /// Refuses an approved request at the grant stage (rate, cap, revocation): recorded and
+    /// answered with a sealed denial like any refusal after the HMAC.
+    async fn refuse_grant(
+        &self,
+        origin: &Origin<'_>,
+        approved: &ApprovedRequest,
+        server: &str,
+        reason: approval::Reason,
+    ) -> FrontAnswer {
+        let rejection = Rejection::new(approval::Stage::Grant, reason).with_binding(approved.binding.clone());
+        self.refused(origin, &approved.client_id, server, &rejection).await
     }
 
     /// Redeems a sealed `POST /v1/enroll` body: opens the box with the controller's key,
@@ -286,7 +428,7 @@ impl Approvals {
         let audit = |client_id: &str, verdict: &str, code: &str, reason: String| {
             let outcome = if code.is_empty() { verdict } else { code };
             self.metrics.count(&format!("enrollment.{outcome}"));
-            self.audit.record(AuditEvent {
+            let event = || AuditEvent {
                 unix_ms: unix_ms(),
                 kind: AuditKind::Enrollment,
                 client_id: client_id.to_owned(),
@@ -295,7 +437,13 @@ impl Approvals {
                 verdict: verdict.to_owned(),
                 code: code.to_owned(),
                 reason: format!("[{request_id}] {reason}"),
-            });
+            };
+            // A refused enrollment is unauthenticated: counted and sampled, not recorded.
+            match code {
+                "malformed" => self.audit.failure("enrollment_malformed", remote, std::time::Instant::now(), event),
+                "denied" => self.audit.failure("enrollment_denied", remote, std::time::Instant::now(), event),
+                _ => self.audit.record(event()),
+            }
         };
         let opened = SealedEnrollRequest::parse(&body).and_then(|sealed| sealed.open(&self.box_keys));
         let (request, opened) = match opened {
@@ -474,13 +622,23 @@ impl Approvals {
     pub async fn purge_nonces(&self) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let now = unix_secs();
-        Ok(tokio::task::spawn_blocking(move || store.purge_nonces(now)).await??)
+        let cutoff_ms = unix_ms().saturating_sub(u64::try_from(self.audit_max_age.as_millis()).unwrap_or(u64::MAX));
+        Ok(tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+            let purged = store.purge_nonces(now)?;
+            store.purge_answers(now)?;
+            let aged = store.purge_audit(cutoff_ms)?;
+            if aged > 0 {
+                info!(aged, "audit events past audit_max_age_days removed");
+            }
+            Ok(purged)
+        })
+        .await??)
     }
 
-    /// The newest audit events.
-    pub async fn audit_tail(&self, count: usize) -> Result<Vec<AuditEvent>, ClientAdminError> {
+    /// A page of audit events of `table`, newest first, older than sequence number `before`.
+    pub async fn audit_page(&self, table: AuditTable, before: Option<u64>, count: usize) -> Result<AuditPage, ClientAdminError> {
         let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.audit_tail(count)).await??)
+        Ok(tokio::task::spawn_blocking(move || store.audit_page(table, before, count.max(1))).await??)
     }
 
     fn operator_audit(&self, client_id: &str, verdict: &str, reason: String) {
@@ -495,6 +653,25 @@ impl Approvals {
             reason,
         });
     }
+}
+
+/// The audit record of a refused request.
+fn rejection_event(origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> AuditEvent {
+    AuditEvent {
+        unix_ms: unix_ms(),
+        kind: AuditKind::Approval,
+        client_id: client_id.to_owned(),
+        remote: origin.remote.to_string(),
+        server: server.to_owned(),
+        verdict: "rejected".into(),
+        code: rejection.public_code().as_str().to_owned(),
+        reason: format!("[{}] {}", origin.request_id, rejection.reason()),
+    }
+}
+
+/// Hex SHA-256 of a request body, to recognize an exact resend.
+fn body_digest(body: &[u8]) -> String {
+    crate::tls::to_hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref())
 }
 
 /// Where clients of `server` connect: its public addresses and first service (UDP first).

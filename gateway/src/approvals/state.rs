@@ -18,6 +18,17 @@ use crate::{
     store::Store,
 };
 
+/// The store key of a nonce: a scope byte (`r` request, `p` payload) and the nonce.
+pub fn nonce_key(scope: NonceScope, nonce: &[u8; NONCE_LEN]) -> [u8; NONCE_LEN + 1] {
+    let mut key = [0u8; NONCE_LEN + 1];
+    key[0] = match scope {
+        NonceScope::Request => b'r',
+        NonceScope::Payload => b'p',
+    };
+    key[1..].copy_from_slice(nonce);
+    key
+}
+
 /// [`ApprovalState`] backed by the store and the configured servers.
 pub struct StoreState {
     store: Arc<Store>,
@@ -144,12 +155,7 @@ impl ApprovalState for StoreState {
     }
 
     fn record_nonce(&self, scope: NonceScope, nonce: &[u8; NONCE_LEN], keep_until_unix: u64) -> NonceCheck {
-        let mut key = [0u8; NONCE_LEN + 1];
-        key[0] = match scope {
-            NonceScope::Request => b'r',
-            NonceScope::Payload => b'p',
-        };
-        key[1..].copy_from_slice(nonce);
+        let key = nonce_key(scope, nonce);
         match self.store.record_nonce(&key, crate::clock::unix_secs(), keep_until_unix) {
             Ok(true) => NonceCheck::Fresh,
             Ok(false) => NonceCheck::Replayed,

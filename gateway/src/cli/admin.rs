@@ -138,12 +138,58 @@ pub async fn clients_remove(socket: &Path, name: &str) -> anyhow::Result<String>
     Ok(format!("client {name} removed; {closed} opening(s) closed\n"))
 }
 
-/// `xdpgate audit tail`.
-pub async fn audit_tail(socket: &Path, count: u32) -> anyhow::Result<String> {
+/// What `xdpgate audit tail` asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditQuery {
+    /// Events wanted at most (`u64::MAX`: all).
+    pub count: u64,
+    /// Only events older than this sequence number.
+    pub before: Option<u64>,
+    /// The sampled unauthenticated failures instead of the decisions.
+    pub samples: bool,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// Events fetched per call.
+const AUDIT_PAGE: u64 = 5_000;
+
+/// `xdpgate audit tail`: pages through the log until `count` events or the oldest one.
+pub async fn audit_tail(socket: &Path, query: &AuditQuery) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let events = client.audit_tail(pb::AuditTailRequest { count }).await?.into_inner().events;
+    let (mut events, mut before, mut failures) = (Vec::new(), query.before.unwrap_or(0), Vec::new());
+    loop {
+        let wanted = query.count.saturating_sub(events.len() as u64).min(AUDIT_PAGE);
+        if wanted == 0 {
+            break;
+        }
+        let page = client
+            .audit_tail(pb::AuditTailRequest { count: u32::try_from(wanted).unwrap_or(u32::MAX), before, samples: query.samples })
+            .await?
+            .into_inner();
+        failures = page.failures;
+        events.extend(page.events);
+        before = page.next_before;
+        if before == 0 {
+            break;
+        }
+    }
+    events.reverse();
+    if query.json {
+        let json = serde_json::json!({
+            "events": events.iter().map(|e| serde_json::json!({
+                "seq": e.seq, "unix_ms": e.unix_ms, "kind": e.kind, "client_id": e.client_id, "remote": e.remote,
+                "server": e.server, "verdict": e.verdict, "code": e.code, "reason": e.reason,
+            })).collect::<Vec<_>>(),
+            "next_before": (before > 0).then_some(before),
+            "unauthenticated_failures": failures.iter().map(|f| serde_json::json!({
+                "reason": f.reason, "prefix": f.prefix, "count": f.count,
+            })).collect::<Vec<_>>(),
+        });
+        return Ok(format!("{json}\n"));
+    }
     let mut out = String::new();
-    for e in events {
+    for e in &events {
         let _ = writeln!(
             out,
             "{} {} client={:?} ip={} server={:?} {} {} {}",
@@ -156,6 +202,16 @@ pub async fn audit_tail(socket: &Path, count: u32) -> anyhow::Result<String> {
             if e.code.is_empty() { "-" } else { e.code.as_str() },
             e.reason
         );
+    }
+    if before > 0 {
+        let _ = writeln!(out, "-- stopped after {} events; older ones remain: add --before {before} (or use --all)", events.len());
+    }
+    if !failures.is_empty() {
+        let total: u64 = failures.iter().map(|f| f.count).sum();
+        let _ = writeln!(out, "-- {total} unauthenticated failure(s) since start (counted, sampled with --unauthenticated):");
+        for f in failures.iter().take(20) {
+            let _ = writeln!(out, "   {} from {}: {}", f.reason, f.prefix, f.count);
+        }
     }
     Ok(out)
 }

@@ -197,13 +197,26 @@ pub enum ClientsCommand {
 /// `xdpgate audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the newest events.
+    /// Print the newest events (oldest of them first), paging through the whole log if asked;
+    /// says where it stopped when older events remain.
     Tail {
         #[command(flatten)]
         target: ControlTarget,
         /// How many events.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        count: u32,
+        #[arg(short = 'n', long, default_value_t = 20, conflicts_with = "all")]
+        count: u64,
+        /// Every event.
+        #[arg(long)]
+        all: bool,
+        /// Only events older than this sequence number (where an earlier run stopped).
+        #[arg(long)]
+        before: Option<u64>,
+        /// The sampled unauthenticated failures instead of the decisions.
+        #[arg(long)]
+        unauthenticated: bool,
+        /// One JSON document: events (oldest first), `next_before` and the failure counters.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -389,12 +389,7 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
     .await?;
     let payload = match approval::open_response(&credentials, &pending, &reply.body) {
         Ok(payload) => payload,
-        Err(sealed_err) => {
-            return Err(match serde_json::from_slice::<ErrorBody>(&reply.body) {
-                Ok(err) => ClientCommandError::Refused { status: reply.status, code: err.error },
-                Err(_) => ClientCommandError::BadAnswer { status: reply.status, detail: sealed_err.to_string() },
-            });
-        }
+        Err(sealed_err) => return Err(refusal(&credentials, &pending, reply.status, &reply.body, &sealed_err)),
     };
     let openvpn = OpenVpnCredentials {
         username: credentials.client_id().to_owned(),
@@ -424,6 +419,30 @@ async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>)
             status: reply.status,
             detail: format!("{} did not answer with an address", approval::ADDRESS_PATH),
         }),
+    }
+}
+
+/// What a non-approval answer means: a sealed denial that opens for this request is
+/// authenticated ([`ClientCommandError::Denied`]); a plain error body is only a hint
+/// ([`ClientCommandError::Refused`]); a sealed denial that does not open is not trusted.
+fn refusal(
+    credentials: &approval::ClientCredentials,
+    pending: &approval::PendingApproval,
+    status: u16,
+    body: &[u8],
+    sealed_err: &approval::ClientError,
+) -> ClientCommandError {
+    if let Ok(denial) = serde_json::from_slice::<serde_json::Value>(body)
+        && denial.get("sealed").is_some()
+    {
+        return match approval::open_denial(credentials, pending, body) {
+            Ok(code) => ClientCommandError::Denied { code: code.as_str().to_owned() },
+            Err(err) => ClientCommandError::BadAnswer { status, detail: format!("a sealed denial that does not verify: {err}") },
+        };
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => ClientCommandError::Refused { status, code: err.error },
+        Err(_) => ClientCommandError::BadAnswer { status, detail: sealed_err.to_string() },
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     controller::Controller,
     gate::GateError,
     openings::{OpeningView, OpeningsError},
-    store::{AuditKind, StoreError},
+    store::{AuditKind, AuditTable, StoreError},
 };
 
 /// The most audit events one call returns.
@@ -357,16 +357,20 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::AuditTailRequest>,
     ) -> Result<Response<pb::AuditTailResponse>, Status> {
-        let wanted = request.into_inner().count.clamp(1, MAX_AUDIT_TAIL);
-        let events = self
+        let request = request.into_inner();
+        let wanted = request.count.clamp(1, MAX_AUDIT_TAIL);
+        let table = if request.samples { AuditTable::Samples } else { AuditTable::Decisions };
+        let before = (request.before > 0).then_some(request.before);
+        let page = self
             .controller
             .approvals
-            .audit_tail(usize::try_from(wanted).unwrap_or(usize::MAX))
+            .audit_page(table, before, usize::try_from(wanted).unwrap_or(usize::MAX))
             .await
             .map_err(admin_status)?;
-        let events = events
+        let events = page
+            .events
             .into_iter()
-            .map(|e| pb::AuditEvent {
+            .map(|(seq, e)| pb::AuditEvent {
                 unix_ms: e.unix_ms,
                 kind: match e.kind {
                     AuditKind::Approval => "approval",
@@ -380,8 +384,17 @@ impl pb::control_server::Control for ControlService {
                 verdict: e.verdict,
                 code: e.code,
                 reason: e.reason,
+                seq,
             })
             .collect();
-        Ok(Response::new(pb::AuditTailResponse { events }))
+        let failures = self
+            .controller
+            .approvals
+            .audit()
+            .failure_counts()
+            .into_iter()
+            .map(|f| pb::FailureCount { reason: f.reason.to_owned(), prefix: f.prefix, count: f.count })
+            .collect();
+        Ok(Response::new(pb::AuditTailResponse { events, next_before: page.next_before.unwrap_or(0), failures }))
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     clock::{ClockPair, millis},
     config::ServerConfig,
     gate::{GateError, GateHandle, KernelOpening},
-    store::{Store, StoreError},
+    store::{Journal, Store, StoreError},
 };
 
 /// Kernel expiries closer than this to the wanted value are left alone.
@@ -68,6 +68,21 @@ pub enum OpeningsError {
     },
 }
 
+impl OpeningsError {
+    /// The same refusal again, for the other grants of a call refused by a check (the check
+    /// errors are plain data; anything else becomes a [`OpeningsError::Batch`] message).
+    fn same_refusal(&self) -> Self {
+        match self {
+            Self::Revoked(client) => Self::Revoked(client.clone()),
+            Self::ClientCap { client, limit } => Self::ClientCap { client: client.clone(), limit: *limit },
+            Self::NearCapacity { family, open, capacity } => {
+                Self::NearCapacity { family, open: *open, capacity: *capacity }
+            }
+            other => Self::Batch(other.to_string()),
+        }
+    }
+}
+
 /// What an approval's grant must still satisfy when it is written, checked under the lock
 /// that writes it (so a revocation or another grant cannot slip in between).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +107,11 @@ struct PendingGrant {
     origin: String,
     connect_window: Duration,
     check: Option<GrantCheck>,
+    /// The [`Openings::grant_all`] call this grant belongs to: its grants pass their checks
+    /// together or not at all.
+    call: u64,
+    /// Records committed with this grant's batch (see [`Openings::grant_all`]).
+    journal: Option<Journal>,
     reply: oneshot::Sender<Result<OpeningRecord, OpeningsError>>,
 }
 
@@ -125,6 +145,7 @@ fn kernel_expiry_ns(record: &OpeningRecord, clocks: &ClockPair) -> u64 {
 
 /// What the checks of one batch's approvals count: openings per family, and the addresses each
 /// checked client holds per server. One pass over the records per batch.
+#[derive(Clone)]
 struct Tally {
     per_family: [usize; 2],
     held: HashMap<(String, u32), std::collections::HashSet<IpAddr>>,
@@ -159,6 +180,8 @@ pub struct Openings {
     /// Grants waiting for the next batch (see [`Openings::grant`]).
     waiting: std::sync::Mutex<Vec<PendingGrant>>,
     next_holder: AtomicU64,
+    /// Numbers [`Openings::grant_all`] calls, so a batch knows which grants go together.
+    next_call: AtomicU64,
     /// Revocation generation per origin (client id), bumped under the records lock by
     /// [`Openings::revoke_origin_with`].
     generations: std::sync::Mutex<HashMap<String, u64>>,
@@ -181,6 +204,7 @@ impl Openings {
             records: Mutex::new(HashMap::new()),
             waiting: std::sync::Mutex::new(Vec::new()),
             next_holder: AtomicU64::new(crate::clock::unix_ms()),
+            next_call: AtomicU64::new(0),
             generations: std::sync::Mutex::new(HashMap::new()),
             map_capacity: usize::MAX,
         }
@@ -240,34 +264,52 @@ impl Openings {
         origin: &str,
         connect_window: Duration,
     ) -> Result<OpeningRecord, OpeningsError> {
-        self.grant_checked(server, addr, origin, connect_window, None).await
+        let mut granted = self.grant_all(server, &[addr], origin, connect_window, None, Journal::default()).await?;
+        granted.pop().ok_or_else(|| OpeningsError::Batch("grant missing from its batch".into()))
     }
 
-    /// [`Openings::grant`] for an approval: `check` is verified under the lock that writes the
-    /// batch (revocation generation, per-client cap, map capacity); a failed check opens
-    /// nothing and evicts nobody.
-    pub async fn grant_checked(
+    /// Grants every address in `addrs` like [`Openings::grant`], in one batch, and commits
+    /// `journal` (an approval's audit record and answer) in the same transaction as the
+    /// openings: the records exist exactly when the openings do. All or nothing.
+    ///
+    /// For an approval, `check` is verified under the lock that writes the batch (revocation
+    /// generation, per-client cap, map capacity); a failed check opens nothing and evicts
+    /// nobody.
+    pub async fn grant_all(
         self: &Arc<Self>,
         server: &ServerConfig,
-        addr: IpAddr,
+        addrs: &[IpAddr],
         origin: &str,
         connect_window: Duration,
         check: Option<GrantCheck>,
-    ) -> Result<OpeningRecord, OpeningsError> {
-        if !is_openable(addr) {
-            return Err(OpeningsError::BadAddress(addr));
+        journal: Journal,
+    ) -> Result<Vec<OpeningRecord>, OpeningsError> {
+        if let Some(bad) = addrs.iter().find(|a| !is_openable(**a)) {
+            return Err(OpeningsError::BadAddress(*bad));
         }
-        let (reply, answer) = oneshot::channel();
-        self.waiting_grants().push(PendingGrant {
-            id: OpeningId { server_id: server.id, addr },
-            server_name: server.name.clone(),
-            idle_timeout: server.idle_timeout,
-            max_lifetime: server.max_lifetime,
-            origin: origin.to_owned(),
-            connect_window,
-            check,
-            reply,
-        });
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let mut journal = Some(journal);
+        let mut answers = Vec::with_capacity(addrs.len());
+        {
+            // One lock: every grant of this call lands in the same batch, one after another.
+            let mut waiting = self.waiting_grants();
+            for addr in addrs {
+                let (reply, answer) = oneshot::channel();
+                waiting.push(PendingGrant {
+                    id: OpeningId { server_id: server.id, addr: *addr },
+                    server_name: server.name.clone(),
+                    idle_timeout: server.idle_timeout,
+                    max_lifetime: server.max_lifetime,
+                    origin: origin.to_owned(),
+                    connect_window,
+                    check,
+                    call,
+                    journal: journal.take(),
+                    reply,
+                });
+                answers.push(answer);
+            }
+        }
         // Whichever writer gets the lock first writes every waiting grant, ours included;
         // writers that find the queue empty have nothing to do.
         let this = Arc::clone(self);
@@ -278,7 +320,11 @@ impl Openings {
                 this.grant_batch(&mut records, batch).await;
             }
         });
-        answer.await.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())))
+        let mut granted = Vec::with_capacity(answers.len());
+        for answer in answers {
+            granted.push(answer.await.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())))?);
+        }
+        Ok(granted)
     }
 
     fn waiting_grants(&self) -> std::sync::MutexGuard<'_, Vec<PendingGrant>> {
@@ -292,14 +338,29 @@ impl Openings {
         let mut updated: HashMap<OpeningId, OpeningRecord> = HashMap::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
         let mut tally = Tally::of(records, &batch);
-        for grant in batch {
-            if let Some(check) = grant.check
-                && let Err(err) = self.check_grant(&mut tally, records, &grant, check)
-            {
-                let _ = grant.reply.send(Err(err));
-                continue;
+        // The grants of one call are next to each other (pushed under one lock); they pass
+        // their checks together or are all refused with the first failure.
+        let mut batch = batch.into_iter().peekable();
+        while let Some(first) = batch.next() {
+            let mut call = vec![first];
+            while let Some(next) = batch.next_if(|g| g.call == call[0].call) {
+                call.push(next);
             }
-            accepted.push(grant);
+            let mut trial = tally.clone();
+            let failed = call.iter().find_map(|grant| {
+                grant.check.and_then(|check| self.check_grant(&mut trial, records, grant, check).err())
+            });
+            match failed {
+                None => {
+                    tally = trial;
+                    accepted.extend(call);
+                }
+                Some(err) => {
+                    for grant in call {
+                        let _ = grant.reply.send(Err(err.same_refusal()));
+                    }
+                }
+            }
         }
         let batch = accepted;
         if batch.is_empty() {
@@ -325,7 +386,14 @@ impl Openings {
             record.idle_timeout_ms = millis(grant.idle_timeout);
             updated.insert(grant.id, record);
         }
-        if let Err(err) = self.persist(updated.values().cloned().collect(), Vec::new()).await {
+        let mut journal = Journal::default();
+        for grant in &batch {
+            if let Some(part) = &grant.journal {
+                journal.audit.extend(part.audit.iter().cloned());
+                journal.answers.extend(part.answers.iter().cloned());
+            }
+        }
+        if let Err(err) = self.persist_with(updated.values().cloned().collect(), Vec::new(), journal).await {
             let message = err.to_string();
             for grant in batch {
                 let _ = grant.reply.send(Err(OpeningsError::Batch(message.clone())));
@@ -530,13 +598,22 @@ impl Openings {
         put: Vec<OpeningRecord>,
         remove: Vec<OpeningId>,
     ) -> Result<(), OpeningsError> {
+        self.persist_with(put, remove, Journal::default()).await
+    }
+
+    async fn persist_with(
+        &self,
+        put: Vec<OpeningRecord>,
+        remove: Vec<OpeningId>,
+        journal: Journal,
+    ) -> Result<(), OpeningsError> {
         if put.is_empty() && remove.is_empty() {
             return Ok(());
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&OpeningRecord> = put.iter().collect();
-            store.save_openings(&refs, &remove)
+            store.save_openings_with(&refs, &remove, &journal)
         })
         .await??;
         Ok(())

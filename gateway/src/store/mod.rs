@@ -2,12 +2,14 @@
 //! nonces and the audit trail, one module per table.
 //!
 //! The state folder is created 0700 and the database file 0600: it holds client secrets.
+mod answers;
 mod audit;
 mod clients;
 mod nonces;
 mod openings;
 
-pub use audit::{AuditEvent, AuditKind};
+pub use answers::StoredAnswer;
+pub use audit::{AuditEvent, AuditKind, AuditPage, AuditTable, Journal};
 pub use clients::{Enrollment, EnrollmentToken, StoredClient};
 use std::{
     fs,
@@ -118,6 +120,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(clients::ENROLLMENTS)?;
     txn.open_table(nonces::TABLE)?;
     txn.open_table(audit::TABLE)?;
+    txn.open_table(audit::SAMPLES)?;
+    txn.open_table(answers::TABLE)?;
     txn.commit()?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The openings table: one JSON record per (server, address).
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use super::{Store, StoreError, decode, encode};
+use super::{Journal, Store, StoreError, decode, encode};
 use crate::openings::{OpeningId, OpeningRecord};
 
 /// Openings by `OpeningId::store_key`, JSON values.
@@ -27,10 +27,22 @@ impl Store {
         put: &[&OpeningRecord],
         remove: &[OpeningId],
     ) -> Result<(), StoreError> {
+        self.save_openings_with(put, remove, &Journal::default())
+    }
+
+    /// [`Store::save_openings`], with `journal` (the approvals' audit records and answers) in
+    /// the same transaction.
+    pub fn save_openings_with(
+        &self,
+        put: &[&OpeningRecord],
+        remove: &[OpeningId],
+        journal: &Journal,
+    ) -> Result<(), StoreError> {
         if put.is_empty() && remove.is_empty() {
             return Ok(());
         }
         self.commit_with_nonces(|txn| {
+            journal.write(txn)?;
             let mut table = txn.open_table(TABLE)?;
             for record in put {
                 let value = encode(record)?;
