@@ -3,7 +3,7 @@
 //! instead of `replay`. Kept as long as the request's nonce.
 use std::net::IpAddr;
 
-use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, decode, encode};

@@ -154,7 +154,7 @@ impl Store {
         let table = txn.open_table(table.definition())?;
         let range = match before {
             Some(before) => table.range(..before)?,
-            None => table.range(..)?,
+            None => table.range::<u64>(..)?,
         };
         let mut page = AuditPage::default();
         for entry in range.rev() {
