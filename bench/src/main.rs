@@ -5,6 +5,7 @@
 //! that cannot run leaves its numbers null and says why, and the others still run.
 mod approvals;
 mod approvals_e2e;
+mod attack;
 mod cluster;
 mod frames;
 mod live;
@@ -28,8 +29,8 @@ use crate::report::{Machine, Report};
 
 /// Measures xdpgate on this machine: program cost (BPF_PROG_TEST_RUN), a live packet ladder
 /// on veth (XDP gate vs nftables vs iptables+ipset vs nothing), approval crypto rates,
-/// forwarding latency from a cluster web node to the owning controller, and a controller
-/// restart with 100k openings.
+/// forwarding latency from a cluster web node to the owning controller, a controller
+/// restart with 100k openings, and valid approvals while the web front is attacked.
 #[derive(Parser, Debug)]
 #[command(name = "xdpgate-bench")]
 pub struct Opts {
@@ -47,7 +48,7 @@ pub struct Opts {
     /// (rounded to a power of two in total; the controller uses 8), to compare sizes.
     #[arg(long, default_value_t = 8)]
     pub prefilter_bits: u32,
-    /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart, sweep); default all.
+    /// Run only these parts (program, live, approvals, approvals-e2e, cluster, restart, sweep, attack); default all.
     #[arg(long = "only", value_name = "PART")]
     pub only: Vec<String>,
 }
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
         ("cluster", cluster::run),
         ("restart", restart::run),
         ("sweep", sweep::run),
+        ("attack", attack::run),
     ];
     let started = Instant::now();
     let mut failed_parts = Vec::new();

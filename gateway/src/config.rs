@@ -144,6 +144,14 @@ struct RawWeb {
     proxy_protocol_peers: Vec<Spanned<String>>,
     #[serde(default)]
     cluster: Option<Spanned<RawWebCluster>>,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: Spanned<u32>,
+    #[serde(default = "defaults::max_connections_per_source")]
+    max_connections_per_source: Spanned<u32>,
+    #[serde(default = "defaults::source_prefix_v4")]
+    source_prefix_v4: Spanned<u8>,
+    #[serde(default = "defaults::source_prefix_v6")]
+    source_prefix_v6: Spanned<u8>,
 }
 
 /// `[cluster]`: this controller serves the cluster API.
@@ -252,6 +260,8 @@ pub mod defaults {
 
     use toml::Spanned;
 
+    use super::ConnectionLimits;
+
     /// Where redb files live.
     pub fn state_dir() -> PathBuf {
         PathBuf::from("/var/lib/xdpgate")
@@ -316,6 +326,22 @@ pub mod defaults {
     /// Deadline of one request through the web front, ms.
     pub fn request_timeout_ms() -> Spanned<u64> {
         Spanned::new(0..0, 5_000)
+    }
+    /// Connections the web front holds open at once.
+    pub fn max_connections() -> Spanned<u32> {
+        Spanned::new(0..0, ConnectionLimits::DEFAULT.max_connections)
+    }
+    /// Connections one source (see `source_prefix_v4`/`_v6`) may hold open at once.
+    pub fn max_connections_per_source() -> Spanned<u32> {
+        Spanned::new(0..0, ConnectionLimits::DEFAULT.max_per_source)
+    }
+    /// IPv4 addresses sharing one connection budget: a /32 each.
+    pub fn source_prefix_v4() -> Spanned<u8> {
+        Spanned::new(0..0, ConnectionLimits::DEFAULT.source_prefix_v4)
+    }
+    /// IPv6 addresses sharing one connection budget: a /64 each.
+    pub fn source_prefix_v6() -> Spanned<u8> {
+        Spanned::new(0..0, ConnectionLimits::DEFAULT.source_prefix_v6)
     }
     /// Unprivileged user the web front runs as under `xdpgate run` (its own system user, not
     /// `nobody`, which other daemons share).
@@ -414,6 +440,34 @@ pub struct WebConfig {
     pub proxy_protocol_peers: Vec<IpNet>,
     /// Forward to controllers over the cluster API instead of the local front socket.
     pub cluster: Option<crate::cluster::WebClusterConfig>,
+    /// Connection budgets (global and per source).
+    pub connections: ConnectionLimits,
+}
+
+/// How many connections the web front holds, in all and per source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; near it, connections that have not sent a first request
+    /// are reclaimed (oldest first) before anyone is refused.
+    pub max_connections: u32,
+    /// Connections one source may hold open at once.
+    pub max_per_source: u32,
+    /// IPv4 prefix length that makes one source (32: each address).
+    pub source_prefix_v4: u8,
+    /// IPv6 prefix length that makes one source (64: a subscriber's usual allocation).
+    pub source_prefix_v6: u8,
+}
+
+impl ConnectionLimits {
+    /// 4096 connections, 256 per IPv4 address or IPv6 /64 (room for a carrier-grade NAT).
+    pub const DEFAULT: Self =
+        Self { max_connections: 4096, max_per_source: 256, source_prefix_v4: 32, source_prefix_v6: 64 };
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// An IP network (address and prefix length).
@@ -856,6 +910,7 @@ impl Validator<'_> {
             }
             proxy_protocol_peers.push(parsed);
         }
+        let connections = self.connection_limits(&raw)?;
         let cluster = raw.cluster.map(|cluster| self.web_cluster(cluster)).transpose()?;
         Ok(WebConfig {
             listen,
@@ -869,7 +924,31 @@ impl Validator<'_> {
             user: raw.user,
             proxy_protocol_peers,
             cluster,
+            connections,
         })
+    }
+
+    fn connection_limits(&self, raw: &RawWeb) -> Result<ConnectionLimits, ConfigError> {
+        let max_connections = *raw.max_connections.get_ref();
+        if !(16..=1_000_000).contains(&max_connections) {
+            return Err(self.fail(raw.max_connections.span(), "max_connections must be between 16 and 1000000"));
+        }
+        let max_per_source = *raw.max_connections_per_source.get_ref();
+        if max_per_source == 0 || max_per_source > max_connections {
+            return Err(self.fail(
+                raw.max_connections_per_source.span(),
+                "max_connections_per_source must be between 1 and max_connections",
+            ));
+        }
+        let source_prefix_v4 = *raw.source_prefix_v4.get_ref();
+        if !(8..=32).contains(&source_prefix_v4) {
+            return Err(self.fail(raw.source_prefix_v4.span(), "source_prefix_v4 must be between 8 and 32"));
+        }
+        let source_prefix_v6 = *raw.source_prefix_v6.get_ref();
+        if !(16..=128).contains(&source_prefix_v6) {
+            return Err(self.fail(raw.source_prefix_v6.span(), "source_prefix_v6 must be between 16 and 128"));
+        }
+        Ok(ConnectionLimits { max_connections, max_per_source, source_prefix_v4, source_prefix_v6 })
     }
 
     fn openvpn(&self, raw: Spanned<RawOpenVpn>) -> Result<OpenVpnConfig, ConfigError> {
@@ -1118,8 +1197,34 @@ address = "192.0.2.1"
         assert!(config.approvals.public_url.as_deref().is_some_and(|u| u.starts_with("https://")));
         let web = config.web.unwrap();
         assert_eq!(web.rate_limit_burst, 20);
+        assert_eq!(web.connections, ConnectionLimits::DEFAULT);
         assert_eq!(config.approvals.front_socket_user.as_deref(), Some("xdpgate-web"));
         assert_eq!(config.servers[0].public_ipv4, Some("203.0.113.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_checked() {
+        let text = include_str!("../../config/example.toml");
+        let custom = text
+            .replace("max_connections = 4096", "max_connections = 1000")
+            .replace("max_connections_per_source = 256", "max_connections_per_source = 10")
+            .replace("source_prefix_v6 = 64", "source_prefix_v6 = 56");
+        let web = parse(&custom).unwrap().web.unwrap();
+        assert_eq!(
+            web.connections,
+            ConnectionLimits { max_connections: 1000, max_per_source: 10, source_prefix_v4: 32, source_prefix_v6: 56 }
+        );
+        for (from, to, key) in [
+            ("max_connections = 4096", "max_connections = 8", "max_connections"),
+            ("max_connections_per_source = 256", "max_connections_per_source = 0", "max_connections_per_source"),
+            ("max_connections_per_source = 256", "max_connections_per_source = 5000", "max_connections_per_source"),
+            ("source_prefix_v4 = 32", "source_prefix_v4 = 33", "source_prefix_v4"),
+            ("source_prefix_v6 = 64", "source_prefix_v6 = 8", "source_prefix_v6"),
+        ] {
+            let (line, reason) = invalid_line(&text.replace(from, to));
+            assert!(reason.contains(key), "{reason}");
+            assert_eq!(text.lines().nth(line - 1), Some(from), "the error names the line of {key}");
+        }
     }
 
     #[test]

@@ -252,6 +252,7 @@ impl Harness {
             user: "nobody".into(),
             proxy_protocol_peers: Vec::new(),
             cluster: None,
+            connections: xdpgate::config::ConnectionLimits::default(),
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();

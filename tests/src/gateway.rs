@@ -138,6 +138,16 @@ impl Gateway {
         self.web = Some(child);
     }
 
+    /// The pid of the web front started by [`Gateway::start_web`], if it runs.
+    pub fn web_pid(&self) -> Option<u32> {
+        self.web.as_ref().map(Child::id)
+    }
+
+    /// The pid of the controller (or of `xdpgate run`).
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The web front's log so far.
     pub fn web_log(&self) -> String {
         fs::read_to_string(self.dir.join("web.log")).unwrap_or_default()

@@ -19,6 +19,7 @@
 //! assert!(udp_roundtrip(&client, None, echo.local_addr(), Duration::from_secs(1)));
 //! ```
 
+mod flood;
 mod gateway;
 mod netns;
 pub mod openvpn;
@@ -30,6 +31,7 @@ mod veth;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use flood::{Flood, FloodReport, FloodSpec};
 pub use gateway::{Gateway, start_web_node};
 pub use netns::{NetNs, in_netns};
 pub use process::{Proc, wait_for};

@@ -7,6 +7,7 @@
 //! bytes and no headers reach the controller, only values that parsed.
 
 mod client_addr;
+pub mod connections;
 mod front;
 pub mod privileges;
 pub mod proxy_v2;
@@ -16,16 +17,17 @@ mod routes;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
 pub use client_addr::{ConnInfo, ForwardedError, MAX_FORWARDED_HOPS, client_ip};
+pub use connections::ConnectionStats;
 pub use front::{FrontCall, FrontHandle};
 pub use rate_limit::{DEFAULT_MAX_SOURCES, RateLimiter};
 pub use routes::{AppState, router};
@@ -33,9 +35,8 @@ pub use routes::{AppState, router};
 use crate::config::{IpNet, WebConfig};
 use crate::tls::{self, TlsError};
 
-/// Most connections open at once; more are closed on accept.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Deadline of the TLS handshake.
+/// Deadline of the TLS handshake (under pressure
+/// [`connections::PRESSURE_PENDING_TIMEOUT`] from accept to the first request's headers).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a request's headers, counted from the end of the previous answer on a
 /// kept-alive connection (so it is also the idle timeout).
@@ -48,6 +49,8 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long open connections may finish after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most one summary line of refused and reclaimed connections per this long.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The web front could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +107,35 @@ pub async fn run(config: WebConfig) -> Result<(), WebError> {
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| WebError::Bind { addr: config.listen, source })?;
     let loaded = load_tls(&config)?;
+    raise_fd_limit(config.connections.max_connections);
     let uid = privileges::drop_to(&config.user)?;
     tracing::info!(uid = uid.as_raw(), user = %config.user, "web front runs unprivileged");
-    serve_loaded(config, listener, loaded, shutdown_signal()).await
+    serve_loaded(config, listener, loaded, Arc::default(), shutdown_signal()).await
+}
+
+/// Raises the soft descriptor limit to the hard one (while still root, the hard one too when
+/// it is below what `max_connections` needs), so the cap, not `EMFILE`, bounds connections.
+fn raise_fd_limit(max_connections: u32) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = libc::rlim_t::from(max_connections) * 2 + 256;
+    if limit.rlim_max < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: wanted };
+        // SAFETY: `raised` is a valid rlimit; raising the hard limit needs root and may fail.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return;
+        }
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: `raised` is a valid rlimit within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(soft = limit.rlim_cur, hard = limit.rlim_max, "cannot raise the descriptor limit");
+        }
+    }
 }
 
 /// Names for a generated certificate: `localhost` and the listen address if it is specific.
@@ -144,14 +173,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebError> {
+    serve_counted(config, listener, Arc::default(), shutdown).await
+}
+
+/// Like [`serve`], counting connections into `stats` (for metrics and tests).
+pub async fn serve_counted(
+    config: WebConfig,
+    listener: TcpListener,
+    stats: Arc<ConnectionStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebError> {
     let loaded = load_tls(&config)?;
-    serve_loaded(config, listener, loaded, shutdown).await
+    serve_loaded(config, listener, loaded, stats, shutdown).await
 }
 
 async fn serve_loaded(
     config: WebConfig,
     listener: TcpListener,
     loaded: LoadedTls,
+    stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebError> {
     let LoadedTls { acceptor, pin, routes } = loaded;
@@ -164,20 +204,28 @@ async fn serve_loaded(
         _ => (FrontHandle::new(&config.front_socket, config.request_timeout), None),
     };
     let proxy_peers: Arc<[IpNet]> = config.proxy_protocol_peers.clone().into();
-    let state = AppState {
-        front,
-        limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES)),
-        trusted_proxies: config.trusted_proxies.clone().into(),
-        request_timeout: config.request_timeout,
-    };
-    let app = router(state);
+    let trusted_proxies: Arc<[IpNet]> = config.trusted_proxies.clone().into();
+    let state = AppState { front, trusted_proxies: trusted_proxies.clone(), request_timeout: config.request_timeout };
+    let admission = Arc::new(Admission {
+        limiter: RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES),
+        trusted_proxies,
+        stats: stats.clone(),
+        app: router(state),
+    });
+    let tracker = connections::Tracker::new(config.connections, stats);
+    let _summary = AbortOnDrop(tokio::spawn(connections::summarize(tracker.clone(), SUMMARY_INTERVAL)));
     // A connection never outlives this: handshake, its lifetime, a last request and slack.
     let connection_deadline =
         HANDSHAKE_TIMEOUT + CONNECTION_LIFETIME + HEADER_TIMEOUT + config.request_timeout + Duration::from_secs(5);
     let local = listener.local_addr().map_err(WebError::Accept)?;
-    tracing::info!(listen = %local, cert_sha256 = %pin, front_socket = %config.front_socket.display(), "web front serving");
-
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tracing::info!(
+        listen = %local,
+        cert_sha256 = %pin,
+        front_socket = %config.front_socket.display(),
+        max_connections = config.connections.max_connections,
+        max_per_source = config.connections.max_per_source,
+        "web front serving"
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -195,22 +243,30 @@ async fn serve_loaded(
                 Err(err) => return Err(WebError::Accept(err)),
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many connections; closing");
+        let proxy = proxy_peers.iter().any(|net| net.contains(peer.ip().to_canonical()));
+        // A load balancer speaks for many sources: only the global cap applies to it.
+        let Ok((admitted, mut reclaimed)) = tracker.admit(peer.ip(), !proxy, Instant::now()) else {
+            // Counted by the tracker and summarized by `connections::summarize`.
+            drop(tcp);
             continue;
         };
         let conn = Connection {
             tcp,
             acceptor: acceptor.clone(),
-            app: app.clone(),
+            admission: admission.clone(),
             info: ConnInfo::direct(peer),
-            proxy: proxy_peers.iter().any(|net| net.contains(peer.ip().to_canonical())),
+            proxy,
             stop: stop_rx.clone(),
+            admitted,
         };
         connections.spawn(async move {
-            let _permit = permit;
-            if tokio::time::timeout(connection_deadline, conn.run()).await.is_err() {
-                tracing::debug!(%peer, "connection deadline passed");
+            tokio::select! {
+                finished = tokio::time::timeout(connection_deadline, conn.run()) => {
+                    if finished.is_err() {
+                        tracing::debug!(%peer, "connection deadline passed");
+                    }
+                }
+                Ok(()) = &mut reclaimed => tracing::debug!(%peer, "reclaimed before its first request"),
             }
         });
     }
@@ -236,15 +292,58 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// What every request passes before the router: the per-source rate limit, answered here
+/// so that a 429 costs no more than parsing the request line and headers did.
+struct Admission {
+    limiter: RateLimiter,
+    trusted_proxies: Arc<[IpNet]>,
+    stats: Arc<ConnectionStats>,
+    app: axum::Router,
+}
+
+/// The body of every 429 (checked against [`PublicCode::RateLimited`] by a test).
+///
+/// [`PublicCode::RateLimited`]: crate::approval::PublicCode::RateLimited
+const RATE_LIMITED_BODY: &str = r#"{"error":"rate_limited"}"#;
+
+impl Admission {
+    /// `None` when `request` may go on to the router, else the 429 to send.
+    fn limited(
+        &self,
+        request: &http::Request<hyper::body::Incoming>,
+        info: &ConnInfo,
+    ) -> Option<http::Response<axum::body::Body>> {
+        // A trusted proxy's malformed forwarding header is the router's to answer.
+        let ip = client_ip(info, request.headers().get_all("x-forwarded-for").iter(), &self.trusted_proxies).ok()?;
+        if self.limiter.check(ip, Instant::now()) {
+            return None;
+        }
+        self.stats.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(rate_limited_response())
+    }
+}
+
+/// `429 {"error":"rate_limited"}`, shaped as every other refusal of the front.
+fn rate_limited_response() -> http::Response<axum::body::Body> {
+    let mut response = http::Response::new(axum::body::Body::from(RATE_LIMITED_BODY));
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
 /// One accepted TCP connection.
 struct Connection {
     tcp: tokio::net::TcpStream,
     acceptor: TlsAcceptor,
-    app: axum::Router,
+    admission: Arc<Admission>,
     info: ConnInfo,
     /// The peer must send a PROXY v2 header first.
     proxy: bool,
     stop: watch::Receiver<bool>,
+    /// Its place in the connection budgets; activated by the first request.
+    admitted: connections::Admitted,
 }
 
 /// Aborts a task when dropped.
@@ -260,7 +359,7 @@ impl Connection {
     /// TLS handshake, then HTTP/1.1 requests (kept alive for at most [`CONNECTION_LIFETIME`]
     /// and [`MAX_REQUESTS_PER_CONNECTION`]).
     async fn run(self) {
-        let Connection { mut tcp, acceptor, app, mut info, proxy, mut stop } = self;
+        let Connection { mut tcp, acceptor, admission, mut info, proxy, mut stop, admitted } = self;
         let span = tracing::debug_span!("connection", peer = %info.peer, proxied = tracing::field::Empty);
         async move {
             if proxy {
@@ -282,11 +381,19 @@ impl Connection {
             };
             let served = std::sync::atomic::AtomicUsize::new(0);
             let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                let count = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if count == 1 {
+                    admitted.activate();
+                }
+                let last = count >= MAX_REQUESTS_PER_CONNECTION;
+                let limited = admission.limited(&request, &info);
                 request.extensions_mut().insert(info);
-                let last = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
-                let answer = tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new));
+                let app = admission.app.clone();
                 async move {
-                    let mut response = answer.await?;
+                    let mut response = match limited {
+                        Some(response) => response,
+                        None => tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?,
+                    };
                     if last {
                         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                     }
@@ -320,5 +427,18 @@ impl Connection {
         }
         .instrument(span)
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_429_is_the_public_rate_limited_answer() {
+        let code = crate::approval::PublicCode::RateLimited;
+        let body: crate::approval::ErrorBody = serde_json::from_str(RATE_LIMITED_BODY).unwrap();
+        assert_eq!(body.error, code.as_str());
+        assert_eq!(rate_limited_response().status().as_u16(), code.http_status());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -18,7 +18,6 @@ use tracing::{Instrument as _, field};
 
 use super::client_addr::{ConnInfo, client_ip};
 use super::front::{FrontCall, FrontHandle};
-use super::rate_limit::RateLimiter;
 use crate::approval::{self, PublicCode};
 use crate::config::IpNet;
 use crate::enrollment;
@@ -35,8 +34,6 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AppState {
     /// The controller's front API.
     pub front: FrontHandle,
-    /// Per-source buckets.
-    pub limiter: Arc<RateLimiter>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Arc<[IpNet]>,
     /// Deadline of one request, body read and controller call included.
@@ -129,7 +126,8 @@ fn new_request_id() -> String {
     crate::tls::to_hex(&bytes)
 }
 
-/// Admission for every request: client address, rate limit, request id and span.
+/// Admission for every request: client address, request id and span (the rate limit is
+/// checked before the router, in `web::Admission`).
 async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let request_id = new_request_id();
     let route = route_name(request.uri().path());
@@ -147,12 +145,8 @@ async fn admit(State(state): State<AppState>, mut request: Request, next: Next) 
                 }
                 Ok(ip) => {
                     tracing::Span::current().record("client_ip", field::display(ip));
-                    if state.limiter.check(ip, Instant::now()) {
-                        request.extensions_mut().insert(RequestCtx { request_id: request_id.clone(), client_ip: ip });
-                        next.run(request).await
-                    } else {
-                        public_error(PublicCode::RateLimited)
-                    }
+                    request.extensions_mut().insert(RequestCtx { request_id: request_id.clone(), client_ip: ip });
+                    next.run(request).await
                 }
             };
         tracing::Span::current().record("status", response.status().as_u16());
