@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
     let machine = Machine::probe();
     let mut report = Report::new();
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 8] = [
         ("program", program::run),
         ("live", live::run),
         ("approvals", approvals::run),

@@ -18,12 +18,14 @@ pub enum Stage {
     Shape,
     /// Envelope timestamp inside the window.
     Timestamp,
-    /// The client exists and is enabled.
+    /// The client exists.
     Client,
     /// HMAC-SHA512 over the canonical envelope.
     Hmac,
     /// The envelope request nonce was not seen before.
     RequestNonce,
+    /// The client is enabled (stage 5a: after its nonce is recorded).
+    ClientEnabled,
     /// The server exists and is served by this gateway.
     Server,
     /// RSA-PSS-SHA512 signature with the client's enrolled key.
@@ -47,13 +49,14 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 15] = [
+    pub const ALL: [Stage; 16] = [
         Stage::Admission,
         Stage::Shape,
         Stage::Timestamp,
         Stage::Client,
         Stage::Hmac,
         Stage::RequestNonce,
+        Stage::ClientEnabled,
         Stage::Server,
         Stage::Signature,
         Stage::BoxOpen,
@@ -74,6 +77,7 @@ impl Stage {
             Stage::Client => "client",
             Stage::Hmac => "hmac",
             Stage::RequestNonce => "request_nonce",
+            Stage::ClientEnabled => "client_enabled",
             Stage::Server => "server",
             Stage::Signature => "signature",
             Stage::BoxOpen => "box_open",

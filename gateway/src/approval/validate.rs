@@ -201,7 +201,7 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         })?;
         // A disabled client's authenticated request is consumed (its nonce is recorded) and
         // refused with a sealed denial, like every request past the HMAC.
-        self.stage(Stage::ClientAllowed, || {
+        self.stage(Stage::ClientEnabled, || {
             if client.enabled {
                 Ok(())
             } else {

@@ -264,7 +264,20 @@ impl Openings {
         origin: &str,
         connect_window: Duration,
     ) -> Result<OpeningRecord, OpeningsError> {
-        let mut granted = self.grant_all(server, &[addr], origin, connect_window, None, Journal::default()).await?;
+        self.grant_checked(server, addr, origin, connect_window, None).await
+    }
+
+    /// [`Openings::grant`] for one address of an approval: `check` is verified under the lock
+    /// that writes the batch (see [`Openings::grant_all`]).
+    pub async fn grant_checked(
+        self: &Arc<Self>,
+        server: &ServerConfig,
+        addr: IpAddr,
+        origin: &str,
+        connect_window: Duration,
+        check: Option<GrantCheck>,
+    ) -> Result<OpeningRecord, OpeningsError> {
+        let mut granted = self.grant_all(server, &[addr], origin, connect_window, check, Journal::default()).await?;
         granted.pop().ok_or_else(|| OpeningsError::Batch("grant missing from its batch".into()))
     }
 

@@ -314,7 +314,7 @@ fn bad_request_cases() -> Vec<Case> {
             "disabled client",
             C::Denied,
             "client_disabled",
-            S::ClientAllowed,
+            S::ClientEnabled,
             |_| forged(4, |f| f.client_id = CLIENT_OFF.into()),
         ),
         case("wrong HMAC", C::Denied, "hmac_mismatch", S::Hmac, |_| {
