@@ -1,5 +1,7 @@
 //! End to end: a logging TLS relay holding the web front's own certificate and key stands in
-//! front of the real web front (a compromised front). Enrollment and approval through it work,
+//! front of the real web front (a compromised front). It runs on the client's host, so the
+//! address the controller sees is the client's own (under the default proven-address policy a
+//! relay elsewhere opens nothing: `approvals_e2e` shows that). Enrollment and approval through it work,
 //! and it never sees the client's HMAC secret; a relay that forges or alters the sealed
 //! enrollment answer makes `client enroll` fail with a clear message and write no profile.
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +20,7 @@ fn sections(link: &VethLink, dir: &Path) -> String {
     format!(
         r#"
 [approvals]
-public_url = "https://{gw}:{RELAY_PORT}"
+public_url = "https://{client}:{RELAY_PORT}"
 web_cert = {cert:?}
 front_socket = {front:?}
 
@@ -38,6 +40,7 @@ protocol = "udp"
 port = 1194
 "#,
         gw = link.b.v4,
+        client = link.a.v4,
         cert = web_dir.join("cert.pem"),
         key = web_dir.join("key.pem"),
         front = dir.join("front.sock"),
@@ -47,7 +50,7 @@ port = 1194
 struct Lab {
     gateway: Gateway,
     client: NetNs,
-    gateway_ns: NetNs,
+    _gateway_ns: NetNs,
     link: VethLink,
 }
 
@@ -59,14 +62,14 @@ impl Lab {
         let link = VethLink::new(&client, &gateway_ns, subnet);
         let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
         gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));
-        Lab { gateway, client, gateway_ns, link }
+        Lab { gateway, client, _gateway_ns: gateway_ns, link }
     }
 
     fn relay(&self, tamper: Tamper) -> Relay {
         let web = self.gateway.dir().join("web");
         Relay::start(
-            &self.gateway_ns,
-            SocketAddr::new(IpAddr::V4(self.link.b.v4), RELAY_PORT),
+            &self.client,
+            SocketAddr::new(IpAddr::V4(self.link.a.v4), RELAY_PORT),
             SocketAddr::new(IpAddr::V4(self.link.b.v4), WEB_PORT),
             &web.join("cert.pem"),
             &web.join("key.pem"),
