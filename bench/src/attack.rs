@@ -79,7 +79,7 @@ impl Plan {
 fn controller_sections(client_side: &VethLink, dir: &Path) -> String {
     let web = dir.join("web");
     format!(
-        "[approvals]\npublic_url = \"https://{gw}:{WEB_PORT}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\n\n\
+        "[approvals]\npublic_url = \"https://{gw}:{WEB_PORT}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\nfront_socket_user = \"xdpgate-web\"\nclient_approvals_per_minute = 0\n\n\
          [[server]]\nname = \"vpn1\"\nid = 1\npublic_ipv4 = \"{gw}\"\n\n[[server.service]]\nprotocol = \"udp\"\nport = 1194\n",
         gw = client_side.b.v4,
         cert = web.join("cert.pem"),
@@ -429,7 +429,9 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     }
     let profile = ClientProfile::from_json(&std::fs::read_to_string(&profile_path)?)?;
     let creds = profile.credentials()?;
-    let params = crate::requests::vpn1_params();
+    // The default (proven-address) policy: the valid client names the address it sends from.
+    let mut params = crate::requests::vpn1_params();
+    params.public_ipv4 = Some(client_side.a.v4);
     let endpoint = https::Endpoint::parse(&profile.web_endpoint)?;
     let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(
         &profile.tls_anchor_pem,
