@@ -52,6 +52,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         public_ipv6: None,
         client_version: "bench".to_owned(),
         device_name: "bench".to_owned(),
+        passcode: None,
     };
     let remote = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
     let config = ValidationConfig::default();

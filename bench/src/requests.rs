@@ -11,6 +11,7 @@ pub fn vpn1_params() -> RequestParams {
         public_ipv6: None,
         client_version: "bench".into(),
         device_name: "bench".into(),
+        passcode: None,
     }
 }
 

@@ -94,6 +94,8 @@ struct RawConfig {
     web: Option<RawWeb>,
     #[serde(default)]
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    notices: Option<Spanned<RawNotices>>,
     #[serde(default, rename = "server")]
     servers: Vec<Spanned<RawServer>>,
 }
@@ -119,6 +121,14 @@ struct RawApprovals {
     web_cert: Option<PathBuf>,
     #[serde(default)]
     client_approvals_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    totp_digits: Option<Spanned<u32>>,
+    #[serde(default)]
+    totp_step_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    passcode_max_failures: Option<Spanned<u32>>,
+    #[serde(default)]
+    passcode_lockout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +162,22 @@ struct RawWeb {
     source_prefix_v4: Spanned<u8>,
     #[serde(default = "defaults::source_prefix_v6")]
     source_prefix_v6: Spanned<u8>,
+}
+
+/// `[notices]`: the self-shutdown notice server this controller polls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotices {
+    url: Spanned<String>,
+    public_key: Spanned<String>,
+    #[serde(default)]
+    interval_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    jitter_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this controller serves the cluster API.
@@ -217,6 +243,8 @@ struct RawServer {
     public_ipv6: Option<Spanned<String>>,
     #[serde(default)]
     max_addresses_per_client: Option<Spanned<u32>>,
+    #[serde(default)]
+    second_factor: SecondFactor,
     #[serde(default = "defaults::connect_window_secs")]
     connect_window_secs: Spanned<u32>,
     #[serde(default = "defaults::idle_timeout_secs")]
@@ -307,6 +335,12 @@ pub mod defaults {
     pub const AUDIT_MAX_AGE_DAYS: u64 = 400;
     /// Lifetime of an enrollment link, seconds.
     pub const ENROLLMENT_TTL_SECS: u64 = 900;
+    /// Self-shutdown notice poll interval: one hour.
+    pub const NOTICE_INTERVAL_SECS: u64 = 3600;
+    /// Deadline of one notice fetch.
+    pub const NOTICE_TIMEOUT_MS: u64 = 10_000;
+    /// The system's trusted certificates (Debian's ca-certificates).
+    pub const NOTICE_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
     /// The controller's socket for the web front.
     pub fn front_socket() -> PathBuf {
         PathBuf::from("/run/xdpgate/front.sock")
@@ -412,6 +446,19 @@ pub struct ApprovalsConfig {
     pub web_cert: Option<PathBuf>,
     /// Approvals one client may get per minute (token bucket; 0: unlimited).
     pub client_approvals_per_minute: u32,
+    /// The TOTP passcode rules of servers with `second_factor = "totp"`.
+    pub passcode: crate::passcode::PasscodeRules,
+}
+
+/// A server's second factor (`second_factor`), checked after the triple-signed request.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactor {
+    /// None: the request's three signatures suffice.
+    #[default]
+    Off,
+    /// A single-use TOTP passcode (RFC 6238) inside the request box (`docs/PROTOCOL.md` §7.4).
+    Totp,
 }
 
 /// The web front's settings (`[web]`).
@@ -539,6 +586,25 @@ pub struct Config {
     pub web: Option<WebConfig>,
     /// The cluster API this controller serves, if configured.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The self-shutdown notice server, if configured.
+    pub notices: Option<NoticesConfig>,
+}
+
+/// `[notices]`: where and how often to ask for signed self-shutdown notices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoticesConfig {
+    /// `https://` URL; the controller adds `?version=<its version>`.
+    pub url: String,
+    /// The pinned Ed25519 public key notices must be signed with.
+    pub public_key: [u8; 32],
+    /// Time between polls (default one hour).
+    pub interval: Duration,
+    /// Each wait is `interval` plus a random part of up to this (default a tenth of it).
+    pub jitter: Duration,
+    /// Deadline of one fetch, connection to last byte.
+    pub timeout: Duration,
+    /// Certificates (PEM) trusted for the notice server's TLS.
+    pub ca_file: PathBuf,
 }
 
 /// One guarded server (a VPN instance) and its services.
@@ -560,6 +626,8 @@ pub struct ServerConfig {
     pub address_policy: AddressPolicySetting,
     /// At most this many addresses of this server held open by one client at once.
     pub max_addresses_per_client: usize,
+    /// The second factor approvals of this server need.
+    pub second_factor: SecondFactor,
     /// The public IPv4 address clients are told to connect to.
     pub public_ipv4: Option<std::net::Ipv4Addr>,
     /// The public IPv6 address clients are told to connect to.
@@ -699,6 +767,7 @@ impl Validator<'_> {
         let mut approvals = self.approvals(raw.approvals, &controller.state_dir)?;
         let web = raw.web.map(|web| self.web(web)).transpose()?;
         let cluster = raw.cluster.map(|cluster| self.cluster(cluster)).transpose()?;
+        let notices = raw.notices.map(|notices| self.notices(notices)).transpose()?;
         if let (None, Some(web)) = (&approvals.front_socket_user, &web) {
             // The web front configured here drops to this user; it must reach the socket.
             approvals.front_socket_user = Some(web.user.clone());
@@ -707,6 +776,7 @@ impl Validator<'_> {
             approvals,
             web,
             cluster,
+            notices,
             interfaces,
             xdp_mode: controller.xdp_mode,
             state_dir: controller.state_dir,
@@ -771,6 +841,7 @@ impl Validator<'_> {
                 services,
                 address_policy: server.address_policy,
                 max_addresses_per_client,
+                second_factor: server.second_factor,
                 public_ipv4,
                 public_ipv6,
                 openvpn,
@@ -783,6 +854,7 @@ impl Validator<'_> {
     }
 
     fn approvals(&self, raw: RawApprovals, state_dir: &Path) -> Result<ApprovalsConfig, ConfigError> {
+        let passcode = self.passcode_rules(&raw)?;
         let window = raw.timestamp_window_secs.map_or(Ok(defaults::TIMESTAMP_WINDOW_SECS), |w| {
             let value = *w.get_ref();
             if (10..=3600).contains(&value) { Ok(value) } else { Err(self.fail(w.span(), "timestamp_window_secs must be between 10 and 3600")) }
@@ -816,6 +888,68 @@ impl Validator<'_> {
             public_url: raw.public_url.map(Spanned::into_inner),
             web_cert: raw.web_cert.or_else(|| Some(state_dir.join("web").join("cert.pem"))),
             client_approvals_per_minute: client_rate,
+            passcode,
+        })
+    }
+
+    fn passcode_rules(&self, raw: &RawApprovals) -> Result<crate::passcode::PasscodeRules, ConfigError> {
+        let mut rules = crate::passcode::PasscodeRules::default();
+        if let Some(d) = &raw.totp_digits {
+            if !(6..=8).contains(d.get_ref()) {
+                return Err(self.fail(d.span(), "totp_digits must be 6, 7 or 8"));
+            }
+            rules.digits = *d.get_ref();
+        }
+        if let Some(t) = &raw.totp_step_secs {
+            if !(15..=300).contains(t.get_ref()) {
+                return Err(self.fail(t.span(), "totp_step_secs must be between 15 and 300"));
+            }
+            rules.step_secs = *t.get_ref();
+        }
+        if let Some(f) = &raw.passcode_max_failures {
+            if !(1..=100).contains(f.get_ref()) {
+                return Err(self.fail(f.span(), "passcode_max_failures must be between 1 and 100"));
+            }
+            rules.max_failures = *f.get_ref();
+        }
+        if let Some(l) = &raw.passcode_lockout_secs {
+            if !(10..=86_400).contains(l.get_ref()) {
+                return Err(self.fail(l.span(), "passcode_lockout_secs must be between 10 and 86400"));
+            }
+            rules.lockout = Duration::from_secs(*l.get_ref());
+        }
+        Ok(rules)
+    }
+
+    fn notices(&self, raw: Spanned<RawNotices>) -> Result<NoticesConfig, ConfigError> {
+        let raw = raw.into_inner();
+        let url = raw.url.get_ref();
+        if crate::client::https::Endpoint::parse(url).is_err() {
+            return Err(self.fail(raw.url.span(), "notices.url must be an https://HOST[:PORT]/PATH URL without a query"));
+        }
+        let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, raw.public_key.get_ref().trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| self.fail(raw.public_key.span(), "notices.public_key must be a base64 Ed25519 public key (32 bytes)"))?;
+        let interval = raw.interval_secs.map_or(Ok(defaults::NOTICE_INTERVAL_SECS), |i| {
+            let value = *i.get_ref();
+            if (1..=86_400).contains(&value) { Ok(value) } else { Err(self.fail(i.span(), "interval_secs must be between 1 and 86400")) }
+        })?;
+        let jitter = raw.jitter_secs.map_or(Ok(interval / 10), |j| {
+            let value = *j.get_ref();
+            if value <= interval { Ok(value) } else { Err(self.fail(j.span(), "jitter_secs must be at most interval_secs")) }
+        })?;
+        let timeout = raw.timeout_ms.map_or(Ok(defaults::NOTICE_TIMEOUT_MS), |t| {
+            let value = *t.get_ref();
+            if (100..=60_000).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "timeout_ms must be between 100 and 60000")) }
+        })?;
+        Ok(NoticesConfig {
+            url: url.clone(),
+            public_key: key,
+            interval: Duration::from_secs(interval),
+            jitter: Duration::from_secs(jitter),
+            timeout: Duration::from_millis(timeout),
+            ca_file: raw.ca_file.unwrap_or_else(|| PathBuf::from(defaults::NOTICE_CA_FILE)),
         })
     }
 
@@ -1225,6 +1359,26 @@ address = "192.0.2.1"
             assert!(reason.contains(key), "{reason}");
             assert_eq!(text.lines().nth(line - 1), Some(from), "the error names the line of {key}");
         }
+    }
+
+    #[test]
+    fn notices_section_is_validated_with_defaults() {
+        let key = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+        let section = |extra: &str| format!("{GOOD}\n[notices]\nurl = \"https://192.0.2.1:9443/n\"\npublic_key = \"{key}\"\n{extra}");
+        let notices = parse(&section("")).unwrap().notices.unwrap();
+        assert_eq!(notices.interval, Duration::from_secs(3600));
+        assert_eq!(notices.jitter, Duration::from_secs(360));
+        assert_eq!(notices.timeout, Duration::from_secs(10));
+        assert_eq!(notices.public_key[0], 0x03);
+        let (_, reason) = invalid_line(&section("interval_secs = 0"));
+        assert!(reason.contains("interval_secs"), "{reason}");
+        let (_, reason) = invalid_line(&section("interval_secs = 10\njitter_secs = 11"));
+        assert!(reason.contains("jitter_secs"), "{reason}");
+        let (_, reason) = invalid_line(&section("").replace(key, "c2hvcnQ="));
+        assert!(reason.contains("public_key"), "{reason}");
+        let (_, reason) = invalid_line(&section("").replace("https://192.0.2.1:9443/n", "http://192.0.2.1/n"));
+        assert!(reason.contains("notices.url"), "{reason}");
+        assert!(parse(GOOD).unwrap().notices.is_none(), "no section, no polling");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::{
         loader::{self, Attachment},
     },
     openings::{Openings, OpeningsError},
+    shutdown::{self, Shutdown},
     store::{Store, StoreError},
 };
 
@@ -78,6 +79,8 @@ pub struct Controller {
     pub approvals: Arc<Approvals>,
     /// Map owner.
     pub gate: GateHandle,
+    /// Self-shutdown state (signed notices).
+    pub shutdown: Arc<Shutdown>,
     /// Services written to the kernel, with their counter slots.
     pub services: Vec<PlannedService>,
     /// Interfaces the gate is attached to.
@@ -113,6 +116,11 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
     async move {
         let controller = Arc::new(start(config).await?);
         let sweeper = tokio::spawn(sweep_forever(controller.clone()));
+        let notices = controller
+            .config
+            .notices
+            .clone()
+            .map(|notices| tokio::spawn(shutdown::poll_forever(controller.shutdown.clone(), notices)));
         let vpn_followers = crate::vpn::openvpn::start_all(
             &controller.config.servers,
             &controller.openings,
@@ -143,6 +151,7 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         let _ = stop_front.send(());
         let front_result = front.await;
         sweeper.abort();
+        notices.iter().for_each(tokio::task::JoinHandle::abort);
         vpn_followers.iter().for_each(tokio::task::JoinHandle::abort);
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&front_socket);
@@ -175,10 +184,24 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
     // The maps are right before the program is (re)attached.
     openings.reconcile().await?;
     let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;
-    let approvals = Arc::new(Approvals::new(&config, store, openings.clone(), box_keys));
+    let (notice_state, notice_sender) = shutdown::load(&store)?;
+    let approvals = Arc::new(Approvals::new(&config, store.clone(), openings.clone(), box_keys, notice_sender.subscribe()));
+    let shutdown = Arc::new(Shutdown::new(
+        store,
+        notice_sender,
+        openings.clone(),
+        approvals.vpn_tokens(),
+        approvals.audit().clone(),
+    ));
+    if notice_state.any_shutdown() {
+        warn!(state = %shutdown::summary(&notice_state), "a self-shutdown holds (see `xdpgate notices status`)");
+    }
+    if let Err(err) = shutdown.enforce().await {
+        error!(error = %err, "closing openings for the vpn shutdown failed; the sweeper retries");
+    }
     let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
     info!(?attachments, services = services.len(), start_ms = started.elapsed().as_millis(), "gate ready");
-    Ok(Controller { config, openings, approvals, gate, services, attachments, started: Instant::now() })
+    Ok(Controller { config, openings, approvals, gate, shutdown, services, attachments, started: Instant::now() })
 }
 
 /// How often expired nonces are deleted from the store.
@@ -197,6 +220,9 @@ async fn sweep_forever(controller: Arc<Controller>) {
                 Ok(_) => {}
                 Err(err) => error!(error = %err, "purging nonces failed"),
             }
+        }
+        if let Err(err) = controller.shutdown.enforce().await {
+            error!(error = %err, "enforcing the vpn shutdown failed");
         }
         match controller.openings.sweep().await {
             Ok(report) if report.closed + report.stale_removed > 0 => {

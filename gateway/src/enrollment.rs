@@ -88,6 +88,36 @@ pub struct EnrollResponse {
     pub hmac_secret: String,
     /// Servers the client may ask for.
     pub servers: Vec<String>,
+    /// The client's TOTP secret, when a server of it needs a passcode (§13.3, §7.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpGrant>,
+}
+
+/// The `totp` key of an enrollment answer: what an authenticator app needs.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TotpGrant {
+    /// The secret, base32 (RFC 4648) without padding.
+    pub secret: String,
+    /// `SHA1` (the only one defined).
+    pub algorithm: String,
+    /// Digits of a passcode.
+    pub digits: u32,
+    /// Seconds per step.
+    pub period: u64,
+    /// The servers whose approvals need a passcode.
+    pub servers: Vec<String>,
+}
+
+impl std::fmt::Debug for TotpGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpGrant")
+            .field("secret", &"<redacted>")
+            .field("digits", &self.digits)
+            .field("period", &self.period)
+            .field("servers", &self.servers)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for EnrollResponse {
@@ -96,6 +126,7 @@ impl std::fmt::Debug for EnrollResponse {
             .field("client_id", &self.client_id)
             .field("hmac_secret", &"<redacted>")
             .field("servers", &self.servers)
+            .field("totp", &self.totp)
             .finish_non_exhaustive()
     }
 }
@@ -349,6 +380,16 @@ impl PendingEnrollment {
         if answer.client_id.is_empty() || answer.servers.is_empty() {
             return Err(EnrollmentError::AnswerMalformed("no client id or no servers".into()));
         }
+        if let Some(totp) = &answer.totp {
+            let ok = totp.algorithm == "SHA1"
+                && (6..=8).contains(&totp.digits)
+                && (15..=300).contains(&totp.period)
+                && !totp.servers.is_empty()
+                && crate::passcode::TotpSecret::from_base32(&totp.secret).is_ok();
+            if !ok {
+                return Err(EnrollmentError::AnswerMalformed("totp: not SHA1, 6-8 digits, 15-300 s, a secret and servers".into()));
+            }
+        }
         Ok(answer)
     }
 
@@ -540,6 +581,7 @@ mod tests {
             client_id: "alice".into(),
             hmac_secret: HmacSecret::from_bytes(&[7; 64]).unwrap().to_base64().to_string(),
             servers: vec!["vpn1".into()],
+            totp: None,
         }
     }
 
@@ -693,6 +735,7 @@ mod tests {
             client_id: "client-0001".into(),
             hmac_secret: HmacSecret::from_bytes(&key_bytes(0x00).repeat(2)).unwrap().to_base64().to_string(),
             servers: vec!["vpn1".into()],
+            totp: None,
         };
         let answer_body = opened.seal_with_nonce(&answer, answer_box_nonce).unwrap().to_json().unwrap();
         assert_eq!(pending.open_answer(&answer_body).unwrap(), answer);

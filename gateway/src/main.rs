@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use cli::{AuditCommand, Cli, ClientCommand, ClientsCommand, Command, OpeningsCommand, ServersCommand, admin};
+use cli::{AuditCommand, Cli, ClientCommand, ClientsCommand, Command, NoticesCommand, OpeningsCommand, ServersCommand, admin};
 use xdpgate::{
     client,
     config::{Config, WebConfig},
@@ -99,7 +99,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             let options = client::EnrollOptions { link: &link, profile: &profile, device_name: device_name.as_deref(), force };
             Ok(client::enroll(&options).await?)
         }
-        Command::Client { command: ClientCommand::Connect { profile, server, public_ipv4, public_ipv6, device_name, json, openvpn_auth } } => {
+        Command::Client { command: ClientCommand::Connect { profile, server, public_ipv4, public_ipv6, device_name, json, passcode, openvpn_auth } } => {
             let options = client::ConnectOptions {
                 profile: &profile,
                 server: server.as_deref(),
@@ -107,9 +107,12 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
                 public_ipv6,
                 device_name: device_name.as_deref(),
                 json,
+                passcode: passcode.as_deref(),
             };
             Ok(client::connect_with(&options, openvpn_auth.as_deref()).await?)
         }
+        Command::Notices { command: NoticesCommand::Status { target } } => admin::notices(&target.socket, false).await,
+        Command::Notices { command: NoticesCommand::Clear { target } } => admin::notices(&target.socket, true).await,
         Command::Status { target } => admin::status(&target.socket).await,
         Command::Health { target } => admin::health(&target.socket).await,
     }

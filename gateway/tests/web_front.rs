@@ -77,6 +77,13 @@ impl Front for FakeFront {
             Behaviour::Real(mini) => mini.enroll(&request),
         }))
     }
+
+    async fn notices(
+        &self,
+        _request: Request<xdpgate_proto::front::v1::NoticesRequest>,
+    ) -> Result<Response<xdpgate_proto::front::v1::NoticesReply>, Status> {
+        Ok(Response::new(xdpgate_proto::front::v1::NoticesReply::default()))
+    }
 }
 
 /// Enough of a controller to enroll one client and approve its requests for real.
@@ -131,6 +138,7 @@ impl MiniController {
             client_id: "laptop-1".into(),
             hmac_secret: self.hmac_secret.to_base64().to_string(),
             servers: vec!["vpn1".into(), "vpn2".into()],
+            totp: None,
         };
         FrontReply { http_status: 200, body: opened.seal(&answer).unwrap().to_json().unwrap() }
     }
@@ -330,6 +338,7 @@ fn signed_request() -> approval::ApprovalRequest {
         public_ipv6: None,
         client_version: "test".into(),
         device_name: "test".into(),
+        passcode: None,
     };
     approval::build_request(&creds, &params, 1_700_000_000).unwrap().0
 }
@@ -616,6 +625,7 @@ fn connect_options(profile: &Path) -> ConnectOptions<'_> {
         public_ipv6: None,
         device_name: None,
         json: false,
+        passcode: None,
     }
 }
 
@@ -662,7 +672,7 @@ async fn reference_client_enrolls_and_connects_through_the_web_front() {
     // An unknown server fails before the HMAC-verified stages can seal: an unsealed hint.
     let err = client::connect(&ConnectOptions { server: Some("nope"), ..connect_options(&profile) }).await.unwrap_err();
     assert!(
-        matches!(&err, ClientCommandError::Refused { status: 404, code } | ClientCommandError::Denied { code } if code == "unknown_server"),
+        matches!(&err, ClientCommandError::Refused { status: 404, code, .. } | ClientCommandError::Denied { code } if code == "unknown_server"),
         "{err}"
     );
     let enrolled_pin = harness.pin;

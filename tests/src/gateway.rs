@@ -148,6 +148,11 @@ impl Gateway {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the web front started by [`Gateway::start_web`] has exited.
+    pub fn web_exited(&mut self) -> bool {
+        self.web.as_mut().is_some_and(|web| matches!(web.try_wait(), Ok(Some(_))))
+    }
+
     /// The web front's log so far.
     pub fn web_log(&self) -> String {
         fs::read_to_string(self.dir.join("web.log")).unwrap_or_default()
@@ -223,7 +228,7 @@ impl Gateway {
 /// them): `openings add ...` → 2, `status` → 1.
 fn admin_words(args: &[&str]) -> usize {
     match args.first() {
-        Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit") => 2,
+        Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit") | Some(&"notices") => 2,
         _ => 1,
     }
 }

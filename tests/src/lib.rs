@@ -22,6 +22,7 @@
 mod flood;
 mod gateway;
 mod netns;
+pub mod notice_server;
 pub mod openvpn;
 mod probe;
 mod process;

@@ -38,6 +38,8 @@ front_socket = {front:?}
 timestamp_window_secs = 60
 # The fewest samples allowed, so a garbage flood would overflow a shared log.
 audit_retention = 100
+passcode_max_failures = 3
+passcode_lockout_secs = 60
 
 [web]
 listen = "{gw}:{WEB_PORT}"
@@ -84,6 +86,17 @@ public_ipv4 = "{gw}"
 [[server.service]]
 protocol = "udp"
 port = 1196
+
+# A second factor: a TOTP passcode in every approval request.
+[[server]]
+name = "vpn4"
+id = 4
+public_ipv4 = "{gw}"
+second_factor = "totp"
+
+[[server.service]]
+protocol = "udp"
+port = 1197
 "#,
         gw = link.b.v4,
         gw6 = link.b.v6,
@@ -246,6 +259,7 @@ fn params(server: &str) -> xdpgate::approval::RequestParams {
         public_ipv6: None,
         client_version: "bad-request-table/1".to_owned(),
         device_name: "table".to_owned(),
+        passcode: None,
     }
 }
 
@@ -584,4 +598,64 @@ fn refused_then_sigkill_then_replay_stays_refused() {
     // A fresh request of the re-enabled client is approved.
     let (status, body) = post(&lab, &carol, build_request(&creds, &params("vpn1"), now()).unwrap().0.to_json().unwrap());
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_passcode_server_opens_only_for_a_right_unused_passcode_and_locks_out_guessers() {
+    use xdpgate::passcode::{PasscodeRules, TotpSecret};
+    let lab = ApprovalLab::new(49);
+    let added = lab.gateway.cli(&["clients", "add", "pat", "--server", "vpn4"]);
+    let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
+    let profile = lab.gateway.dir().join("pat.profile.json").display().to_string();
+    let out = lab.client_cmd(&["client", "enroll", link, "--profile", &profile]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "enroll: {shown}{}", String::from_utf8_lossy(&out.stderr));
+    // The secret is shown once, as an otpauth URI, and is not in the profile.
+    let uri = shown.lines().find(|l| l.starts_with("otpauth://totp/xdpgate:pat?")).unwrap_or_else(|| panic!("{shown}"));
+    let secret_b32 = uri.split(['?', '&']).find_map(|p| p.strip_prefix("secret=")).unwrap_or_else(|| panic!("{uri}"));
+    assert!(uri.contains("&digits=6&period=30"), "{uri}");
+    let profile_text = std::fs::read_to_string(&profile).unwrap();
+    assert!(!profile_text.contains(secret_b32), "the TOTP secret is not stored in the profile");
+    assert!(profile_text.contains("\"passcode_servers\""), "{profile_text}");
+    let secret = TotpSecret::from_base32(secret_b32).unwrap();
+    let rules = PasscodeRules::default();
+
+    let connect = |passcode: Option<&str>| -> (bool, String) {
+        let mut args = vec!["client", "connect", "--profile", profile.as_str(), "--server", "vpn4"];
+        if let Some(p) = passcode {
+            args.extend(["--passcode", p]);
+        }
+        let out = lab.client_cmd(&args);
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let vpn4_open = || lab.openings().lines().any(|l| l.contains("vpn4"));
+    let now = xdpgate::clock::unix_secs();
+    let accepted: Vec<String> = (0..3).map(|i| secret.code_at(&rules, now - 30 + i * 30).to_string()).collect();
+    let wrong = (0..1_000_000u32).map(|n| format!("{n:06}")).find(|c| !accepted.contains(c)).unwrap();
+
+    let (ok, text) = connect(None);
+    assert!(!ok && text.contains("passcode_required"), "no passcode: {text}");
+    let (ok, text) = connect(Some(&wrong));
+    assert!(!ok && text.contains("passcode_invalid"), "wrong passcode: {text}");
+    assert!(!vpn4_open(), "nothing opened without a right passcode: {}", lab.openings());
+
+    let right = secret.code_at(&rules, xdpgate::clock::unix_secs());
+    let (ok, text) = connect(Some(&right));
+    assert!(ok, "the right passcode is approved: {text}");
+    assert!(vpn4_open(), "{}", lab.openings());
+    let (ok, text) = connect(Some(&right));
+    assert!(!ok && text.contains("passcode_invalid"), "a passcode is single-use, even in a fresh request: {text}");
+
+    // Three failures in a row (the reuse was one) lock pat out; then even a right, unused
+    // passcode (the next step's) is refused, and the lockout is audited.
+    for _ in 0..2 {
+        let (ok, text) = connect(Some(&wrong));
+        assert!(!ok && text.contains("passcode_invalid"), "{text}");
+    }
+    let next = secret.code_at(&rules, xdpgate::clock::unix_secs() + 30);
+    let (ok, text) = connect(Some(&next));
+    assert!(!ok && text.contains("passcode_locked"), "locked out: {text}");
+    let audit = lab.gateway.cli(&["audit", "tail", "-n", "50"]);
+    assert!(audit.contains("locked out"), "{audit}");
+    assert!(audit.contains("was used by `pat` already"), "{audit}");
 }

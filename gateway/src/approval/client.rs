@@ -118,6 +118,8 @@ pub struct RequestParams {
     pub client_version: String,
     /// The device name (0..=128 bytes, no control characters).
     pub device_name: String,
+    /// The passcode of the second factor (6 to 8 ASCII digits), for a server that needs one.
+    pub passcode: Option<String>,
 }
 
 /// A request in flight: what the client needs to open its response. Holds the one-time box
@@ -237,6 +239,7 @@ pub(crate) fn payload_plaintext(
         device_name: params.device_name.clone(),
         timestamp: now_unix,
         nonce: payload_nonce,
+        passcode: params.passcode.clone(),
     };
     payload.check_fields().map_err(ClientError::InvalidParams)?;
     let plaintext = Zeroizing::new(serde_json::to_vec(&payload.to_json())?);

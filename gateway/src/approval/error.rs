@@ -131,11 +131,19 @@ pub enum PublicCode {
     MethodNotAllowed,
     /// A `POST` body whose `Content-Type` is not `application/json`.
     UnsupportedMediaType,
+    /// A signed self-shutdown notice holds: the service is down on purpose (§14).
+    Shutdown,
+    /// The server needs a passcode and the request carried none (§7.4).
+    PasscodeRequired,
+    /// The passcode is wrong, or its step was used already (§7.4).
+    PasscodeInvalid,
+    /// Too many wrong passcodes: the client is locked out for a while (§7.4).
+    PasscodeLocked,
 }
 
 impl PublicCode {
     /// Every public code.
-    pub const ALL: [PublicCode; 13] = [
+    pub const ALL: [PublicCode; 17] = [
         PublicCode::Malformed,
         PublicCode::PayloadTooLarge,
         PublicCode::ClockSkew,
@@ -149,6 +157,10 @@ impl PublicCode {
         PublicCode::NotFound,
         PublicCode::MethodNotAllowed,
         PublicCode::UnsupportedMediaType,
+        PublicCode::Shutdown,
+        PublicCode::PasscodeRequired,
+        PublicCode::PasscodeInvalid,
+        PublicCode::PasscodeLocked,
     ];
 
     /// The stable snake_case string sent to the client.
@@ -167,6 +179,10 @@ impl PublicCode {
             PublicCode::NotFound => "not_found",
             PublicCode::MethodNotAllowed => "method_not_allowed",
             PublicCode::UnsupportedMediaType => "unsupported_media_type",
+            PublicCode::Shutdown => "shutdown",
+            PublicCode::PasscodeRequired => "passcode_required",
+            PublicCode::PasscodeInvalid => "passcode_invalid",
+            PublicCode::PasscodeLocked => "passcode_locked",
         }
     }
 
@@ -180,11 +196,13 @@ impl PublicCode {
             PublicCode::PayloadTooLarge => 413,
             PublicCode::ServerNotHere => 421,
             PublicCode::InvalidAddress => 422,
-            PublicCode::RateLimited => 429,
+            PublicCode::RateLimited | PublicCode::PasscodeLocked => 429,
+            PublicCode::PasscodeRequired | PublicCode::PasscodeInvalid => 401,
             PublicCode::NotFound => 404,
             PublicCode::MethodNotAllowed => 405,
             PublicCode::UnsupportedMediaType => 415,
             PublicCode::Unavailable => 503,
+            PublicCode::Shutdown => 503,
         }
     }
 
@@ -377,6 +395,42 @@ pub enum Reason {
         /// The server's `max_addresses_per_client`.
         limit: usize,
     },
+    /// The server needs a passcode; the request has none.
+    #[error("server needs a passcode and the request of `{client_id}` has none")]
+    PasscodeMissing {
+        /// The client id.
+        client_id: String,
+    },
+    /// The client never received a TOTP secret (enrolled before one existed).
+    #[error("client `{client_id}` has no TOTP secret: enroll it again")]
+    PasscodeNotEnrolled {
+        /// The client id.
+        client_id: String,
+    },
+    /// The passcode matches none of the accepted steps.
+    #[error("wrong passcode from `{client_id}` ({failures_left} left before a lockout)")]
+    PasscodeWrong {
+        /// The client id.
+        client_id: String,
+        /// Wrong passcodes still allowed before the lockout.
+        failures_left: u32,
+    },
+    /// The passcode's step was used by this client already.
+    #[error("passcode of step {step} was used by `{client_id}` already")]
+    PasscodeReused {
+        /// The client id.
+        client_id: String,
+        /// The TOTP step.
+        step: u64,
+    },
+    /// The client is locked out after too many wrong passcodes.
+    #[error("client `{client_id}` is locked out for {seconds_left} s after wrong passcodes")]
+    PasscodeLockedOut {
+        /// The client id.
+        client_id: String,
+        /// Seconds until the lockout ends.
+        seconds_left: u64,
+    },
 }
 
 impl Reason {
@@ -408,6 +462,9 @@ impl Reason {
             | Reason::BoxOpenFailed
             | Reason::WeakBoxKey
             | Reason::ClientNotAllowed { .. } => PublicCode::Denied,
+            Reason::PasscodeMissing { .. } | Reason::PasscodeNotEnrolled { .. } => PublicCode::PasscodeRequired,
+            Reason::PasscodeWrong { .. } | Reason::PasscodeReused { .. } => PublicCode::PasscodeInvalid,
+            Reason::PasscodeLockedOut { .. } => PublicCode::PasscodeLocked,
         }
     }
 
@@ -441,6 +498,11 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::ClientRateExceeded { .. } => "client_rate_exceeded",
             Reason::ClientCapReached { .. } => "client_cap_reached",
+            Reason::PasscodeMissing { .. } => "passcode_missing",
+            Reason::PasscodeNotEnrolled { .. } => "passcode_not_enrolled",
+            Reason::PasscodeWrong { .. } => "passcode_wrong",
+            Reason::PasscodeReused { .. } => "passcode_reused",
+            Reason::PasscodeLockedOut { .. } => "passcode_locked_out",
         }
     }
 }
@@ -512,6 +574,7 @@ impl Rejection {
     pub fn public_body(&self) -> super::ErrorBody {
         super::ErrorBody {
             error: self.public_code().as_str().to_owned(),
+            message: None,
         }
     }
 }
@@ -541,7 +604,7 @@ mod tests {
             assert!(seen.insert(s), "duplicate code {s}");
             assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
             assert_eq!(PublicCode::from_str_code(s), Some(code));
-            let server_side = code == PublicCode::Unavailable;
+            let server_side = matches!(code, PublicCode::Unavailable | PublicCode::Shutdown);
             let range = if server_side { 500..600 } else { 400..500 };
             assert!(range.contains(&code.http_status()), "{s}");
         }

@@ -72,6 +72,10 @@ pub struct ClientProfile {
     pub tls_anchor_pem: String,
     /// The server names this profile may ask for.
     pub servers: Vec<String>,
+    /// The servers whose approvals need a passcode (the TOTP secret itself is not kept here:
+    /// it lives in the user's authenticator app).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passcode_servers: Vec<String>,
 }
 
 impl ClientProfile {
@@ -94,6 +98,7 @@ impl ClientProfile {
             web_endpoint: web_endpoint.to_owned(),
             tls_anchor_pem: tls_anchor_pem.to_owned(),
             servers,
+            passcode_servers: Vec::new(),
         };
         profile.check()?;
         Ok(profile)

@@ -114,6 +114,7 @@ pub(crate) fn params() -> RequestParams {
         public_ipv6: Some("fd00::2".parse().unwrap()),
         client_version: "1.4.2".to_owned(),
         device_name: "test laptop".to_owned(),
+        passcode: None,
     }
 }
 

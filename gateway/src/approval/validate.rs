@@ -71,6 +71,9 @@ pub struct ApprovedRequest {
     pub client_version: String,
     /// The client's device name.
     pub device_name: String,
+    /// The passcode inside the box, if any (checked by the controller for servers with a
+    /// second factor, `docs/PROTOCOL.md` §7.4).
+    pub passcode: Option<crate::passcode::Passcode>,
     /// What [`super::seal_response`] needs to answer this request.
     pub binding: ResponseBinding,
     client_hmac_secret: HmacSecret,
@@ -141,6 +144,7 @@ pub fn validate<S: ApprovalState + ?Sized>(
         reported_ipv6: reported.ipv6,
         client_version: payload.client_version,
         device_name: payload.device_name,
+        passcode: payload.passcode.map(crate::passcode::Passcode::new),
         binding,
         client_hmac_secret: hmac_secret,
         response_box: SharedBox(Arc::new(response_box)),

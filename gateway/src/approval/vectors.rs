@@ -63,6 +63,7 @@ fn inputs() -> Inputs {
             public_ipv6: Some("2001:db8::7".parse().unwrap()),
             client_version: "1.0.0".into(),
             device_name: "vector-laptop".into(),
+            passcode: None,
         },
         connect: ConnectTarget {
             host_ipv4: Some("198.51.100.1".parse().unwrap()),

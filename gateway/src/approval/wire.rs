@@ -228,6 +228,9 @@ pub fn parse_response(body: &[u8]) -> Result<ApprovalResponse, Reason> {
 pub struct ErrorBody {
     /// A [`super::PublicCode`] string.
     pub error: String,
+    /// With `shutdown`: the self-shutdown notice's message (§14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The plaintext inside the request box, as JSON.
@@ -241,6 +244,8 @@ pub(crate) struct PayloadJson {
     pub(crate) device_name: String,
     pub(crate) timestamp: u64,
     pub(crate) nonce: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) passcode: Option<String>,
 }
 
 /// The plaintext inside the request box, checked. Reported addresses stay text until the
@@ -254,6 +259,8 @@ pub(crate) struct RequestPayload {
     pub(crate) device_name: String,
     pub(crate) timestamp: u64,
     pub(crate) nonce: [u8; NONCE_LEN],
+    /// The second factor's passcode, checked by the controller at the grant stage.
+    pub(crate) passcode: Option<String>,
 }
 
 impl RequestPayload {
@@ -269,6 +276,7 @@ impl RequestPayload {
             client_version: j.client_version,
             device_name: j.device_name,
             timestamp: j.timestamp,
+            passcode: j.passcode,
         };
         payload.check_fields()?;
         Ok(payload)
@@ -307,6 +315,12 @@ impl RequestPayload {
                 check_len(field, t.len(), 1, ADDRESS_TEXT_MAX)?;
             }
         }
+        if let Some(passcode) = &self.passcode {
+            check_len("payload.passcode", passcode.len(), 6, 8)?;
+            if !passcode.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Reason::FieldCharset { field: "payload.passcode" });
+            }
+        }
         Ok(())
     }
 
@@ -320,6 +334,7 @@ impl RequestPayload {
             device_name: self.device_name.clone(),
             timestamp: self.timestamp,
             nonce: b64::encode(&self.nonce),
+            passcode: self.passcode.clone(),
         }
     }
 }

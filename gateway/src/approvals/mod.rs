@@ -21,13 +21,13 @@ use crate::{
         NonceScope, PublicCode, Reason, Rejection, ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
     },
     clock::{unix_ms, unix_secs},
-    config::{Config, Protocol, ServerConfig},
+    config::{Config, Protocol, SecondFactor, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
     openings::{GrantCheck, Openings, OpeningsError},
     vpn::{VpnTokens, derive_token},
     store::{
-        AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal, Store, StoreError,
-        StoredAnswer, StoredClient,
+        AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal, NoticeRecord, Store,
+        StoreError, StoredAnswer, StoredClient,
     },
 };
 
@@ -53,6 +53,12 @@ impl FrontAnswer {
                 Self::unavailable()
             }
         }
+    }
+
+    /// `503 {"error":"shutdown","message":…}`: a self-shutdown notice holds.
+    pub fn shutdown(message: &str) -> Self {
+        let body = serde_json::json!({ "error": PublicCode::Shutdown.as_str(), "message": message });
+        Self { status: 503, body: body.to_string().into_bytes() }
     }
 
     /// The retryable "try again later" answer.
@@ -104,6 +110,10 @@ pub struct Approvals {
     /// Approvals per client per minute (after validation: only the client itself can use
     /// up its budget).
     client_rate: rate::ClientRate,
+    /// How passcodes are checked, and wrong passcodes per client.
+    passcode_rules: crate::passcode::PasscodeRules,
+    passcode_failures: crate::passcode::Failures,
+    notices: tokio::sync::watch::Receiver<NoticeRecord>,
 }
 
 impl Approvals {
@@ -113,6 +123,7 @@ impl Approvals {
         store: Arc<Store>,
         openings: Arc<Openings>,
         box_keys: ServerBoxKeys,
+        notices: tokio::sync::watch::Receiver<NoticeRecord>,
     ) -> Self {
         let approvals = &config.approvals;
         Self {
@@ -131,6 +142,9 @@ impl Approvals {
             metrics: metrics::Metrics::default(),
             vpn_tokens: Arc::new(VpnTokens::new()),
             client_rate: rate::ClientRate::new(approvals.client_approvals_per_minute),
+            passcode_rules: approvals.passcode,
+            passcode_failures: crate::passcode::Failures::default(),
+            notices,
         }
     }
 
@@ -154,6 +168,33 @@ impl Approvals {
         self.metrics.snapshot()
     }
 
+    /// The self-shutdown state (signed notices).
+    pub fn notice_state(&self) -> NoticeRecord {
+        self.notices.borrow().clone()
+    }
+
+    /// The refusal while a self-shutdown holds: `www` or `web` refuse everything from the
+    /// web front, `vpn` refuses approvals (`approval` says which call this is).
+    fn shut_down(&self, approval: bool, remote: IpAddr, request_id: &str) -> Option<FrontAnswer> {
+        let state = self.notices.borrow();
+        let part = [&state.www, &state.web].into_iter().chain(approval.then_some(&state.vpn)).find(|p| p.shutdown)?;
+        let message = part.message.clone();
+        drop(state);
+        let (kind, what) = if approval { (AuditKind::Approval, "approval") } else { (AuditKind::Enrollment, "enrollment") };
+        self.metrics.count(&format!("{what}.shutdown"));
+        self.audit.record(AuditEvent {
+            unix_ms: unix_ms(),
+            kind,
+            client_id: String::new(),
+            remote: remote.to_string(),
+            server: String::new(),
+            verdict: "rejected".into(),
+            code: PublicCode::Shutdown.as_str().to_owned(),
+            reason: format!("[{request_id}] self-shutdown by notice: {message}"),
+        });
+        Some(FrontAnswer::shutdown(&message))
+    }
+
     /// Decides a `POST /v1/approvals` body: cheapest checks first, the gate opened only for
     /// a request that passed every check.
     ///
@@ -162,6 +203,9 @@ impl Approvals {
     /// an approval's record and answer commit with its opening, a refusal's record with its
     /// nonce. Resending the exact bytes of an approved request returns that approval.
     pub async fn submit(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
+        if let Some(refusal) = self.shut_down(true, remote, request_id) {
+            return refusal;
+        }
         let origin = Origin { remote, request_id };
         let request = match approval::parse_request(&body) {
             Ok(request) => request,
@@ -328,6 +372,13 @@ impl Approvals {
             };
             return self.refuse_grant(origin, &approved, server_name, reason).await;
         }
+        if server.second_factor == SecondFactor::Totp {
+            match self.check_passcode(&approved).await {
+                Ok(()) => {}
+                Err(Some(reason)) => return self.refuse_grant(origin, &approved, server_name, reason).await,
+                Err(None) => return FrontAnswer::unavailable(),
+            }
+        }
         let opened: Vec<IpAddr> = approved.open_addresses.iter().copied().filter(|a| crate::openings::is_openable(*a)).collect();
         if opened.len() != approved.open_addresses.len() {
             warn!(addresses = ?approved.open_addresses, "approved addresses that cannot be opened were left out");
@@ -409,6 +460,69 @@ impl Approvals {
         }
     }
 
+    /// The second factor (`docs/PROTOCOL.md` §7.4): not locked out, a passcode present, one
+    /// of the accepted steps, and that step not used by this client before (recorded
+    /// durably, like a nonce). `Err(None)`: the store failed (answer `unavailable`).
+    async fn check_passcode(&self, approved: &ApprovedRequest) -> Result<(), Option<approval::Reason>> {
+        let client_id = approved.client_id.clone();
+        let rules = self.passcode_rules;
+        let started = std::time::Instant::now();
+        if let Some(left) = self.passcode_failures.locked(&client_id, started) {
+            return Err(Some(approval::Reason::PasscodeLockedOut { client_id, seconds_left: left.as_secs().max(1) }));
+        }
+        let Some(passcode) = approved.passcode.clone() else {
+            return Err(Some(approval::Reason::PasscodeMissing { client_id }));
+        };
+        let store = self.store.clone();
+        let id = client_id.clone();
+        let now = unix_secs();
+        let checked = tokio::task::spawn_blocking(move || -> Result<Option<Result<u64, bool>>, StoreError> {
+            // Ok(None): no secret; Ok(Some(Ok(step))): matched and recorded; Some(Err(reused)).
+            let secret = store
+                .client(&id)?
+                .and_then(|c| c.enrollment)
+                .and_then(|e| e.totp_secret_b32)
+                .and_then(|b32| crate::passcode::TotpSecret::from_base32(&b32).ok());
+            let Some(secret) = secret else { return Ok(None) };
+            let Some(step) = secret.verify(&rules, passcode.as_str(), now) else { return Ok(Some(Err(false))) };
+            let mut key = vec![b'c'];
+            key.extend_from_slice(&crate::passcode::used_step_key(&id, step));
+            // Kept until the step can no longer be accepted (drift included), plus a margin.
+            let keep_until = (step + crate::passcode::DRIFT_STEPS + 2).saturating_mul(rules.step_secs);
+            if store.record_nonce(&key, now, keep_until)? { Ok(Some(Ok(step))) } else { Ok(Some(Err(true))) }
+        })
+        .await;
+        match checked {
+            Ok(Ok(None)) => Err(Some(approval::Reason::PasscodeNotEnrolled { client_id })),
+            Ok(Ok(Some(Ok(_step)))) => {
+                self.passcode_failures.succeeded(&client_id);
+                Ok(())
+            }
+            Ok(Ok(Some(Err(reused)))) => {
+                let failures_left = self.passcode_failures.failed(&client_id, &rules, started);
+                let locked = failures_left == 0;
+                self.metrics.count(if reused { "approval.passcode_reused" } else { "approval.passcode_wrong" });
+                if locked {
+                    self.metrics.count("approval.passcode_lockout");
+                    warn!(client_id, "client locked out after wrong passcodes");
+                }
+                if reused {
+                    Err(Some(approval::Reason::PasscodeReused { client_id, step: now / rules.step_secs.max(1) }))
+                } else {
+                    Err(Some(approval::Reason::PasscodeWrong { client_id, failures_left }))
+                }
+            }
+            Ok(Err(err)) => {
+                error!(error = %err, "checking a passcode failed");
+                Err(None)
+            }
+            Err(err) => {
+                error!(error = %err, "passcode task failed");
+                Err(None)
+            }
+        }
+    }
+
     /// Refuses an approved request at the grant stage (rate, cap, revocation): recorded and
     /// answered with a sealed denial like any refusal after the HMAC.
     async fn refuse_grant(
@@ -426,6 +540,9 @@ impl Approvals {
     /// registers the client's public key and answers its HMAC secret boxed to the request's
     /// one-time key. A box that does not open, or a bad, used or expired token, is `denied`.
     pub async fn enroll(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
+        if let Some(refusal) = self.shut_down(false, remote, request_id) {
+            return refusal;
+        }
         let audit = |client_id: &str, verdict: &str, code: &str, reason: String| {
             let outcome = if code.is_empty() { verdict } else { code };
             self.metrics.count(&format!("enrollment.{outcome}"));
@@ -472,11 +589,21 @@ impl Approvals {
                 return FrontAnswer::unavailable();
             }
         };
+        // Every client gets a TOTP secret; the answer carries it when a server of the client
+        // needs a passcode (a server switched to TOTP later needs a new enrollment).
+        let totp = match crate::passcode::TotpSecret::generate() {
+            Ok(totp) => totp,
+            Err(err) => {
+                error!(error = %err, "generating a TOTP secret failed");
+                return FrontAnswer::unavailable();
+            }
+        };
         let enrollment = Enrollment {
             hmac_secret_b64: secret.to_base64().to_string(),
             rsa_public_key_pem: public_key,
             device_name: request.device_name.clone(),
             enrolled_unix: unix_secs(),
+            totp_secret_b32: Some(totp.to_base32().to_string()),
         };
         let digest = token_digest(&request.token);
         let store = self.store.clone();
@@ -484,11 +611,27 @@ impl Approvals {
         let redeemed = tokio::task::spawn_blocking(move || store.redeem_enrollment_token(&digest, now, enrollment)).await;
         match redeemed {
             Ok(Ok(Some(client))) => {
+                let totp_servers: Vec<String> = client
+                    .servers
+                    .iter()
+                    .filter(|name| {
+                        self.servers.iter().any(|s| &s.name == *name && s.second_factor == SecondFactor::Totp)
+                    })
+                    .cloned()
+                    .collect();
+                let rules = self.passcode_rules;
                 let answer = EnrollResponse {
                     request_sha256: opened.request_sha256().to_owned(),
                     client_id: client.client_id.clone(),
                     hmac_secret: secret.to_base64().to_string(),
                     servers: client.servers,
+                    totp: (!totp_servers.is_empty()).then(|| crate::enrollment::TotpGrant {
+                        secret: totp.to_base32().to_string(),
+                        algorithm: "SHA1".into(),
+                        digits: rules.digits,
+                        period: rules.step_secs,
+                        servers: totp_servers,
+                    }),
                 };
                 match opened.seal(&answer).and_then(|sealed| sealed.to_json()) {
                     Ok(body) => {

@@ -216,6 +216,44 @@ pub async fn audit_tail(socket: &Path, query: &AuditQuery) -> anyhow::Result<Str
     Ok(out)
 }
 
+/// `xdpgate notices status` and `xdpgate notices clear`.
+pub async fn notices(socket: &Path, clear: bool) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let answer = if clear {
+        client.notices_clear(pb::NoticesClearRequest {}).await?
+    } else {
+        client.notices_status(pb::NoticesStatusRequest {}).await?
+    }
+    .into_inner();
+    let record: xdpgate::store::NoticeRecord =
+        serde_json::from_str(&answer.state_json).context("controller sent an unreadable notice state")?;
+    let mut out = String::new();
+    if clear {
+        out.push_str("cleared by the operator\n");
+    }
+    let url = if answer.url.is_empty() { "(not configured: no [notices] section)" } else { answer.url.as_str() };
+    let _ = writeln!(out, "notice server: {url}");
+    for (name, part) in [("www", &record.www), ("web", &record.web), ("vpn", &record.vpn)] {
+        let state = if part.shutdown { "shutdown" } else { "running" };
+        let _ = writeln!(out, "{name}: {state}{}", if part.message.is_empty() { String::new() } else { format!(" ({})", part.message) });
+    }
+    let when = |ms: u64| if ms == 0 { "never".to_owned() } else { format_unix_ms(ms) };
+    let _ = writeln!(out, "changed: {} by {}", when(record.changed_unix_ms), if record.changed_by.is_empty() { "-" } else { &record.changed_by });
+    let _ = writeln!(out, "last sequence acted on: {}", record.last_sequence);
+    if let Some(notice) = &record.last_notice {
+        let _ = writeln!(
+            out,
+            "last notice: sequence {} issued {} for versions {}..={}",
+            notice.sequence, notice.issued_unix, notice.affected.from, notice.affected.to
+        );
+    }
+    let _ = writeln!(out, "last fetched: {} ({})", when(record.last_fetch_unix_ms), if record.last_outcome.is_empty() { "-" } else { &record.last_outcome });
+    for counter in &answer.counters {
+        let _ = writeln!(out, "  {:<26} {}", counter.name, counter.value);
+    }
+    Ok(out)
+}
+
 fn render_servers(servers: &[pb::Server]) -> String {
     let mut out = String::new();
     for server in servers {

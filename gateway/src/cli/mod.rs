@@ -93,6 +93,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Signed self-shutdown notices: the state they set, and lifting it.
+    Notices {
+        #[command(subcommand)]
+        command: NoticesCommand,
+    },
     /// Interfaces, openings and packet counters per service.
     Status {
         #[command(flatten)]
@@ -194,6 +199,21 @@ pub enum ClientsCommand {
     },
 }
 
+/// `xdpgate notices ...`
+#[derive(Debug, Subcommand)]
+pub enum NoticesCommand {
+    /// Show which parts are shut down, the last notice and when it was fetched.
+    Status {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+    /// Lift every self-shutdown (audited); only a newer notice shuts down again.
+    Clear {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
 /// `xdpgate audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -257,6 +277,10 @@ pub enum ClientCommand {
         /// Print the approval as JSON.
         #[arg(long)]
         json: bool,
+        /// The passcode from the authenticator app, for a server with a second factor
+        /// (asked for on the terminal when omitted and stdin is a terminal).
+        #[arg(long, value_name = "DIGITS")]
+        passcode: Option<String>,
         /// Write this approval's OpenVPN username (client id) and one-time password to FILE
         /// (mode 0600), for OpenVPN's `--auth-user-pass FILE`.
         #[arg(long, value_name = "FILE")]

@@ -47,9 +47,12 @@ pub enum HttpsError {
     /// The request could not be built.
     #[error("bad request")]
     Request(#[from] http::Error),
-    /// Reading the answer failed or it is too large.
+    /// Reading the answer failed.
     #[error("reading the answer failed: {0}")]
     Body(String),
+    /// The answer is longer than the caller's limit.
+    #[error("the answer is over {0} bytes")]
+    TooLarge(usize),
     /// The deadline passed.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -214,7 +217,13 @@ impl Session {
             .collect()
             .await
             .map(|c| HttpsReply { status, body: c.to_bytes(), server_cert: self.server_cert.clone() })
-            .map_err(|err| HttpsError::Body(err.to_string()))
+            .map_err(|err| {
+                if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    HttpsError::TooLarge(max_body)
+                } else {
+                    HttpsError::Body(err.to_string())
+                }
+            })
     }
 }
 

@@ -93,12 +93,14 @@ pub enum ClientCommandError {
         code: String,
     },
     /// The server answered with an unsealed error (unauthenticated hint).
-    #[error("approval refused: HTTP {status}: {code} (unauthenticated answer)")]
+    #[error("approval refused: HTTP {status}: {code}{detail} (unauthenticated answer)")]
     Refused {
         /// HTTP status.
         status: u16,
         /// The public code (or `unavailable`).
         code: String,
+        /// `: <message>` of a self-shutdown answer, control characters removed; or empty.
+        detail: String,
     },
     /// The answer is neither a valid sealed response nor an error body.
     #[error("the server's answer (HTTP {status}) cannot be trusted: {detail}")]
@@ -179,7 +181,7 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
     }
     let answer = pending.open_answer(&reply.body).map_err(ClientCommandError::EnrollAnswerUntrusted)?;
     let cert = reply.server_cert.ok_or_else(|| ClientCommandError::BadEnrollAnswer("no server certificate".into()))?;
-    let profile = ClientProfile::new(
+    let mut profile = ClientProfile::new(
         &answer.client_id,
         &HmacSecret::from_base64(&answer.hmac_secret)?,
         &rsa_key,
@@ -188,14 +190,35 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
         &tls::cert_to_pem(&cert),
         answer.servers.clone(),
     )?;
+    let totp = match &answer.totp {
+        Some(grant) => {
+            let secret = crate::passcode::TotpSecret::from_base32(&grant.secret)
+                .map_err(|err| ClientCommandError::BadEnrollAnswer(format!("totp: {err}")))?;
+            let rules = crate::passcode::PasscodeRules {
+                digits: grant.digits,
+                step_secs: grant.period,
+                ..crate::passcode::PasscodeRules::default()
+            };
+            profile.passcode_servers.clone_from(&grant.servers);
+            Some((secret.otpauth_uri(&rules, "xdpgate", &answer.client_id), grant.servers.join(", ")))
+        }
+        None => None,
+    };
     profile.credentials()?;
     write_profile(options.profile, &profile.to_json()?, options.force)?;
-    Ok(format!(
+    let mut out = format!(
         "enrolled as {} for {}; profile written to {}\n",
         answer.client_id,
         answer.servers.join(", "),
         options.profile.display()
-    ))
+    );
+    if let Some((uri, servers)) = totp {
+        out.push_str(&format!(
+            "{servers} need a passcode: add this key to your authenticator app now (it is shown only once and not saved):\n{}\n",
+            uri.as_str()
+        ));
+    }
+    Ok(out)
 }
 
 /// The `error` of an `{"error":"…"}` body, or a short description.
@@ -288,6 +311,9 @@ pub struct ConnectOptions<'a> {
     pub device_name: Option<&'a str>,
     /// Print JSON instead of a sentence.
     pub json: bool,
+    /// The passcode of the second factor; without it, a server that needs one is asked for
+    /// it on the terminal when there is one.
+    pub passcode: Option<&'a str>,
 }
 
 /// An approval, as `--json` prints it.
@@ -375,6 +401,7 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
         public_ipv6,
         client_version: CLIENT_VERSION.to_owned(),
         device_name: request_device_name(options.device_name),
+        passcode: passcode_for(&profile, &server, options.passcode)?,
     };
     let now = crate::clock::unix_secs();
     let (request, pending) = approval::build_request(&credentials, &params, now)?;
@@ -398,6 +425,26 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
     approval_from(server, payload, openvpn)
 }
 
+/// The passcode to send: the one given, else (for a server that needs one) one typed at the
+/// terminal, else none (the server then answers `passcode_required`).
+fn passcode_for(profile: &ClientProfile, server: &str, given: Option<&str>) -> Result<Option<String>, ClientCommandError> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if let Some(given) = given {
+        return Ok(Some(given.trim().to_owned()));
+    }
+    if !profile.passcode_servers.iter().any(|s| s == server) || !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    eprint!("passcode for {server}: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|err| ClientCommandError::BadAnswer { status: 0, detail: format!("reading the passcode: {err}") })?;
+    Ok(Some(line.trim().to_owned()).filter(|p| !p.is_empty()))
+}
+
 /// Asks the web front which address it sees us from (`GET /v1/address`).
 async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>) -> Result<IpAddr, ClientCommandError> {
     #[derive(serde::Deserialize)]
@@ -415,10 +462,21 @@ async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>)
     .await?;
     match serde_json::from_slice::<AddressBody>(&reply.body) {
         Ok(body) if reply.status == 200 => Ok(body.address.to_canonical()),
-        Ok(_) | Err(_) => Err(ClientCommandError::BadAnswer {
-            status: reply.status,
-            detail: format!("{} did not answer with an address", approval::ADDRESS_PATH),
-        }),
+        Ok(_) | Err(_) => match serde_json::from_slice::<ErrorBody>(&reply.body) {
+            // An error code (e.g. `shutdown`, `rate_limited`): an unauthenticated hint.
+            Ok(err) if reply.status != 200 => Err(ClientCommandError::Refused {
+                status: reply.status,
+                code: err.error,
+                detail: err
+                    .message
+                    .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
+                    .unwrap_or_default(),
+            }),
+            _ => Err(ClientCommandError::BadAnswer {
+                status: reply.status,
+                detail: format!("{} did not answer with an address", approval::ADDRESS_PATH),
+            }),
+        },
     }
 }
 
@@ -441,7 +499,14 @@ fn refusal(
         };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(err) => ClientCommandError::Refused { status, code: err.error },
+        Ok(err) => ClientCommandError::Refused {
+            status,
+            code: err.error,
+            detail: err
+                .message
+                .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
+                .unwrap_or_default(),
+        },
         Err(_) => ClientCommandError::BadAnswer { status, detail: sealed_err.to_string() },
     }
 }

@@ -88,6 +88,16 @@ impl pb::front_server::Front for FrontService {
         Ok(reply(answer))
     }
 
+    async fn notices(&self, _request: Request<pb::NoticesRequest>) -> Result<Response<pb::NoticesReply>, Status> {
+        let state = self.approvals.notice_state();
+        Ok(Response::new(pb::NoticesReply {
+            www_shutdown: state.www.shutdown,
+            www_message: state.www.message,
+            web_shutdown: state.web.shutdown,
+            web_message: state.web.message,
+        }))
+    }
+
     async fn enroll(&self, request: Request<pb::FrontRequest>) -> Result<Response<pb::FrontReply>, Status> {
         let request = request.into_inner();
         let remote = remote_of(&request)?;

@@ -74,6 +74,7 @@ pub(crate) fn bind_private(socket: &Path) -> Result<tokio::net::UnixListener, st
 fn status_of(err: OpeningsError) -> Status {
     match err {
         OpeningsError::BadAddress(_) => Status::invalid_argument(err.to_string()),
+        OpeningsError::Sealed => Status::failed_precondition(err.to_string()),
         OpeningsError::Gate(GateError::OpeningsFull(_)) => Status::resource_exhausted(err.to_string()),
         other => {
             warn!(error = %other, "control request failed");
@@ -107,6 +108,19 @@ fn parse_ip(text: &str) -> Result<IpAddr, Status> {
 }
 
 impl ControlService {
+    fn notices_response(&self, record: &crate::store::NoticeRecord) -> Result<pb::NoticesStatusResponse, Status> {
+        let state_json = serde_json::to_string(record).map_err(|err| Status::internal(err.to_string()))?;
+        let counters = self
+            .controller
+            .shutdown
+            .counters()
+            .into_iter()
+            .map(|(name, value)| pb::Counter { name, value })
+            .collect();
+        let url = self.controller.config.notices.as_ref().map(|n| n.url.clone()).unwrap_or_default();
+        Ok(pb::NoticesStatusResponse { url, state_json, counters })
+    }
+
     fn server_id(&self, name: &str) -> Result<Option<u32>, Status> {
         if name.is_empty() {
             return Ok(None);
@@ -376,6 +390,7 @@ impl pb::control_server::Control for ControlService {
                     AuditKind::Approval => "approval",
                     AuditKind::Enrollment => "enrollment",
                     AuditKind::Client => "client",
+                    AuditKind::Notice => "notice",
                 }
                 .to_owned(),
                 client_id: e.client_id,
@@ -396,5 +411,24 @@ impl pb::control_server::Control for ControlService {
             .map(|f| pb::FailureCount { reason: f.reason.to_owned(), prefix: f.prefix, count: f.count })
             .collect();
         Ok(Response::new(pb::AuditTailResponse { events, next_before: page.next_before.unwrap_or(0), failures }))
+    }
+
+    async fn notices_status(
+        &self,
+        _request: Request<pb::NoticesStatusRequest>,
+    ) -> Result<Response<pb::NoticesStatusResponse>, Status> {
+        Ok(Response::new(self.notices_response(&self.controller.shutdown.current())?))
+    }
+
+    async fn notices_clear(
+        &self,
+        _request: Request<pb::NoticesClearRequest>,
+    ) -> Result<Response<pb::NoticesStatusResponse>, Status> {
+        let record = self.controller.shutdown.clear().await.map_err(|err| {
+            warn!(error = %err, "clearing the shutdown state failed");
+            Status::internal(err.to_string())
+        })?;
+        info!("operator cleared the self-shutdown state");
+        Ok(Response::new(self.notices_response(&record)?))
     }
 }

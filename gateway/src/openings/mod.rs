@@ -66,6 +66,9 @@ pub enum OpeningsError {
         /// The map's capacity.
         capacity: usize,
     },
+    /// A `vpn` self-shutdown holds: the gate stays closed to everyone.
+    #[error("the gate is sealed by a vpn self-shutdown (see `xdpgate notices status`)")]
+    Sealed,
 }
 
 impl OpeningsError {
@@ -187,6 +190,8 @@ pub struct Openings {
     generations: std::sync::Mutex<HashMap<String, u64>>,
     /// Entries of each kernel map (the controller's `max_openings`).
     map_capacity: usize,
+    /// Set while a `vpn` self-shutdown holds: every grant is refused.
+    sealed: std::sync::atomic::AtomicBool,
 }
 
 /// True for an address the gate may open: the one never-openable list is
@@ -207,6 +212,7 @@ impl Openings {
             next_call: AtomicU64::new(0),
             generations: std::sync::Mutex::new(HashMap::new()),
             map_capacity: usize::MAX,
+            sealed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -300,6 +306,9 @@ impl Openings {
         if let Some(bad) = addrs.iter().find(|a| !is_openable(**a)) {
             return Err(OpeningsError::BadAddress(*bad));
         }
+        if self.is_sealed() {
+            return Err(OpeningsError::Sealed);
+        }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let mut journal = Some(journal);
         let mut answers = Vec::with_capacity(addrs.len());
@@ -350,6 +359,14 @@ impl Openings {
         let clocks = ClockPair::now();
         let mut updated: HashMap<OpeningId, OpeningRecord> = HashMap::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
+        // Checked again under the lock: a grant queued before a seal must not land after the
+        // seal's `revoke_all`.
+        if self.is_sealed() {
+            for grant in batch {
+                let _ = grant.reply.send(Err(OpeningsError::Sealed));
+            }
+            return;
+        }
         let mut tally = Tally::of(records, &batch);
         // The grants of one call are next to each other (pushed under one lock); they pass
         // their checks together or are all refused with the first failure.
@@ -480,6 +497,23 @@ impl Openings {
         }
         held.insert(grant.id.addr);
         Ok(())
+    }
+
+    /// Seals (or unseals) the gate: while sealed, every grant is refused.
+    pub fn set_sealed(&self, sealed: bool) {
+        self.sealed.store(sealed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether grants are refused.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes every opening of every server; returns how many.
+    pub async fn revoke_all(&self) -> Result<usize, OpeningsError> {
+        let mut records = self.records.lock().await;
+        let ids: Vec<OpeningId> = records.keys().copied().collect();
+        self.close(&mut records, ids).await
     }
 
     /// Closes openings of `addr` (on `server_id`, or on every server); returns how many.

@@ -26,6 +26,8 @@ pub enum AuditKind {
     Enrollment,
     /// The operator changed a client.
     Client,
+    /// A self-shutdown notice was acted on, or the operator cleared one.
+    Notice,
 }
 
 /// One audit event.

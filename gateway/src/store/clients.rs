@@ -24,6 +24,9 @@ pub struct Enrollment {
     pub device_name: String,
     /// When it enrolled.
     pub enrolled_unix: u64,
+    /// Its TOTP secret (base32), when a server of it needs a passcode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_secret_b32: Option<String>,
 }
 
 impl std::fmt::Debug for Enrollment {

@@ -1,16 +1,18 @@
 //! Durable controller state in one redb file: openings, clients, enrollment tokens, seen
-//! nonces and the audit trail, one module per table.
+//! nonces, the audit trail and the self-shutdown state, one module per table.
 //!
 //! The state folder is created 0700 and the database file 0600: it holds client secrets.
 mod answers;
 mod audit;
 mod clients;
 mod nonces;
+mod notices;
 mod openings;
 
 pub use answers::StoredAnswer;
 pub use audit::{AuditEvent, AuditKind, AuditPage, AuditTable, Journal};
 pub use clients::{Enrollment, EnrollmentToken, StoredClient};
+pub use notices::NoticeRecord;
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
@@ -122,6 +124,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(audit::TABLE)?;
     txn.open_table(audit::SAMPLES)?;
     txn.open_table(answers::TABLE)?;
+    txn.open_table(notices::TABLE)?;
     txn.commit()?;
     Ok(())
 }

@@ -181,7 +181,12 @@ impl Follower {
     /// The commands cutting every live session of `client_id` (disabled or removed).
     fn cut(&self, client_id: &str) -> Option<String> {
         let cids: Vec<u64> =
-            self.lock().by_cid.iter().filter(|(_, s)| s.client_id == client_id).map(|(cid, _)| *cid).collect();
+            self.lock()
+                .by_cid
+                .iter()
+                .filter(|(_, s)| client_id == super::tokens::EVERY_CLIENT || s.client_id == client_id)
+                .map(|(cid, _)| *cid)
+                .collect();
         if cids.is_empty() {
             return None;
         }

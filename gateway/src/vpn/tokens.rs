@@ -31,6 +31,9 @@ struct Pending {
     expires: Instant,
 }
 
+/// The cut notice meaning every client (no client id can be `*`).
+pub const EVERY_CLIENT: &str = "*";
+
 /// Cut notices a slow follower may fall behind by before it misses some (it then logs it).
 const CUT_BACKLOG: usize = 256;
 
@@ -59,6 +62,13 @@ impl VpnTokens {
         self.forget_client(client_id);
         // No receiver means no follower is running: nothing to cut.
         let _ = self.cuts.send(client_id.to_owned());
+    }
+
+    /// Ends everything every client has on the VPN servers (a `vpn` self-shutdown): all
+    /// pending tokens are forgotten and every follower cuts every live tunnel.
+    pub fn revoke_everyone(&self) {
+        self.lock().clear();
+        let _ = self.cuts.send(EVERY_CLIENT.to_owned());
     }
 
     /// Notices of clients whose live tunnels must be cut (see [`VpnTokens::revoke_client`]).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use xdpgate_proto::front::v1::front_client::FrontClient;
-use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
+use xdpgate_proto::front::v1::{FrontReply, FrontRequest, NoticesReply, NoticesRequest};
 
 use crate::cluster::ClusterRoutes;
 
@@ -83,6 +83,15 @@ impl FrontHandle {
             FrontCall::Enroll => client.enroll(request).await?,
         };
         Ok(reply.into_inner())
+    }
+
+    /// The self-shutdown state to enforce. A cluster web node has no local controller to ask
+    /// and gets the default (nothing shut down); its owners refuse calls themselves.
+    pub async fn notices(&self) -> Result<NoticesReply, tonic::Status> {
+        match &self.target {
+            Target::Local { client, .. } => Ok(client.clone().notices(NoticesRequest {}).await?.into_inner()),
+            Target::Cluster(_) => Ok(NoticesReply::default()),
+        }
     }
 
     /// Whether the controller accepts connections on its socket within `timeout`.

@@ -204,8 +204,22 @@ async fn serve_loaded(
         _ => (FrontHandle::new(&config.front_socket, config.request_timeout), None),
     };
     let proxy_peers: Arc<[IpNet]> = config.proxy_protocol_peers.clone().into();
+    let (www_tx, www_rx) = watch::channel(None);
+    let (web_tx, mut web_rx) = watch::channel(None);
+    // The state is known before the first request is accepted.
+    refresh_notices(&front, &www_tx, &web_tx).await;
+    if let Some(message) = web_rx.borrow_and_update().clone() {
+        tracing::warn!(message = %message, "web is shut down by a signed notice; not serving");
+        return Ok(());
+    }
+    let _notices = AbortOnDrop(tokio::spawn(follow_notices(front.clone(), www_tx, web_tx)));
     let trusted_proxies: Arc<[IpNet]> = config.trusted_proxies.clone().into();
-    let state = AppState { front, trusted_proxies: trusted_proxies.clone(), request_timeout: config.request_timeout };
+    let state = AppState {
+        www_shutdown: www_rx,
+        front,
+        trusted_proxies: trusted_proxies.clone(),
+        request_timeout: config.request_timeout,
+    };
     let admission = Arc::new(Admission {
         limiter: RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES),
         trusted_proxies,
@@ -233,6 +247,14 @@ async fn serve_loaded(
         while connections.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
+            Ok(()) = web_rx.changed() => {
+                let message = web_rx.borrow_and_update().clone();
+                if message.is_none() {
+                    continue;
+                }
+                tracing::warn!(message = ?message, "web shut down by a signed notice; the web front stops serving");
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) if is_transient(&err) => {
@@ -275,6 +297,40 @@ async fn serve_loaded(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
     connections.abort_all();
     Ok(())
+}
+
+/// How often the web front asks the controller for the self-shutdown state.
+pub const NOTICE_POLL: Duration = Duration::from_secs(1);
+
+/// Asks the controller once; an unreachable controller leaves the state as it was.
+async fn refresh_notices(front: &FrontHandle, www: &watch::Sender<Option<String>>, web: &watch::Sender<Option<String>>) {
+    match front.notices().await {
+        Ok(reply) => {
+            let www_now = reply.www_shutdown.then_some(reply.www_message);
+            www.send_if_modified(|old| {
+                let changed = *old != www_now;
+                if changed {
+                    tracing::warn!(shutdown = www_now.is_some(), "www self-shutdown state changed");
+                }
+                old.clone_from(&www_now);
+                changed
+            });
+            let web_now = reply.web_shutdown.then_some(reply.web_message);
+            web.send_if_modified(|old| {
+                let changed = *old != web_now;
+                old.clone_from(&web_now);
+                changed
+            });
+        }
+        Err(status) => tracing::debug!("cannot ask the controller for notices: {}", status.message()),
+    }
+}
+
+async fn follow_notices(front: FrontHandle, www: watch::Sender<Option<String>>, web: watch::Sender<Option<String>>) {
+    loop {
+        tokio::time::sleep(NOTICE_POLL).await;
+        refresh_notices(&front, &www, &web).await;
+    }
 }
 
 fn is_transient(err: &std::io::Error) -> bool {

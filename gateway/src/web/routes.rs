@@ -38,6 +38,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<[IpNet]>,
     /// Deadline of one request, body read and controller call included.
     pub request_timeout: Duration,
+    /// The `www` self-shutdown: `Some(message)` while every request gets 503.
+    pub www_shutdown: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Set by admission, read by the handlers.
@@ -72,7 +74,7 @@ fn json(status: StatusCode, body: impl Into<Body>) -> Response {
 
 /// `{"error":"<code>"}` with `status`.
 fn error(status: StatusCode, code: &str) -> Response {
-    let body = serde_json::to_vec(&approval::ErrorBody { error: code.to_owned() }).unwrap_or_default();
+    let body = serde_json::to_vec(&approval::ErrorBody { error: code.to_owned(), message: None }).unwrap_or_default();
     json(status, body)
 }
 
@@ -133,6 +135,13 @@ async fn admit(State(state): State<AppState>, mut request: Request, next: Next) 
     let route = route_name(request.uri().path());
     let span = tracing::info_span!("request", request_id = %request_id, client_ip = field::Empty, route, status = field::Empty);
     async move {
+        let www_message = state.www_shutdown.borrow().clone();
+        if let Some(message) = www_message {
+            let response = shut_down(route, &message);
+            tracing::Span::current().record("status", response.status().as_u16());
+            tracing::info!("answered (www shut down by notice)");
+            return response;
+        }
         let Some(conn) = request.extensions().get::<ConnInfo>().copied() else {
             tracing::error!("request without connection info");
             return unavailable();
@@ -155,6 +164,16 @@ async fn admit(State(state): State<AppState>, mut request: Request, next: Next) 
     }
     .instrument(span)
     .await
+}
+
+/// The answer to every request while `www` is shut down by a notice; `/healthz` says so.
+fn shut_down(route: &str, message: &str) -> Response {
+    let body = if route == "healthz" {
+        serde_json::json!({ "status": "shutdown", "message": message })
+    } else {
+        serde_json::json!({ "error": PublicCode::Shutdown.as_str(), "message": message })
+    };
+    json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
 }
 
 async fn approvals(State(state): State<AppState>, request: Request) -> Response {
