@@ -674,8 +674,8 @@ impl Openings {
         let records: Vec<OpeningRecord> = self.records.lock().await.values().cloned().collect();
         let kernel: HashMap<OpeningId, gateway_common::Opening> = self
             .gate
-            .run(|maps| maps.openings())
-            .await??
+            .walk_openings()
+            .await?
             .into_iter()
             .map(|k| (OpeningId { server_id: k.server_id, addr: k.addr }, k.state))
             .collect();
@@ -702,7 +702,8 @@ impl Openings {
     /// existing entry's last-seen time; an entry closed since is gone from the records and its
     /// removal is a no-op.
     pub async fn sweep(&self) -> Result<SweepReport, OpeningsError> {
-        let kernel = self.gate.run(|maps| maps.openings()).await??;
+        // On the reader thread: grants keep reaching the kernel during the walk.
+        let kernel = self.gate.walk_openings().await?;
         let mut records = self.records.lock().await;
         let clocks = ClockPair::now();
         let mut report = SweepReport::default();
