@@ -146,7 +146,8 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let ca = dir.join("ca").display().to_string();
     xdpgate(None, &["cluster", "ca", "init", "--dir", &ca])?;
     for node in ["gw-a", "web-1"] {
-        xdpgate(None, &["cluster", "cert", "issue", "--ca", &ca, "--name", node, "--out", &dir.join(node).display().to_string()])?;
+        let role = if node.starts_with("web") { "web" } else { "controller" };
+        xdpgate(None, &["cluster", "cert", "issue", "--ca", &ca, "--name", node, "--role", role, "--out", &dir.join(node).display().to_string()])?;
     }
     let web_addr = SocketAddr::new(IpAddr::V4(link.a.v4), WEB_PORT);
     let cluster_addr = SocketAddr::new(IpAddr::V4(link.b.v4), CLUSTER_PORT);

@@ -190,6 +190,8 @@ struct RawCluster {
     cert: PathBuf,
     key: PathBuf,
     #[serde(default)]
+    crl: Option<PathBuf>,
+    #[serde(default)]
     allowed_peers: Option<Spanned<Vec<String>>>,
 }
 
@@ -200,6 +202,8 @@ struct RawWebCluster {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default)]
+    crl: Option<PathBuf>,
     #[serde(default)]
     refresh_ms: Option<Spanned<u64>>,
     controllers: Vec<Spanned<RawControllerAddr>>,
@@ -978,7 +982,7 @@ impl Validator<'_> {
         Ok(crate::cluster::ClusterConfig {
             node: node.clone(),
             listen,
-            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key },
+            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key, crl: raw.crl },
             allowed_peers,
         })
     }
@@ -1012,7 +1016,7 @@ impl Validator<'_> {
             }
         };
         Ok(crate::cluster::WebClusterConfig {
-            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key },
+            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key, crl: raw.crl },
             controllers,
             refresh,
         })

@@ -103,6 +103,7 @@ listen = "{listen}"
 ca = {ca:?}
 cert = {ncert:?}
 key = {nkey:?}
+crl = {crl:?}
 allowed_peers = ["web-*"]
 
 [[server]]
@@ -126,6 +127,7 @@ port = {GUARDED}
         ca = shared.join(node).join("ca.pem"),
         ncert = shared.join(node).join("node.pem"),
         nkey = shared.join(node).join("node.key"),
+        crl = shared.join("ca/crl.pem"),
     )
 }
 
@@ -224,10 +226,14 @@ impl Lab {
         let dir = shared.0.clone();
         let ca = dir.join("ca");
         ok(&xdpgate(&["cluster", "ca", "init", "--dir", &ca.display().to_string()]), "ca init");
-        for node in ["gw-a", "gw-b", "web-1", "web-2"] {
+        // One role per certificate; web-8 is revoked before the controllers start (they load
+        // the CA's revocation list).
+        for (node, role) in [("gw-a", "controller"), ("gw-b", "controller"), ("web-1", "web"), ("web-2", "web"), ("web-8", "web")] {
             let out = dir.join(node);
-            ok(&xdpgate(&["cluster", "cert", "issue", "--ca", &ca.display().to_string(), "--name", node, "--out", &out.display().to_string()]), "cert issue");
+            ok(&xdpgate(&["cluster", "cert", "issue", "--ca", &ca.display().to_string(), "--name", node, "--role", role, "--out", &out.display().to_string()]), "cert issue");
         }
+        let revoked = xdpgate(&["cluster", "cert", "revoke", "--ca", &ca.display().to_string(), "--cert", &dir.join("web-8/node.pem").display().to_string()]);
+        ok(&revoked, "cert revoke");
         let lb = IpAddr::V4(links[1].b.v4);
         let web_addrs = [SocketAddr::new(IpAddr::V4(links[2].b.v4), WEB_PORT), SocketAddr::new(IpAddr::V4(links[3].b.v4), WEB_PORT)];
         let cluster_addrs = [SocketAddr::new(IpAddr::V4(links[4].b.v4), CLUSTER_PORT), SocketAddr::new(IpAddr::V4(links[5].b.v4), CLUSTER_PORT)];
@@ -379,7 +385,7 @@ fn cluster_routes_each_approval_to_its_owner_through_a_real_balancer() {
     let rogue_ca = lab.shared.0.join("rogue-ca");
     ok(&xdpgate(&["cluster", "ca", "init", "--dir", &rogue_ca.display().to_string()]), "rogue ca");
     let rogue = lab.shared.0.join("web-9");
-    ok(&xdpgate(&["cluster", "cert", "issue", "--ca", &rogue_ca.display().to_string(), "--name", "web-9", "--out", &rogue.display().to_string()]), "rogue cert");
+    ok(&xdpgate(&["cluster", "cert", "issue", "--ca", &rogue_ca.display().to_string(), "--name", "web-9", "--role", "web", "--out", &rogue.display().to_string()]), "rogue cert");
     fs::copy(lab.shared.0.join("web-1/ca.pem"), rogue.join("ca.pem.real")).unwrap();
     fs::remove_file(rogue.join("ca.pem")).unwrap();
     fs::rename(rogue.join("ca.pem.real"), rogue.join("ca.pem")).unwrap();
@@ -387,6 +393,17 @@ fn cluster_routes_each_approval_to_its_owner_through_a_real_balancer() {
     let out = lab._ns[0].command(&xdpgate_bin().display().to_string()).args(["cluster", "status", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success(), "a foreign certificate is refused: {}", String::from_utf8_lossy(&out.stdout));
     assert!(lab.gw_a.log().contains("refused in the TLS handshake"), "{}", lab.gw_a.log());
+
+    // Roles and revocation: a controller's certificate cannot call as a web node, and a
+    // revoked web certificate is refused, both at the handshake.
+    for (node, why) in [("gw-b", "a controller certificate used as a web node"), ("web-8", "a revoked web certificate")] {
+        let cfg = web_config(&lab.shared.0, node, "127.0.0.1:1".parse().unwrap(), lab.lb_ip(), &[("gw-a", SocketAddr::new(lab.gw_ip(0), CLUSTER_PORT))]);
+        let out = lab._ns[0].command(&xdpgate_bin().display().to_string()).args(["cluster", "status", "--config"]).arg(&cfg).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{why} is refused: {text}");
+        assert!(!text.contains("servers=vpn-a"), "{why} lists nothing: {text}");
+        assert!(text.contains("UNREACHABLE"), "{why}: refused at the connection, not a config error: {text}");
+    }
 
     let us = lab.forwarding_us();
     assert!(us.len() >= 20, "{us:?}");

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use xdpgate::cluster::{self, ClusterRoutes};
 use xdpgate::config::WebConfig;
 
@@ -51,6 +51,10 @@ pub enum CertCommand {
         /// The node name (its DNS name), e.g. `web-1` or `gw-a`.
         #[arg(long)]
         name: String,
+        /// What the certificate may do: serve the cluster API (`controller`) or call it
+        /// (`web`: web nodes and the operator's `cluster status`). Never both.
+        #[arg(long, value_enum)]
+        role: Role,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -58,6 +62,25 @@ pub enum CertCommand {
         #[arg(long, default_value_t = cluster::ca::NODE_VALID_DAYS)]
         days: i64,
     },
+    /// Revoke a node certificate: adds it to `CA/crl.pem` (signed by the CA). Copy that file
+    /// to every node and name it as `crl` in `[cluster]` / `[web.cluster]`.
+    Revoke {
+        /// The CA folder.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node certificate to revoke (its `node.pem`).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+}
+
+/// The role of a node certificate.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Role {
+    /// Serves the cluster API (serverAuth).
+    Controller,
+    /// Calls the cluster API (clientAuth).
+    Web,
 }
 
 /// Runs a cluster command and returns what to print.
@@ -67,9 +90,17 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
             let cert = cluster::ca::init(&dir)?;
             Ok(format!("cluster CA created: {}\n", cert.display()))
         }
-        ClusterCommand::Cert { command: CertCommand::Issue { ca, name, out, days } } => {
-            let files = cluster::ca::issue(&ca, &name, days, &out)?;
+        ClusterCommand::Cert { command: CertCommand::Issue { ca, name, role, out, days } } => {
+            let role = match role {
+                Role::Controller => cluster::ca::NodeRole::Controller,
+                Role::Web => cluster::ca::NodeRole::Web,
+            };
+            let files = cluster::ca::issue(&ca, &name, role, days, &out)?;
             Ok(format!("issued {name}: {} {} (CA {})\n", files.cert.display(), files.key.display(), files.ca.display()))
+        }
+        ClusterCommand::Cert { command: CertCommand::Revoke { ca, cert } } => {
+            let (crl, serial) = cluster::ca::revoke(&ca, &cert)?;
+            Ok(format!("revoked serial {serial}; revocation list {} (copy it to every node's `crl`)\n", crl.display()))
         }
         ClusterCommand::Status { config } => status(&WebConfig::load(&config)?).await,
     }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 use zeroize::Zeroizing;
 
@@ -42,7 +42,36 @@ pub enum CaError {
     /// The validity is out of range.
     #[error("validity must be between 1 and 3650 days")]
     BadValidity,
+    /// A certificate to revoke has no serial number rcgen can read.
+    #[error("{0}: not a certificate with a serial number")]
+    NoSerial(PathBuf),
 }
+
+/// What a node certificate may do: one role each, as its only extended key usage, so rustls
+/// (webpki) refuses it in the other role at the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    /// A controller: serves the cluster API (serverAuth only).
+    Controller,
+    /// A web node (or the operator's CLI): calls the cluster API (clientAuth only).
+    Web,
+}
+
+impl NodeRole {
+    fn key_usage(self) -> ExtendedKeyUsagePurpose {
+        match self {
+            NodeRole::Controller => ExtendedKeyUsagePurpose::ServerAuth,
+            NodeRole::Web => ExtendedKeyUsagePurpose::ClientAuth,
+        }
+    }
+}
+
+/// The revocation list of a CA folder (`crl.pem`), signed by the CA, and the serials it lists
+/// (`revoked.txt`, one lower-case hex serial per line).
+pub const CRL: &str = "crl.pem";
+const REVOKED: &str = "revoked.txt";
+/// Days a CRL is valid for; `cluster cert revoke` renews it.
+pub const CRL_VALID_DAYS: i64 = 3650;
 
 /// Paths of a node's files written by [`issue`].
 #[derive(Clone, Debug)]
@@ -91,9 +120,9 @@ pub fn init(dir: &Path) -> Result<PathBuf, CaError> {
     Ok(cert_path)
 }
 
-/// Signs a certificate for node `name` with the CA in `ca_dir`, valid for `days`, and writes
-/// `out/node.pem`, `out/node.key` (0600) and `out/ca.pem`.
-pub fn issue(ca_dir: &Path, name: &str, days: i64, out: &Path) -> Result<NodeFiles, CaError> {
+/// Signs a certificate for node `name` in `role` with the CA in `ca_dir`, valid for `days`,
+/// and writes `out/node.pem`, `out/node.key` (0600) and `out/ca.pem`.
+pub fn issue(ca_dir: &Path, name: &str, role: NodeRole, days: i64, out: &Path) -> Result<NodeFiles, CaError> {
     if !valid_node_name(name) {
         return Err(CaError::BadName(name.to_owned()));
     }
@@ -114,7 +143,11 @@ pub fn issue(ca_dir: &Path, name: &str, days: i64, out: &Path) -> Result<NodeFil
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![role.key_usage()];
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial).map_err(|_| rcgen::Error::RingUnspecified)?;
+    serial[0] &= 0x7f; // positive
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
     validity(&mut params, days);
     let cert = params.signed_by(&key, &issuer)?;
     let files = NodeFiles { cert: out.join(NODE_CERT), key: out.join(NODE_KEY), ca: out.join(NODE_CA) };
@@ -123,6 +156,64 @@ pub fn issue(ca_dir: &Path, name: &str, days: i64, out: &Path) -> Result<NodeFil
     tls::write_new_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
     tls::write_new_file(&files.ca, ca_pem.as_bytes(), 0o644)?;
     Ok(files)
+}
+
+/// Adds the node certificate `cert` to the CA's revocation list and rewrites `ca_dir/crl.pem`
+/// (signed by the CA). Peers configured with that CRL (`crl = ...`) refuse the certificate at
+/// the handshake. Returns the CRL's path and the revoked serial (hex).
+pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| CaError::Tls(TlsError::Io { path: path.to_owned(), source }))
+    };
+    let der = tls::load_certs(cert)?.into_iter().next().ok_or_else(|| CaError::NoSerial(cert.to_owned()))?;
+    let serial_hex = match x509_parser::parse_x509_certificate(&der) {
+        Ok((_, parsed)) => tls::to_hex(parsed.raw_serial()),
+        Err(_) => return Err(CaError::NoSerial(cert.to_owned())),
+    };
+    let list_path = ca_dir.join(REVOKED);
+    let mut serials: Vec<String> = match std::fs::read_to_string(&list_path) {
+        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(CaError::Tls(TlsError::Io { path: list_path, source })),
+    };
+    if !serials.contains(&serial_hex) {
+        serials.push(serial_hex.clone());
+    }
+    let ca_pem = read(&ca_dir.join(CA_CERT))?;
+    let ca_key_pem = Zeroizing::new(read(&ca_dir.join(CA_KEY))?);
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut revoked_certs = Vec::with_capacity(serials.len());
+    for hex in &serials {
+        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&bytes),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or(0).to_be_bytes();
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(CRL_VALID_DAYS),
+        crl_number: SerialNumber::from_slice(&crl_number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    let crl_path = ca_dir.join(CRL);
+    // Replaced atomically: a temporary file renamed over the old list and CRL.
+    let write = |path: &Path, bytes: &[u8]| -> Result<(), CaError> {
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        tls::write_new_file(&tmp, bytes, 0o644)?;
+        std::fs::rename(&tmp, path).map_err(|source| CaError::Tls(TlsError::Io { path: path.to_owned(), source }))
+    };
+    write(&list_path, (serials.join("\n") + "\n").as_bytes())?;
+    write(&crl_path, crl.pem()?.as_bytes())?;
+    Ok((crl_path, serial_hex))
 }
 
 #[cfg(test)]
@@ -140,11 +231,11 @@ mod tests {
         assert_eq!(mode(&ca.join(CA_KEY)), 0o600);
         assert_eq!(mode(&ca), 0o700);
         assert!(init(&ca).is_err(), "an existing CA is never replaced");
-        let files = issue(&ca, "web-1", 30, &dir.path().join("web-1")).unwrap();
+        let files = issue(&ca, "web-1", NodeRole::Web, 30, &dir.path().join("web-1")).unwrap();
         assert_eq!(mode(&files.key), 0o600);
-        assert!(issue(&ca, "web-1", 30, &dir.path().join("web-1")).is_err());
-        assert!(matches!(issue(&ca, "Web 1", 30, &dir.path().join("x")), Err(CaError::BadName(_))));
-        assert!(matches!(issue(&ca, "web-2", 0, &dir.path().join("y")), Err(CaError::BadValidity)));
+        assert!(issue(&ca, "web-1", NodeRole::Web, 30, &dir.path().join("web-1")).is_err());
+        assert!(matches!(issue(&ca, "Web 1", NodeRole::Web, 30, &dir.path().join("x")), Err(CaError::BadName(_))));
+        assert!(matches!(issue(&ca, "web-2", NodeRole::Web, 0, &dir.path().join("y")), Err(CaError::BadValidity)));
     }
 
     #[test]

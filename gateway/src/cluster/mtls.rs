@@ -2,16 +2,20 @@
 //! node's pair, the peer's certificate names, and the allow-list of names a peer may have.
 //!
 //! Both sides verify the other's chain against the cluster CA only (expiry included, by
-//! webpki). A controller additionally checks the client's DNS names against its
-//! `allowed_peers` patterns; a web node checks that the controller's certificate is valid for
-//! the node name it was configured with.
+//! webpki), and its role: a node certificate carries one extended key usage (`cluster cert
+//! issue --role`), so a web node's certificate (clientAuth) cannot serve as a controller and a
+//! controller's (serverAuth) cannot call one. With `crl` set, a certificate the CA revoked
+//! (`cluster cert revoke`) is refused at the handshake. A controller additionally checks the
+//! client's DNS names against its `allowed_peers` patterns; a web node checks that the
+//! controller's certificate is valid for the node name it was configured with.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::CertificateDer;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, pem::PemObject as _};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,6 +34,8 @@ pub struct NodeTls {
     pub cert: std::path::PathBuf,
     /// This node's key (PEM, 0600).
     pub key: std::path::PathBuf,
+    /// The cluster CA's revocation list (PEM, from `cluster cert revoke`), if any.
+    pub crl: Option<std::path::PathBuf>,
 }
 
 /// A cluster TLS configuration could not be built.
@@ -41,9 +47,24 @@ pub enum MtlsError {
     /// The CA certificate cannot be a trust anchor.
     #[error("{0}: not a usable CA certificate: {1}")]
     BadCa(std::path::PathBuf, rustls::Error),
-    /// The client verifier could not be built.
-    #[error("client certificate verifier: {0}")]
+    /// A certificate verifier could not be built (e.g. a CRL not signed by the CA).
+    #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The CRL file is unreadable or holds no CRL.
+    #[error("{0}: not a PEM certificate revocation list")]
+    BadCrl(std::path::PathBuf),
+}
+
+fn crls(files: &NodeTls) -> Result<Vec<CertificateRevocationListDer<'static>>, MtlsError> {
+    let Some(path) = &files.crl else { return Ok(Vec::new()) };
+    let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|_| MtlsError::BadCrl(path.clone()))?
+        .collect::<Result<_, _>>()
+        .map_err(|_| MtlsError::BadCrl(path.clone()))?;
+    if crls.is_empty() {
+        return Err(MtlsError::BadCrl(path.clone()));
+    }
+    Ok(crls)
 }
 
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, MtlsError> {
@@ -56,7 +77,10 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, MtlsError> {
 
 /// The controller's side: TLS 1.3 only, a client certificate from the cluster CA required.
 pub fn server_config(files: &NodeTls) -> Result<ServerConfig, MtlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, tls::provider()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, tls::provider())
+        .with_crls(crls(files)?)
+        .only_check_end_entity_revocation()
+        .build()?;
     let mut config = ServerConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::from)?
@@ -70,11 +94,14 @@ pub fn server_config(files: &NodeTls) -> Result<ServerConfig, MtlsError> {
 /// A web node's (or the operator's) side: TLS 1.3, the controller verified against the
 /// cluster CA, this node's certificate presented.
 pub fn client_config(files: &NodeTls) -> Result<ClientConfig, MtlsError> {
-    let roots = Arc::unwrap_or_clone(roots(&files.ca)?);
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, tls::provider())
+        .with_crls(crls(files)?)
+        .only_check_end_entity_revocation()
+        .build()?;
     let mut config = ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::from)?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(tls::load_certs(&files.cert)?, tls::load_key(&files.key)?)
         .map_err(TlsError::from)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -217,5 +244,95 @@ mod tests {
         let names = vec!["x".to_owned(), "web-3".to_owned()];
         assert_eq!(allowed_name(&names, &[p("web-*")]), Some("web-3"));
         assert_eq!(allowed_name(&names, &[p("gw-*")]), None);
+    }
+}
+
+#[cfg(test)]
+mod role_tests {
+    //! Handshakes in memory between the real configurations: roles and revocation hold.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::path::Path;
+
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConnection, ServerConnection};
+
+    use super::{NodeTls, client_config, server_config};
+    use crate::cluster::ca::{self, NodeRole};
+
+    fn node(ca_dir: &Path, dir: &Path, name: &str, role: NodeRole) -> NodeTls {
+        let files = ca::issue(ca_dir, name, role, 30, &dir.join(name)).unwrap();
+        NodeTls { ca: files.ca, cert: files.cert, key: files.key, crl: None }
+    }
+
+    /// Runs a TLS 1.3 handshake between `client` (calling `server_name`) and `server`; true
+    /// when both sides complete it.
+    fn handshake(client: &NodeTls, server: &NodeTls, server_name: &str) -> bool {
+        let mut c = ClientConnection::new(
+            std::sync::Arc::new(client_config(client).unwrap()),
+            ServerName::try_from(server_name.to_owned()).unwrap(),
+        )
+        .unwrap();
+        let mut s = ServerConnection::new(std::sync::Arc::new(server_config(server).unwrap())).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut buf.as_slice()).unwrap();
+                if s.process_new_packets().is_err() {
+                    return false;
+                }
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut buf.as_slice()).unwrap();
+                if c.process_new_packets().is_err() {
+                    return false;
+                }
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                // The server's verdict on the client certificate arrives with its next flight.
+                let mut buf = Vec::new();
+                while c.wants_write() {
+                    c.write_tls(&mut buf).unwrap();
+                }
+                if !buf.is_empty() {
+                    s.read_tls(&mut buf.as_slice()).unwrap();
+                    if s.process_new_packets().is_err() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn each_certificate_works_only_in_its_role_and_revoked_ones_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        ca::init(&ca_dir).unwrap();
+        let gw = node(&ca_dir, dir.path(), "gw-a", NodeRole::Controller);
+        let web = node(&ca_dir, dir.path(), "web-1", NodeRole::Web);
+        let gw2 = node(&ca_dir, dir.path(), "gw-b", NodeRole::Controller);
+        let web2 = node(&ca_dir, dir.path(), "web-2", NodeRole::Web);
+        assert!(handshake(&web, &gw, "gw-a"), "a web node calls a controller");
+        assert!(!handshake(&web, &web2, "web-2"), "a web certificate cannot serve as a controller");
+        assert!(!handshake(&gw2, &gw, "gw-a"), "a controller certificate cannot call as a web node");
+
+        let (crl, serial) = ca::revoke(&ca_dir, &web2.cert).unwrap();
+        assert_eq!(serial.len(), 32, "a 16-byte serial: {serial}");
+        let (crl_again, _) = ca::revoke(&ca_dir, &gw2.cert).unwrap();
+        assert_eq!(crl, crl_again);
+        let with_crl = |n: &NodeTls| NodeTls { crl: Some(crl.clone()), ..n.clone() };
+        assert!(handshake(&with_crl(&web), &with_crl(&gw), "gw-a"), "unrevoked pairs still work with the CRL");
+        assert!(!handshake(&web2, &with_crl(&gw), "gw-a"), "a revoked web certificate is refused by the controller");
+        assert!(!handshake(&with_crl(&web), &gw2, "gw-b"), "a revoked controller certificate is refused by the web node");
+        assert!(handshake(&web2, &gw, "gw-a"), "without the CRL the same pair would pass (the CRL is what refuses it)");
     }
 }
