@@ -332,13 +332,7 @@ async fn kept_alive(
     tls_config: &Arc<rustls::ClientConfig>,
 ) -> Result<KeptAlive> {
     let connect = async {
-        let socket = if source.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }?;
-        socket.bind(SocketAddr::new(source, 0))?;
-        let tcp = socket.connect(target).await?;
+        let tcp = xdpgate_tests::connect_from(source, target).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
         let tls = tokio_rustls::TlsConnector::from(tls_config.clone())

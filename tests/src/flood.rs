@@ -172,6 +172,13 @@ async fn flood(
     while slots.join_next().await.is_some() {}
 }
 
+/// A TCP connection to `target` from the local address `source`.
+pub async fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
 /// One connection's life; returns when the server closed it or the flood stops.
 async fn slot(
     kind: Kind,
@@ -182,16 +189,7 @@ async fn slot(
     deadline: Instant,
     counters: &Counters,
 ) {
-    let connect = async {
-        let socket = if source.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }?;
-        socket.bind(SocketAddr::new(source, 0))?;
-        socket.connect(target).await
-    };
-    let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+    let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(5), connect_from(source, target)).await else {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -32,7 +32,7 @@ mod veth;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use flood::{Flood, FloodReport, FloodSpec};
+pub use flood::{Flood, FloodReport, FloodSpec, connect_from};
 pub use gateway::{Gateway, start_web_node};
 pub use netns::{NetNs, in_netns};
 pub use process::{Proc, wait_for};

@@ -264,6 +264,21 @@ mod role_tests {
         NodeTls { ca: files.ca, cert: files.cert, key: files.key, crl: None }
     }
 
+    /// Moves what `from` has to send into `to`; false when `to` refuses it.
+    fn pump(from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>, to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>) -> bool {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            to.read_tls(&mut buf.as_slice()).unwrap();
+            if to.process_new_packets().is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Runs a TLS 1.3 handshake between `client` (calling `server_name`) and `server`; true
     /// when both sides complete it.
     fn handshake(client: &NodeTls, server: &NodeTls, server_name: &str) -> bool {
@@ -274,39 +289,12 @@ mod role_tests {
         .unwrap();
         let mut s = ServerConnection::new(std::sync::Arc::new(server_config(server).unwrap())).unwrap();
         for _ in 0..10 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                s.read_tls(&mut buf.as_slice()).unwrap();
-                if s.process_new_packets().is_err() {
-                    return false;
-                }
-            }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                c.read_tls(&mut buf.as_slice()).unwrap();
-                if c.process_new_packets().is_err() {
-                    return false;
-                }
+            if !pump(&mut c, &mut s) || !pump(&mut s, &mut c) {
+                return false;
             }
             if !c.is_handshaking() && !s.is_handshaking() {
                 // The server's verdict on the client certificate arrives with its next flight.
-                let mut buf = Vec::new();
-                while c.wants_write() {
-                    c.write_tls(&mut buf).unwrap();
-                }
-                if !buf.is_empty() {
-                    s.read_tls(&mut buf.as_slice()).unwrap();
-                    if s.process_new_packets().is_err() {
-                        return false;
-                    }
-                }
-                return true;
+                return pump(&mut c, &mut s);
             }
         }
         false
