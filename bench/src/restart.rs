@@ -25,6 +25,24 @@ use crate::{Opts, progress, report::Report};
 
 const SUBNET: u8 = 232;
 
+/// `count` openings of server 1 (10.100.0.0 upwards), each held by one `bench` holder for an
+/// hour (a day at most), as the restart and sweep parts preload them.
+pub fn bench_openings(count: u32) -> Vec<OpeningRecord> {
+    let now = boot_ms();
+    (0..count)
+        .map(|i| {
+            let id = OpeningId { server_id: 1, addr: IpAddr::V4(Ipv4Addr::from(0x0a64_0000 + i)) };
+            OpeningRecord::new(id, 3_600_000, Holder {
+                id: format!("bench-{i}"),
+                origin: "bench".into(),
+                granted_ms: now,
+                connect_until_ms: now + 3_600_000,
+                deadline_ms: now + 86_400_000,
+            })
+        })
+        .collect()
+}
+
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     if std::env::var_os("XDPGATE_BIN").is_none() {
         report.note("restart", "not run: XDPGATE_BIN is not set (cargo xtask bench sets it)");
@@ -45,19 +63,7 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let started = Instant::now();
     {
         let store = Store::open(&gw.dir().join("state")).context("opening the controller's redb")?;
-        let now = boot_ms();
-        let records: Vec<OpeningRecord> = (0..count)
-            .map(|i| {
-                let id = OpeningId { server_id: 1, addr: IpAddr::V4(Ipv4Addr::from(0x0a64_0000 + i)) };
-                OpeningRecord::new(id, 3_600_000, Holder {
-                    id: format!("bench-{i}"),
-                    origin: "bench".into(),
-                    granted_ms: now,
-                    connect_until_ms: now + 3_600_000,
-                    deadline_ms: now + 86_400_000,
-                })
-            })
-            .collect();
+        let records = bench_openings(count);
         let refs: Vec<&OpeningRecord> = records.iter().collect();
         store.save_openings(&refs, &[]).context("saving openings")?;
     }

@@ -15,10 +15,9 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use xdpgate::{
-    clock::boot_ms,
     config::Config,
     gate::{GateMaps, loader, spawn_owner},
-    openings::{Holder, OpeningId, OpeningRecord, Openings},
+    openings::Openings,
     store::Store,
 };
 
@@ -41,19 +40,7 @@ fn measure(report: &mut Report, dir: &Path, count: u32, grants: usize) -> Result
     let config = Config::parse(CONFIG, Path::new("bench.toml")).map_err(|e| anyhow!("{e}"))?;
     let server = config.servers.first().cloned().ok_or_else(|| anyhow!("no server"))?;
     let store = Arc::new(Store::open(dir).context("opening redb")?);
-    let now = boot_ms();
-    let records: Vec<OpeningRecord> = (0..count)
-        .map(|i| {
-            let id = OpeningId { server_id: 1, addr: IpAddr::V4(Ipv4Addr::from(0x0a64_0000 + i)) };
-            OpeningRecord::new(id, 3_600_000, Holder {
-                id: format!("bench-{i}"),
-                origin: "bench".into(),
-                granted_ms: now,
-                connect_until_ms: now + 3_600_000,
-                deadline_ms: now + 86_400_000,
-            })
-        })
-        .collect();
+    let records = crate::restart::bench_openings(count);
     store.save_openings(&records.iter().collect::<Vec<_>>(), &[]).context("saving openings")?;
     let mut ebpf = loader::load_unpinned(262_144).context("loading the maps")?;
     let gate = spawn_owner(GateMaps::take(&mut ebpf)?)?;
