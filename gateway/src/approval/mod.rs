@@ -57,7 +57,7 @@ pub use rng::RngError;
 pub use state::{
     ApprovalState, ClientRecord, MemoryState, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
 };
-pub use validate::{ApprovedRequest, DEFAULT_TIMESTAMP_WINDOW_SECS, ValidationConfig, validate};
+pub use validate::{ApprovedRequest, DEFAULT_TIMESTAMP_WINDOW_SECS, ValidationConfig, precheck, validate};
 pub use wire::{
     ApprovalRequest, ApprovalResponse, BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, ErrorBody, HMAC_LEN,
     MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES, NONCE_LEN, parse_request, parse_response,

@@ -105,6 +105,20 @@ impl std::fmt::Debug for SharedBox {
     }
 }
 
+/// The stages of [`validate`] that cost at most one HMAC and change nothing: shape,
+/// timestamp, client, HMAC. A request that fails here fails [`validate`] with the same
+/// rejection; the controller runs this inline and hands only requests that pass to a
+/// blocking thread for the RSA and X25519 stages, so a garbage flood costs no thread hop.
+pub fn precheck<S: ApprovalState + ?Sized>(
+    request: &ApprovalRequest,
+    state: &S,
+    now_unix: u64,
+    config: &ValidationConfig,
+) -> Result<(), Rejection> {
+    let run = Run { state, request, now_unix, config, binding: None };
+    run.authenticate_cheaply().map(|_| ())
+}
+
 /// Validates a parsed request from `remote` at `now_unix`.
 ///
 /// Returns the approval, or a [`Rejection`] whose public code goes to the client and whose
@@ -184,9 +198,9 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         ResponseBinding::new(r.nonce, r.box_public_key, r.server.clone())
     }
 
-    /// Stages shape → timestamp → client → HMAC → request nonce. Nothing here costs more than
-    /// one HMAC, and the nonce store is only touched once the HMAC has verified.
-    fn authenticate(&mut self) -> Result<ClientRecord, Rejection> {
+    /// Stages shape → timestamp → client → HMAC: at most one HMAC, no side effect (the
+    /// binding is set by the caller once they pass).
+    fn authenticate_cheaply(&self) -> Result<ClientRecord, Rejection> {
         let r = self.request;
         self.stage(Stage::Shape, || r.check_shape())?;
         self.stage(Stage::Timestamp, || {
@@ -199,6 +213,14 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         })?;
         let client = self.stage(Stage::Client, || find_client(self.state, r))?;
         self.stage(Stage::Hmac, || check_hmac(&client, r))?;
+        Ok(client)
+    }
+
+    /// Stages shape → timestamp → client → HMAC → request nonce. Nothing here costs more than
+    /// one HMAC, and the nonce store is only touched once the HMAC has verified.
+    fn authenticate(&mut self) -> Result<ClientRecord, Rejection> {
+        let r = self.request;
+        let client = self.authenticate_cheaply()?;
         self.binding = Some(self.new_binding());
         self.stage(Stage::RequestNonce, || {
             self.record(NonceScope::Request, &r.nonce, Reason::RequestNonceReplayed)

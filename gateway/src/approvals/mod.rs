@@ -214,10 +214,15 @@ impl Approvals {
         // Read before validation: a revocation after this point refuses the grant
         // (see `Openings::revoke_origin_with`).
         let generation = self.openings.generation(&request.client_id);
+        let now = unix_secs();
+        // The stages up to the HMAC run here (one HMAC, no side effect): a request failing
+        // them, i.e. every garbage request, costs no hop to a blocking thread.
+        if let Err(rejection) = approval::precheck(&request, &*self.state, now, &self.validation) {
+            return self.unauthenticated(&origin, &request.client_id, &request.server, &rejection);
+        }
         let state = self.state.clone();
         let keys = self.box_keys.clone();
         let validation = self.validation;
-        let now = unix_secs();
         let decided = tokio::task::spawn_blocking(move || {
             let decided = approval::validate(&request, &*state, &keys, remote, now, &validation);
             (request, decided)
