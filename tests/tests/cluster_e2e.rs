@@ -131,24 +131,6 @@ port = {GUARDED}
     )
 }
 
-/// The text without ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 struct Lab {
     client: NetNs,
     links: Vec<VethLink>,
@@ -295,7 +277,8 @@ impl Lab {
     fn forwarding_us(&self) -> Vec<u64> {
         let mut all = Vec::new();
         for log in &self.web_logs {
-            for line in strip_ansi(&fs::read_to_string(log).unwrap_or_default()).lines().filter(|l| l.contains("forwarded")) {
+            // Plain text: logs carry no ANSI codes when stderr is not a terminal.
+            for line in fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("forwarded")) {
                 if let Some(v) = line.split("elapsed_us=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()) {
                     all.push(v);
                 }
