@@ -464,20 +464,23 @@ async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>)
         Ok(body) if reply.status == 200 => Ok(body.address.to_canonical()),
         Ok(_) | Err(_) => match serde_json::from_slice::<ErrorBody>(&reply.body) {
             // An error code (e.g. `shutdown`, `rate_limited`): an unauthenticated hint.
-            Ok(err) if reply.status != 200 => Err(ClientCommandError::Refused {
-                status: reply.status,
-                code: err.error,
-                detail: err
-                    .message
-                    .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
-                    .unwrap_or_default(),
-            }),
+            Ok(err) if reply.status != 200 => Err(refused(reply.status, err)),
             _ => Err(ClientCommandError::BadAnswer {
                 status: reply.status,
                 detail: format!("{} did not answer with an address", approval::ADDRESS_PATH),
             }),
         },
     }
+}
+
+/// An unsealed error answer: a hint only. The server's message (e.g. a shutdown notice's),
+/// without control characters and at most 512 of them, goes after the code.
+fn refused(status: u16, err: ErrorBody) -> ClientCommandError {
+    let detail = err
+        .message
+        .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
+        .unwrap_or_default();
+    ClientCommandError::Refused { status, code: err.error, detail }
 }
 
 /// What a non-approval answer means: a sealed denial that opens for this request is
@@ -499,14 +502,7 @@ fn refusal(
         };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(err) => ClientCommandError::Refused {
-            status,
-            code: err.error,
-            detail: err
-                .message
-                .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
-                .unwrap_or_default(),
-        },
+        Ok(err) => refused(status, err),
         Err(_) => ClientCommandError::BadAnswer { status, detail: sealed_err.to_string() },
     }
 }
