@@ -8,7 +8,11 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     let metadata = cargo_metadata_root()?;
     let ebpf_dir = format!("{metadata}/gateway-ebpf");
-    let package = Package { name: "gateway-ebpf", root_dir: &ebpf_dir, ..Default::default() };
+    let package = Package {
+        name: "gateway-ebpf",
+        root_dir: &ebpf_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::default())
         .context("building the XDP program failed; run `cargo xtask setup` first")
 }

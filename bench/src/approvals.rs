@@ -23,7 +23,9 @@ const CLIENT: &str = "bench-client";
 const SERVER: &str = "vpn-bench";
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
@@ -40,7 +42,12 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let fresh_state = || {
         let mut state = MemoryState::new();
         state.add_client(client_record.clone());
-        state.add_server_here(SERVER, ServerPolicy { address_policy: AddressPolicy::OpenAll });
+        state.add_server_here(
+            SERVER,
+            ServerPolicy {
+                address_policy: AddressPolicy::OpenAll,
+            },
+        );
         state.allow(CLIENT, SERVER);
         state
     };
@@ -60,18 +67,27 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
 
     let per_thread = if opts.quick { 4 } else { 48 };
     let total = per_thread * (cores + 1);
-    progress(&format!("approvals: signing {total} requests (RSA-4096) with a test client"));
+    progress(&format!(
+        "approvals: signing {total} requests (RSA-4096) with a test client"
+    ));
     let started = Instant::now();
     let mut bodies = Vec::with_capacity(total);
     for _ in 0..total {
         let (request, _pending) = build_request(&creds, &params, now_unix())?;
         bodies.push(request.to_json()?);
     }
-    progress(&format!("  signed in {:.1} s", started.elapsed().as_secs_f64()));
+    progress(&format!(
+        "  signed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
 
     // Each thread validates its own requests, pass after pass (a fresh state per pass), for
     // the time budget: one thread, then one per core.
-    let budget = if opts.quick { Duration::from_millis(150) } else { Duration::from_secs(1) };
+    let budget = if opts.quick {
+        Duration::from_millis(150)
+    } else {
+        Duration::from_secs(1)
+    };
     let run_threads = |threads: usize| -> Result<f64> {
         let started = Instant::now();
         let validated = std::thread::scope(|scope| -> Result<usize> {
@@ -86,9 +102,15 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
                         for _ in 0..10_000 {
                             let state = fresh_state();
                             for body in chunk {
-                                let request = parse_request(body).map_err(|r| anyhow::anyhow!("parse: {:?}", r.reason()))?;
+                                let request = parse_request(body)
+                                    .map_err(|r| anyhow::anyhow!("parse: {:?}", r.reason()))?;
                                 validate(&request, &state, keys, remote, now_unix(), &config)
-                                    .map_err(|r| anyhow::anyhow!("a valid request was rejected: {:?}", r.reason()))?;
+                                    .map_err(|r| {
+                                        anyhow::anyhow!(
+                                            "a valid request was rejected: {:?}",
+                                            r.reason()
+                                        )
+                                    })?;
                             }
                             validated += chunk.len();
                             if started.elapsed() >= budget {
@@ -101,20 +123,34 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
                 .collect();
             let mut n = 0;
             for h in handles {
-                n += h.join().map_err(|_| anyhow::anyhow!("a validation thread panicked"))??;
+                n += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a validation thread panicked"))??;
             }
             Ok(n)
         })?;
         Ok(validated as f64 / started.elapsed().as_secs_f64())
     };
     let per_core = run_threads(1)?;
-    progress(&format!("  crypto bound, one core: {per_core:.0} approvals/s"));
+    progress(&format!(
+        "  crypto bound, one core: {per_core:.0} approvals/s"
+    ));
     let all_cores = run_threads(cores)?;
-    progress(&format!("  crypto bound, {cores} cores: {all_cores:.0} approvals/s"));
+    progress(&format!(
+        "  crypto bound, {cores} cores: {all_cores:.0} approvals/s"
+    ));
     report.set("approvals.crypto_bound_per_sec", all_cores);
     report.set("approvals.crypto_bound_per_sec_per_core", per_core);
 
-    garbage(report, opts, &bodies[0], &state, &server_keys, remote, &config)?;
+    garbage(
+        report,
+        opts,
+        &bodies[0],
+        &state,
+        &server_keys,
+        remote,
+        &config,
+    )?;
     report.note("approvals", format!(
         "crypto_bound_per_sec: parse_request + validate of valid requests against an in-memory state on {cores} \
          threads, each on its own requests for the time budget (one RSA-4096 PSS verify + one X25519 box open each); \
@@ -131,10 +167,17 @@ fn garbage(
     remote: IpAddr,
     config: &ValidationConfig,
 ) -> Result<()> {
-    let mut request = parse_request(valid).map_err(|r| anyhow::anyhow!("parse: {:?}", r.reason()))?;
+    let mut request =
+        parse_request(valid).map_err(|r| anyhow::anyhow!("parse: {:?}", r.reason()))?;
     request.hmac[0] ^= 0x01;
-    let body = request.to_json().context("serialising the garbage request")?;
-    let budget = if opts.quick { Duration::from_millis(200) } else { Duration::from_secs(2) };
+    let body = request
+        .to_json()
+        .context("serialising the garbage request")?;
+    let budget = if opts.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    };
     let started = Instant::now();
     let mut rejected = 0u64;
     // Bounded in count (10M) and time (the budget, checked every 256).
@@ -150,7 +193,9 @@ fn garbage(
         }
     }
     let rate = rejected as f64 / started.elapsed().as_secs_f64();
-    progress(&format!("  garbage (wrong HMAC) rejected: {rate:.0}/s on one core"));
+    progress(&format!(
+        "  garbage (wrong HMAC) rejected: {rate:.0}/s on one core"
+    ));
     report.set("approvals.garbage_rejected_per_sec", rate);
     Ok(())
 }

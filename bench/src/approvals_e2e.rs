@@ -44,15 +44,25 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let gateway_ns = NetNs::new_unique("xbagw");
     let link = VethLink::new(&client, &gateway_ns, SUBNET);
     let _echo = UdpEcho::start(&gateway_ns, SocketAddr::new(IpAddr::V4(link.b.v4), GUARDED));
-    let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
+    let mut gateway =
+        Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
     gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));
     let added = gateway.cli(&["clients", "add", "bench", "--server", "vpn1"]);
-    let enroll_link = added.lines().find(|l| l.starts_with("https://")).context("no enrollment link")?;
+    let enroll_link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .context("no enrollment link")?;
     let profile_path = gateway.dir().join("bench.json");
     let bin = xdpgate_tests::xdpgate_bin();
     let out = client
         .command(&bin.display().to_string())
-        .args(["client", "enroll", enroll_link, "--profile", &profile_path.display().to_string()])
+        .args([
+            "client",
+            "enroll",
+            enroll_link,
+            "--profile",
+            &profile_path.display().to_string(),
+        ])
         .output()?;
     if !out.status.success() {
         bail!(
@@ -69,23 +79,37 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     progress(&format!("approvals e2e: signing {total} requests"));
     let bodies = crate::requests::sign_requests(&creds, &params, total)?;
     let endpoint = https::Endpoint::parse(&profile.web_endpoint)?;
-    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
+    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(
+        &profile.tls_anchor_pem,
+    )?)?);
 
     // Few clients show the latency-bound rate (each approval waits for its durable commit);
     // many show what group commit makes of it.
     let mut bodies = bodies;
     let mut best = 0.0f64;
     for (level, clients) in CONCURRENCY.iter().enumerate() {
-        let share = if level + 1 == CONCURRENCY.len() { bodies.len() } else { total / CONCURRENCY.len() };
+        let share = if level + 1 == CONCURRENCY.len() {
+            bodies.len()
+        } else {
+            total / CONCURRENCY.len()
+        };
         let batch: Vec<Vec<u8>> = bodies.drain(..share).collect();
         let count = batch.len();
-        progress(&format!("approvals e2e: {count} approvals over HTTPS, {clients} concurrent clients"));
-        let (elapsed, failures) = client.run(|| send_all(batch, *clients, &endpoint, &tls_config))?;
+        progress(&format!(
+            "approvals e2e: {count} approvals over HTTPS, {clients} concurrent clients"
+        ));
+        let (elapsed, failures) =
+            client.run(|| send_all(batch, *clients, &endpoint, &tls_config))?;
         if failures > 0 {
-            report.note(&format!("approvals.e2e_failures_{clients}"), format!("{failures} of {count} requests were not approved"));
+            report.note(
+                &format!("approvals.e2e_failures_{clients}"),
+                format!("{failures} of {count} requests were not approved"),
+            );
         }
         let per_sec = (count - failures) as f64 / elapsed.as_secs_f64();
-        progress(&format!("approvals e2e: {per_sec:.0} approvals/s with {clients} clients ({failures} failed)"));
+        progress(&format!(
+            "approvals e2e: {per_sec:.0} approvals/s with {clients} clients ({failures} failed)"
+        ));
         report.set(&format!("approvals.per_sec_{clients}_clients"), per_sec);
         best = best.max(per_sec);
     }
@@ -100,8 +124,19 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     );
 
     let samples = if opts.quick { 5 } else { 60 };
-    progress(&format!("approvals e2e: approval-to-open latency over {samples} approvals"));
-    let latencies = open_latencies(&client, &gateway, &link, &creds, &params, &endpoint, &tls_config, samples)?;
+    progress(&format!(
+        "approvals e2e: approval-to-open latency over {samples} approvals"
+    ));
+    let latencies = open_latencies(
+        &client,
+        &gateway,
+        &link,
+        &creds,
+        &params,
+        &endpoint,
+        &tls_config,
+        samples,
+    )?;
     let mut sorted = latencies;
     sorted.sort_by(f64::total_cmp);
     report.set("approvals.open_latency_p50_ms", percentile(&sorted, 0.5));
@@ -118,27 +153,39 @@ fn send_all(
     endpoint: &https::Endpoint,
     tls_config: &Arc<rustls::ClientConfig>,
 ) -> Result<(Duration, usize)> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let queue = Arc::new(tokio::sync::Mutex::new(bodies));
         let started = Instant::now();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..clients {
-            let (queue, endpoint, tls_config) = (queue.clone(), endpoint.clone(), tls_config.clone());
+            let (queue, endpoint, tls_config) =
+                (queue.clone(), endpoint.clone(), tls_config.clone());
             workers.spawn(async move {
                 let mut failures = 0usize;
                 let mut session = None;
                 loop {
-                    let Some(body) = queue.lock().await.pop() else { return failures };
+                    let Some(body) = queue.lock().await.pop() else {
+                        return failures;
+                    };
                     if session.is_none() {
-                        session = https::Session::open(&endpoint, tls_config.clone()).await.ok();
+                        session = https::Session::open(&endpoint, tls_config.clone())
+                            .await
+                            .ok();
                     }
                     let Some(open) = session.as_mut() else {
                         failures += 1;
                         continue;
                     };
                     let request = https::HttpsRequest::post_json("/v1/approvals", body);
-                    match tokio::time::timeout(Duration::from_secs(10), open.send(request, 64 * 1024)).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        open.send(request, 64 * 1024),
+                    )
+                    .await
+                    {
                         Ok(Ok(reply)) if reply.status == 200 => {}
                         Ok(Ok(_)) => failures += 1,
                         // A broken or timed-out connection is replaced for the next request.
@@ -175,14 +222,23 @@ fn open_latencies(
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         gateway.cli(&["openings", "revoke", "--ip", &link.a.v4.to_string()]);
-        let body = serde_json::to_vec(&build_request(creds, params, xdpgate::clock::unix_secs())?.0)?;
+        let body =
+            serde_json::to_vec(&build_request(creds, params, xdpgate::clock::unix_secs())?.0)?;
         let latency = client.run(|| -> Result<f64> {
             let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(link.a.v4), 0))?;
             socket.connect(target)?;
             socket.set_read_timeout(Some(Duration::from_micros(200)))?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let request = https::HttpsRequest::post_json("/v1/approvals", body);
-            let reply = runtime.block_on(https::send(endpoint, tls_config.clone(), request, Duration::from_secs(10), 64 * 1024))?;
+            let reply = runtime.block_on(https::send(
+                endpoint,
+                tls_config.clone(),
+                request,
+                Duration::from_secs(10),
+                64 * 1024,
+            ))?;
             if reply.status != 200 {
                 return Err(anyhow!("approval refused: {}", reply.status));
             }

@@ -17,11 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use xdpgate::{
-    approval::ClientProfile,
-    client::https,
-    tls,
-};
+use xdpgate::{approval::ClientProfile, client::https, tls};
 use xdpgate_tests::{Gateway, NetNs, Proc, VethLink, start_web_node, unique_name, xdpgate_bin};
 
 use crate::{Opts, percentile, progress, report::Report};
@@ -38,7 +34,6 @@ const WARM_UP: usize = CONCURRENCY;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the whole measured batch.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(180);
-
 
 /// A folder removed when dropped.
 struct TempDir(PathBuf);
@@ -57,15 +52,31 @@ fn xdpgate(ns: Option<&NetNs>, args: &[&str]) -> Result<String> {
         Some(ns) => ns.command("timeout"),
         None => Command::new("timeout"),
     };
-    let out = cmd.arg(&secs).arg(&bin).args(args).stdin(Stdio::null()).output().with_context(|| format!("running xdpgate {args:?}"))?;
+    let out = cmd
+        .arg(&secs)
+        .arg(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running xdpgate {args:?}"))?;
     if !out.status.success() {
-        bail!("xdpgate {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "xdpgate {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The gateway's sections: approvals pointing at the web node, the cluster API, one server.
-fn gateway_sections(dir: &Path, shared: &Path, listen: SocketAddr, web: SocketAddr, public: IpAddr) -> String {
+fn gateway_sections(
+    dir: &Path,
+    shared: &Path,
+    listen: SocketAddr,
+    web: SocketAddr,
+    public: IpAddr,
+) -> String {
     format!(
         "[approvals]\npublic_url = \"https://{web}\"\nweb_cert = {cert:?}\nfront_socket = {front:?}\nclient_approvals_per_minute = 0\n\n\
          [cluster]\nnode = \"gw-a\"\nlisten = \"{listen}\"\nca = {ca:?}\ncert = {ncert:?}\nkey = {nkey:?}\n\
@@ -100,7 +111,9 @@ fn web_config(shared: &Path, listen: SocketAddr, controller: SocketAddr) -> Resu
 
 /// Starts `xdpgate web` in `ns` (debug log to `log`) and waits until it accepts on `listen`.
 fn start_web(ns: &NetNs, config: &Path, listen: SocketAddr, log: &Path) -> Result<Proc> {
-    Ok(Proc(start_web_node(ns.name(), config, listen, log, STEP_TIMEOUT).map_err(anyhow::Error::msg)?))
+    Ok(Proc(
+        start_web_node(ns.name(), config, listen, log, STEP_TIMEOUT).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// The text without ANSI colour sequences (`ESC [ ... m`).
@@ -122,14 +135,27 @@ fn forwarded_us(log: &str) -> Vec<u64> {
     strip_ansi(log)
         .lines()
         .filter(|l| l.contains("forwarded") && l.contains("ok=true"))
-        .filter_map(|l| l.split("elapsed_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("elapsed_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
 /// Peak resident set size of process `pid` in MB (VmHWM).
 fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -146,8 +172,27 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let ca = dir.join("ca").display().to_string();
     xdpgate(None, &["cluster", "ca", "init", "--dir", &ca])?;
     for node in ["gw-a", "web-1"] {
-        let role = if node.starts_with("web") { "web" } else { "controller" };
-        xdpgate(None, &["cluster", "cert", "issue", "--ca", &ca, "--name", node, "--role", role, "--out", &dir.join(node).display().to_string()])?;
+        let role = if node.starts_with("web") {
+            "web"
+        } else {
+            "controller"
+        };
+        xdpgate(
+            None,
+            &[
+                "cluster",
+                "cert",
+                "issue",
+                "--ca",
+                &ca,
+                "--name",
+                node,
+                "--role",
+                role,
+                "--out",
+                &dir.join(node).display().to_string(),
+            ],
+        )?;
     }
     let web_addr = SocketAddr::new(IpAddr::V4(link.a.v4), WEB_PORT);
     let cluster_addr = SocketAddr::new(IpAddr::V4(link.b.v4), CLUSTER_PORT);
@@ -155,14 +200,30 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         gateway_sections(gdir, &dir, cluster_addr, web_addr, IpAddr::V4(link.b.v4))
     });
     let web_log = dir.join("web-1.log");
-    let web = start_web(&web_ns, &web_config(&dir, web_addr, cluster_addr)?, web_addr, &web_log)?;
+    let web = start_web(
+        &web_ns,
+        &web_config(&dir, web_addr, cluster_addr)?,
+        web_addr,
+        &web_log,
+    )?;
 
     // Enrollment goes through the web node too (the web node offers it to the controller).
     let added = gateway.cli(&["clients", "add", "bench", "--server", "vpn1"]);
-    let enroll_link = added.lines().find(|l| l.starts_with("https://")).context("no enrollment link")?;
+    let enroll_link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .context("no enrollment link")?;
     let profile_path = dir.join("bench.json").display().to_string();
-    xdpgate(Some(&web_ns), &["client", "enroll", enroll_link, "--profile", &profile_path]).map_err(|e| {
-        anyhow!("{e:#}\nweb log:\n{}\ncontroller log:\n{}", fs::read_to_string(&web_log).unwrap_or_default(), gateway.log())
+    xdpgate(
+        Some(&web_ns),
+        &["client", "enroll", enroll_link, "--profile", &profile_path],
+    )
+    .map_err(|e| {
+        anyhow!(
+            "{e:#}\nweb log:\n{}\ncontroller log:\n{}",
+            fs::read_to_string(&web_log).unwrap_or_default(),
+            gateway.log()
+        )
     })?;
     let profile = ClientProfile::from_json(&fs::read_to_string(&profile_path)?)?;
 
@@ -171,15 +232,25 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let mut bodies = sign(&profile, total + WARM_UP)?;
     let measured = bodies.split_off(WARM_UP);
     let endpoint = https::Endpoint::parse(&profile.web_endpoint)?;
-    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
+    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(
+        &profile.tls_anchor_pem,
+    )?)?);
 
-    progress(&format!("cluster: {total} approvals through the web node, {CONCURRENCY} kept-alive sessions"));
+    progress(&format!(
+        "cluster: {total} approvals through the web node, {CONCURRENCY} kept-alive sessions"
+    ));
     let (skip, failures, elapsed) = web_ns.run(|| -> Result<(usize, usize, Duration)> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let sessions = runtime.block_on(open_sessions(&endpoint, &tls_config))?;
         let (sessions, warm_failures) = runtime.block_on(send_all(sessions, bodies));
         if warm_failures > 0 {
-            bail!("{warm_failures} of {WARM_UP} warm-up approvals failed; web log:\n{}", fs::read_to_string(&web_log).unwrap_or_default());
+            bail!(
+                "{warm_failures} of {WARM_UP} warm-up approvals failed; web log:\n{}",
+                fs::read_to_string(&web_log).unwrap_or_default()
+            );
         }
         let skip = forwarded_us(&fs::read_to_string(&web_log)?).len();
         let started = Instant::now();
@@ -198,17 +269,26 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     }
     let mut samples = samples.split_off(skip.min(samples.len()));
     if samples.is_empty() {
-        bail!("no `forwarded` lines in the web node's log ({failures} of {total} failed):\n{}", fs::read_to_string(&web_log).unwrap_or_default());
+        bail!(
+            "no `forwarded` lines in the web node's log ({failures} of {total} failed):\n{}",
+            fs::read_to_string(&web_log).unwrap_or_default()
+        );
     }
     samples.sort_unstable();
-    let (p50, p99) = (percentile(&samples, 0.5) as f64 / 1000.0, percentile(&samples, 0.99) as f64 / 1000.0);
+    let (p50, p99) = (
+        percentile(&samples, 0.5) as f64 / 1000.0,
+        percentile(&samples, 0.99) as f64 / 1000.0,
+    );
     progress(&format!(
         "cluster: forward p50 {p50:.2} ms, p99 {p99:.2} ms over {} samples ({failures} failed, {:.1} s)",
         samples.len(),
         elapsed.as_secs_f64()
     ));
     if failures > 0 {
-        report.note("cluster.failures", format!("{failures} of {total} requests were not approved"));
+        report.note(
+            "cluster.failures",
+            format!("{failures} of {total} requests were not approved"),
+        );
     }
     report.set("cluster.forward_p50_ms", p50);
     report.set("cluster.forward_p99_ms", p99);
@@ -237,12 +317,18 @@ fn sign(profile: &ClientProfile, count: usize) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Opens the kept-alive sessions (from the calling thread's namespace).
-async fn open_sessions(endpoint: &https::Endpoint, tls_config: &Arc<rustls::ClientConfig>) -> Result<Vec<https::Session>> {
+async fn open_sessions(
+    endpoint: &https::Endpoint,
+    tls_config: &Arc<rustls::ClientConfig>,
+) -> Result<Vec<https::Session>> {
     let mut sessions = Vec::with_capacity(CONCURRENCY);
     for _ in 0..CONCURRENCY {
-        let session = tokio::time::timeout(Duration::from_secs(10), https::Session::open(endpoint, tls_config.clone()))
-            .await
-            .context("opening an HTTPS session timed out")??;
+        let session = tokio::time::timeout(
+            Duration::from_secs(10),
+            https::Session::open(endpoint, tls_config.clone()),
+        )
+        .await
+        .context("opening an HTTPS session timed out")??;
         sessions.push(session);
     }
     Ok(sessions)
@@ -252,7 +338,10 @@ async fn open_sessions(endpoint: &https::Endpoint, tls_config: &Arc<rustls::Clie
 /// in time and the whole batch by [`BATCH_TIMEOUT`]. Returns the sessions still usable and
 /// how many requests were not approved (a worker whose session breaks stops; the others take
 /// the rest of the queue).
-async fn send_all(sessions: Vec<https::Session>, bodies: Vec<Vec<u8>>) -> (Vec<https::Session>, usize) {
+async fn send_all(
+    sessions: Vec<https::Session>,
+    bodies: Vec<Vec<u8>>,
+) -> (Vec<https::Session>, usize) {
     let total = bodies.len();
     let deadline = Instant::now() + BATCH_TIMEOUT;
     let queue = Arc::new(std::sync::Mutex::new(bodies));
@@ -262,12 +351,19 @@ async fn send_all(sessions: Vec<https::Session>, bodies: Vec<Vec<u8>>) -> (Vec<h
         workers.spawn(async move {
             let mut approved = 0usize;
             loop {
-                let Some(body) = queue.lock().ok().and_then(|mut q| q.pop()) else { return (Some(session), approved) };
+                let Some(body) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                    return (Some(session), approved);
+                };
                 if Instant::now() > deadline {
                     return (Some(session), approved);
                 }
                 let request = https::HttpsRequest::post_json("/v1/approvals", body);
-                match tokio::time::timeout(Duration::from_secs(10), session.send(request, 64 * 1024)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    session.send(request, 64 * 1024),
+                )
+                .await
+                {
                     Ok(Ok(reply)) if reply.status == 200 => approved += 1,
                     Ok(Ok(_)) => {}
                     _ => return (None, approved),

@@ -48,7 +48,11 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> 
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(40 + payload.len());
     out.extend_from_slice(&[0x60, 0, 0, 0]);
-    out.extend_from_slice(&u16::try_from(payload.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(payload.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&[next_header, 64]);
     out.extend_from_slice(&src.octets());
     out.extend_from_slice(&dst.octets());
@@ -58,23 +62,50 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Ve
 
 /// A UDP frame over IPv4 with made-up MAC addresses.
 pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
-    udp_v4_mac([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], src, dst, dst_port)
+    udp_v4_mac(
+        [0x02, 0, 0, 0, 0, 1],
+        [0x02, 0, 0, 0, 0, 2],
+        src,
+        dst,
+        dst_port,
+    )
 }
 
 /// A UDP frame over IPv4 between the given MAC addresses.
-pub fn udp_v4_mac(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
-    ethernet(dst_mac, src_mac, 0x0800, &ipv4(src, dst, 17, &udp(dst_port, 18)))
+pub fn udp_v4_mac(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dst_port: u16,
+) -> Vec<u8> {
+    ethernet(
+        dst_mac,
+        src_mac,
+        0x0800,
+        &ipv4(src, dst, 17, &udp(dst_port, 18)),
+    )
 }
 
 /// A UDP frame over IPv6 with made-up MAC addresses.
 pub fn udp_v6(src: Ipv6Addr, dst: Ipv6Addr, dst_port: u16) -> Vec<u8> {
-    ethernet([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], 0x86dd, &ipv6(src, dst, 17, &udp(dst_port, 18)))
+    ethernet(
+        [0x02, 0, 0, 0, 0, 1],
+        [0x02, 0, 0, 0, 0, 2],
+        0x86dd,
+        &ipv6(src, dst, 17, &udp(dst_port, 18)),
+    )
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)])))
+        .map(|pair| {
+            u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]))
+        })
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

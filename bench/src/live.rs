@@ -31,11 +31,19 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{PROTO_UDP, ServiceKey, ServiceValue};
-use nix::{sched::{CpuSet, sched_setaffinity}, unistd::Pid};
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    unistd::Pid,
+};
 use xdpgate::gate::{GateMaps, KernelService, loader};
 use xdpgate_tests::{NetNs, VethLink};
 
-use crate::{Opts, frames, program::median, progress, report::{Bar, Report}};
+use crate::{
+    Opts, frames,
+    program::median,
+    progress,
+    report::{Bar, Report},
+};
 
 const PORT: u16 = 1194;
 const SUBNET: u8 = 231;
@@ -60,7 +68,13 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 5] = [Case::Floor, Case::Xdp, Case::Nft, Case::IptablesIpset, Case::Baseline];
+    const ALL: [Case; 5] = [
+        Case::Floor,
+        Case::Xdp,
+        Case::Nft,
+        Case::IptablesIpset,
+        Case::Baseline,
+    ];
     fn key(self) -> &'static str {
         match self {
             Case::Floor => "floor",
@@ -126,37 +140,76 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let frame = frames::udp_v4_mac(b_mac, a_mac, link.a.v4, link.b.v4, PORT);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cores - 1;
-    let mut bed = Bed { tx, rx, link, frame, cpu, rx_cpu: None, generator: TRAFFICGEN, allowed: vec![ALLOWED] };
+    let mut bed = Bed {
+        tx,
+        rx,
+        link,
+        frame,
+        cpu,
+        rx_cpu: None,
+        generator: TRAFFICGEN,
+        allowed: vec![ALLOWED],
+    };
 
     // Capacity for the largest full set of the random-source ladder.
-    let mut ebpf = loader::load_unpinned(if opts.quick { 2_048 } else { 1_001_024 }).context("loading the gate")?;
+    let mut ebpf = loader::load_unpinned(if opts.quick { 2_048 } else { 1_001_024 })
+        .context("loading the gate")?;
     for name in [TRAFFICGEN, TRAFFICGEN_RANDOM, PASS, DROP] {
-        xdp(&mut ebpf, name)?.load().with_context(|| format!("loading {name}"))?;
+        xdp(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
     }
     let a_ifindex = bed.link.a.ifindex();
-    let mut target: Array<_, u32> = Array::try_from(ebpf.map_mut("TRAFFICGEN_TARGET").ok_or_else(|| anyhow!("no TRAFFICGEN_TARGET map"))?)?;
+    let mut target: Array<_, u32> = Array::try_from(
+        ebpf.map_mut("TRAFFICGEN_TARGET")
+            .ok_or_else(|| anyhow!("no TRAFFICGEN_TARGET map"))?,
+    )?;
     target.set(0, a_ifindex, 0)?;
     let mut maps = GateMaps::take(&mut ebpf)?;
     maps.sync_services(&[KernelService {
         key: ServiceKey::v4(PROTO_UDP, PORT, [0; 4]),
-        value: ServiceValue { server_id: 1, stats_index: 0 },
+        value: ServiceValue {
+            server_id: 1,
+            stats_index: 0,
+        },
     }])?;
-    maps.put_opening(1, ALLOWED.into(), gateway_common::Opening { expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000, last_seen_ns: 0 })?;
+    maps.put_opening(
+        1,
+        ALLOWED.into(),
+        gateway_common::Opening {
+            expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000,
+            last_seen_ns: 0,
+        },
+    )?;
 
     // The one-core ladder (`live.*`), then, with two cores or more, the receiver on a core of
     // its own (threaded NAPI, pinned; `live.own_core.*`).
-    let modes: Vec<Option<usize>> = if cores >= 2 { vec![None, Some(0)] } else { vec![None] };
+    let modes: Vec<Option<usize>> = if cores >= 2 {
+        vec![None, Some(0)]
+    } else {
+        vec![None]
+    };
     for rx_cpu in modes {
         bed.rx_cpu = rx_cpu;
-        let prefix = if rx_cpu.is_some() { "live.own_core" } else { "live" };
+        let prefix = if rx_cpu.is_some() {
+            "live.own_core"
+        } else {
+            "live"
+        };
         match rx_cpu {
             Some(rx) => progress(&format!(
                 "live, own core: generator on CPU {}, receiver (threaded NAPI) on CPU {rx}, {trials} trial(s) of {:.1} s per case",
-                bed.cpu, budget.as_secs_f64()
+                bed.cpu,
+                budget.as_secs_f64()
             )),
             None => progress(&format!(
                 "live: veth {} -> {} (namespaces {} -> {}), generator and receiver on CPU {}, {trials} trial(s) of {:.1} s per case",
-                bed.link.a.ifname, bed.link.b.ifname, bed.link.a.ns, bed.link.b.ns, bed.cpu, budget.as_secs_f64()
+                bed.link.a.ifname,
+                bed.link.b.ifname,
+                bed.link.a.ns,
+                bed.link.b.ns,
+                bed.cpu,
+                budget.as_secs_f64()
             )),
         }
         let results = ladder(&mut ebpf, &maps, &bed, budget, chunk, trials, report);
@@ -167,8 +220,15 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     // gate, the nftables set and the ipset each holding the same `size` addresses.
     bed.rx_cpu = None;
     bed.generator = TRAFFICGEN_RANDOM;
-    let sizes: &[u32] = if opts.quick { &[1_000] } else { &[100_000, 1_000_000] };
-    let opening = gateway_common::Opening { expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000, last_seen_ns: 0 };
+    let sizes: &[u32] = if opts.quick {
+        &[1_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
+    let opening = gateway_common::Opening {
+        expires_at_ns: xdpgate::clock::mono_ns() + 3_600_000_000_000,
+        last_seen_ns: 0,
+    };
     let mut filled = 0u32;
     for (n, &size) in sizes.iter().enumerate() {
         let started = Instant::now();
@@ -182,7 +242,11 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
             started.elapsed().as_secs_f64()
         ));
         let results = ladder(&mut ebpf, &maps, &bed, budget, chunk, trials, report);
-        let tag = if size % 1_000_000 == 0 { format!("{}m", size / 1_000_000) } else { format!("{}k", size / 1_000) };
+        let tag = if size % 1_000_000 == 0 {
+            format!("{}m", size / 1_000_000)
+        } else {
+            format!("{}k", size / 1_000)
+        };
         record(report, &results, &format!("live.random.{tag}"), false);
         if n + 1 == sizes.len() {
             record(report, &results, "live.random", false);
@@ -218,7 +282,9 @@ fn ladder(
             let link_id = {
                 let prog = xdp(ebpf, receiver)?;
                 let ifname = bed.link.b.ifname.clone();
-                bed.rx.run(|| prog.attach(&ifname, XdpMode::Driver)).with_context(|| format!("attaching {receiver} to {ifname} (native)"))?
+                bed.rx
+                    .run(|| prog.attach(&ifname, XdpMode::Driver))
+                    .with_context(|| format!("attaching {receiver} to {ifname} (native)"))?
             };
             let mut samples = Vec::new();
             let mut outcome = match bed.rx_cpu {
@@ -241,14 +307,22 @@ fn ladder(
             outcome?;
             let mut pps: Vec<f64> = samples.iter().map(|s| s.pps).collect();
             let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu_ns_per_packet).collect();
-            let delivered = samples.iter().map(|s| s.delivered).sum::<f64>() / samples.len().max(1) as f64;
-            Ok(Sample { pps: median(&mut pps), cpu_ns_per_packet: median(&mut cpu), delivered })
+            let delivered =
+                samples.iter().map(|s| s.delivered).sum::<f64>() / samples.len().max(1) as f64;
+            Ok(Sample {
+                pps: median(&mut pps),
+                cpu_ns_per_packet: median(&mut cpu),
+                delivered,
+            })
         })();
         match sample {
             Ok(s) => {
                 progress(&format!(
                     "  {:<30} {:>7.3} Mpps, {:>6.1} ns CPU/packet ({:.0}% of generated frames counted)",
-                    case.label(), s.pps / 1e6, s.cpu_ns_per_packet, s.delivered * 100.0
+                    case.label(),
+                    s.pps / 1e6,
+                    s.cpu_ns_per_packet,
+                    s.delivered * 100.0
                 ));
                 results.push((case, s));
             }
@@ -270,13 +344,23 @@ fn record(report: &mut Report, results: &[(Case, Sample)], prefix: &str, split: 
     let rx_cost = |s: Sample| floor.map(|f| s.cpu_ns_per_packet - f.cpu_ns_per_packet);
     for (case, s) in results {
         report.set(&format!("{prefix}.{}_pps", case.key()), s.pps);
-        report.set(&format!("{prefix}.{}_cpu_ns_per_packet", case.key()), s.cpu_ns_per_packet);
+        report.set(
+            &format!("{prefix}.{}_cpu_ns_per_packet", case.key()),
+            s.cpu_ns_per_packet,
+        );
         if let Some(rx) = rx_cost(*s) {
             report.set(&format!("{prefix}.{}_rx_ns_per_packet", case.key()), rx);
         }
         if prefix == "live" || prefix == "live.random" {
-            let label = if prefix == "live" { case.label().to_owned() } else { format!("{}, random sources, full set", case.label()) };
-            report.ladder_bars.push(Bar { label: label.clone(), value: s.pps });
+            let label = if prefix == "live" {
+                case.label().to_owned()
+            } else {
+                format!("{}, random sources, full set", case.label())
+            };
+            report.ladder_bars.push(Bar {
+                label: label.clone(),
+                value: s.pps,
+            });
             if let Some(rx) = rx_cost(*s) {
                 report.rx_bars.push(Bar { label, value: rx });
             }
@@ -289,7 +373,10 @@ fn record(report: &mut Report, results: &[(Case, Sample)], prefix: &str, split: 
                 if let (Some(xr), Some(or)) = (rx_cost(x), rx_cost(o))
                     && xr > 0.0
                 {
-                    report.set(&format!("{prefix}.rx_cost_{}_over_xdp", other.key()), or / xr);
+                    report.set(
+                        &format!("{prefix}.rx_cost_{}_over_xdp", other.key()),
+                        or / xr,
+                    );
                 }
             }
         }
@@ -330,7 +417,8 @@ fn pin_receiver(bed: &Bed, rx_cpu: usize) -> Result<()> {
     let mut set = CpuSet::new();
     set.set(rx_cpu)?;
     for pid in threads {
-        sched_setaffinity(Pid::from_raw(pid), &set).with_context(|| format!("pinning {prefix} ({pid}) to CPU {rx_cpu}"))?;
+        sched_setaffinity(Pid::from_raw(pid), &set)
+            .with_context(|| format!("pinning {prefix} ({pid}) to CPU {rx_cpu}"))?;
     }
     Ok(())
 }
@@ -342,35 +430,62 @@ fn unthread_receiver(bed: &Bed) -> Result<()> {
 
 fn set_threaded(bed: &Bed, on: bool) -> Result<()> {
     let ifname = &bed.link.b.ifname;
-    let out = bed.rx.try_exec(&["sh", "-c", &format!("echo {} > /sys/class/net/{ifname}/threaded", u8::from(on))]);
+    let out = bed.rx.try_exec(&[
+        "sh",
+        "-c",
+        &format!("echo {} > /sys/class/net/{ifname}/threaded", u8::from(on)),
+    ]);
     if !out.status.success() {
-        bail!("setting threaded NAPI on {ifname}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "setting threaded NAPI on {ifname}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
 
 /// Pids whose command name starts with `prefix`.
 fn kernel_threads_named(prefix: &str) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end().starts_with(prefix)))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
         .collect()
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("the object has no program {name}"))?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the object has no program {name}"))?;
     Ok(prog.try_into()?)
 }
 
 fn mac(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
     let text = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-    let bytes: Vec<u8> = text.trim().split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-    bytes.try_into().map_err(|_| anyhow!("bad MAC {text:?} for {ifname}"))
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    bytes
+        .try_into()
+        .map_err(|_| anyhow!("bad MAC {text:?} for {ifname}"))
 }
 
 /// Generates for `budget` (in chunks of `chunk` frames) and counts what the receiver dropped.
-fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Duration, chunk: u32) -> Result<Sample> {
+fn one_run(
+    ebpf: &mut Ebpf,
+    maps: &GateMaps,
+    case: Case,
+    bed: &Bed,
+    budget: Duration,
+    chunk: u32,
+) -> Result<Sample> {
     let before = counted(case, maps, bed)?;
     let frame = bed.frame.clone();
     let cpu = bed.cpu;
@@ -410,8 +525,16 @@ fn one_run(ebpf: &mut Ebpf, maps: &GateMaps, case: Case, bed: &Bed, budget: Dura
     }
     // Split mode charges the receiver's CPU to the packets it took; one-core mode charges the
     // shared CPU to every packet generated.
-    let per = if bed.rx_cpu.is_some() { got } else { sent as f64 };
-    Ok(Sample { pps: got / wall.as_secs_f64(), cpu_ns_per_packet: busy_ns / per, delivered: got / sent as f64 })
+    let per = if bed.rx_cpu.is_some() {
+        got
+    } else {
+        sent as f64
+    };
+    Ok(Sample {
+        pps: got / wall.as_secs_f64(),
+        cpu_ns_per_packet: busy_ns / per,
+        delivered: got / sent as f64,
+    })
 }
 
 /// The receiver's count of dropped (or, for the baseline, received) packets.
@@ -421,17 +544,32 @@ fn counted(case: Case, maps: &GateMaps, bed: &Bed) -> Result<u64> {
         Case::Floor => rx_xdp_drops(bed),
         Case::Nft => {
             let text = bed.rx.exec(&["nft", "list", "table", "netdev", NFT_TABLE]);
-            counter_after(&text, "counter packets ").ok_or_else(|| anyhow!("no counter in:\n{text}"))
+            counter_after(&text, "counter packets ")
+                .ok_or_else(|| anyhow!("no counter in:\n{text}"))
         }
         Case::IptablesIpset => {
-            let text = bed.rx.exec(&["iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"]);
+            let text = bed.rx.exec(&[
+                "iptables",
+                "-t",
+                "raw",
+                "-L",
+                "PREROUTING",
+                "-v",
+                "-x",
+                "-n",
+            ]);
             text.lines()
                 .find(|l| l.contains("match-set"))
                 .and_then(|l| l.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| anyhow!("no rule counter in:\n{text}"))
         }
-        Case::Baseline => bed.rx.snmp_counters().get("Ip:InReceives").copied().ok_or_else(|| anyhow!("no Ip:InReceives")),
+        Case::Baseline => bed
+            .rx
+            .snmp_counters()
+            .get("Ip:InReceives")
+            .copied()
+            .ok_or_else(|| anyhow!("no Ip:InReceives")),
     }
 }
 
@@ -459,9 +597,18 @@ fn cpu_busy_ns(cpu: usize) -> Result<f64> {
         .lines()
         .find(|l| l.starts_with(&format!("cpu{cpu} ")))
         .ok_or_else(|| anyhow!("cpu{cpu} not in /proc/stat"))?;
-    let fields: Vec<f64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: f64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(busy * 1e9 / hz.max(1.0))
@@ -487,7 +634,8 @@ impl<'a> Filter<'a> {
                     elements.join(", "),
                     bed.link.b.ifname
                 );
-                let path = std::env::temp_dir().join(format!("xdpgate-bench-{}.nft", std::process::id()));
+                let path =
+                    std::env::temp_dir().join(format!("xdpgate-bench-{}.nft", std::process::id()));
                 fs::write(&path, rules)?;
                 let out = bed.rx.try_exec(&["nft", "-f", &path.to_string_lossy()]);
                 let _ = fs::remove_file(&path);
@@ -497,13 +645,19 @@ impl<'a> Filter<'a> {
             }
             Case::IptablesIpset => {
                 let max = (bed.allowed.len() * 2).max(65_536);
-                let mut restore = format!("create {IPSET} hash:ip hashsize {} maxelem {max}\n", max.next_power_of_two() / 2);
+                let mut restore = format!(
+                    "create {IPSET} hash:ip hashsize {} maxelem {max}\n",
+                    max.next_power_of_two() / 2
+                );
                 for addr in &bed.allowed {
                     let _ = writeln!(restore, "add {IPSET} {addr}");
                 }
-                let path = std::env::temp_dir().join(format!("xdpgate-bench-{}.ipset", std::process::id()));
+                let path = std::env::temp_dir()
+                    .join(format!("xdpgate-bench-{}.ipset", std::process::id()));
                 fs::write(&path, restore)?;
-                let out = bed.rx.try_exec(&["sh", "-c", &format!("ipset restore < {}", path.display())]);
+                let out =
+                    bed.rx
+                        .try_exec(&["sh", "-c", &format!("ipset restore < {}", path.display())]);
                 let _ = fs::remove_file(&path);
                 if !out.status.success() {
                     bail!("ipset restore: {}", String::from_utf8_lossy(&out.stderr));
@@ -517,14 +671,35 @@ impl<'a> Filter<'a> {
 }
 
 fn iptables_rule(op: &str) -> Vec<&str> {
-    vec!["iptables", "-t", "raw", op, "PREROUTING", "-p", "udp", "--dport", "1194", "-m", "set", "!", "--match-set", IPSET, "src", "-j", "DROP"]
+    vec![
+        "iptables",
+        "-t",
+        "raw",
+        op,
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        "1194",
+        "-m",
+        "set",
+        "!",
+        "--match-set",
+        IPSET,
+        "src",
+        "-j",
+        "DROP",
+    ]
 }
 
 impl Drop for Filter<'_> {
     fn drop(&mut self) {
         match self.case {
             Case::Nft => {
-                let _ = self.bed.rx.try_exec(&["nft", "delete", "table", "netdev", NFT_TABLE]);
+                let _ = self
+                    .bed
+                    .rx
+                    .try_exec(&["nft", "delete", "table", "netdev", NFT_TABLE]);
             }
             Case::IptablesIpset => {
                 let _ = self.bed.rx.try_exec(&iptables_rule("-D"));

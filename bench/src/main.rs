@@ -81,10 +81,15 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
 fn main() -> ExitCode {
     let opts = Opts::parse();
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("xdpgate-bench needs root (BPF, network namespaces); run `cargo xtask bench` as root");
+        eprintln!(
+            "xdpgate-bench needs root (BPF, network namespaces); run `cargo xtask bench` as root"
+        );
         return ExitCode::FAILURE;
     }
-    progress(&format!("xdpgate bench{}", if opts.quick { " (--quick)" } else { "" }));
+    progress(&format!(
+        "xdpgate bench{}",
+        if opts.quick { " (--quick)" } else { "" }
+    ));
     let machine = Machine::probe();
     let mut report = Report::new();
     let parts: [(&str, Part); 8] = [
@@ -127,7 +132,10 @@ fn main() -> ExitCode {
     print!("{}", report.table(&machine));
     match report.write(&opts.out, &machine, opts.quick) {
         Ok(()) => {
-            println!("\nreport: {0}/report.json, {0}/report.svg", opts.out.display());
+            println!(
+                "\nreport: {0}/report.json, {0}/report.svg",
+                opts.out.display()
+            );
             if opts.fail_on_error && !failed_parts.is_empty() {
                 eprintln!("parts that did not complete: {}", failed_parts.join(", "));
                 return ExitCode::FAILURE;
@@ -143,7 +151,10 @@ fn main() -> ExitCode {
 
 /// Ratios between parts.
 fn derive(report: &mut Report) {
-    if let (Some(e2e), Some(bound)) = (report.get("approvals.per_sec"), report.get("approvals.crypto_bound_per_sec")) {
+    if let (Some(e2e), Some(bound)) = (
+        report.get("approvals.per_sec"),
+        report.get("approvals.crypto_bound_per_sec"),
+    ) {
         report.set("approvals.ratio", e2e / bound);
     }
 }

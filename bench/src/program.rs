@@ -137,7 +137,10 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
         let scale = i64::from(opts.prefilter_bits.max(1).ilog2()) - 3;
         let shift = variant.prefilter.then(|| {
             let base = i64::from(gateway_common::prefilter::shift_for(capacity));
-            let (min, max) = (gateway_common::prefilter::MIN_SHIFT, gateway_common::prefilter::MAX_SHIFT);
+            let (min, max) = (
+                gateway_common::prefilter::MIN_SHIFT,
+                gateway_common::prefilter::MAX_SHIFT,
+            );
             (base + scale).clamp(i64::from(min), i64::from(max)) as u32
         });
         let mut ebpf = loader::load_unpinned_with(capacity, shift).context("loading the gate")?;

@@ -16,7 +16,11 @@ pub fn vpn1_params() -> RequestParams {
 }
 
 /// `count` distinct requests of `creds` for `params`, timestamped now, as JSON bodies.
-pub fn sign_requests(creds: &ClientCredentials, params: &RequestParams, count: usize) -> Result<Vec<Vec<u8>>> {
+pub fn sign_requests(
+    creds: &ClientCredentials,
+    params: &RequestParams,
+    count: usize,
+) -> Result<Vec<Vec<u8>>> {
     let now = xdpgate::clock::unix_secs();
     let signers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| -> Result<Vec<Vec<u8>>> {
@@ -24,13 +28,19 @@ pub fn sign_requests(creds: &ClientCredentials, params: &RequestParams, count: u
             .map(|i| {
                 let share = count / signers + usize::from(i < count % signers);
                 scope.spawn(move || -> Result<Vec<Vec<u8>>> {
-                    (0..share).map(|_| Ok(serde_json::to_vec(&build_request(creds, params, now)?.0)?)).collect()
+                    (0..share)
+                        .map(|_| Ok(serde_json::to_vec(&build_request(creds, params, now)?.0)?))
+                        .collect()
                 })
             })
             .collect();
         let mut bodies = Vec::with_capacity(count);
         for handle in handles {
-            bodies.extend(handle.join().map_err(|_| anyhow!("a signing thread panicked"))??);
+            bodies.extend(
+                handle
+                    .join()
+                    .map_err(|_| anyhow!("a signing thread panicked"))??,
+            );
         }
         Ok(bodies)
     })

@@ -28,7 +28,11 @@ const CONFIG: &str = "[controller]\ninterfaces = [\"eth0\"]\nstate_dir = \"/none
     max_lifetime_secs = 86400\n\n[[server.service]]\nprotocol = \"udp\"\nport = 1194\n";
 
 pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
-    let (count, grants): (u32, usize) = if opts.quick { (5_000, 200) } else { (100_000, 2_000) };
+    let (count, grants): (u32, usize) = if opts.quick {
+        (5_000, 200)
+    } else {
+        (100_000, 2_000)
+    };
     let dir = std::env::temp_dir().join(format!("xdpgate-bench-sweep-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = measure(report, &dir, count, grants);
@@ -38,13 +42,22 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
 
 fn measure(report: &mut Report, dir: &Path, count: u32, grants: usize) -> Result<()> {
     let config = Config::parse(CONFIG, Path::new("bench.toml")).map_err(|e| anyhow!("{e}"))?;
-    let server = config.servers.first().cloned().ok_or_else(|| anyhow!("no server"))?;
+    let server = config
+        .servers
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no server"))?;
     let store = Arc::new(Store::open(dir).context("opening redb")?);
     let records = crate::restart::bench_openings(count);
-    store.save_openings(&records.iter().collect::<Vec<_>>(), &[]).context("saving openings")?;
+    store
+        .save_openings(&records.iter().collect::<Vec<_>>(), &[])
+        .context("saving openings")?;
     let mut ebpf = loader::load_unpinned(262_144).context("loading the maps")?;
     let gate = spawn_owner(GateMaps::take(&mut ebpf)?)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let openings = Arc::new(Openings::new(gate, store.clone()));
         openings.reconcile().await?;

@@ -14,7 +14,10 @@ impl Frame {
     /// The frame of an XDP context.
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self { start: ctx.data(), end: ctx.data_end() }
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 
     /// Frame length in bytes.

@@ -25,8 +25,18 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
             maps::count(counter);
             xdp_action::XDP_PASS
         }
-        Ok(parse::Target::V4 { proto, port, src, dst }) => gate::check_v4(proto, port, src, dst),
-        Ok(parse::Target::V6 { proto, port, src, dst }) => gate::check_v6(proto, port, &src, &dst),
+        Ok(parse::Target::V4 {
+            proto,
+            port,
+            src,
+            dst,
+        }) => gate::check_v4(proto, port, src, dst),
+        Ok(parse::Target::V6 {
+            proto,
+            port,
+            src,
+            dst,
+        }) => gate::check_v6(proto, port, &src, &dst),
         Err(counter) => {
             maps::count(counter);
             xdp_action::XDP_DROP

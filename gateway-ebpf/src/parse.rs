@@ -46,9 +46,19 @@ pub enum Target {
     /// Passed by policy, but worth counting.
     Noted(GlobalCounter),
     /// IPv4 TCP/UDP: check the destination port.
-    V4 { proto: u8, port: [u8; 2], src: [u8; 4], dst: [u8; 4] },
+    V4 {
+        proto: u8,
+        port: [u8; 2],
+        src: [u8; 4],
+        dst: [u8; 4],
+    },
     /// IPv6 TCP/UDP: check the destination port.
-    V6 { proto: u8, port: [u8; 2], src: [u8; 16], dst: [u8; 16] },
+    V6 {
+        proto: u8,
+        port: [u8; 2],
+        src: [u8; 16],
+        dst: [u8; 16],
+    },
 }
 
 /// Classifies a frame; `Err` names the counter of a frame that must be dropped.
@@ -95,7 +105,11 @@ fn l4_min_len(proto: u8) -> Option<usize> {
 /// Why a transport header is missing: a tiny first fragment or a plain truncation.
 #[inline(always)]
 fn missing_l4(first_fragment: bool) -> GlobalCounter {
-    if first_fragment { GlobalCounter::FragmentTiny } else { GlobalCounter::L4Truncated }
+    if first_fragment {
+        GlobalCounter::FragmentTiny
+    } else {
+        GlobalCounter::L4Truncated
+    }
 }
 
 #[inline(always)]
@@ -124,8 +138,15 @@ fn ipv4(frame: &Frame, l3: usize) -> Result<Target, GlobalCounter> {
     if total_len - header_len < need {
         return Err(missing_l4(first_fragment));
     }
-    let ports: Ports = frame.header(l3 + header_len).ok_or(GlobalCounter::L4Truncated)?;
-    Ok(Target::V4 { proto: ip.proto, port: ports.dst, src: ip.src, dst: ip.dst })
+    let ports: Ports = frame
+        .header(l3 + header_len)
+        .ok_or(GlobalCounter::L4Truncated)?;
+    Ok(Target::V4 {
+        proto: ip.proto,
+        port: ports.dst,
+        src: ip.src,
+        dst: ip.dst,
+    })
 }
 
 #[inline(always)]
@@ -187,5 +208,10 @@ fn ipv6(frame: &Frame, l3: usize) -> Result<Target, GlobalCounter> {
         return Err(missing_l4(first_fragment));
     }
     let ports: Ports = frame.header(offset).ok_or(GlobalCounter::L4Truncated)?;
-    Ok(Target::V6 { proto: next, port: ports.dst, src: ip.src, dst: ip.dst })
+    Ok(Target::V6 {
+        proto: next,
+        port: ports.dst,
+        src: ip.src,
+        dst: ip.dst,
+    })
 }

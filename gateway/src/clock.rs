@@ -22,7 +22,10 @@ pub fn boot_ms() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; both clocks always exist on Linux.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     debug_assert_eq!(rc, 0);
@@ -35,7 +38,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// nothing. Empty if it cannot be read (then every stored time is treated as another boot's).
 pub fn boot_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default())
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
 }
 
 /// Milliseconds since the Unix epoch.
@@ -65,24 +72,32 @@ pub struct ClockPair {
 impl ClockPair {
     /// Reads the clocks now.
     pub fn now() -> Self {
-        Self { unix_ms: unix_ms(), mono_ns: mono_ns(), boot_ms: boot_ms() }
+        Self {
+            unix_ms: unix_ms(),
+            mono_ns: mono_ns(),
+            boot_ms: boot_ms(),
+        }
     }
 
     /// The monotonic-clock instant matching a boot-clock instant (clamped at 0).
     pub fn boot_ms_to_mono_ns(&self, at_boot_ms: u64) -> u64 {
         if at_boot_ms >= self.boot_ms {
-            self.mono_ns.saturating_add((at_boot_ms - self.boot_ms).saturating_mul(1_000_000))
+            self.mono_ns
+                .saturating_add((at_boot_ms - self.boot_ms).saturating_mul(1_000_000))
         } else {
-            self.mono_ns.saturating_sub((self.boot_ms - at_boot_ms).saturating_mul(1_000_000))
+            self.mono_ns
+                .saturating_sub((self.boot_ms - at_boot_ms).saturating_mul(1_000_000))
         }
     }
 
     /// The boot-clock instant matching a monotonic-clock instant.
     pub fn mono_ns_to_boot_ms(&self, at_mono_ns: u64) -> u64 {
         if at_mono_ns >= self.mono_ns {
-            self.boot_ms.saturating_add((at_mono_ns - self.mono_ns) / 1_000_000)
+            self.boot_ms
+                .saturating_add((at_mono_ns - self.mono_ns) / 1_000_000)
         } else {
-            self.boot_ms.saturating_sub((self.mono_ns - at_mono_ns) / 1_000_000)
+            self.boot_ms
+                .saturating_sub((self.mono_ns - at_mono_ns) / 1_000_000)
         }
     }
 
@@ -112,7 +127,11 @@ mod tests {
 
     #[test]
     fn conversion_round_trips_both_ways() {
-        let pair = ClockPair { unix_ms: 1_700_000_000_000, mono_ns: 5_000_000_000, boot_ms: 9_000 };
+        let pair = ClockPair {
+            unix_ms: 1_700_000_000_000,
+            mono_ns: 5_000_000_000,
+            boot_ms: 9_000,
+        };
         assert_eq!(pair.boot_ms_to_mono_ns(10_500), 6_500_000_000);
         assert_eq!(pair.boot_ms_to_mono_ns(8_000), 4_000_000_000);
         assert_eq!(pair.boot_ms_to_mono_ns(0), 0, "clamps instead of wrapping");

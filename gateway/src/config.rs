@@ -511,8 +511,12 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// 4096 connections, 256 per IPv4 address or IPv6 /64 (room for a carrier-grade NAT).
-    pub const DEFAULT: Self =
-        Self { max_connections: 4096, max_per_source: 256, source_prefix_v4: 32, source_prefix_v6: 64 };
+    pub const DEFAULT: Self = Self {
+        max_connections: 4096,
+        max_per_source: 256,
+        source_prefix_v4: 32,
+        source_prefix_v6: 64,
+    };
 }
 
 impl Default for ConnectionLimits {
@@ -535,11 +539,15 @@ impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -555,11 +563,17 @@ impl std::str::FromStr for IpNet {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or network"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or network"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
         };
         Ok(Self { addr, prefix })
     }
@@ -678,8 +692,10 @@ pub struct ServiceConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -711,11 +727,15 @@ impl WebConfig {
     /// Reads the `[web]` section of a config file (other sections are checked for syntax
     /// only), for `xdpgate web` on a host without a controller.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let raw = parse_raw(&text, path)?;
         let validator = Validator { text: &text, path };
-        let web = raw.web.ok_or_else(|| validator.fail(0..0, "missing [web] section"))?;
+        let web = raw
+            .web
+            .ok_or_else(|| validator.fail(0..0, "missing [web] section"))?;
         validator.web(web)
     }
 }
@@ -727,15 +747,27 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn fail(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
-        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
-        ConfigError::Invalid { path: self.path.to_owned(), line, reason: reason.into() }
+        let line = self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            reason: reason.into(),
+        }
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let controller = raw.controller.ok_or_else(|| self.fail(0..0, "missing [controller] section"))?;
+        let controller = raw
+            .controller
+            .ok_or_else(|| self.fail(0..0, "missing [controller] section"))?;
         let interfaces = controller.interfaces.get_ref().clone();
         if interfaces.is_empty() {
-            return Err(self.fail(controller.interfaces.span(), "interfaces must name at least one"));
+            return Err(self.fail(
+                controller.interfaces.span(),
+                "interfaces must name at least one",
+            ));
         }
         for name in &interfaces {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
@@ -764,14 +796,23 @@ impl Validator<'_> {
             if server.idle_timeout < 2 * Duration::from_millis(sweep_ms) {
                 return Err(self.fail(
                     controller.sweep_interval_ms.span(),
-                    format!("sweep_interval_ms must be at most half of server {:?}'s idle timeout", server.name),
+                    format!(
+                        "sweep_interval_ms must be at most half of server {:?}'s idle timeout",
+                        server.name
+                    ),
                 ));
             }
         }
         let mut approvals = self.approvals(raw.approvals, &controller.state_dir)?;
         let web = raw.web.map(|web| self.web(web)).transpose()?;
-        let cluster = raw.cluster.map(|cluster| self.cluster(cluster)).transpose()?;
-        let notices = raw.notices.map(|notices| self.notices(notices)).transpose()?;
+        let cluster = raw
+            .cluster
+            .map(|cluster| self.cluster(cluster))
+            .transpose()?;
+        let notices = raw
+            .notices
+            .map(|notices| self.notices(notices))
+            .transpose()?;
         if let (None, Some(web)) = (&approvals.front_socket_user, &web) {
             // The web front configured here drops to this user; it must reach the socket.
             approvals.front_socket_user = Some(web.user.clone());
@@ -802,7 +843,9 @@ impl Validator<'_> {
             let name = server.name.get_ref();
             let name_ok = !name.is_empty()
                 && name.len() <= 64
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !name_ok {
                 return Err(self.fail(
                     server.name.span(),
@@ -810,7 +853,10 @@ impl Validator<'_> {
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(self.fail(server.name.span(), format!("duplicate server name {name:?}")));
+                return Err(self.fail(
+                    server.name.span(),
+                    format!("duplicate server name {name:?}"),
+                ));
             }
             let id = *server.id.get_ref();
             if id == 0 || id > u32::from(u16::MAX) {
@@ -825,7 +871,10 @@ impl Validator<'_> {
             let public_ipv4 = self.public_address(&server.public_ipv4, "IPv4")?;
             let public_ipv6 = self.public_address(&server.public_ipv6, "IPv6")?;
             if server.services.is_empty() {
-                return Err(self.fail(server.name.span(), "a server needs at least one [[server.service]]"));
+                return Err(self.fail(
+                    server.name.span(),
+                    "a server needs at least one [[server.service]]",
+                ));
             }
             let mut services = Vec::with_capacity(server.services.len());
             for service in server.services {
@@ -857,29 +906,77 @@ impl Validator<'_> {
         Ok(servers)
     }
 
-    fn approvals(&self, raw: RawApprovals, state_dir: &Path) -> Result<ApprovalsConfig, ConfigError> {
+    fn approvals(
+        &self,
+        raw: RawApprovals,
+        state_dir: &Path,
+    ) -> Result<ApprovalsConfig, ConfigError> {
         let passcode = self.passcode_rules(&raw)?;
-        let window = raw.timestamp_window_secs.map_or(Ok(defaults::TIMESTAMP_WINDOW_SECS), |w| {
-            let value = *w.get_ref();
-            if (10..=3600).contains(&value) { Ok(value) } else { Err(self.fail(w.span(), "timestamp_window_secs must be between 10 and 3600")) }
-        })?;
-        let retention = raw.audit_retention.map_or(Ok(defaults::AUDIT_RETENTION), |r| {
-            let value = *r.get_ref();
-            if (100..=10_000_000).contains(&value) { Ok(value) } else { Err(self.fail(r.span(), "audit_retention must be between 100 and 10000000")) }
-        })?;
-        let max_age_days = raw.audit_max_age_days.map_or(Ok(defaults::AUDIT_MAX_AGE_DAYS), |d| {
-            let value = *d.get_ref();
-            if (1..=36_500).contains(&value) { Ok(value) } else { Err(self.fail(d.span(), "audit_max_age_days must be between 1 and 36500")) }
-        })?;
-        let ttl = raw.enrollment_ttl_secs.map_or(Ok(defaults::ENROLLMENT_TTL_SECS), |t| {
-            let value = *t.get_ref();
-            if (60..=7 * 86_400).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "enrollment_ttl_secs must be between 60 and 604800")) }
-        })?;
-        let client_rate = raw.client_approvals_per_minute.map_or(Ok(defaults::CLIENT_APPROVALS_PER_MINUTE), |r| {
-            let value = *r.get_ref();
-            if value <= 100_000 { Ok(value) } else { Err(self.fail(r.span(), "client_approvals_per_minute must be at most 100000")) }
-        })?;
-        if let Some(url) = raw.public_url.as_ref().filter(|u| !u.get_ref().starts_with("https://")) {
+        let window =
+            raw.timestamp_window_secs
+                .map_or(Ok(defaults::TIMESTAMP_WINDOW_SECS), |w| {
+                    let value = *w.get_ref();
+                    if (10..=3600).contains(&value) {
+                        Ok(value)
+                    } else {
+                        Err(self.fail(
+                            w.span(),
+                            "timestamp_window_secs must be between 10 and 3600",
+                        ))
+                    }
+                })?;
+        let retention = raw
+            .audit_retention
+            .map_or(Ok(defaults::AUDIT_RETENTION), |r| {
+                let value = *r.get_ref();
+                if (100..=10_000_000).contains(&value) {
+                    Ok(value)
+                } else {
+                    Err(self.fail(r.span(), "audit_retention must be between 100 and 10000000"))
+                }
+            })?;
+        let max_age_days =
+            raw.audit_max_age_days
+                .map_or(Ok(defaults::AUDIT_MAX_AGE_DAYS), |d| {
+                    let value = *d.get_ref();
+                    if (1..=36_500).contains(&value) {
+                        Ok(value)
+                    } else {
+                        Err(self.fail(d.span(), "audit_max_age_days must be between 1 and 36500"))
+                    }
+                })?;
+        let ttl = raw
+            .enrollment_ttl_secs
+            .map_or(Ok(defaults::ENROLLMENT_TTL_SECS), |t| {
+                let value = *t.get_ref();
+                if (60..=7 * 86_400).contains(&value) {
+                    Ok(value)
+                } else {
+                    Err(self.fail(
+                        t.span(),
+                        "enrollment_ttl_secs must be between 60 and 604800",
+                    ))
+                }
+            })?;
+        let client_rate = raw.client_approvals_per_minute.map_or(
+            Ok(defaults::CLIENT_APPROVALS_PER_MINUTE),
+            |r| {
+                let value = *r.get_ref();
+                if value <= 100_000 {
+                    Ok(value)
+                } else {
+                    Err(self.fail(
+                        r.span(),
+                        "client_approvals_per_minute must be at most 100000",
+                    ))
+                }
+            },
+        )?;
+        if let Some(url) = raw
+            .public_url
+            .as_ref()
+            .filter(|u| !u.get_ref().starts_with("https://"))
+        {
             return Err(self.fail(url.span(), "public_url must be an https:// URL"));
         }
         Ok(ApprovalsConfig {
@@ -890,13 +987,18 @@ impl Validator<'_> {
             front_socket: raw.front_socket.unwrap_or_else(defaults::front_socket),
             front_socket_user: raw.front_socket_user,
             public_url: raw.public_url.map(Spanned::into_inner),
-            web_cert: raw.web_cert.or_else(|| Some(state_dir.join("web").join("cert.pem"))),
+            web_cert: raw
+                .web_cert
+                .or_else(|| Some(state_dir.join("web").join("cert.pem"))),
             client_approvals_per_minute: client_rate,
             passcode,
         })
     }
 
-    fn passcode_rules(&self, raw: &RawApprovals) -> Result<crate::passcode::PasscodeRules, ConfigError> {
+    fn passcode_rules(
+        &self,
+        raw: &RawApprovals,
+    ) -> Result<crate::passcode::PasscodeRules, ConfigError> {
         let mut rules = crate::passcode::PasscodeRules::default();
         if let Some(d) = &raw.totp_digits {
             if !(6..=8).contains(d.get_ref()) {
@@ -918,7 +1020,10 @@ impl Validator<'_> {
         }
         if let Some(l) = &raw.passcode_lockout_secs {
             if !(10..=86_400).contains(l.get_ref()) {
-                return Err(self.fail(l.span(), "passcode_lockout_secs must be between 10 and 86400"));
+                return Err(self.fail(
+                    l.span(),
+                    "passcode_lockout_secs must be between 10 and 86400",
+                ));
             }
             rules.lockout = Duration::from_secs(*l.get_ref());
         }
@@ -929,41 +1034,76 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let url = raw.url.get_ref();
         if crate::client::https::Endpoint::parse(url).is_err() {
-            return Err(self.fail(raw.url.span(), "notices.url must be an https://HOST[:PORT]/PATH URL without a query"));
+            return Err(self.fail(
+                raw.url.span(),
+                "notices.url must be an https://HOST[:PORT]/PATH URL without a query",
+            ));
         }
-        let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, raw.public_key.get_ref().trim())
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| self.fail(raw.public_key.span(), "notices.public_key must be a base64 Ed25519 public key (32 bytes)"))?;
-        let interval = raw.interval_secs.map_or(Ok(defaults::NOTICE_INTERVAL_SECS), |i| {
-            let value = *i.get_ref();
-            if (1..=86_400).contains(&value) { Ok(value) } else { Err(self.fail(i.span(), "interval_secs must be between 1 and 86400")) }
+        let key = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            raw.public_key.get_ref().trim(),
+        )
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| {
+            self.fail(
+                raw.public_key.span(),
+                "notices.public_key must be a base64 Ed25519 public key (32 bytes)",
+            )
         })?;
+        let interval = raw
+            .interval_secs
+            .map_or(Ok(defaults::NOTICE_INTERVAL_SECS), |i| {
+                let value = *i.get_ref();
+                if (1..=86_400).contains(&value) {
+                    Ok(value)
+                } else {
+                    Err(self.fail(i.span(), "interval_secs must be between 1 and 86400"))
+                }
+            })?;
         let jitter = raw.jitter_secs.map_or(Ok(interval / 10), |j| {
             let value = *j.get_ref();
-            if value <= interval { Ok(value) } else { Err(self.fail(j.span(), "jitter_secs must be at most interval_secs")) }
+            if value <= interval {
+                Ok(value)
+            } else {
+                Err(self.fail(j.span(), "jitter_secs must be at most interval_secs"))
+            }
         })?;
-        let timeout = raw.timeout_ms.map_or(Ok(defaults::NOTICE_TIMEOUT_MS), |t| {
-            let value = *t.get_ref();
-            if (100..=60_000).contains(&value) { Ok(value) } else { Err(self.fail(t.span(), "timeout_ms must be between 100 and 60000")) }
-        })?;
+        let timeout = raw
+            .timeout_ms
+            .map_or(Ok(defaults::NOTICE_TIMEOUT_MS), |t| {
+                let value = *t.get_ref();
+                if (100..=60_000).contains(&value) {
+                    Ok(value)
+                } else {
+                    Err(self.fail(t.span(), "timeout_ms must be between 100 and 60000"))
+                }
+            })?;
         Ok(NoticesConfig {
             url: url.clone(),
             public_key: key,
             interval: Duration::from_secs(interval),
             jitter: Duration::from_secs(jitter),
             timeout: Duration::from_millis(timeout),
-            ca_file: raw.ca_file.unwrap_or_else(|| PathBuf::from(defaults::NOTICE_CA_FILE)),
+            ca_file: raw
+                .ca_file
+                .unwrap_or_else(|| PathBuf::from(defaults::NOTICE_CA_FILE)),
         })
     }
 
     fn cluster(&self, raw: RawCluster) -> Result<crate::cluster::ClusterConfig, ConfigError> {
         let node = raw.node.get_ref();
         if !crate::cluster::ca::valid_node_name(node) {
-            return Err(self.fail(raw.node.span(), "node must be a DNS name (a-z 0-9 - .), 1-63 characters"));
+            return Err(self.fail(
+                raw.node.span(),
+                "node must be a DNS name (a-z 0-9 - .), 1-63 characters",
+            ));
         }
-        let listen =
-            raw.listen.get_ref().parse().map_err(|_| self.fail(raw.listen.span(), "listen must be ADDRESS:PORT"))?;
+        let listen = raw
+            .listen
+            .get_ref()
+            .parse()
+            .map_err(|_| self.fail(raw.listen.span(), "listen must be ADDRESS:PORT"))?;
         let allowed_peers = match &raw.allowed_peers {
             None => vec![crate::cluster::NamePattern::default_web()],
             Some(list) => {
@@ -974,7 +1114,9 @@ impl Validator<'_> {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|reason| self.fail(list.span(), reason))?;
                 if parsed.is_empty() {
-                    return Err(self.fail(list.span(), "allowed_peers must name at least one pattern"));
+                    return Err(
+                        self.fail(list.span(), "allowed_peers must name at least one pattern")
+                    );
                 }
                 parsed
             }
@@ -982,12 +1124,20 @@ impl Validator<'_> {
         Ok(crate::cluster::ClusterConfig {
             node: node.clone(),
             listen,
-            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key, crl: raw.crl },
+            tls: crate::cluster::NodeTls {
+                ca: raw.ca,
+                cert: raw.cert,
+                key: raw.key,
+                crl: raw.crl,
+            },
             allowed_peers,
         })
     }
 
-    fn web_cluster(&self, raw: Spanned<RawWebCluster>) -> Result<crate::cluster::WebClusterConfig, ConfigError> {
+    fn web_cluster(
+        &self,
+        raw: Spanned<RawWebCluster>,
+    ) -> Result<crate::cluster::WebClusterConfig, ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
         if raw.controllers.is_empty() {
@@ -999,57 +1149,87 @@ impl Validator<'_> {
             let controller = controller.into_inner();
             let name = controller.name.get_ref();
             if !crate::cluster::ca::valid_node_name(name) || !names.insert(name.clone()) {
-                return Err(self.fail(controller.name.span(), format!("controller name {name:?} is not a DNS name or is repeated")));
+                return Err(self.fail(
+                    controller.name.span(),
+                    format!("controller name {name:?} is not a DNS name or is repeated"),
+                ));
             }
-            let address = controller
-                .address
-                .get_ref()
-                .parse()
-                .map_err(|_| self.fail(controller.address.span(), "address must be ADDRESS:PORT"))?;
-            controllers.push(crate::cluster::ControllerAddr { name: name.clone(), address });
+            let address = controller.address.get_ref().parse().map_err(|_| {
+                self.fail(controller.address.span(), "address must be ADDRESS:PORT")
+            })?;
+            controllers.push(crate::cluster::ControllerAddr {
+                name: name.clone(),
+                address,
+            });
         }
         let refresh = match raw.refresh_ms {
             None => crate::cluster::DEFAULT_REFRESH,
-            Some(ms) if (100..=600_000).contains(ms.get_ref()) => Duration::from_millis(*ms.get_ref()),
+            Some(ms) if (100..=600_000).contains(ms.get_ref()) => {
+                Duration::from_millis(*ms.get_ref())
+            }
             Some(ms) => {
                 return Err(self.fail(ms.span(), "refresh_ms must be between 100 and 600000"));
             }
         };
         Ok(crate::cluster::WebClusterConfig {
-            tls: crate::cluster::NodeTls { ca: raw.ca, cert: raw.cert, key: raw.key, crl: raw.crl },
+            tls: crate::cluster::NodeTls {
+                ca: raw.ca,
+                cert: raw.cert,
+                key: raw.key,
+                crl: raw.crl,
+            },
             controllers,
             refresh,
         })
     }
 
     fn web(&self, raw: RawWeb) -> Result<WebConfig, ConfigError> {
-        let listen = raw
-            .listen
-            .get_ref()
-            .parse()
-            .map_err(|_| self.fail(raw.listen.span(), "listen must be ADDRESS:PORT, e.g. [::]:8443"))?;
+        let listen = raw.listen.get_ref().parse().map_err(|_| {
+            self.fail(
+                raw.listen.span(),
+                "listen must be ADDRESS:PORT, e.g. [::]:8443",
+            )
+        })?;
         let mut trusted_proxies = Vec::new();
         for net in &raw.trusted_proxies {
-            trusted_proxies.push(net.get_ref().parse::<IpNet>().map_err(|reason| self.fail(net.span(), reason))?);
+            trusted_proxies.push(
+                net.get_ref()
+                    .parse::<IpNet>()
+                    .map_err(|reason| self.fail(net.span(), reason))?,
+            );
         }
         if *raw.rate_limit_per_minute.get_ref() == 0 || *raw.rate_limit_burst.get_ref() == 0 {
             return Err(self.fail(raw.rate_limit_per_minute.span(), "rate limits must be > 0"));
         }
         let timeout = *raw.request_timeout_ms.get_ref();
         if !(100..=60_000).contains(&timeout) {
-            return Err(self.fail(raw.request_timeout_ms.span(), "request_timeout_ms must be between 100 and 60000"));
+            return Err(self.fail(
+                raw.request_timeout_ms.span(),
+                "request_timeout_ms must be between 100 and 60000",
+            ));
         }
         let mut proxy_protocol_peers = Vec::new();
         for net in &raw.proxy_protocol_peers {
-            let parsed = net.get_ref().parse::<IpNet>().map_err(|reason| self.fail(net.span(), reason))?;
-            let covered = trusted_proxies.iter().any(|t| t.prefix <= parsed.prefix && t.contains(parsed.addr));
+            let parsed = net
+                .get_ref()
+                .parse::<IpNet>()
+                .map_err(|reason| self.fail(net.span(), reason))?;
+            let covered = trusted_proxies
+                .iter()
+                .any(|t| t.prefix <= parsed.prefix && t.contains(parsed.addr));
             if !covered {
-                return Err(self.fail(net.span(), "every proxy_protocol_peers network must lie in trusted_proxies"));
+                return Err(self.fail(
+                    net.span(),
+                    "every proxy_protocol_peers network must lie in trusted_proxies",
+                ));
             }
             proxy_protocol_peers.push(parsed);
         }
         let connections = self.connection_limits(&raw)?;
-        let cluster = raw.cluster.map(|cluster| self.web_cluster(cluster)).transpose()?;
+        let cluster = raw
+            .cluster
+            .map(|cluster| self.web_cluster(cluster))
+            .transpose()?;
         Ok(WebConfig {
             listen,
             cert: raw.cert,
@@ -1069,7 +1249,10 @@ impl Validator<'_> {
     fn connection_limits(&self, raw: &RawWeb) -> Result<ConnectionLimits, ConfigError> {
         let max_connections = *raw.max_connections.get_ref();
         if !(16..=1_000_000).contains(&max_connections) {
-            return Err(self.fail(raw.max_connections.span(), "max_connections must be between 16 and 1000000"));
+            return Err(self.fail(
+                raw.max_connections.span(),
+                "max_connections must be between 16 and 1000000",
+            ));
         }
         let max_per_source = *raw.max_connections_per_source.get_ref();
         if max_per_source == 0 || max_per_source > max_connections {
@@ -1080,13 +1263,24 @@ impl Validator<'_> {
         }
         let source_prefix_v4 = *raw.source_prefix_v4.get_ref();
         if !(8..=32).contains(&source_prefix_v4) {
-            return Err(self.fail(raw.source_prefix_v4.span(), "source_prefix_v4 must be between 8 and 32"));
+            return Err(self.fail(
+                raw.source_prefix_v4.span(),
+                "source_prefix_v4 must be between 8 and 32",
+            ));
         }
         let source_prefix_v6 = *raw.source_prefix_v6.get_ref();
         if !(16..=128).contains(&source_prefix_v6) {
-            return Err(self.fail(raw.source_prefix_v6.span(), "source_prefix_v6 must be between 16 and 128"));
+            return Err(self.fail(
+                raw.source_prefix_v6.span(),
+                "source_prefix_v6 must be between 16 and 128",
+            ));
         }
-        Ok(ConnectionLimits { max_connections, max_per_source, source_prefix_v4, source_prefix_v6 })
+        Ok(ConnectionLimits {
+            max_connections,
+            max_per_source,
+            source_prefix_v4,
+            source_prefix_v6,
+        })
     }
 
     fn openvpn(&self, raw: Spanned<RawOpenVpn>) -> Result<OpenVpnConfig, ConfigError> {
@@ -1097,19 +1291,33 @@ impl Validator<'_> {
         }
         let grace = *raw.disconnect_grace_ms.get_ref();
         if grace > 600_000 {
-            return Err(self.fail(raw.disconnect_grace_ms.span(), "disconnect_grace_ms must be at most 600000"));
+            return Err(self.fail(
+                raw.disconnect_grace_ms.span(),
+                "disconnect_grace_ms must be at most 600000",
+            ));
         }
         let tun = match raw.tun_name {
             None => {
-                let stray = raw.tun_owner.as_ref().or(raw.tun_group.as_ref()).or(raw.tun_address.as_ref());
+                let stray = raw
+                    .tun_owner
+                    .as_ref()
+                    .or(raw.tun_group.as_ref())
+                    .or(raw.tun_address.as_ref());
                 if let Some(stray) = stray {
-                    return Err(self.fail(stray.span(), "tun_owner, tun_group and tun_address need tun_name"));
+                    return Err(self.fail(
+                        stray.span(),
+                        "tun_owner, tun_group and tun_address need tun_name",
+                    ));
                 }
                 None
             }
             Some(name) => Some(self.tun(name, raw.tun_owner, raw.tun_group, raw.tun_address)?),
         };
-        Ok(OpenVpnConfig { management_socket: raw.management_socket, tun, disconnect_grace: Duration::from_millis(grace) })
+        Ok(OpenVpnConfig {
+            management_socket: raw.management_socket,
+            tun,
+            disconnect_grace: Duration::from_millis(grace),
+        })
     }
 
     fn tun(
@@ -1122,12 +1330,23 @@ impl Validator<'_> {
         let text = name.get_ref();
         let name_ok = !text.is_empty()
             && text.len() <= 15
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !name_ok {
-            return Err(self.fail(name.span(), "tun_name must be 1-15 characters of A-Z a-z 0-9 . - _"));
+            return Err(self.fail(
+                name.span(),
+                "tun_name must be 1-15 characters of A-Z a-z 0-9 . - _",
+            ));
         }
-        let owner = owner.ok_or_else(|| self.fail(name.span(), "tun_name needs tun_owner (the VPN server's user)"))?;
-        let user_ok = |s: &str| !s.is_empty() && s.len() <= 32 && !s.contains([':', '/', ' ', '\n']);
+        let owner = owner.ok_or_else(|| {
+            self.fail(
+                name.span(),
+                "tun_name needs tun_owner (the VPN server's user)",
+            )
+        })?;
+        let user_ok =
+            |s: &str| !s.is_empty() && s.len() <= 32 && !s.contains([':', '/', ' ', '\n']);
         if !user_ok(owner.get_ref()) {
             return Err(self.fail(owner.span(), "tun_owner must be a user name"));
         }
@@ -1137,9 +1356,15 @@ impl Validator<'_> {
         let address = match address {
             None => None,
             Some(text) => {
-                let net: IpNet = text.get_ref().parse().map_err(|reason| self.fail(text.span(), reason))?;
+                let net: IpNet = text
+                    .get_ref()
+                    .parse()
+                    .map_err(|reason| self.fail(text.span(), reason))?;
                 if !net.addr.is_ipv4() || !text.get_ref().contains('/') {
-                    return Err(self.fail(text.span(), "tun_address must be IPv4 ADDRESS/PREFIX, e.g. 10.8.0.1/24"));
+                    return Err(self.fail(
+                        text.span(),
+                        "tun_address must be IPv4 ADDRESS/PREFIX, e.g. 10.8.0.1/24",
+                    ));
                 }
                 Some(net)
             }
@@ -1152,17 +1377,33 @@ impl Validator<'_> {
         })
     }
 
-    fn public_address<T: std::str::FromStr>(&self, raw: &Option<Spanned<String>>, family: &str) -> Result<Option<T>, ConfigError> {
+    fn public_address<T: std::str::FromStr>(
+        &self,
+        raw: &Option<Spanned<String>>,
+        family: &str,
+    ) -> Result<Option<T>, ConfigError> {
         raw.as_ref()
-            .map(|text| text.get_ref().parse::<T>().map_err(|_| self.fail(text.span(), format!("{:?} is not an {family} address", text.get_ref()))))
+            .map(|text| {
+                text.get_ref().parse::<T>().map_err(|_| {
+                    self.fail(
+                        text.span(),
+                        format!("{:?} is not an {family} address", text.get_ref()),
+                    )
+                })
+            })
             .transpose()
     }
 
     fn max_addresses_per_client(&self, server: &RawServer) -> Result<usize, ConfigError> {
         match &server.max_addresses_per_client {
             None => Ok(defaults::MAX_ADDRESSES_PER_CLIENT),
-            Some(v) if (1..=1024).contains(v.get_ref()) => Ok(usize::try_from(*v.get_ref()).unwrap_or(1)),
-            Some(v) => Err(self.fail(v.span(), "max_addresses_per_client must be between 1 and 1024")),
+            Some(v) if (1..=1024).contains(v.get_ref()) => {
+                Ok(usize::try_from(*v.get_ref()).unwrap_or(1))
+            }
+            Some(v) => Err(self.fail(
+                v.span(),
+                "max_addresses_per_client must be between 1 and 1024",
+            )),
         }
     }
 
@@ -1171,10 +1412,16 @@ impl Validator<'_> {
         let idle = *server.idle_timeout_secs.get_ref();
         let max = *server.max_lifetime_secs.get_ref();
         if connect == 0 {
-            return Err(self.fail(server.connect_window_secs.span(), "connect_window_secs must be > 0"));
+            return Err(self.fail(
+                server.connect_window_secs.span(),
+                "connect_window_secs must be > 0",
+            ));
         }
         if idle == 0 {
-            return Err(self.fail(server.idle_timeout_secs.span(), "idle_timeout_secs must be > 0"));
+            return Err(self.fail(
+                server.idle_timeout_secs.span(),
+                "idle_timeout_secs must be > 0",
+            ));
         }
         if max < connect || max < idle {
             return Err(self.fail(
@@ -1195,7 +1442,10 @@ impl Validator<'_> {
             None => None,
             Some(text) => {
                 let address: IpAddr = text.get_ref().parse().map_err(|_| {
-                    self.fail(text.span(), format!("{:?} is not an IP address", text.get_ref()))
+                    self.fail(
+                        text.span(),
+                        format!("{:?} is not an IP address", text.get_ref()),
+                    )
                 })?;
                 if address.is_unspecified() || address.is_multicast() {
                     return Err(self.fail(
@@ -1206,7 +1456,11 @@ impl Validator<'_> {
                 Some(address)
             }
         };
-        Ok(ServiceConfig { protocol: raw.protocol, port, address })
+        Ok(ServiceConfig {
+            protocol: raw.protocol,
+            port,
+            address,
+        })
     }
 }
 
@@ -1261,7 +1515,10 @@ address = "192.0.2.1"
         assert_eq!(server.idle_timeout, Duration::from_secs(60));
         assert_eq!(server.connect_window, Duration::from_secs(180));
         assert_eq!(server.services.len(), 2);
-        assert_eq!(server.services[1].address, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            server.services[1].address,
+            Some("192.0.2.1".parse().unwrap())
+        );
     }
 
     #[test]
@@ -1269,15 +1526,27 @@ address = "192.0.2.1"
         let config = parse(GOOD).unwrap();
         let server = config.server("vpn1").unwrap();
         assert_eq!(server.address_policy, AddressPolicySetting::RequireMatch);
-        assert_eq!(server.max_addresses_per_client, defaults::MAX_ADDRESSES_PER_CLIENT);
-        assert_eq!(config.approvals.client_approvals_per_minute, defaults::CLIENT_APPROVALS_PER_MINUTE);
+        assert_eq!(
+            server.max_addresses_per_client,
+            defaults::MAX_ADDRESSES_PER_CLIENT
+        );
+        assert_eq!(
+            config.approvals.client_approvals_per_minute,
+            defaults::CLIENT_APPROVALS_PER_MINUTE
+        );
         assert!(config.warnings().is_empty(), "{:?}", config.warnings());
         let proven = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"proven\"\n");
-        assert_eq!(parse(&proven).unwrap().servers[0].address_policy, AddressPolicySetting::RequireMatch);
+        assert_eq!(
+            parse(&proven).unwrap().servers[0].address_policy,
+            AddressPolicySetting::RequireMatch
+        );
         let open_all = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"open_all\"\n");
         let warnings = parse(&open_all).unwrap().warnings();
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("vpn1") && warnings[0].contains("relayed request"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("vpn1") && warnings[0].contains("relayed request"),
+            "{warnings:?}"
+        );
         let capped = GOOD.replace("id = 1\n", "id = 1\nmax_addresses_per_client = 0\n");
         let (line, reason) = invalid_line(&capped);
         assert_eq!(line, line_of(&capped, "max_addresses_per_client"));
@@ -1307,13 +1576,20 @@ address = "192.0.2.1"
 
     #[test]
     fn duplicate_ids_and_services_are_refused() {
-        let twice = format!("{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 1\n[[server.service]]\nprotocol = \"udp\"\nport = 1\n");
+        let twice = format!(
+            "{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 1\n[[server.service]]\nprotocol = \"udp\"\nport = 1\n"
+        );
         let (line, reason) = invalid_line(&twice);
         let lines: Vec<&str> = twice.lines().collect();
-        assert_eq!(line, lines.iter().rposition(|l| *l == "id = 1").unwrap() + 1);
+        assert_eq!(
+            line,
+            lines.iter().rposition(|l| *l == "id = 1").unwrap() + 1
+        );
         assert!(reason.contains("duplicate server id"), "{reason}");
 
-        let same_service = format!("{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 2\n[[server.service]]\nprotocol = \"udp\"\nport = 1194\n");
+        let same_service = format!(
+            "{GOOD}\n[[server]]\nname = \"vpn2\"\nid = 2\n[[server.service]]\nprotocol = \"udp\"\nport = 1194\n"
+        );
         let (_, reason) = invalid_line(&same_service);
         assert!(reason.contains("guarded twice"), "{reason}");
     }
@@ -1332,12 +1608,24 @@ address = "192.0.2.1"
         let text = include_str!("../../config/example.toml");
         let config = parse(text).unwrap();
         assert_eq!(config.approvals.timestamp_window_secs, 300);
-        assert!(config.approvals.public_url.as_deref().is_some_and(|u| u.starts_with("https://")));
+        assert!(
+            config
+                .approvals
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        );
         let web = config.web.unwrap();
         assert_eq!(web.rate_limit_burst, 20);
         assert_eq!(web.connections, ConnectionLimits::DEFAULT);
-        assert_eq!(config.approvals.front_socket_user.as_deref(), Some("xdpgate-web"));
-        assert_eq!(config.servers[0].public_ipv4, Some("203.0.113.10".parse().unwrap()));
+        assert_eq!(
+            config.approvals.front_socket_user.as_deref(),
+            Some("xdpgate-web")
+        );
+        assert_eq!(
+            config.servers[0].public_ipv4,
+            Some("203.0.113.10".parse().unwrap())
+        );
     }
 
     #[test]
@@ -1345,30 +1633,66 @@ address = "192.0.2.1"
         let text = include_str!("../../config/example.toml");
         let custom = text
             .replace("max_connections = 4096", "max_connections = 1000")
-            .replace("max_connections_per_source = 256", "max_connections_per_source = 10")
+            .replace(
+                "max_connections_per_source = 256",
+                "max_connections_per_source = 10",
+            )
             .replace("source_prefix_v6 = 64", "source_prefix_v6 = 56");
         let web = parse(&custom).unwrap().web.unwrap();
         assert_eq!(
             web.connections,
-            ConnectionLimits { max_connections: 1000, max_per_source: 10, source_prefix_v4: 32, source_prefix_v6: 56 }
+            ConnectionLimits {
+                max_connections: 1000,
+                max_per_source: 10,
+                source_prefix_v4: 32,
+                source_prefix_v6: 56
+            }
         );
         for (from, to, key) in [
-            ("max_connections = 4096", "max_connections = 8", "max_connections"),
-            ("max_connections_per_source = 256", "max_connections_per_source = 0", "max_connections_per_source"),
-            ("max_connections_per_source = 256", "max_connections_per_source = 5000", "max_connections_per_source"),
-            ("source_prefix_v4 = 32", "source_prefix_v4 = 33", "source_prefix_v4"),
-            ("source_prefix_v6 = 64", "source_prefix_v6 = 8", "source_prefix_v6"),
+            (
+                "max_connections = 4096",
+                "max_connections = 8",
+                "max_connections",
+            ),
+            (
+                "max_connections_per_source = 256",
+                "max_connections_per_source = 0",
+                "max_connections_per_source",
+            ),
+            (
+                "max_connections_per_source = 256",
+                "max_connections_per_source = 5000",
+                "max_connections_per_source",
+            ),
+            (
+                "source_prefix_v4 = 32",
+                "source_prefix_v4 = 33",
+                "source_prefix_v4",
+            ),
+            (
+                "source_prefix_v6 = 64",
+                "source_prefix_v6 = 8",
+                "source_prefix_v6",
+            ),
         ] {
             let (line, reason) = invalid_line(&text.replace(from, to));
             assert!(reason.contains(key), "{reason}");
-            assert_eq!(text.lines().nth(line - 1), Some(from), "the error names the line of {key}");
+            assert_eq!(
+                text.lines().nth(line - 1),
+                Some(from),
+                "the error names the line of {key}"
+            );
         }
     }
 
     #[test]
     fn notices_section_is_validated_with_defaults() {
         let key = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
-        let section = |extra: &str| format!("{GOOD}\n[notices]\nurl = \"https://192.0.2.1:9443/n\"\npublic_key = \"{key}\"\n{extra}");
+        let section = |extra: &str| {
+            format!(
+                "{GOOD}\n[notices]\nurl = \"https://192.0.2.1:9443/n\"\npublic_key = \"{key}\"\n{extra}"
+            )
+        };
         let notices = parse(&section("")).unwrap().notices.unwrap();
         assert_eq!(notices.interval, Duration::from_secs(3600));
         assert_eq!(notices.jitter, Duration::from_secs(360));
@@ -1380,14 +1704,21 @@ address = "192.0.2.1"
         assert!(reason.contains("jitter_secs"), "{reason}");
         let (_, reason) = invalid_line(&section("").replace(key, "c2hvcnQ="));
         assert!(reason.contains("public_key"), "{reason}");
-        let (_, reason) = invalid_line(&section("").replace("https://192.0.2.1:9443/n", "http://192.0.2.1/n"));
+        let (_, reason) =
+            invalid_line(&section("").replace("https://192.0.2.1:9443/n", "http://192.0.2.1/n"));
         assert!(reason.contains("notices.url"), "{reason}");
-        assert!(parse(GOOD).unwrap().notices.is_none(), "no section, no polling");
+        assert!(
+            parse(GOOD).unwrap().notices.is_none(),
+            "no section, no polling"
+        );
     }
 
     #[test]
     fn web_node_example_in_the_repo_is_valid() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/web-node.toml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/web-node.toml"
+        ));
         let web = WebConfig::load(path).unwrap();
         assert_eq!(web.proxy_protocol_peers.len(), 1);
         assert_eq!(web.cluster.as_ref().map(|c| c.controllers.len()), Some(2));
@@ -1400,7 +1731,9 @@ address = "192.0.2.1"
         assert!(!net.contains("10.2.0.1".parse().unwrap()));
         assert!(!net.contains("::1".parse().unwrap()));
         let host: IpNet = "fd00::1".parse().unwrap();
-        assert!(host.contains("fd00::1".parse().unwrap()) && !host.contains("fd00::2".parse().unwrap()));
+        assert!(
+            host.contains("fd00::1".parse().unwrap()) && !host.contains("fd00::2".parse().unwrap())
+        );
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         let all: IpNet = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("192.0.2.1".parse().unwrap()));
@@ -1414,10 +1747,16 @@ address = "192.0.2.1"
         );
         let config = parse(&with).unwrap();
         let vpn = config.servers[0].openvpn.clone().unwrap();
-        assert_eq!(vpn.management_socket, PathBuf::from("/run/openvpn/vpn1.sock"));
+        assert_eq!(
+            vpn.management_socket,
+            PathBuf::from("/run/openvpn/vpn1.sock")
+        );
         assert_eq!(vpn.disconnect_grace, Duration::from_millis(1500));
         let tun = vpn.tun.unwrap();
-        assert_eq!((tun.name.as_str(), tun.owner.as_str(), tun.group.as_deref()), ("xgtun0", "nobody", Some("nogroup")));
+        assert_eq!(
+            (tun.name.as_str(), tun.owner.as_str(), tun.group.as_deref()),
+            ("xgtun0", "nobody", Some("nogroup"))
+        );
         assert_eq!(tun.address, Some("10.8.0.1/24".parse().unwrap()));
 
         let too_long = with.replace("xgtun0", "a-very-long-tun-name");
@@ -1440,7 +1779,13 @@ address = "192.0.2.1"
 
     #[test]
     fn missing_controller_section_is_a_syntax_error() {
-        assert!(matches!(parse("[[server]]\n"), Err(ConfigError::Syntax { .. })));
-        assert!(matches!(parse("[approvals]\n"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            parse("[[server]]\n"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse("[approvals]\n"),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 }

@@ -4,10 +4,13 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use gateway_common::{ServiceKey, ServiceValue};
 
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::{
-    approvals::{Approvals, box_key::{self, BoxKeyError}},
+    approvals::{
+        Approvals,
+        box_key::{self, BoxKeyError},
+    },
     config::{Config, ServiceConfig},
     control,
     gate::{
@@ -64,8 +67,13 @@ pub struct PlannedService {
 impl PlannedService {
     /// The kernel entries of this service.
     pub fn kernel_entries(&self) -> impl Iterator<Item = KernelService> + '_ {
-        let value = ServiceValue { server_id: self.server_id, stats_index: self.stats_index };
-        self.keys.iter().map(move |key| KernelService { key: *key, value })
+        let value = ServiceValue {
+            server_id: self.server_id,
+            stats_index: self.stats_index,
+        };
+        self.keys
+            .iter()
+            .map(move |key| KernelService { key: *key, value })
     }
 }
 
@@ -104,7 +112,12 @@ pub fn plan_services(config: &Config) -> Vec<PlannedService> {
                 Some(IpAddr::V6(v6)) => vec![ServiceKey::v6(proto, service.port, v6.octets())],
             };
             let stats_index = u32::try_from(planned.len()).unwrap_or(u32::MAX);
-            planned.push(PlannedService { server_id: server.id, service: *service, stats_index, keys });
+            planned.push(PlannedService {
+                server_id: server.id,
+                service: *service,
+                stats_index,
+                keys,
+            });
         }
     }
     planned
@@ -116,11 +129,9 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
     async move {
         let controller = Arc::new(start(config).await?);
         let sweeper = tokio::spawn(sweep_forever(controller.clone()));
-        let notices = controller
-            .config
-            .notices
-            .clone()
-            .map(|notices| tokio::spawn(shutdown::poll_forever(controller.shutdown.clone(), notices)));
+        let notices = controller.config.notices.clone().map(|notices| {
+            tokio::spawn(shutdown::poll_forever(controller.shutdown.clone(), notices))
+        });
         let vpn_followers = crate::vpn::openvpn::start_all(
             &controller.config.servers,
             &controller.openings,
@@ -137,12 +148,18 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
                 let shutdown = async {
                     let _ = front_stopped.await;
                 };
-                control::serve_front(approvals, &front_socket, front_owner.as_deref(), shutdown).await
+                control::serve_front(approvals, &front_socket, front_owner.as_deref(), shutdown)
+                    .await
             })
         };
         let cluster = match &controller.config.cluster {
             Some(cluster) => Some(
-                crate::cluster::server::spawn(cluster, controller.approvals.clone(), &controller.config.servers).await?,
+                crate::cluster::server::spawn(
+                    cluster,
+                    controller.approvals.clone(),
+                    &controller.config.servers,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -152,7 +169,9 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         let front_result = front.await;
         sweeper.abort();
         notices.iter().for_each(tokio::task::JoinHandle::abort);
-        vpn_followers.iter().for_each(tokio::task::JoinHandle::abort);
+        vpn_followers
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&front_socket);
         info!("controller stopped; the gate stays attached and keeps enforcing");
@@ -173,19 +192,32 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
     let store_ms = started.elapsed().as_millis();
     let pin_dir = loader::pin_folder(&config.bpffs_dir);
     let mut ebpf = loader::load_pinned(&pin_dir, config.max_openings)?;
-    debug!(store_ms, load_ms = started.elapsed().as_millis() - store_ms, "store open, program loaded");
+    debug!(
+        store_ms,
+        load_ms = started.elapsed().as_millis() - store_ms,
+        "store open, program loaded"
+    );
     let mut maps = GateMaps::take(&mut ebpf)?;
     let services = plan_services(&config);
-    let kernel_services: Vec<KernelService> =
-        services.iter().flat_map(PlannedService::kernel_entries).collect();
+    let kernel_services: Vec<KernelService> = services
+        .iter()
+        .flat_map(PlannedService::kernel_entries)
+        .collect();
     maps.sync_services(&kernel_services)?;
     let gate = gate::spawn_owner(maps)?;
-    let openings = Arc::new(Openings::new(gate.clone(), store.clone()).with_map_capacity(config.max_openings));
+    let openings =
+        Arc::new(Openings::new(gate.clone(), store.clone()).with_map_capacity(config.max_openings));
     // The maps are right before the program is (re)attached.
     openings.reconcile().await?;
     let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;
     let (notice_state, notice_sender) = shutdown::load(&store)?;
-    let approvals = Arc::new(Approvals::new(&config, store.clone(), openings.clone(), box_keys, notice_sender.subscribe()));
+    let approvals = Arc::new(Approvals::new(
+        &config,
+        store.clone(),
+        openings.clone(),
+        box_keys,
+        notice_sender.subscribe(),
+    ));
     let shutdown = Arc::new(Shutdown::new(
         store,
         notice_sender,
@@ -200,8 +232,22 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         error!(error = %err, "closing openings for the vpn shutdown failed; the sweeper retries");
     }
     let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
-    info!(?attachments, services = services.len(), start_ms = started.elapsed().as_millis(), "gate ready");
-    Ok(Controller { config, openings, approvals, gate, shutdown, services, attachments, started: Instant::now() })
+    info!(
+        ?attachments,
+        services = services.len(),
+        start_ms = started.elapsed().as_millis(),
+        "gate ready"
+    );
+    Ok(Controller {
+        config,
+        openings,
+        approvals,
+        gate,
+        shutdown,
+        services,
+        attachments,
+        started: Instant::now(),
+    })
 }
 
 /// How often expired nonces are deleted from the store.
@@ -236,9 +282,10 @@ async fn sweep_forever(controller: Arc<Controller>) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop the controller with SIGKILL");
         return std::future::pending().await;
     };

@@ -175,17 +175,27 @@ struct AnswerJson {
 }
 
 fn decode_fixed<const N: usize>(text: &str, what: &str) -> Result<[u8; N], String> {
-    let bytes = STANDARD.decode(text).map_err(|_| format!("{what} is not padded standard base64"))?;
-    bytes.try_into().map_err(|_| format!("{what} must be {N} bytes"))
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|_| format!("{what} is not padded standard base64"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{what} must be {N} bytes"))
 }
 
 fn decode_ciphertext(text: &str, max_plaintext: usize) -> Result<Vec<u8>, String> {
     if text.len() > (max_plaintext + BOX_TAG_LEN).div_ceil(3) * 4 {
         return Err("ciphertext too long".into());
     }
-    let bytes = STANDARD.decode(text).map_err(|_| "ciphertext is not padded standard base64".to_owned())?;
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|_| "ciphertext is not padded standard base64".to_owned())?;
     if bytes.len() <= BOX_TAG_LEN || bytes.len() > max_plaintext + BOX_TAG_LEN {
-        return Err(format!("ciphertext must be {}-{} bytes", BOX_TAG_LEN + 1, max_plaintext + BOX_TAG_LEN));
+        return Err(format!(
+            "ciphertext must be {}-{} bytes",
+            BOX_TAG_LEN + 1,
+            max_plaintext + BOX_TAG_LEN
+        ));
     }
     Ok(bytes)
 }
@@ -193,7 +203,9 @@ fn decode_ciphertext(text: &str, max_plaintext: usize) -> Result<Vec<u8>, String
 /// Whether `name` is a cluster node name (1-63 of a-z 0-9 . -, no leading/trailing/double dot).
 pub fn valid_controller_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.'])
         && !name.contains("..")
@@ -205,21 +217,34 @@ impl SealedEnrollRequest {
         if body.len() > MAX_ENROLL_BODY_BYTES {
             return Err(EnrollmentError::Malformed("body too large".into()));
         }
-        let raw: RequestJson =
-            serde_json::from_slice(body).map_err(|err| EnrollmentError::Malformed(err.to_string()))?;
+        let raw: RequestJson = serde_json::from_slice(body)
+            .map_err(|err| EnrollmentError::Malformed(err.to_string()))?;
         if raw.version != ENROLLMENT_VERSION {
-            return Err(EnrollmentError::Malformed(format!("unsupported version {}", raw.version)));
+            return Err(EnrollmentError::Malformed(format!(
+                "unsupported version {}",
+                raw.version
+            )));
         }
-        if raw.controller.as_deref().is_some_and(|c| !valid_controller_name(c)) {
-            return Err(EnrollmentError::Malformed("controller is not a node name".into()));
+        if raw
+            .controller
+            .as_deref()
+            .is_some_and(|c| !valid_controller_name(c))
+        {
+            return Err(EnrollmentError::Malformed(
+                "controller is not a node name".into(),
+            ));
         }
         let malformed = EnrollmentError::Malformed;
         Ok(Self {
             controller: raw.controller,
-            client_box_public_key: decode_fixed(&raw.client_box_public_key, "client_box_public_key")
-                .map_err(malformed)?,
+            client_box_public_key: decode_fixed(
+                &raw.client_box_public_key,
+                "client_box_public_key",
+            )
+            .map_err(malformed)?,
             box_nonce: decode_fixed(&raw.box_nonce, "box_nonce").map_err(malformed)?,
-            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_PLAINTEXT_BYTES).map_err(malformed)?,
+            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_PLAINTEXT_BYTES)
+                .map_err(malformed)?,
         })
     }
 
@@ -237,14 +262,25 @@ impl SealedEnrollRequest {
 
     /// Controller side: opens the box with the controller's long-term key and parses the
     /// plaintext strictly. The returned [`OpenedEnrollment`] seals the answer.
-    pub fn open(&self, keys: &ServerBoxKeys) -> Result<(EnrollRequest, OpenedEnrollment), EnrollmentError> {
+    pub fn open(
+        &self,
+        keys: &ServerBoxKeys,
+    ) -> Result<(EnrollRequest, OpenedEnrollment), EnrollmentError> {
         let client = BoxPublicKey::from_bytes(self.client_box_public_key).to_crypto_box();
         let shared = crypto_box::SalsaBox::new(&client, keys.secret());
         let plaintext = Zeroizing::new(
-            shared.decrypt(&self.box_nonce.into(), self.ciphertext.as_slice()).map_err(|_| EnrollmentError::BoxOpen)?,
+            shared
+                .decrypt(&self.box_nonce.into(), self.ciphertext.as_slice())
+                .map_err(|_| EnrollmentError::BoxOpen)?,
         );
         let request = parse_enroll_request(&plaintext)?;
-        Ok((request, OpenedEnrollment { shared, request_sha256: sha256_hex(&plaintext) }))
+        Ok((
+            request,
+            OpenedEnrollment {
+                shared,
+                request_sha256: sha256_hex(&plaintext),
+            },
+        ))
     }
 }
 
@@ -255,13 +291,15 @@ impl SealedEnrollAnswer {
         if body.len() > MAX_ENROLL_BODY_BYTES {
             return Err(malformed("body too large".into()));
         }
-        let raw: AnswerJson = serde_json::from_slice(body).map_err(|err| malformed(err.to_string()))?;
+        let raw: AnswerJson =
+            serde_json::from_slice(body).map_err(|err| malformed(err.to_string()))?;
         if raw.version != ENROLLMENT_VERSION {
             return Err(malformed(format!("unsupported version {}", raw.version)));
         }
         Ok(Self {
             box_nonce: decode_fixed(&raw.box_nonce, "box_nonce").map_err(malformed)?,
-            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_BODY_BYTES).map_err(malformed)?,
+            ciphertext: decode_ciphertext(&raw.ciphertext, MAX_ENROLL_BODY_BYTES)
+                .map_err(malformed)?,
         })
     }
 
@@ -284,7 +322,9 @@ pub struct OpenedEnrollment {
 
 impl std::fmt::Debug for OpenedEnrollment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedEnrollment").field("request_sha256", &self.request_sha256).finish_non_exhaustive()
+        f.debug_struct("OpenedEnrollment")
+            .field("request_sha256", &self.request_sha256)
+            .finish_non_exhaustive()
     }
 }
 
@@ -308,11 +348,18 @@ impl OpenedEnrollment {
         if answer.request_sha256 != self.request_sha256 {
             return Err(EnrollmentError::Seal("answer bound to another request"));
         }
-        let plaintext =
-            Zeroizing::new(serde_json::to_vec(answer).map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?);
-        let ciphertext =
-            self.shared.encrypt(&box_nonce.into(), plaintext.as_slice()).map_err(|_| EnrollmentError::Seal("box"))?;
-        Ok(SealedEnrollAnswer { box_nonce, ciphertext })
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(answer)
+                .map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?,
+        );
+        let ciphertext = self
+            .shared
+            .encrypt(&box_nonce.into(), plaintext.as_slice())
+            .map_err(|_| EnrollmentError::Seal("box"))?;
+        Ok(SealedEnrollAnswer {
+            box_nonce,
+            ciphertext,
+        })
     }
 }
 
@@ -324,7 +371,9 @@ pub struct PendingEnrollment {
 
 impl std::fmt::Debug for PendingEnrollment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingEnrollment").field("request_sha256", &self.request_sha256).finish_non_exhaustive()
+        f.debug_struct("PendingEnrollment")
+            .field("request_sha256", &self.request_sha256)
+            .finish_non_exhaustive()
     }
 }
 
@@ -334,7 +383,13 @@ pub fn seal_request(
     controller_key: BoxPublicKey,
     controller: Option<String>,
 ) -> Result<(SealedEnrollRequest, PendingEnrollment), EnrollmentError> {
-    seal_request_with(request, controller_key, controller, random_array()?, random_array()?)
+    seal_request_with(
+        request,
+        controller_key,
+        controller,
+        random_array()?,
+        random_array()?,
+    )
 }
 
 /// [`seal_request`] with a caller-chosen one-time secret key and nonce (test vectors).
@@ -348,15 +403,28 @@ pub fn seal_request_with(
     let secret = crypto_box::SecretKey::from_bytes(one_time_secret);
     let client_box_public_key = *secret.public_key().as_bytes();
     let shared = crypto_box::SalsaBox::new(&controller_key.to_crypto_box(), &secret);
-    let plaintext =
-        Zeroizing::new(serde_json::to_vec(request).map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?);
+    let plaintext = Zeroizing::new(
+        serde_json::to_vec(request).map_err(|_| EnrollmentError::Seal("JSON encoding failed"))?,
+    );
     if plaintext.len() > MAX_ENROLL_PLAINTEXT_BYTES {
         return Err(EnrollmentError::Malformed("request too large".into()));
     }
-    let ciphertext =
-        shared.encrypt(&box_nonce.into(), plaintext.as_slice()).map_err(|_| EnrollmentError::Seal("box"))?;
-    let sealed = SealedEnrollRequest { controller, client_box_public_key, box_nonce, ciphertext };
-    Ok((sealed, PendingEnrollment { shared, request_sha256: sha256_hex(&plaintext) }))
+    let ciphertext = shared
+        .encrypt(&box_nonce.into(), plaintext.as_slice())
+        .map_err(|_| EnrollmentError::Seal("box"))?;
+    let sealed = SealedEnrollRequest {
+        controller,
+        client_box_public_key,
+        box_nonce,
+        ciphertext,
+    };
+    Ok((
+        sealed,
+        PendingEnrollment {
+            shared,
+            request_sha256: sha256_hex(&plaintext),
+        },
+    ))
 }
 
 impl PendingEnrollment {
@@ -370,15 +438,20 @@ impl PendingEnrollment {
                 .decrypt(&sealed.box_nonce.into(), sealed.ciphertext.as_slice())
                 .map_err(|_| EnrollmentError::AnswerNotSealed)?,
         );
-        let answer: EnrollResponse =
-            serde_json::from_slice(&plaintext).map_err(|err| EnrollmentError::AnswerMalformed(err.to_string()))?;
-        if !constant_time_eq(answer.request_sha256.as_bytes(), self.request_sha256.as_bytes()) {
+        let answer: EnrollResponse = serde_json::from_slice(&plaintext)
+            .map_err(|err| EnrollmentError::AnswerMalformed(err.to_string()))?;
+        if !constant_time_eq(
+            answer.request_sha256.as_bytes(),
+            self.request_sha256.as_bytes(),
+        ) {
             return Err(EnrollmentError::AnswerNotBound);
         }
         HmacSecret::from_base64(&answer.hmac_secret)
             .map_err(|err| EnrollmentError::AnswerMalformed(format!("hmac_secret: {err}")))?;
         if answer.client_id.is_empty() || answer.servers.is_empty() {
-            return Err(EnrollmentError::AnswerMalformed("no client id or no servers".into()));
+            return Err(EnrollmentError::AnswerMalformed(
+                "no client id or no servers".into(),
+            ));
         }
         if let Some(totp) = &answer.totp {
             let ok = totp.algorithm == "SHA1"
@@ -387,7 +460,9 @@ impl PendingEnrollment {
                 && !totp.servers.is_empty()
                 && crate::passcode::TotpSecret::from_base32(&totp.secret).is_ok();
             if !ok {
-                return Err(EnrollmentError::AnswerMalformed("totp: not SHA1, 6-8 digits, 15-300 s, a secret and servers".into()));
+                return Err(EnrollmentError::AnswerMalformed(
+                    "totp: not SHA1, 6-8 digits, 15-300 s, a secret and servers".into(),
+                ));
             }
         }
         Ok(answer)
@@ -422,9 +497,14 @@ pub fn parse_enroll_request(body: &[u8]) -> Result<EnrollRequest, EnrollmentErro
     let request: EnrollRequest =
         serde_json::from_slice(body).map_err(|err| EnrollmentError::Malformed(err.to_string()))?;
     let token_ok = request.token.len() == token_text_len()
-        && request.token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && request
+            .token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !token_ok {
-        return Err(EnrollmentError::Malformed("token has the wrong form".into()));
+        return Err(EnrollmentError::Malformed(
+            "token has the wrong form".into(),
+        ));
     }
     if request.rsa_public_key_pem.len() > MAX_PUBLIC_KEY_PEM_LEN {
         return Err(EnrollmentError::Malformed("public key too large".into()));
@@ -433,7 +513,9 @@ pub fn parse_enroll_request(body: &[u8]) -> Result<EnrollRequest, EnrollmentErro
         && request.device_name.chars().count() <= MAX_DEVICE_NAME_LEN
         && !request.device_name.chars().any(char::is_control);
     if !name_ok {
-        return Err(EnrollmentError::Malformed("device name must be 1-64 printable characters".into()));
+        return Err(EnrollmentError::Malformed(
+            "device name must be 1-64 printable characters".into(),
+        ));
     }
     Ok(request)
 }
@@ -477,7 +559,11 @@ impl std::fmt::Display for EnrollmentLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let base = self.base_url.trim_end_matches('/');
         let key = URL_SAFE_NO_PAD.encode(self.controller_box_key.to_bytes());
-        write!(f, "{base}{ENROLL_PATH}#token={}&pin=sha256:{}&box={key}", self.token, self.cert_sha256)?;
+        write!(
+            f,
+            "{base}{ENROLL_PATH}#token={}&pin=sha256:{}&box={key}",
+            self.token, self.cert_sha256
+        )?;
         if let Some(controller) = &self.controller {
             write!(f, "&controller={controller}")?;
         }
@@ -490,8 +576,13 @@ impl std::str::FromStr for EnrollmentLink {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| EnrollmentError::BadLink(why.to_owned());
-        let (url, fragment) = text.trim().split_once('#').ok_or_else(|| bad("no #token=…&pin=…&box=… part"))?;
-        let base_url = url.strip_suffix(ENROLL_PATH).ok_or_else(|| bad("path is not /v1/enroll"))?;
+        let (url, fragment) = text
+            .trim()
+            .split_once('#')
+            .ok_or_else(|| bad("no #token=…&pin=…&box=… part"))?;
+        let base_url = url
+            .strip_suffix(ENROLL_PATH)
+            .ok_or_else(|| bad("path is not /v1/enroll"))?;
         if !base_url.starts_with("https://") || base_url.len() <= "https://".len() {
             return Err(bad("not an https:// URL"));
         }
@@ -499,9 +590,12 @@ impl std::str::FromStr for EnrollmentLink {
         for pair in fragment.split('&') {
             let slot = match pair.split_once('=') {
                 Some(("token", value)) => (&mut token, value),
-                Some(("pin", value)) => {
-                    (&mut pin, value.strip_prefix("sha256:").ok_or_else(|| bad("pin is not sha256:"))?)
-                }
+                Some(("pin", value)) => (
+                    &mut pin,
+                    value
+                        .strip_prefix("sha256:")
+                        .ok_or_else(|| bad("pin is not sha256:"))?,
+                ),
                 Some(("box", value)) => (&mut key, value),
                 Some(("controller", value)) => (&mut controller, value),
                 _ => return Err(bad("unexpected part after #")),
@@ -512,7 +606,10 @@ impl std::str::FromStr for EnrollmentLink {
         }
         let token = token.ok_or_else(|| bad("no token"))?;
         let cert_sha256 = pin.ok_or_else(|| bad("no sha256 pin"))?;
-        let pin_ok = cert_sha256.len() == 64 && cert_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let pin_ok = cert_sha256.len() == 64
+            && cert_sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !pin_ok {
             return Err(bad("pin must be 64 lower-case hex digits"));
         }
@@ -527,7 +624,10 @@ impl std::str::FromStr for EnrollmentLink {
             .ok()
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| bad("box= must be 32 bytes of base64url without padding"))?;
-        if controller.as_deref().is_some_and(|c| !valid_controller_name(c)) {
+        if controller
+            .as_deref()
+            .is_some_and(|c| !valid_controller_name(c))
+        {
             return Err(bad("controller= is not a node name"));
         }
         Ok(Self {
@@ -549,7 +649,10 @@ mod tests {
 
     /// Read at run time, so `regenerate_enrollment_vectors` and this test share one build.
     fn vectors_json() -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/enrollment-test-vectors.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/enrollment-test-vectors.json"
+        );
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
@@ -579,7 +682,10 @@ mod tests {
         EnrollResponse {
             request_sha256: request_sha256.to_owned(),
             client_id: "alice".into(),
-            hmac_secret: HmacSecret::from_bytes(&[7; 64]).unwrap().to_base64().to_string(),
+            hmac_secret: HmacSecret::from_bytes(&[7; 64])
+                .unwrap()
+                .to_base64()
+                .to_string(),
             servers: vec!["vpn1".into()],
             totp: None,
         }
@@ -588,12 +694,21 @@ mod tests {
     #[test]
     fn link_round_trips_and_hides_the_token_in_debug() {
         let text = link().to_string();
-        assert!(text.starts_with("https://10.0.0.1:8443/v1/enroll#token="), "{text}");
+        assert!(
+            text.starts_with("https://10.0.0.1:8443/v1/enroll#token="),
+            "{text}"
+        );
         assert!(text.contains("&box="), "{text}");
         assert_eq!(text.parse::<EnrollmentLink>().unwrap(), link());
         assert!(!format!("{:?}", link()).contains("AAAA"));
-        let clustered = EnrollmentLink { controller: Some("ctl-a".into()), ..link() };
-        assert_eq!(clustered.to_string().parse::<EnrollmentLink>().unwrap(), clustered);
+        let clustered = EnrollmentLink {
+            controller: Some("ctl-a".into()),
+            ..link()
+        };
+        assert_eq!(
+            clustered.to_string().parse::<EnrollmentLink>().unwrap(),
+            clustered
+        );
     }
 
     #[test]
@@ -614,7 +729,10 @@ mod tests {
             assert!(bad.parse::<EnrollmentLink>().is_err(), "{bad}");
         }
         let old = without_box.parse::<EnrollmentLink>().unwrap_err();
-        assert!(old.to_string().contains("ask the operator for a new link"), "{old}");
+        assert!(
+            old.to_string().contains("ask the operator for a new link"),
+            "{old}"
+        );
     }
 
     #[test]
@@ -623,7 +741,10 @@ mod tests {
         let body = serde_json::to_vec(&ok).unwrap();
         assert_eq!(parse_enroll_request(&body).unwrap(), ok);
         let extra = br#"{"token":"x","rsa_public_key_pem":"y","device_name":"z","admin":true}"#;
-        assert!(parse_enroll_request(extra).is_err(), "unknown fields are refused");
+        assert!(
+            parse_enroll_request(extra).is_err(),
+            "unknown fields are refused"
+        );
         let mut short = ok.clone();
         short.token = "short".into();
         assert!(parse_enroll_request(&serde_json::to_vec(&short).unwrap()).is_err());
@@ -636,18 +757,29 @@ mod tests {
     #[test]
     fn sealed_enrollment_round_trips_and_binds_the_answer_to_the_request() {
         let controller = ServerBoxKeys::from_secret_bytes(key_bytes(1));
-        let (sealed, pending) = seal_request(&request(), controller.public_key(), Some("ctl-a".into())).unwrap();
+        let (sealed, pending) =
+            seal_request(&request(), controller.public_key(), Some("ctl-a".into())).unwrap();
         let body = sealed.to_json().unwrap();
         let text = String::from_utf8(body.clone()).unwrap();
-        assert!(!text.contains("laptop") && !text.contains("AAAA"), "the front sees no plaintext: {text}");
+        assert!(
+            !text.contains("laptop") && !text.contains("AAAA"),
+            "the front sees no plaintext: {text}"
+        );
         let parsed = SealedEnrollRequest::parse(&body).unwrap();
         assert_eq!(parsed, sealed);
         let (opened_request, opened) = parsed.open(&controller).unwrap();
         assert_eq!(opened_request, request());
         assert_eq!(opened.request_sha256(), pending.request_sha256());
-        let answer_body = opened.seal(&answer(opened.request_sha256())).unwrap().to_json().unwrap();
+        let answer_body = opened
+            .seal(&answer(opened.request_sha256()))
+            .unwrap()
+            .to_json()
+            .unwrap();
         assert!(!String::from_utf8_lossy(&answer_body).contains("alice"));
-        assert_eq!(pending.open_answer(&answer_body).unwrap(), answer(pending.request_sha256()));
+        assert_eq!(
+            pending.open_answer(&answer_body).unwrap(),
+            answer(pending.request_sha256())
+        );
 
         // Another controller's key cannot open the request.
         let other = ServerBoxKeys::from_secret_bytes(key_bytes(2));
@@ -655,19 +787,42 @@ mod tests {
         // An answer sealed by anyone else (a front that swapped the box key) does not open.
         let client_key = BoxPublicKey::from_bytes(sealed.client_box_public_key).to_crypto_box();
         let forged_box = crypto_box::SalsaBox::new(&client_key, other.secret());
-        let forged = OpenedEnrollment { shared: forged_box, request_sha256: pending.request_sha256().to_owned() };
-        let forged_body = forged.seal(&answer(pending.request_sha256())).unwrap().to_json().unwrap();
-        assert_eq!(pending.open_answer(&forged_body).unwrap_err(), EnrollmentError::AnswerNotSealed);
+        let forged = OpenedEnrollment {
+            shared: forged_box,
+            request_sha256: pending.request_sha256().to_owned(),
+        };
+        let forged_body = forged
+            .seal(&answer(pending.request_sha256()))
+            .unwrap()
+            .to_json()
+            .unwrap();
+        assert_eq!(
+            pending.open_answer(&forged_body).unwrap_err(),
+            EnrollmentError::AnswerNotSealed
+        );
         // A flipped ciphertext byte does not open.
         let mut flipped = SealedEnrollAnswer::parse(&answer_body).unwrap();
         flipped.ciphertext[0] ^= 1;
         let flipped_body = flipped.to_json().unwrap();
-        assert_eq!(pending.open_answer(&flipped_body).unwrap_err(), EnrollmentError::AnswerNotSealed);
+        assert_eq!(
+            pending.open_answer(&flipped_body).unwrap_err(),
+            EnrollmentError::AnswerNotSealed
+        );
         // The controller's answer to another request of the same client key is not accepted.
         let real_box = crypto_box::SalsaBox::new(&client_key, controller.secret());
-        let unbound = OpenedEnrollment { shared: real_box, request_sha256: "00".repeat(32) };
-        let unbound_body = unbound.seal(&answer(&"00".repeat(32))).unwrap().to_json().unwrap();
-        assert_eq!(pending.open_answer(&unbound_body).unwrap_err(), EnrollmentError::AnswerNotBound);
+        let unbound = OpenedEnrollment {
+            shared: real_box,
+            request_sha256: "00".repeat(32),
+        };
+        let unbound_body = unbound
+            .seal(&answer(&"00".repeat(32)))
+            .unwrap()
+            .to_json()
+            .unwrap();
+        assert_eq!(
+            pending.open_answer(&unbound_body).unwrap_err(),
+            EnrollmentError::AnswerNotBound
+        );
         // Sealing refuses an answer bound to another request.
         assert!(opened.seal(&answer(&"00".repeat(32))).is_err());
     }
@@ -694,7 +849,11 @@ mod tests {
         ];
         for body in bad {
             let err = SealedEnrollRequest::parse(&body).unwrap_err();
-            assert!(matches!(err, EnrollmentError::Malformed(_)), "{err:?} for {}", String::from_utf8_lossy(&body));
+            assert!(
+                matches!(err, EnrollmentError::Malformed(_)),
+                "{err:?} for {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         let mut missing = good.clone();
         missing.as_object_mut().unwrap().remove("box_nonce");
@@ -704,10 +863,23 @@ mod tests {
         let (_, opened) = sealed.open(&controller).unwrap();
         let mut plaintext = serde_json::to_value(answer(opened.request_sha256())).unwrap();
         plaintext["admin"] = json!(true);
-        let ciphertext =
-            opened.shared.encrypt(&[9u8; 24].into(), serde_json::to_vec(&plaintext).unwrap().as_slice()).unwrap();
-        let body = SealedEnrollAnswer { box_nonce: [9; 24], ciphertext }.to_json().unwrap();
-        assert!(matches!(pending.open_answer(&body), Err(EnrollmentError::AnswerMalformed(_))));
+        let ciphertext = opened
+            .shared
+            .encrypt(
+                &[9u8; 24].into(),
+                serde_json::to_vec(&plaintext).unwrap().as_slice(),
+            )
+            .unwrap();
+        let body = SealedEnrollAnswer {
+            box_nonce: [9; 24],
+            ciphertext,
+        }
+        .to_json()
+        .unwrap();
+        assert!(matches!(
+            pending.open_answer(&body),
+            Err(EnrollmentError::AnswerMalformed(_))
+        ));
     }
 
     /// Everything the vectors file states, recomputed from its inputs.
@@ -733,11 +905,18 @@ mod tests {
         let answer = EnrollResponse {
             request_sha256: opened.request_sha256().to_owned(),
             client_id: "client-0001".into(),
-            hmac_secret: HmacSecret::from_bytes(&key_bytes(0x00).repeat(2)).unwrap().to_base64().to_string(),
+            hmac_secret: HmacSecret::from_bytes(&key_bytes(0x00).repeat(2))
+                .unwrap()
+                .to_base64()
+                .to_string(),
             servers: vec!["vpn1".into()],
             totp: None,
         };
-        let answer_body = opened.seal_with_nonce(&answer, answer_box_nonce).unwrap().to_json().unwrap();
+        let answer_body = opened
+            .seal_with_nonce(&answer, answer_box_nonce)
+            .unwrap()
+            .to_json()
+            .unwrap();
         assert_eq!(pending.open_answer(&answer_body).unwrap(), answer);
         let link = EnrollmentLink {
             base_url: "https://vpn.example.net:8443".into(),
@@ -767,15 +946,27 @@ mod tests {
     #[test]
     fn published_enrollment_vectors_are_recomputed() {
         let published: Value = serde_json::from_str(&vectors_json()).unwrap();
-        let pem = published["request_plaintext"].as_str().and_then(|p| serde_json::from_str::<Value>(p).ok()).unwrap();
+        let pem = published["request_plaintext"]
+            .as_str()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .unwrap();
         let pem = pem["rsa_public_key_pem"].as_str().unwrap().to_owned();
-        crate::approval::ClientRsaPublicKey::from_pem(&pem).expect("the vectors' RSA key is a valid 4096-bit key");
+        crate::approval::ClientRsaPublicKey::from_pem(&pem)
+            .expect("the vectors' RSA key is a valid 4096-bit key");
         assert_eq!(compute_vectors(&pem), published);
         // The controller opens the published request body to the published plaintext.
-        let controller = ServerBoxKeys::from_base64(published["controller_box_secret_key"].as_str().unwrap()).unwrap();
+        let controller =
+            ServerBoxKeys::from_base64(published["controller_box_secret_key"].as_str().unwrap())
+                .unwrap();
         let body = published["request_body"].as_str().unwrap().as_bytes();
-        let (request, _) = SealedEnrollRequest::parse(body).unwrap().open(&controller).unwrap();
-        assert_eq!(serde_json::to_string(&request).unwrap(), published["request_plaintext"].as_str().unwrap());
+        let (request, _) = SealedEnrollRequest::parse(body)
+            .unwrap()
+            .open(&controller)
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            published["request_plaintext"].as_str().unwrap()
+        );
     }
 
     /// `ENROLLMENT_VECTORS_OUT=docs/enrollment-test-vectors.json RSA_PEM=pub.pem cargo test

@@ -47,7 +47,12 @@ impl Default for PasscodeRules {
     /// 6 digits, 30 s steps (what authenticator apps assume), lockout for 15 min after 5
     /// wrong passcodes.
     fn default() -> Self {
-        Self { digits: 6, step_secs: 30, max_failures: 5, lockout: Duration::from_secs(900) }
+        Self {
+            digits: 6,
+            step_secs: 30,
+            max_failures: 5,
+            lockout: Duration::from_secs(900),
+        }
     }
 }
 
@@ -65,7 +70,9 @@ impl TotpSecret {
     /// A fresh random secret of [`SECRET_LEN`] bytes.
     pub fn generate() -> Result<Self, PasscodeError> {
         let mut bytes = vec![0u8; SECRET_LEN];
-        ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| PasscodeError::Random)?;
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| PasscodeError::Random)?;
         Ok(Self(Zeroizing::new(bytes)))
     }
 
@@ -83,14 +90,23 @@ impl TotpSecret {
             .to_bytes()
             .map_err(|e| PasscodeError::BadSecret(format!("{e:?}")))?;
         if bytes.len() < 16 {
-            return Err(PasscodeError::BadSecret(format!("{} bytes; at least 16 needed", bytes.len())));
+            return Err(PasscodeError::BadSecret(format!(
+                "{} bytes; at least 16 needed",
+                bytes.len()
+            )));
         }
         Ok(Self(Zeroizing::new(bytes)))
     }
 
     fn totp(&self, rules: &PasscodeRules) -> TOTP {
         // Digits are 6..=8 (checked by the configuration); skew is handled by `verify`.
-        TOTP::new_unchecked(Algorithm::SHA1, rules.digits as usize, 0, rules.step_secs.max(1), self.0.to_vec())
+        TOTP::new_unchecked(
+            Algorithm::SHA1,
+            rules.digits as usize,
+            0,
+            rules.step_secs.max(1),
+            self.0.to_vec(),
+        )
     }
 
     /// The passcode of the step that contains `unix` seconds.
@@ -106,7 +122,8 @@ impl TotpSecret {
         let mut matched = None;
         for candidate in current.saturating_sub(DRIFT_STEPS)..=current.saturating_add(DRIFT_STEPS) {
             let code = self.code_at(rules, candidate.saturating_mul(step));
-            let same: bool = subtle::ConstantTimeEq::ct_eq(code.as_bytes(), passcode.as_bytes()).into();
+            let same: bool =
+                subtle::ConstantTimeEq::ct_eq(code.as_bytes(), passcode.as_bytes()).into();
             if same && matched.is_none() {
                 matched = Some(candidate);
             }
@@ -116,11 +133,20 @@ impl TotpSecret {
 
     /// The `otpauth://` URI an authenticator app imports (Google Authenticator's key URI
     /// format): label `issuer:account`, SHA1, the digits and period of `rules`.
-    pub fn otpauth_uri(&self, rules: &PasscodeRules, issuer: &str, account: &str) -> Zeroizing<String> {
+    pub fn otpauth_uri(
+        &self,
+        rules: &PasscodeRules,
+        issuer: &str,
+        account: &str,
+    ) -> Zeroizing<String> {
         let escape = |s: &str| -> String {
             s.bytes()
                 .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
                 })
                 .collect()
         };
@@ -194,16 +220,24 @@ impl Failures {
     pub fn locked(&self, client_id: &str, now: Instant) -> Option<Duration> {
         let map = self.lock();
         let until = map.get(client_id)?.locked_until?;
-        until.checked_duration_since(now).filter(|left| !left.is_zero())
+        until
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
     }
 
     /// Counts a wrong passcode; returns how many more are allowed before a lockout (0: this
     /// one locked the client out).
     pub fn failed(&self, client_id: &str, rules: &PasscodeRules, now: Instant) -> u32 {
         let mut map = self.lock();
-        let state = map.entry(client_id.to_owned()).or_insert(FailureState { count: 0, locked_until: None });
+        let state = map.entry(client_id.to_owned()).or_insert(FailureState {
+            count: 0,
+            locked_until: None,
+        });
         if state.locked_until.is_some_and(|until| until <= now) {
-            *state = FailureState { count: 0, locked_until: None };
+            *state = FailureState {
+                count: 0,
+                locked_until: None,
+            };
         }
         state.count = state.count.saturating_add(1);
         if state.count >= rules.max_failures {
@@ -220,7 +254,9 @@ impl Failures {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FailureState>> {
-        self.by_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.by_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -233,7 +269,10 @@ mod tests {
     #[test]
     fn rfc6238_sha1_vectors() {
         let secret = TotpSecret(Zeroizing::new(b"12345678901234567890".to_vec()));
-        let rules = PasscodeRules { digits: 8, ..PasscodeRules::default() };
+        let rules = PasscodeRules {
+            digits: 8,
+            ..PasscodeRules::default()
+        };
         for (time, code) in [
             (59, "94287082"),
             (1_111_111_109, "07081804"),
@@ -244,7 +283,10 @@ mod tests {
         ] {
             assert_eq!(secret.code_at(&rules, time).as_str(), code, "T = {time}");
         }
-        assert_eq!(secret.to_base32().as_str(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(
+            secret.to_base32().as_str(),
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        );
         let back = TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap();
         assert_eq!(back.code_at(&rules, 59).as_str(), "94287082");
     }
@@ -255,7 +297,13 @@ mod tests {
         let rules = PasscodeRules::default();
         let now = 1_700_000_015;
         let step = now / 30;
-        for (offset, expected) in [(-2i64, None), (-1, Some(step - 1)), (0, Some(step)), (1, Some(step + 1)), (2, None)] {
+        for (offset, expected) in [
+            (-2i64, None),
+            (-1, Some(step - 1)),
+            (0, Some(step)),
+            (1, Some(step + 1)),
+            (2, None),
+        ] {
             let at = u64::try_from(i64::try_from(now).unwrap() + offset * 30).unwrap();
             let code = secret.code_at(&rules, at);
             let got = secret.verify(&rules, &code, now);
@@ -268,21 +316,36 @@ mod tests {
             }
         }
         assert_eq!(secret.verify(&rules, "12345", now), None);
-        assert!(well_formed(&rules, "012345") && !well_formed(&rules, "12345") && !well_formed(&rules, "12345a"));
+        assert!(
+            well_formed(&rules, "012345")
+                && !well_formed(&rules, "12345")
+                && !well_formed(&rules, "12345a")
+        );
     }
 
     #[test]
     fn lockout_after_max_failures_then_lifted() {
         let failures = Failures::default();
-        let rules = PasscodeRules { max_failures: 3, lockout: Duration::from_secs(60), ..PasscodeRules::default() };
+        let rules = PasscodeRules {
+            max_failures: 3,
+            lockout: Duration::from_secs(60),
+            ..PasscodeRules::default()
+        };
         let t0 = Instant::now();
         assert_eq!(failures.failed("a", &rules, t0), 2);
         assert_eq!(failures.failed("a", &rules, t0), 1);
         assert!(failures.locked("a", t0).is_none());
-        assert_eq!(failures.failed("a", &rules, t0), 0, "the third wrong passcode locks");
+        assert_eq!(
+            failures.failed("a", &rules, t0),
+            0,
+            "the third wrong passcode locks"
+        );
         assert!(failures.locked("a", t0).is_some());
         assert!(failures.locked("b", t0).is_none(), "only that client");
-        assert!(failures.locked("a", t0 + Duration::from_secs(61)).is_none(), "lifted after the lockout");
+        assert!(
+            failures.locked("a", t0 + Duration::from_secs(61)).is_none(),
+            "lifted after the lockout"
+        );
         failures.succeeded("a");
         assert!(failures.locked("a", t0).is_none());
     }
@@ -310,11 +373,21 @@ mod vectors {
     use super::*;
 
     const VECTORS_JSON: &str = include_str!("../../docs/passcode-test-vectors.json");
-    const TIMES: [u64; 6] = [59, 1_111_111_109, 1_111_111_111, 1_234_567_890, 2_000_000_000, 20_000_000_000];
+    const TIMES: [u64; 6] = [
+        59,
+        1_111_111_109,
+        1_111_111_111,
+        1_234_567_890,
+        2_000_000_000,
+        20_000_000_000,
+    ];
 
     fn compute() -> Value {
         let secret = TotpSecret(Zeroizing::new(b"12345678901234567890".to_vec()));
-        let eight = PasscodeRules { digits: 8, ..PasscodeRules::default() };
+        let eight = PasscodeRules {
+            digits: 8,
+            ..PasscodeRules::default()
+        };
         let six = PasscodeRules::default();
         let codes: Vec<Value> = TIMES
             .iter()
@@ -345,11 +418,14 @@ mod vectors {
 
     #[test]
     fn published_passcode_vectors_are_recomputed() {
-        let published: Value = serde_json::from_str(VECTORS_JSON).expect("docs/passcode-test-vectors.json is JSON");
+        let published: Value =
+            serde_json::from_str(VECTORS_JSON).expect("docs/passcode-test-vectors.json is JSON");
         assert_eq!(compute(), published);
         // The RFC's own values, independently of the file.
         let codes = published["codes"].as_array().unwrap();
-        let rfc = ["94287082", "07081804", "14050471", "89005924", "69279037", "65353130"];
+        let rfc = [
+            "94287082", "07081804", "14050471", "89005924", "69279037", "65353130",
+        ];
         for (row, want) in codes.iter().zip(rfc) {
             assert_eq!(row["code_8_digits"], want);
             assert_eq!(row["code_6_digits"].as_str().unwrap(), &want[2..]);

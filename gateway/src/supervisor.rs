@@ -42,13 +42,24 @@ pub enum RunError {
 /// Runs controller and web front until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
     let config = Config::load(config_path)?;
-    let web = config.web.clone().ok_or_else(|| RunError::NoWeb(config_path.to_owned()))?;
+    let web = config
+        .web
+        .clone()
+        .ok_or_else(|| RunError::NoWeb(config_path.to_owned()))?;
     if config.approvals.front_socket != web.front_socket {
-        return Err(RunError::SocketMismatch(config.approvals.front_socket.clone(), web.front_socket));
+        return Err(RunError::SocketMismatch(
+            config.approvals.front_socket.clone(),
+            web.front_socket,
+        ));
     }
     let exe = std::env::current_exe().map_err(RunError::Exe)?;
     let (stop, stopped) = watch::channel(false);
-    let supervisor = tokio::spawn(supervise_web(exe, config_path.to_owned(), log_filter.to_owned(), stopped));
+    let supervisor = tokio::spawn(supervise_web(
+        exe,
+        config_path.to_owned(),
+        log_filter.to_owned(),
+        stopped,
+    ));
     let result = controller::run(config).await;
     let _ = stop.send(true);
     if let Err(err) = supervisor.await {
@@ -57,10 +68,18 @@ pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
     Ok(result?)
 }
 
-async fn supervise_web(exe: PathBuf, config: PathBuf, log_filter: String, mut stop: watch::Receiver<bool>) {
+async fn supervise_web(
+    exe: PathBuf,
+    config: PathBuf,
+    log_filter: String,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let mut command = Command::new(&exe);
-        command.args(["--log", &log_filter, "web", "--config"]).arg(&config).kill_on_drop(true);
+        command
+            .args(["--log", &log_filter, "web", "--config"])
+            .arg(&config)
+            .kill_on_drop(true);
         // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
         // async-signal-safe; it makes the web front die with this process even on SIGKILL.
         unsafe {
@@ -98,9 +117,15 @@ async fn supervise_web(exe: PathBuf, config: PathBuf, log_filter: String, mut st
 
 async fn terminate(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         warn!("web front did not stop in time; killing it");
         let _ = child.kill().await;
     }

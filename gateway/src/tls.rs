@@ -45,7 +45,9 @@ pub enum TlsError {
         what: String,
     },
     /// Only one of the certificate and key exists; generating would break the pin.
-    #[error("{present} exists but {missing} does not; restore it or remove both to generate a new pair")]
+    #[error(
+        "{present} exists but {missing} does not; restore it or remove both to generate a new pair"
+    )]
     HalfPair {
         /// The file that exists.
         present: PathBuf,
@@ -70,7 +72,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads every certificate of a PEM file (in order; the first is the end entity).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     certs_from_pem(&pem, path)
 }
 
@@ -78,18 +83,29 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn certs_from_pem(pem: &[u8], origin: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| TlsError::Pem { path: origin.to_owned(), what: format!("bad certificate PEM: {err}") })?;
+        .map_err(|err| TlsError::Pem {
+            path: origin.to_owned(),
+            what: format!("bad certificate PEM: {err}"),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: origin.to_owned(), what: "no CERTIFICATE block".into() });
+        return Err(TlsError::Pem {
+            path: origin.to_owned(),
+            what: "no CERTIFICATE block".into(),
+        });
     }
     Ok(certs)
 }
 
 /// Reads the first private key of a PEM file.
 pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?);
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|err| TlsError::Pem { path: path.to_owned(), what: format!("no usable private key: {err}") })
+    let pem = Zeroizing::new(std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })?);
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|err| TlsError::Pem {
+        path: path.to_owned(),
+        what: format!("no usable private key: {err}"),
+    })
 }
 
 /// The web front's server config: the PEM chain and key, TLS 1.2 and 1.3, ALPN `http/1.1`.
@@ -107,18 +123,32 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, 
 /// Creates a self-signed certificate (ECDSA P-256) and its key at the given paths when
 /// neither exists; does nothing when both exist. The key is written 0600 and a missing folder
 /// is created 0700. Returns whether a pair was generated.
-pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, subject_alt_names: &[String]) -> Result<bool, TlsError> {
+pub fn ensure_self_signed(
+    cert_path: &Path,
+    key_path: &Path,
+    subject_alt_names: &[String],
+) -> Result<bool, TlsError> {
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => return Ok(false),
         (true, false) => {
-            return Err(TlsError::HalfPair { present: cert_path.to_owned(), missing: key_path.to_owned() });
+            return Err(TlsError::HalfPair {
+                present: cert_path.to_owned(),
+                missing: key_path.to_owned(),
+            });
         }
         (false, true) => {
-            return Err(TlsError::HalfPair { present: key_path.to_owned(), missing: cert_path.to_owned() });
+            return Err(TlsError::HalfPair {
+                present: key_path.to_owned(),
+                missing: cert_path.to_owned(),
+            });
         }
         (false, false) => {}
     }
-    let names = if subject_alt_names.is_empty() { vec!["localhost".to_owned()] } else { subject_alt_names.to_vec() };
+    let names = if subject_alt_names.is_empty() {
+        vec!["localhost".to_owned()]
+    } else {
+        subject_alt_names.to_vec()
+    };
     let generated = rcgen::generate_simple_self_signed(names)?;
     let key_pem = Zeroizing::new(generated.signing_key.serialize_pem());
     // The key first: a certificate without its key would be a half pair on the next start.
@@ -129,12 +159,29 @@ pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, subject_alt_names: 
 
 /// Creates `path` (never overwriting) with `mode`, creating a missing folder 0700.
 pub(crate) fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let io = |source| TlsError::Io { path: path.to_owned(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let io = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
     }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io)?;
-    file.write_all(contents).and_then(|()| file.sync_all()).map_err(io)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(io)
 }
 
 /// SHA-256 of a DER certificate.
@@ -149,8 +196,10 @@ pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
 /// links carry.
 pub fn cert_sha256_hex(cert_path: &Path) -> Result<String, TlsError> {
     let certs = load_certs(cert_path)?;
-    let first =
-        certs.first().ok_or_else(|| TlsError::Pem { path: cert_path.to_owned(), what: "no certificate".into() })?;
+    let first = certs.first().ok_or_else(|| TlsError::Pem {
+        path: cert_path.to_owned(),
+        what: "no certificate".into(),
+    })?;
     Ok(to_hex(&cert_sha256(first)))
 }
 
@@ -188,7 +237,10 @@ pub fn cert_to_pem(der: &[u8]) -> String {
 /// TLS 1.2 and 1.3, ALPN `http/1.1`, no client certificate.
 pub fn pinned_client_config(pins: Vec<[u8; 32]>) -> Result<ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCertVerifier::new(pins, provider.signature_verification_algorithms));
+    let verifier = Arc::new(PinnedCertVerifier::new(
+        pins,
+        provider.signature_verification_algorithms,
+    ));
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
@@ -223,14 +275,19 @@ impl PinnedCertVerifier {
     fn is_pinned(&self, der: &[u8]) -> bool {
         let digest = cert_sha256(der);
         // Every pin is compared, each in constant time.
-        self.pins.iter().fold(subtle::Choice::from(0), |any, pin| any | pin.ct_eq(&digest)).into()
+        self.pins
+            .iter()
+            .fold(subtle::Choice::from(0), |any, pin| any | pin.ct_eq(&digest))
+            .into()
     }
 }
 
 impl fmt::Debug for PinnedCertVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pins: Vec<String> = self.pins.iter().map(|p| to_hex(p)).collect();
-        f.debug_struct("PinnedCertVerifier").field("pins", &pins).finish_non_exhaustive()
+        f.debug_struct("PinnedCertVerifier")
+            .field("pins", &pins)
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,7 +303,9 @@ impl ServerCertVerifier for PinnedCertVerifier {
         if self.is_pinned(end_entity) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -284,7 +343,9 @@ mod tests {
     fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let cert = dir.join(name).join("cert.pem");
         let key = dir.join(name).join("key.pem");
-        assert!(ensure_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()]).unwrap());
+        assert!(
+            ensure_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()]).unwrap()
+        );
         (cert, key)
     }
 
@@ -312,7 +373,10 @@ mod tests {
             }
         });
         let provider = provider();
-        let verifier = Arc::new(PinnedCertVerifier::new(vec![pin], provider.signature_verification_algorithms));
+        let verifier = Arc::new(PinnedCertVerifier::new(
+            vec![pin],
+            provider.signature_verification_algorithms,
+        ));
         let mut client_config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
@@ -325,7 +389,10 @@ mod tests {
         // A name that is not in the certificate: the pin is what counts.
         let name = ServerName::try_from("not-in-the-cert.invalid").unwrap();
         let outcome = async {
-            let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
             assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN_HTTP11));
             tls.write_all(b"hello").await.map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
@@ -342,8 +409,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pair(dir.path(), "a");
         let pin = parse_pin_hex(&cert_sha256_hex(&cert).unwrap()).unwrap();
-        assert_eq!(handshake(&cert, &key, pin, &[&rustls::version::TLS13]).await.unwrap(), b"hello");
-        assert_eq!(handshake(&cert, &key, pin, &[&rustls::version::TLS12]).await.unwrap(), b"hello");
+        assert_eq!(
+            handshake(&cert, &key, pin, &[&rustls::version::TLS13])
+                .await
+                .unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            handshake(&cert, &key, pin, &[&rustls::version::TLS12])
+                .await
+                .unwrap(),
+            b"hello"
+        );
     }
 
     #[tokio::test]
@@ -352,11 +429,17 @@ mod tests {
         let (cert, key) = pair(dir.path(), "a");
         let (other, _) = pair(dir.path(), "b");
         let wrong = parse_pin_hex(&cert_sha256_hex(&other).unwrap()).unwrap();
-        let err = handshake(&cert, &key, wrong, &[&rustls::version::TLS13]).await.unwrap_err();
+        let err = handshake(&cert, &key, wrong, &[&rustls::version::TLS13])
+            .await
+            .unwrap_err();
         assert!(err.contains("certificate"), "{err}");
         let mut flipped = parse_pin_hex(&cert_sha256_hex(&cert).unwrap()).unwrap();
         flipped[31] ^= 1;
-        assert!(handshake(&cert, &key, flipped, &[&rustls::version::TLS12]).await.is_err());
+        assert!(
+            handshake(&cert, &key, flipped, &[&rustls::version::TLS12])
+                .await
+                .is_err()
+        );
     }
 
     #[test]
@@ -371,11 +454,21 @@ mod tests {
         assert_eq!(mode(&dir.path().join("web")), 0o700);
         let pin = cert_sha256_hex(&cert).unwrap();
         assert_eq!(pin.len(), 64);
-        assert!(!ensure_self_signed(&cert, &key, &[]).unwrap(), "second call is a no-op");
-        assert_eq!(cert_sha256_hex(&cert).unwrap(), pin, "the pin did not change");
+        assert!(
+            !ensure_self_signed(&cert, &key, &[]).unwrap(),
+            "second call is a no-op"
+        );
+        assert_eq!(
+            cert_sha256_hex(&cert).unwrap(),
+            pin,
+            "the pin did not change"
+        );
         server_config(&cert, &key).unwrap();
         std::fs::remove_file(&key).unwrap();
-        assert!(matches!(ensure_self_signed(&cert, &key, &[]), Err(TlsError::HalfPair { .. })));
+        assert!(matches!(
+            ensure_self_signed(&cert, &key, &[]),
+            Err(TlsError::HalfPair { .. })
+        ));
     }
 
     #[test]

@@ -109,9 +109,11 @@ impl Flow {
 
     fn v6_chain_frame(&self, chain: &[u8]) -> Vec<u8> {
         match (self.client, self.local) {
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                ethernet(&[], ETH_P_IPV6, &ipv6_chain(src, dst, chain, self.proto, &self.l4()))
-            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => ethernet(
+                &[],
+                ETH_P_IPV6,
+                &ipv6_chain(src, dst, chain, self.proto, &self.l4()),
+            ),
             _ => panic!("{} is not an IPv6 flow", self.name),
         }
     }
@@ -176,7 +178,14 @@ fn unexpired_opening_passes_and_records_last_seen() {
     let mut gate = Gate::load();
     for flow in FLOWS {
         let expires_at_ns = mono_ns() + 3_600_000_000_000;
-        gate.put_opening(SERVER, flow.client, Opening { expires_at_ns, last_seen_ns: 0 });
+        gate.put_opening(
+            SERVER,
+            flow.client,
+            Opening {
+                expires_at_ns,
+                last_seen_ns: 0,
+            },
+        );
         let before = mono_ns() - COARSE_CLOCK_LAG_NS;
         gate.expect(flow.name, &flow.frame(), Pass, Passed(flow.slot));
         let after = gate.opening(SERVER, flow.client);
@@ -186,7 +195,11 @@ fn unexpired_opening_passes_and_records_last_seen() {
             flow.name,
             after.last_seen_ns
         );
-        assert_eq!(after.expires_at_ns, expires_at_ns, "{}: expiry changed", flow.name);
+        assert_eq!(
+            after.expires_at_ns, expires_at_ns,
+            "{}: expiry changed",
+            flow.name
+        );
     }
 }
 
@@ -196,7 +209,14 @@ fn last_seen_is_refreshed_at_most_once_per_granularity() {
     let expires_at_ns = mono_ns() + 3_600_000_000_000;
     for flow in FLOWS {
         let recent = mono_ns() - LAST_SEEN_GRANULARITY_NS / 2;
-        gate.put_opening(SERVER, flow.client, Opening { expires_at_ns, last_seen_ns: recent });
+        gate.put_opening(
+            SERVER,
+            flow.client,
+            Opening {
+                expires_at_ns,
+                last_seen_ns: recent,
+            },
+        );
         gate.expect(flow.name, &flow.frame(), Pass, Passed(flow.slot));
         assert_eq!(
             gate.opening(SERVER, flow.client).last_seen_ns,
@@ -206,7 +226,14 @@ fn last_seen_is_refreshed_at_most_once_per_granularity() {
         );
 
         let stale = mono_ns() - 2 * LAST_SEEN_GRANULARITY_NS;
-        gate.put_opening(SERVER, flow.client, Opening { expires_at_ns, last_seen_ns: stale });
+        gate.put_opening(
+            SERVER,
+            flow.client,
+            Opening {
+                expires_at_ns,
+                last_seen_ns: stale,
+            },
+        );
         gate.expect(flow.name, &flow.frame(), Pass, Passed(flow.slot));
         assert!(
             gate.opening(SERVER, flow.client).last_seen_ns > stale,
@@ -219,12 +246,20 @@ fn last_seen_is_refreshed_at_most_once_per_granularity() {
 #[test]
 fn expired_opening_drops_and_leaves_last_seen_alone() {
     let mut gate = Gate::load();
-    let expired = Opening { expires_at_ns: mono_ns() - COARSE_CLOCK_LAG_NS, last_seen_ns: 0 };
+    let expired = Opening {
+        expires_at_ns: mono_ns() - COARSE_CLOCK_LAG_NS,
+        last_seen_ns: 0,
+    };
     gate.put_opening(SERVER, CLIENT_V4, expired);
     gate.put_opening(SERVER, CLIENT_V6, expired);
     for flow in FLOWS {
         gate.expect(flow.name, &flow.frame(), Drop, Dropped(flow.slot));
-        assert_eq!(gate.opening(SERVER, flow.client), expired, "{}: opening touched", flow.name);
+        assert_eq!(
+            gate.opening(SERVER, flow.client),
+            expired,
+            "{}: opening touched",
+            flow.name
+        );
     }
 }
 
@@ -245,7 +280,12 @@ fn opening_for_another_source_drops() {
     gate.open(SERVER, OTHER_CLIENT_V6);
     for flow in FLOWS {
         gate.expect(flow.name, &flow.frame(), Drop, Dropped(flow.slot));
-        gate.expect(flow.name, &flow.frame_from(flow.other_client), Pass, Passed(flow.slot));
+        gate.expect(
+            flow.name,
+            &flow.frame_from(flow.other_client),
+            Pass,
+            Passed(flow.slot),
+        );
     }
 }
 
@@ -256,7 +296,12 @@ fn opening_for_another_source_drops() {
 fn unguarded_port_passes_without_counting() {
     let mut gate = Gate::load();
     for flow in FLOWS {
-        let frame = ip_frame(flow.client, flow.local, flow.proto, &l4(flow.proto, FREE_PORT));
+        let frame = ip_frame(
+            flow.client,
+            flow.local,
+            flow.proto,
+            &l4(flow.proto, FREE_PORT),
+        );
         gate.expect(flow.name, &frame, Pass, Nothing);
     }
 }
@@ -265,7 +310,11 @@ fn unguarded_port_passes_without_counting() {
 fn guarded_port_of_the_other_protocol_passes() {
     let mut gate = Gate::load();
     for flow in FLOWS {
-        let other = if flow.proto == PROTO_UDP { PROTO_TCP } else { PROTO_UDP };
+        let other = if flow.proto == PROTO_UDP {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
         let frame = ip_frame(flow.client, flow.local, other, &l4(other, flow.port));
         gate.expect(flow.name, &frame, Pass, Nothing);
     }
@@ -274,7 +323,12 @@ fn guarded_port_of_the_other_protocol_passes() {
 #[test]
 fn arp_passes_without_counting() {
     let mut gate = Gate::load();
-    gate.expect("ARP request", &ethernet(&[], ETH_P_ARP, &arp_request()), Pass, Nothing);
+    gate.expect(
+        "ARP request",
+        &ethernet(&[], ETH_P_ARP, &arp_request()),
+        Pass,
+        Nothing,
+    );
 }
 
 #[test]
@@ -282,7 +336,12 @@ fn icmp_and_icmpv6_pass_without_counting() {
     let mut gate = Gate::load();
     let icmp = ip_frame(CLIENT_V4.into(), LOCAL_V4.into(), PROTO_ICMP, &icmp_echo(8));
     gate.expect("ICMP echo", &icmp, Pass, Nothing);
-    let icmpv6 = ip_frame(CLIENT_V6.into(), LOCAL_V6.into(), PROTO_ICMPV6, &icmp_echo(128));
+    let icmpv6 = ip_frame(
+        CLIENT_V6.into(),
+        LOCAL_V6.into(),
+        PROTO_ICMPV6,
+        &icmp_echo(128),
+    );
     gate.expect("ICMPv6 echo", &icmpv6, Pass, Nothing);
 }
 
@@ -309,10 +368,25 @@ fn exact_address_service_guards_only_its_address() {
     for (client, bound, other, slot) in cases {
         let to_bound = ip_frame(client, bound, PROTO_UDP, &udp(EXACT_PORT, 0));
         let to_other = ip_frame(client, other, PROTO_UDP, &udp(EXACT_PORT, 0));
-        gate.expect(&format!("to {bound}, no opening"), &to_bound, Drop, Dropped(slot));
-        gate.expect(&format!("to {other}, not guarded"), &to_other, Pass, Nothing);
+        gate.expect(
+            &format!("to {bound}, no opening"),
+            &to_bound,
+            Drop,
+            Dropped(slot),
+        );
+        gate.expect(
+            &format!("to {other}, not guarded"),
+            &to_other,
+            Pass,
+            Nothing,
+        );
         gate.open(SERVER, client);
-        gate.expect(&format!("to {bound}, opened"), &to_bound, Pass, Passed(slot));
+        gate.expect(
+            &format!("to {bound}, opened"),
+            &to_bound,
+            Pass,
+            Passed(slot),
+        );
     }
 }
 
@@ -345,9 +419,19 @@ fn exact_address_service_takes_precedence_over_wildcard() {
             Pass,
             Passed(wildcard_slot),
         );
-        gate.expect(&format!("{client} to {bound} (exact)"), &to_bound, Drop, Dropped(exact_slot));
+        gate.expect(
+            &format!("{client} to {bound} (exact)"),
+            &to_bound,
+            Drop,
+            Dropped(exact_slot),
+        );
         gate.open(OTHER_SERVER, client);
-        gate.expect(&format!("{client} to {bound}, opened"), &to_bound, Pass, Passed(exact_slot));
+        gate.expect(
+            &format!("{client} to {bound}, opened"),
+            &to_bound,
+            Pass,
+            Passed(exact_slot),
+        );
     }
 }
 
@@ -356,7 +440,11 @@ fn exact_address_service_takes_precedence_over_wildcard() {
 
 fn tagged(tags: &[u16], flow: &Flow) -> Vec<u8> {
     let untagged = flow.frame();
-    ethernet(tags, u16::from_be_bytes([untagged[12], untagged[13]]), &untagged[ETH_HDR_LEN..])
+    ethernet(
+        tags,
+        u16::from_be_bytes([untagged[12], untagged[13]]),
+        &untagged[ETH_HDR_LEN..],
+    )
 }
 
 #[test]
@@ -374,7 +462,11 @@ fn single_802_1q_tag_is_gated() {
 fn double_802_1ad_802_1q_tags_are_gated() {
     for flow in FLOWS {
         let frame = tagged(&[ETH_P_8021AD, ETH_P_8021Q], &flow);
-        assert_gated(&format!("{} in 802.1ad+802.1Q", flow.name), &frame, flow.slot);
+        assert_gated(
+            &format!("{} in 802.1ad+802.1Q", flow.name),
+            &frame,
+            flow.slot,
+        );
     }
 }
 
@@ -385,7 +477,11 @@ fn triple_tag_drops_as_too_deep() {
         let frame = tagged(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], &flow);
         gate.expect(flow.name, &frame, Drop, Counted(VlanTooDeep));
     }
-    let arp = ethernet(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_ARP, &arp_request());
+    let arp = ethernet(
+        &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+        ETH_P_ARP,
+        &arp_request(),
+    );
     gate.expect("ARP under three tags", &arp, Drop, Counted(VlanTooDeep));
 }
 
@@ -406,13 +502,22 @@ struct Complete {
 const FRAGMENT_DATA: usize = 16;
 
 fn complete_guarded_frames() -> Vec<Complete> {
-    let complete = |name: String, l3, frame, data| Complete { name, l3, frame, data };
+    let complete = |name: String, l3, frame, data| Complete {
+        name,
+        l3,
+        frame,
+        data,
+    };
     let mut out: Vec<Complete> = FLOWS
         .iter()
         .map(|flow| complete(flow.name.to_string(), ETH_HDR_LEN, flow.frame(), 0))
         .collect();
     for flow in V4_FLOWS {
-        let packet = Ipv4 { option_words: 3, ..flow.v4() }.packet(&flow.l4());
+        let packet = Ipv4 {
+            option_words: 3,
+            ..flow.v4()
+        }
+        .packet(&flow.l4());
         out.push(complete(
             format!("{} with options", flow.name),
             ETH_HDR_LEN,
@@ -420,7 +525,11 @@ fn complete_guarded_frames() -> Vec<Complete> {
             0,
         ));
         let data = cat(&[&flow.l4(), &[0; FRAGMENT_DATA]]);
-        let packet = Ipv4 { frag: IPV4_MORE_FRAGMENTS, ..flow.v4() }.packet(&data);
+        let packet = Ipv4 {
+            frag: IPV4_MORE_FRAGMENTS,
+            ..flow.v4()
+        }
+        .packet(&data);
         out.push(complete(
             format!("{} first fragment", flow.name),
             ETH_HDR_LEN,
@@ -436,7 +545,11 @@ fn complete_guarded_frames() -> Vec<Complete> {
             frame,
             0,
         ));
-        let payload = cat(&[&ipv6_fragment(flow.proto, 0, true), &flow.l4(), &[0; FRAGMENT_DATA]]);
+        let payload = cat(&[
+            &ipv6_fragment(flow.proto, 0, true),
+            &flow.l4(),
+            &[0; FRAGMENT_DATA],
+        ]);
         let frame = flow.v6_frame(IPV6_FRAGMENT, &payload);
         out.push(complete(
             format!("{} first fragment", flow.name),
@@ -448,7 +561,12 @@ fn complete_guarded_frames() -> Vec<Complete> {
     for flow in FLOWS {
         let frame = tagged(&[ETH_P_8021AD, ETH_P_8021Q], &flow);
         let l3 = ETH_HDR_LEN + 2 * VLAN_TAG_LEN;
-        out.push(complete(format!("{} in 802.1ad+802.1Q", flow.name), l3, frame, 0));
+        out.push(complete(
+            format!("{} in 802.1ad+802.1Q", flow.name),
+            l3,
+            frame,
+            0,
+        ));
     }
     out
 }
@@ -459,7 +577,11 @@ fn every_truncation_of_an_opened_guarded_frame_drops() {
     // disagreeing with the frame.
     let mut gate = opened_gate();
     for Complete { name, frame, .. } in complete_guarded_frames() {
-        assert_eq!(gate.run(&frame), Pass, "{name}: the complete frame, opened, must pass");
+        assert_eq!(
+            gate.run(&frame),
+            Pass,
+            "{name}: the complete frame, opened, must pass"
+        );
         for len in 0..frame.len() {
             let what = format!("{name} cut to {len} of {} bytes", frame.len());
             if len < ETH_HDR_LEN {
@@ -488,7 +610,11 @@ fn cut_consistently(frame: &[u8], l3: usize, len: usize) -> Vec<u8> {
     let mut cut = frame[..len].to_vec();
     match frame[l3] >> 4 {
         4 => set_u16(&mut cut, l3 + IPV4_TOTAL_LEN_AT, (len - l3) as u16),
-        6 => set_u16(&mut cut, l3 + IPV6_PAYLOAD_LEN_AT, (len - l3 - IPV6_HDR_LEN) as u16),
+        6 => set_u16(
+            &mut cut,
+            l3 + IPV6_PAYLOAD_LEN_AT,
+            (len - l3 - IPV6_HDR_LEN) as u16,
+        ),
         other => panic!("IP version {other} at offset {l3}"),
     }
     cut
@@ -498,14 +624,31 @@ fn cut_consistently(frame: &[u8], l3: usize, len: usize) -> Vec<u8> {
 fn every_truncation_inside_the_headers_with_matching_ip_length_drops() {
     // Cuts inside the data after the transport header would be complete, shorter packets.
     let mut gate = opened_gate();
-    for Complete { name, l3, frame, data } in complete_guarded_frames() {
-        let fixed_header = if frame[l3] >> 4 == 4 { IPV4_HDR_LEN } else { IPV6_HDR_LEN };
+    for Complete {
+        name,
+        l3,
+        frame,
+        data,
+    } in complete_guarded_frames()
+    {
+        let fixed_header = if frame[l3] >> 4 == 4 {
+            IPV4_HDR_LEN
+        } else {
+            IPV6_HDR_LEN
+        };
         for len in l3 + fixed_header..frame.len() - data {
-            let what = format!("{name} cut to {len} of {} bytes, IP length matching", frame.len());
+            let what = format!(
+                "{name} cut to {len} of {} bytes, IP length matching",
+                frame.len()
+            );
             gate.expect_parse_drop(&what, &cut_consistently(&frame, l3, len));
         }
         let headers_only = cut_consistently(&frame, l3, frame.len() - data);
-        assert_eq!(gate.run(&headers_only), Pass, "{name} without its data, opened, must pass");
+        assert_eq!(
+            gate.run(&headers_only),
+            Pass,
+            "{name} without its data, opened, must pass"
+        );
     }
 }
 
@@ -516,22 +659,42 @@ fn truncation_counts_the_header_it_cut() {
     let l3 = ETH_HDR_LEN;
     let cases: [(&str, Vec<u8>, GlobalCounter); 14] = [
         ("IPv4: no IP header", v4_udp[..l3].to_vec(), Ipv4Truncated),
-        ("IPv4: inside the IP header", v4_udp[..l3 + 19].to_vec(), Ipv4Truncated),
-        ("IPv4: inside UDP, total length says more", v4_udp[..l3 + 24].to_vec(), Ipv4Truncated),
+        (
+            "IPv4: inside the IP header",
+            v4_udp[..l3 + 19].to_vec(),
+            Ipv4Truncated,
+        ),
+        (
+            "IPv4: inside UDP, total length says more",
+            v4_udp[..l3 + 24].to_vec(),
+            Ipv4Truncated,
+        ),
         (
             "IPv4: inside UDP, total length agrees",
             cut_consistently(&v4_udp, l3, l3 + 24),
             L4Truncated,
         ),
-        ("IPv4: no UDP, total length agrees", cut_consistently(&v4_udp, l3, l3 + 20), L4Truncated),
+        (
+            "IPv4: no UDP, total length agrees",
+            cut_consistently(&v4_udp, l3, l3 + 20),
+            L4Truncated,
+        ),
         (
             "IPv4: inside TCP, total length agrees",
             cut_consistently(&v4_tcp, l3, l3 + 39),
             L4Truncated,
         ),
         ("IPv6: no IP header", v6_udp[..l3].to_vec(), Ipv6Truncated),
-        ("IPv6: inside the IP header", v6_udp[..l3 + 39].to_vec(), Ipv6Truncated),
-        ("IPv6: inside UDP, payload length says more", v6_udp[..l3 + 44].to_vec(), Ipv6Truncated),
+        (
+            "IPv6: inside the IP header",
+            v6_udp[..l3 + 39].to_vec(),
+            Ipv6Truncated,
+        ),
+        (
+            "IPv6: inside UDP, payload length says more",
+            v6_udp[..l3 + 44].to_vec(),
+            Ipv6Truncated,
+        ),
         (
             "IPv6: inside UDP, payload length agrees",
             cut_consistently(&v6_udp, l3, l3 + 44),
@@ -576,7 +739,11 @@ fn ipv4_options_are_skipped_to_the_port() {
     // NOP-filled options: a program that read the port at offset 20 would see port 257.
     for flow in V4_FLOWS {
         for option_words in 1..=10u8 {
-            let packet = Ipv4 { option_words, ..flow.v4() }.packet(&flow.l4());
+            let packet = Ipv4 {
+                option_words,
+                ..flow.v4()
+            }
+            .packet(&flow.l4());
             let what = format!("{} with IHL {}", flow.name, 5 + option_words);
             assert_gated(&what, &ethernet(&[], ETH_P_IPV4, &packet), flow.slot);
         }
@@ -632,7 +799,11 @@ fn ipv4_total_length_below_header_length_drops_as_malformed() {
             );
         }
         // IHL 6 (24-byte header) with a total length that stops inside the options.
-        let packet = Ipv4 { option_words: 1, ..flow.v4() }.packet(&flow.l4());
+        let packet = Ipv4 {
+            option_words: 1,
+            ..flow.v4()
+        }
+        .packet(&flow.l4());
         let mut frame = ethernet(&[], ETH_P_IPV4, &packet);
         set_u16(&mut frame, ETH_HDR_LEN + IPV4_TOTAL_LEN_AT, 23);
         gate.expect(
@@ -668,7 +839,11 @@ fn ipv6_bad_version_drops_as_malformed() {
 fn ethernet_padding_after_the_ip_packet_is_ignored() {
     for flow in FLOWS {
         let frame = cat(&[&flow.frame(), &[0xff; 32]]);
-        assert_gated(&format!("{} + 32 bytes of padding", flow.name), &frame, flow.slot);
+        assert_gated(
+            &format!("{} + 32 bytes of padding", flow.name),
+            &frame,
+            flow.slot,
+        );
     }
 }
 
@@ -679,9 +854,11 @@ fn padding_does_not_complete_a_cut_transport_header() {
     for flow in FLOWS {
         let mut frame = cat(&[&flow.frame(), &[0; 8]]);
         match flow.client {
-            IpAddr::V4(_) => {
-                set_u16(&mut frame, ETH_HDR_LEN + IPV4_TOTAL_LEN_AT, (IPV4_HDR_LEN + 4) as u16)
-            }
+            IpAddr::V4(_) => set_u16(
+                &mut frame,
+                ETH_HDR_LEN + IPV4_TOTAL_LEN_AT,
+                (IPV4_HDR_LEN + 4) as u16,
+            ),
             IpAddr::V6(_) => set_u16(&mut frame, ETH_HDR_LEN + IPV6_PAYLOAD_LEN_AT, 4),
         }
         gate.expect(flow.name, &frame, Drop, Counted(L4Truncated));
@@ -694,8 +871,11 @@ fn padding_does_not_complete_a_cut_transport_header() {
 #[test]
 fn ipv4_first_fragment_is_gated_by_its_ports() {
     for flow in V4_FLOWS {
-        let packet = Ipv4 { frag: IPV4_MORE_FRAGMENTS, ..flow.v4() }
-            .packet(&cat(&[&flow.l4(), &[0; FRAGMENT_DATA]]));
+        let packet = Ipv4 {
+            frag: IPV4_MORE_FRAGMENTS,
+            ..flow.v4()
+        }
+        .packet(&cat(&[&flow.l4(), &[0; FRAGMENT_DATA]]));
         assert_gated(
             &format!("{} first fragment", flow.name),
             &ethernet(&[], ETH_P_IPV4, &packet),
@@ -708,9 +888,21 @@ fn ipv4_first_fragment_is_gated_by_its_ports() {
 fn ipv4_tiny_first_fragment_drops() {
     let mut gate = opened_gate();
     for (flow, l4_bytes) in [(V4_FLOWS[0], 4), (V4_FLOWS[1], 8), (V4_FLOWS[1], 16)] {
-        let packet = Ipv4 { frag: IPV4_MORE_FRAGMENTS, ..flow.v4() }.packet(&flow.l4()[..l4_bytes]);
-        let what = format!("{} first fragment with {l4_bytes} bytes of header", flow.name);
-        gate.expect(&what, &ethernet(&[], ETH_P_IPV4, &packet), Drop, Counted(FragmentTiny));
+        let packet = Ipv4 {
+            frag: IPV4_MORE_FRAGMENTS,
+            ..flow.v4()
+        }
+        .packet(&flow.l4()[..l4_bytes]);
+        let what = format!(
+            "{} first fragment with {l4_bytes} bytes of header",
+            flow.name
+        );
+        gate.expect(
+            &what,
+            &ethernet(&[], ETH_P_IPV4, &packet),
+            Drop,
+            Counted(FragmentTiny),
+        );
     }
 }
 
@@ -719,7 +911,12 @@ fn ipv4_non_first_fragment_passes_and_is_counted() {
     // No openings. The payload starts with what looks like a header to the guarded port.
     let mut gate = Gate::load();
     for flow in V4_FLOWS {
-        for frag in [1, 185, IPV4_MORE_FRAGMENTS | 1, IPV4_MORE_FRAGMENTS | 0x1fff] {
+        for frag in [
+            1,
+            185,
+            IPV4_MORE_FRAGMENTS | 1,
+            IPV4_MORE_FRAGMENTS | 0x1fff,
+        ] {
             let packet = Ipv4 { frag, ..flow.v4() }.packet(&flow.l4());
             let what = format!("{} fragment field {frag:#06x}", flow.name);
             gate.expect(
@@ -736,8 +933,11 @@ fn ipv4_non_first_fragment_passes_and_is_counted() {
 fn ipv6_first_fragment_is_gated_by_its_ports() {
     for flow in V6_FLOWS {
         for more in [true, false] {
-            let payload =
-                cat(&[&ipv6_fragment(flow.proto, 0, more), &flow.l4(), &[0; FRAGMENT_DATA]]);
+            let payload = cat(&[
+                &ipv6_fragment(flow.proto, 0, more),
+                &flow.l4(),
+                &[0; FRAGMENT_DATA],
+            ]);
             let what = format!("{} fragment offset 0, M={more}", flow.name);
             assert_gated(&what, &flow.v6_frame(IPV6_FRAGMENT, &payload), flow.slot);
         }
@@ -749,8 +949,16 @@ fn ipv6_tiny_first_fragment_drops() {
     let mut gate = opened_gate();
     for (flow, l4_bytes) in [(V6_FLOWS[0], 4), (V6_FLOWS[1], 8), (V6_FLOWS[1], 16)] {
         let payload = cat(&[&ipv6_fragment(flow.proto, 0, true), &flow.l4()[..l4_bytes]]);
-        let what = format!("{} first fragment with {l4_bytes} bytes of header", flow.name);
-        gate.expect(&what, &flow.v6_frame(IPV6_FRAGMENT, &payload), Drop, Counted(FragmentTiny));
+        let what = format!(
+            "{} first fragment with {l4_bytes} bytes of header",
+            flow.name
+        );
+        gate.expect(
+            &what,
+            &flow.v6_frame(IPV6_FRAGMENT, &payload),
+            Drop,
+            Counted(FragmentTiny),
+        );
     }
 }
 
@@ -794,7 +1002,11 @@ fn ipv6_extension_header_length_is_honoured() {
     let decoy = udp(UDP_PORT, 0);
     let hbh = cat(&[&[PROTO_TCP, 1, 1, 4, 0, 0, 0, 0], &decoy]);
     let frame = flow.v6_frame(IPV6_HOP_BY_HOP, &cat(&[&hbh, &flow.l4()]));
-    assert_gated("IPv6 TCP after a 16-byte hop-by-hop header", &frame, flow.slot);
+    assert_gated(
+        "IPv6 TCP after a 16-byte hop-by-hop header",
+        &frame,
+        flow.slot,
+    );
 }
 
 #[test]
@@ -806,12 +1018,22 @@ fn ipv6_authentication_header_is_walked() {
             flow.slot,
         );
         let frame = flow.v6_chain_frame(&[IPV6_HOP_BY_HOP, IPV6_AH, IPV6_DEST_OPTS]);
-        assert_gated(&format!("{} after hop-by-hop, AH, dest-opts", flow.name), &frame, flow.slot);
+        assert_gated(
+            &format!("{} after hop-by-hop, AH, dest-opts", flow.name),
+            &frame,
+            flow.slot,
+        );
     }
 }
 
-const SIX_HEADERS: [u8; 6] =
-    [IPV6_HOP_BY_HOP, IPV6_DEST_OPTS, IPV6_ROUTING, IPV6_AH, IPV6_ROUTING, IPV6_DEST_OPTS];
+const SIX_HEADERS: [u8; 6] = [
+    IPV6_HOP_BY_HOP,
+    IPV6_DEST_OPTS,
+    IPV6_ROUTING,
+    IPV6_AH,
+    IPV6_ROUTING,
+    IPV6_DEST_OPTS,
+];
 
 #[test]
 fn ipv6_chain_of_six_extension_headers_is_gated() {
@@ -829,7 +1051,12 @@ fn ipv6_chain_longer_than_six_drops_as_unparsed() {
     let mut gate = opened_gate();
     for flow in V6_FLOWS {
         let seven = cat(&[&SIX_HEADERS, &[IPV6_DEST_OPTS]]);
-        gate.expect(flow.name, &flow.v6_chain_frame(&seven), Drop, Counted(Ipv6ExtUnparsed));
+        gate.expect(
+            flow.name,
+            &flow.v6_chain_frame(&seven),
+            Drop,
+            Counted(Ipv6ExtUnparsed),
+        );
         // Six headers, then a fragment header as the seventh, then the transport header.
         let mut payload = Vec::new();
         let nexts = SIX_HEADERS[1..].iter().chain(&[IPV6_FRAGMENT]);
@@ -866,7 +1093,10 @@ fn ipv6_truncated_extension_header_drops() {
         gate.expect(&what, &frame, Drop, Counted(Ipv6ExtUnparsed));
         // The same, but naming no next header: still a truncated IP header.
         let frame = flow.v6_frame(IPV6_HOP_BY_HOP, &[IPV6_NO_NEXT_HEADER, 1, 1, 4, 0, 0, 0, 0]);
-        let what = format!("{}: hop-by-hop overruns the payload, no next header", flow.name);
+        let what = format!(
+            "{}: hop-by-hop overruns the payload, no next header",
+            flow.name
+        );
         gate.expect(&what, &frame, Drop, Counted(Ipv6ExtUnparsed));
     }
 }
@@ -880,14 +1110,22 @@ fn ipv6_extension_headers_in_ethernet_padding_are_not_walked() {
         let hbh = ipv6_ext(IPV6_HOP_BY_HOP, IPV6_DEST_OPTS);
         let in_padding = ipv6_ext(IPV6_DEST_OPTS, IPV6_NO_NEXT_HEADER);
         let mut frame = cat(&[&flow.v6_frame(IPV6_HOP_BY_HOP, &hbh), &in_padding]);
-        set_u16(&mut frame, ETH_HDR_LEN + IPV6_PAYLOAD_LEN_AT, hbh.len() as u16);
+        set_u16(
+            &mut frame,
+            ETH_HDR_LEN + IPV6_PAYLOAD_LEN_AT,
+            hbh.len() as u16,
+        );
         gate.expect(flow.name, &frame, Drop, Counted(Ipv6ExtUnparsed));
 
         // Nor is a fragment header there, even one that says "non-first fragment".
         let hbh = ipv6_ext(IPV6_HOP_BY_HOP, IPV6_FRAGMENT);
         let in_padding = ipv6_fragment(flow.proto, 1, true);
         let mut frame = cat(&[&flow.v6_frame(IPV6_HOP_BY_HOP, &hbh), &in_padding]);
-        set_u16(&mut frame, ETH_HDR_LEN + IPV6_PAYLOAD_LEN_AT, hbh.len() as u16);
+        set_u16(
+            &mut frame,
+            ETH_HDR_LEN + IPV6_PAYLOAD_LEN_AT,
+            hbh.len() as u16,
+        );
         gate.expect(flow.name, &frame, Drop, Counted(Ipv6ExtUnparsed));
     }
 }
@@ -907,5 +1145,10 @@ fn ipv6_no_next_header_passes_without_counting() {
             &ipv6_ext(IPV6_HOP_BY_HOP, IPV6_NO_NEXT_HEADER),
         ),
     );
-    gate.expect("IPv6, hop-by-hop then no next header", &after_hbh, Pass, Nothing);
+    gate.expect(
+        "IPv6, hop-by-hop then no next header",
+        &after_hbh,
+        Pass,
+        Nothing,
+    );
 }

@@ -16,13 +16,16 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use xdpgate::approval::{
-    self, ClientCredentials, ClientRecord, ClientRsaKey, ClientRsaPublicKey, ConnectTarget, HmacSecret, MemoryState,
-    RequestParams, ResponsePayload, ServerBoxKeys, ServerPolicy, TransportProtocol, ValidationConfig,
+    self, ClientCredentials, ClientRecord, ClientRsaKey, ClientRsaPublicKey, ConnectTarget,
+    HmacSecret, MemoryState, RequestParams, ResponsePayload, ServerBoxKeys, ServerPolicy,
+    TransportProtocol, ValidationConfig,
 };
 use xdpgate::client::https::{self, Endpoint, HttpsReply, HttpsRequest};
 use xdpgate::client::{self, ClientCommandError, ConnectOptions, EnrollOptions};
 use xdpgate::config::{IpNet, WebConfig};
-use xdpgate::enrollment::{self, EnrollRequest, EnrollResponse, EnrollmentLink, SealedEnrollRequest};
+use xdpgate::enrollment::{
+    self, EnrollRequest, EnrollResponse, EnrollmentLink, SealedEnrollRequest,
+};
 use xdpgate::{tls, web};
 use xdpgate_proto::front::v1::front_server::{Front, FrontServer};
 use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
@@ -60,20 +63,35 @@ struct FakeFront {
 
 #[tonic::async_trait]
 impl Front for FakeFront {
-    async fn submit_approval(&self, request: Request<FrontRequest>) -> Result<Response<FrontReply>, Status> {
+    async fn submit_approval(
+        &self,
+        request: Request<FrontRequest>,
+    ) -> Result<Response<FrontReply>, Status> {
         let request = request.into_inner();
-        self.received.lock().unwrap().push(Received::Approval(request.clone()));
+        self.received
+            .lock()
+            .unwrap()
+            .push(Received::Approval(request.clone()));
         Ok(Response::new(match &self.behaviour {
-            Behaviour::Canned(status, body) => FrontReply { http_status: *status, body: body.clone() },
+            Behaviour::Canned(status, body) => FrontReply {
+                http_status: *status,
+                body: body.clone(),
+            },
             Behaviour::Real(mini) => mini.approve(&request),
         }))
     }
 
     async fn enroll(&self, request: Request<FrontRequest>) -> Result<Response<FrontReply>, Status> {
         let request = request.into_inner();
-        self.received.lock().unwrap().push(Received::Enroll(request.clone()));
+        self.received
+            .lock()
+            .unwrap()
+            .push(Received::Enroll(request.clone()));
         Ok(Response::new(match &self.behaviour {
-            Behaviour::Canned(status, body) => FrontReply { http_status: *status, body: body.clone() },
+            Behaviour::Canned(status, body) => FrontReply {
+                http_status: *status,
+                body: body.clone(),
+            },
             Behaviour::Real(mini) => mini.enroll(&request),
         }))
     }
@@ -82,7 +100,9 @@ impl Front for FakeFront {
         &self,
         _request: Request<xdpgate_proto::front::v1::NoticesRequest>,
     ) -> Result<Response<xdpgate_proto::front::v1::NoticesReply>, Status> {
-        Ok(Response::new(xdpgate_proto::front::v1::NoticesReply::default()))
+        Ok(Response::new(
+            xdpgate_proto::front::v1::NoticesReply::default(),
+        ))
     }
 }
 
@@ -101,7 +121,12 @@ impl MiniController {
         // The harness's clients connect from loopback, which is never openable: under the
         // default (proven-address) policy nothing could open, so vpn1 opens what the
         // request reports (the reference client's addresses, not a relay's).
-        state.add_server_here("vpn1", ServerPolicy { address_policy: approval::AddressPolicy::OpenAll });
+        state.add_server_here(
+            "vpn1",
+            ServerPolicy {
+                address_policy: approval::AddressPolicy::OpenAll,
+            },
+        );
         state.add_server_here("vpn2", ServerPolicy::default());
         state.allow("laptop-1", "vpn1");
         Self {
@@ -114,11 +139,16 @@ impl MiniController {
     }
 
     fn error(status: u32, code: &str) -> FrontReply {
-        FrontReply { http_status: status, body: format!(r#"{{"error":"{code}"}}"#).into_bytes() }
+        FrontReply {
+            http_status: status,
+            body: format!(r#"{{"error":"{code}"}}"#).into_bytes(),
+        }
     }
 
     fn enroll(&self, request: &FrontRequest) -> FrontReply {
-        let Ok((enroll, opened)) = SealedEnrollRequest::parse(&request.body).and_then(|s| s.open(&self.keys)) else {
+        let Ok((enroll, opened)) =
+            SealedEnrollRequest::parse(&request.body).and_then(|s| s.open(&self.keys))
+        else {
             return Self::error(400, "malformed");
         };
         let mut used = self.token_used.lock().unwrap();
@@ -140,18 +170,33 @@ impl MiniController {
             servers: vec!["vpn1".into(), "vpn2".into()],
             totp: None,
         };
-        FrontReply { http_status: 200, body: opened.seal(&answer).unwrap().to_json().unwrap() }
+        FrontReply {
+            http_status: 200,
+            body: opened.seal(&answer).unwrap().to_json().unwrap(),
+        }
     }
 
     fn approve(&self, request: &FrontRequest) -> FrontReply {
         let parsed = match approval::parse_request(&request.body) {
             Ok(parsed) => parsed,
-            Err(rejection) => return Self::error(u32::from(rejection.http_status()), rejection.public_code().as_str()),
+            Err(rejection) => {
+                return Self::error(
+                    u32::from(rejection.http_status()),
+                    rejection.public_code().as_str(),
+                );
+            }
         };
         let remote: IpAddr = request.remote_address.parse().unwrap();
         let now = xdpgate::clock::unix_ms() / 1000;
         let state = self.state.lock().unwrap();
-        match approval::validate(&parsed, &*state, &self.keys, remote, now, &ValidationConfig::default()) {
+        match approval::validate(
+            &parsed,
+            &*state,
+            &self.keys,
+            remote,
+            now,
+            &ValidationConfig::default(),
+        ) {
             Ok(approved) => {
                 let connect = ConnectTarget {
                     host_ipv4: Some("192.0.2.1".parse().unwrap()),
@@ -159,19 +204,35 @@ impl MiniController {
                     port: 1194,
                     protocol: TransportProtocol::Udp,
                 };
-                let payload = ResponsePayload::allow(connect, approved.open_addresses.clone(), now + 180);
-                let sealed =
-                    approval::seal_response(&approved.binding, &self.keys, approved.client_hmac_secret(), &payload)
-                        .unwrap();
-                FrontReply { http_status: 200, body: sealed.to_json().unwrap() }
+                let payload =
+                    ResponsePayload::allow(connect, approved.open_addresses.clone(), now + 180);
+                let sealed = approval::seal_response(
+                    &approved.binding,
+                    &self.keys,
+                    approved.client_hmac_secret(),
+                    &payload,
+                )
+                .unwrap();
+                FrontReply {
+                    http_status: 200,
+                    body: sealed.to_json().unwrap(),
+                }
             }
             Err(rejection) => match rejection.binding() {
                 Some(binding) => {
                     let payload = ResponsePayload::deny(rejection.public_code());
-                    let sealed = approval::seal_response(binding, &self.keys, &self.hmac_secret, &payload).unwrap();
-                    FrontReply { http_status: u32::from(rejection.http_status()), body: sealed.to_json().unwrap() }
+                    let sealed =
+                        approval::seal_response(binding, &self.keys, &self.hmac_secret, &payload)
+                            .unwrap();
+                    FrontReply {
+                        http_status: u32::from(rejection.http_status()),
+                        body: sealed.to_json().unwrap(),
+                    }
                 }
-                None => Self::error(u32::from(rejection.http_status()), rejection.public_code().as_str()),
+                None => Self::error(
+                    u32::from(rejection.http_status()),
+                    rejection.public_code().as_str(),
+                ),
             },
         }
     }
@@ -209,7 +270,10 @@ struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Self {
-            controller: Controller::Serving(Behaviour::Canned(202, br#"{"relayed":["verbatim",1]}"#.to_vec())),
+            controller: Controller::Serving(Behaviour::Canned(
+                202,
+                br#"{"relayed":["verbatim",1]}"#.to_vec(),
+            )),
             per_minute: 6000,
             burst: 1000,
             trusted_proxies: Vec::new(),
@@ -232,7 +296,10 @@ impl Harness {
         match setup.controller {
             Controller::Serving(behaviour) => {
                 let listener = UnixListener::bind(&socket).unwrap();
-                let service = FakeFront { received: received.clone(), behaviour };
+                let service = FakeFront {
+                    received: received.clone(),
+                    behaviour,
+                };
                 let (tx, rx) = oneshot::channel::<()>();
                 stop_front = Some(tx);
                 tokio::spawn(async move {
@@ -246,7 +313,9 @@ impl Harness {
                 });
             }
             Controller::Dead => {}
-            Controller::Stuck => stuck_listener = Some(std::os::unix::net::UnixListener::bind(&socket).unwrap()),
+            Controller::Stuck => {
+                stuck_listener = Some(std::os::unix::net::UnixListener::bind(&socket).unwrap())
+            }
         }
         let config = WebConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -272,7 +341,16 @@ impl Harness {
             })
             .await
         });
-        Self { _dir: dir, addr, pin, cert, received, stop_web: Some(tx), web: Some(web), stop_front }
+        Self {
+            _dir: dir,
+            addr,
+            pin,
+            cert,
+            received,
+            stop_web: Some(tx),
+            web: Some(web),
+            stop_front,
+        }
     }
 
     fn base_url(&self) -> String {
@@ -288,9 +366,20 @@ impl Harness {
     ) -> HttpsReply {
         let endpoint = Endpoint::parse(&self.base_url()).unwrap();
         let config = Arc::new(tls::pinned_client_config(vec![self.pin]).unwrap());
-        https::send(&endpoint, config, HttpsRequest { method, path, headers, body }, Duration::from_secs(10), 1 << 20)
-            .await
-            .unwrap()
+        https::send(
+            &endpoint,
+            config,
+            HttpsRequest {
+                method,
+                path,
+                headers,
+                body,
+            },
+            Duration::from_secs(10),
+            1 << 20,
+        )
+        .await
+        .unwrap()
     }
 
     async fn post(&self, path: &str, body: Vec<u8>) -> HttpsReply {
@@ -306,7 +395,11 @@ impl Harness {
             let _ = tx.send(());
         }
         if let Some(web) = self.web.take() {
-            tokio::time::timeout(Duration::from_secs(10), web).await.expect("web front stops").unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), web)
+                .await
+                .expect("web front stops")
+                .unwrap()
+                .unwrap();
         }
         if let Some(tx) = self.stop_front.take() {
             let _ = tx.send(());
@@ -315,12 +408,21 @@ impl Harness {
 }
 
 fn body_json(reply: &HttpsReply) -> serde_json::Value {
-    serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|err| panic!("not JSON ({err}): {:?}", String::from_utf8_lossy(&reply.body)))
+    serde_json::from_slice(&reply.body).unwrap_or_else(|err| {
+        panic!(
+            "not JSON ({err}): {:?}",
+            String::from_utf8_lossy(&reply.body)
+        )
+    })
 }
 
 fn assert_error(reply: &HttpsReply, status: u16, code: &str) {
-    assert_eq!(reply.status, status, "body {:?}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        status,
+        "body {:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(body_json(reply), serde_json::json!({ "error": code }));
 }
 
@@ -340,14 +442,20 @@ fn signed_request() -> approval::ApprovalRequest {
         device_name: "test".into(),
         passcode: None,
     };
-    approval::build_request(&creds, &params, 1_700_000_000).unwrap().0
+    approval::build_request(&creds, &params, 1_700_000_000)
+        .unwrap()
+        .0
 }
 
 /// The same JSON object with its keys in another order and whitespace added.
 fn reordered(json: &[u8]) -> Vec<u8> {
     let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).unwrap();
     let mut text = String::from("{\n");
-    let entries: Vec<String> = value.iter().rev().map(|(k, v)| format!("  {:?} : {}", k, v)).collect();
+    let entries: Vec<String> = value
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("  {:?} : {}", k, v))
+        .collect();
     text.push_str(&entries.join(",\n"));
     text.push_str("\n}\n");
     text.into_bytes()
@@ -363,20 +471,32 @@ async fn valid_approval_is_forwarded_re_serialized_and_the_reply_relayed_verbati
 
     let reply = harness.post(approval::REQUEST_PATH, sent).await;
     assert_eq!(reply.status, 202);
-    assert_eq!(reply.body.as_ref(), br#"{"relayed":["verbatim",1]}"#, "body relayed byte for byte");
-    assert_eq!(reply.server_cert.as_ref().map(|c| tls::cert_sha256(c)), Some(harness.pin));
+    assert_eq!(
+        reply.body.as_ref(),
+        br#"{"relayed":["verbatim",1]}"#,
+        "body relayed byte for byte"
+    );
+    assert_eq!(
+        reply.server_cert.as_ref().map(|c| tls::cert_sha256(c)),
+        Some(harness.pin)
+    );
 
     let received = harness.received();
     let [Received::Approval(forwarded)] = received.as_slice() else {
         panic!("expected one approval, got {received:?}")
     };
-    assert_eq!(forwarded.body, canonical, "the controller gets the re-serialized struct, not the client's bytes");
+    assert_eq!(
+        forwarded.body, canonical,
+        "the controller gets the re-serialized struct, not the client's bytes"
+    );
     assert_eq!(forwarded.remote_address, "127.0.0.1");
     assert_eq!(forwarded.request_id.len(), 32);
     assert!(forwarded.request_id.bytes().all(|b| b.is_ascii_hexdigit()));
 
     // A second request gets another id.
-    harness.post(approval::REQUEST_PATH, canonical.clone()).await;
+    harness
+        .post(approval::REQUEST_PATH, canonical.clone())
+        .await;
     let ids: Vec<String> = harness
         .received()
         .iter()
@@ -395,33 +515,82 @@ async fn bad_bodies_are_answered_locally_and_never_forwarded() {
 
     let mut extra: serde_json::Value = serde_json::from_slice(&canonical).unwrap();
     extra["admin"] = serde_json::json!(true);
-    assert_error(&harness.post(approval::REQUEST_PATH, serde_json::to_vec(&extra).unwrap()).await, 400, "malformed");
+    assert_error(
+        &harness
+            .post(approval::REQUEST_PATH, serde_json::to_vec(&extra).unwrap())
+            .await,
+        400,
+        "malformed",
+    );
 
-    assert_error(&harness.post(approval::REQUEST_PATH, b"{\"version\":1,".to_vec()).await, 400, "malformed");
-    assert_error(&harness.post(approval::REQUEST_PATH, Vec::new()).await, 400, "malformed");
+    assert_error(
+        &harness
+            .post(approval::REQUEST_PATH, b"{\"version\":1,".to_vec())
+            .await,
+        400,
+        "malformed",
+    );
+    assert_error(
+        &harness.post(approval::REQUEST_PATH, Vec::new()).await,
+        400,
+        "malformed",
+    );
 
     let mut padded = canonical.clone();
     padded.truncate(padded.len() - 1);
     padded.extend(std::iter::repeat_n(b' ', approval::MAX_REQUEST_BODY_BYTES));
     padded.push(b'}');
     assert!(padded.len() > approval::MAX_REQUEST_BODY_BYTES);
-    assert_error(&harness.post(approval::REQUEST_PATH, padded).await, 413, "payload_too_large");
-    assert_error(&harness.post(approval::REQUEST_PATH, vec![b'x'; 1 << 20]).await, 413, "payload_too_large");
-
-    let enroll_extra = br#"{"token":"x","rsa_public_key_pem":"y","device_name":"z","admin":true}"#;
-    assert_error(&harness.post(enrollment::ENROLL_PATH, enroll_extra.to_vec()).await, 400, "malformed");
     assert_error(
-        &harness.post(enrollment::ENROLL_PATH, vec![b' '; enrollment::MAX_ENROLL_BODY_BYTES + 1]).await,
+        &harness.post(approval::REQUEST_PATH, padded).await,
+        413,
+        "payload_too_large",
+    );
+    assert_error(
+        &harness
+            .post(approval::REQUEST_PATH, vec![b'x'; 1 << 20])
+            .await,
         413,
         "payload_too_large",
     );
 
-    assert!(harness.received().is_empty(), "nothing reached the controller: {:?}", harness.received());
+    let enroll_extra = br#"{"token":"x","rsa_public_key_pem":"y","device_name":"z","admin":true}"#;
+    assert_error(
+        &harness
+            .post(enrollment::ENROLL_PATH, enroll_extra.to_vec())
+            .await,
+        400,
+        "malformed",
+    );
+    assert_error(
+        &harness
+            .post(
+                enrollment::ENROLL_PATH,
+                vec![b' '; enrollment::MAX_ENROLL_BODY_BYTES + 1],
+            )
+            .await,
+        413,
+        "payload_too_large",
+    );
+
+    assert!(
+        harness.received().is_empty(),
+        "nothing reached the controller: {:?}",
+        harness.received()
+    );
 
     // Unknown routes and methods answer JSON too, and forward nothing.
-    assert_error(&harness.request(Method::GET, "/v1/other", Vec::new(), Vec::new()).await, 404, "not_found");
     assert_error(
-        &harness.request(Method::GET, approval::REQUEST_PATH, Vec::new(), Vec::new()).await,
+        &harness
+            .request(Method::GET, "/v1/other", Vec::new(), Vec::new())
+            .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &harness
+            .request(Method::GET, approval::REQUEST_PATH, Vec::new(), Vec::new())
+            .await,
         405,
         "method_not_allowed",
     );
@@ -437,9 +606,12 @@ async fn enrollment_is_forwarded_re_serialized() {
         rsa_public_key_pem: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into(),
         device_name: "laptop".into(),
     };
-    let (sealed, _) = enrollment::seal_request(&request, mini_box_key(), Some("ctl-a".into())).unwrap();
+    let (sealed, _) =
+        enrollment::seal_request(&request, mini_box_key(), Some("ctl-a".into())).unwrap();
     let canonical = sealed.to_json().unwrap();
-    let reply = harness.post(enrollment::ENROLL_PATH, reordered(&canonical)).await;
+    let reply = harness
+        .post(enrollment::ENROLL_PATH, reordered(&canonical))
+        .await;
     assert_eq!(reply.status, 202);
     let received = harness.received();
     let [Received::Enroll(forwarded)] = received.as_slice() else {
@@ -455,20 +627,48 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let xff = vec![("x-forwarded-for", "192.0.2.99, 198.51.100.7".to_owned())];
 
     let direct = Harness::start(Setup::default()).await;
-    direct.request(Method::POST, approval::REQUEST_PATH, xff.clone(), body.clone()).await;
+    direct
+        .request(
+            Method::POST,
+            approval::REQUEST_PATH,
+            xff.clone(),
+            body.clone(),
+        )
+        .await;
     let received = direct.received();
-    let [Received::Approval(f)] = received.as_slice() else { panic!("{received:?}") };
-    assert_eq!(f.remote_address, "127.0.0.1", "an untrusted peer's header is ignored");
+    let [Received::Approval(f)] = received.as_slice() else {
+        panic!("{received:?}")
+    };
+    assert_eq!(
+        f.remote_address, "127.0.0.1",
+        "an untrusted peer's header is ignored"
+    );
     direct.stop().await;
 
-    let behind_proxy =
-        Harness::start(Setup { trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()], ..Setup::default() }).await;
-    behind_proxy.request(Method::POST, approval::REQUEST_PATH, xff, body.clone()).await;
+    let behind_proxy = Harness::start(Setup {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Setup::default()
+    })
+    .await;
+    behind_proxy
+        .request(Method::POST, approval::REQUEST_PATH, xff, body.clone())
+        .await;
     let bad = vec![("x-forwarded-for", "not-an-address".to_owned())];
-    assert_error(&behind_proxy.request(Method::POST, approval::REQUEST_PATH, bad, body).await, 400, "malformed");
+    assert_error(
+        &behind_proxy
+            .request(Method::POST, approval::REQUEST_PATH, bad, body)
+            .await,
+        400,
+        "malformed",
+    );
     let received = behind_proxy.received();
-    let [Received::Approval(f)] = received.as_slice() else { panic!("{received:?}") };
-    assert_eq!(f.remote_address, "198.51.100.7", "the last untrusted hop from a trusted proxy");
+    let [Received::Approval(f)] = received.as_slice() else {
+        panic!("{received:?}")
+    };
+    assert_eq!(
+        f.remote_address, "198.51.100.7",
+        "the last untrusted hop from a trusted proxy"
+    );
     behind_proxy.stop().await;
 }
 
@@ -476,29 +676,72 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 async fn the_address_echo_answers_the_address_an_approval_would_come_from() {
     let xff = vec![("x-forwarded-for", "192.0.2.99, 198.51.100.7".to_owned())];
     let direct = Harness::start(Setup::default()).await;
-    let reply = direct.request(Method::GET, approval::ADDRESS_PATH, xff.clone(), Vec::new()).await;
+    let reply = direct
+        .request(Method::GET, approval::ADDRESS_PATH, xff.clone(), Vec::new())
+        .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(body_json(&reply), serde_json::json!({ "address": "127.0.0.1" }), "an untrusted peer's header is ignored");
-    assert!(direct.received().is_empty(), "the echo forwards nothing to the controller");
+    assert_eq!(
+        body_json(&reply),
+        serde_json::json!({ "address": "127.0.0.1" }),
+        "an untrusted peer's header is ignored"
+    );
+    assert!(
+        direct.received().is_empty(),
+        "the echo forwards nothing to the controller"
+    );
     direct.stop().await;
 
-    let behind_proxy =
-        Harness::start(Setup { trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()], ..Setup::default() }).await;
-    let reply = behind_proxy.request(Method::GET, approval::ADDRESS_PATH, xff, Vec::new()).await;
-    assert_eq!(body_json(&reply), serde_json::json!({ "address": "198.51.100.7" }), "the same address approvals see");
+    let behind_proxy = Harness::start(Setup {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Setup::default()
+    })
+    .await;
+    let reply = behind_proxy
+        .request(Method::GET, approval::ADDRESS_PATH, xff, Vec::new())
+        .await;
+    assert_eq!(
+        body_json(&reply),
+        serde_json::json!({ "address": "198.51.100.7" }),
+        "the same address approvals see"
+    );
     behind_proxy.stop().await;
 }
 
 #[tokio::test]
 async fn rate_limit_answers_429_after_the_burst() {
-    let harness = Harness::start(Setup { per_minute: 1, burst: 3, ..Setup::default() }).await;
+    let harness = Harness::start(Setup {
+        per_minute: 1,
+        burst: 3,
+        ..Setup::default()
+    })
+    .await;
     let body = signed_request().to_json().unwrap();
     for _ in 0..3 {
-        assert_eq!(harness.post(approval::REQUEST_PATH, body.clone()).await.status, 202);
+        assert_eq!(
+            harness
+                .post(approval::REQUEST_PATH, body.clone())
+                .await
+                .status,
+            202
+        );
     }
-    assert_error(&harness.post(approval::REQUEST_PATH, body.clone()).await, 429, "rate_limited");
-    assert_error(&harness.request(Method::GET, "/healthz", Vec::new(), Vec::new()).await, 429, "rate_limited");
-    assert_eq!(harness.received().len(), 3, "limited requests are not forwarded");
+    assert_error(
+        &harness.post(approval::REQUEST_PATH, body.clone()).await,
+        429,
+        "rate_limited",
+    );
+    assert_error(
+        &harness
+            .request(Method::GET, "/healthz", Vec::new(), Vec::new())
+            .await,
+        429,
+        "rate_limited",
+    );
+    assert_eq!(
+        harness.received().len(),
+        3,
+        "limited requests are not forwarded"
+    );
     harness.stop().await;
 }
 
@@ -512,16 +755,37 @@ impl Harness {
 
 #[tokio::test]
 async fn a_kept_alive_connection_serves_several_requests_and_is_still_rate_limited() {
-    let harness = Harness::start(Setup { per_minute: 1, burst: 3, ..Setup::default() }).await;
+    let harness = Harness::start(Setup {
+        per_minute: 1,
+        burst: 3,
+        ..Setup::default()
+    })
+    .await;
     let body = signed_request().to_json().unwrap();
     let mut session = harness.session().await;
     for _ in 0..3 {
-        let reply = session.send(HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()), 1 << 20).await.unwrap();
+        let reply = session
+            .send(
+                HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()),
+                1 << 20,
+            )
+            .await
+            .unwrap();
         assert_eq!(reply.status, 202);
     }
-    let limited = session.send(HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()), 1 << 20).await.unwrap();
+    let limited = session
+        .send(
+            HttpsRequest::post_json(approval::REQUEST_PATH, body.clone()),
+            1 << 20,
+        )
+        .await
+        .unwrap();
     assert_error(&limited, 429, "rate_limited");
-    assert_eq!(harness.received().len(), 3, "the limit counts requests, not connections");
+    assert_eq!(
+        harness.received().len(),
+        3,
+        "the limit counts requests, not connections"
+    );
     harness.stop().await;
 }
 
@@ -529,28 +793,64 @@ async fn a_kept_alive_connection_serves_several_requests_and_is_still_rate_limit
 async fn a_connection_closes_after_its_request_quota() {
     let quota = web::MAX_REQUESTS_PER_CONNECTION;
     let allowance = u32::try_from(quota * 2).unwrap();
-    let harness = Harness::start(Setup { per_minute: allowance, burst: allowance, ..Setup::default() }).await;
+    let harness = Harness::start(Setup {
+        per_minute: allowance,
+        burst: allowance,
+        ..Setup::default()
+    })
+    .await;
     let mut session = harness.session().await;
     for n in 1..=quota {
-        let reply = session.send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20).await;
-        assert!(reply.is_ok_and(|r| r.status == 200), "request {n} of {quota} on one connection");
+        let reply = session
+            .send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20)
+            .await;
+        assert!(
+            reply.is_ok_and(|r| r.status == 200),
+            "request {n} of {quota} on one connection"
+        );
     }
-    let after = session.send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20).await;
-    assert!(after.is_err(), "the connection is closed after {quota} answers: {after:?}");
+    let after = session
+        .send(HttpsRequest::new(Method::GET, "/healthz"), 1 << 20)
+        .await;
+    assert!(
+        after.is_err(),
+        "the connection is closed after {quota} answers: {after:?}"
+    );
     // A new connection is served.
-    assert_eq!(harness.request(Method::GET, "/healthz", Vec::new(), Vec::new()).await.status, 200);
+    assert_eq!(
+        harness
+            .request(Method::GET, "/healthz", Vec::new(), Vec::new())
+            .await
+            .status,
+        200
+    );
     harness.stop().await;
 }
 
 #[tokio::test]
 async fn health_reflects_the_controller() {
     let up = Harness::start(Setup::default()).await;
-    let reply = up.request(Method::GET, "/healthz", Vec::new(), Vec::new()).await;
-    assert_eq!((reply.status, body_json(&reply)), (200, serde_json::json!({"status":"ok"})));
+    let reply = up
+        .request(Method::GET, "/healthz", Vec::new(), Vec::new())
+        .await;
+    assert_eq!(
+        (reply.status, body_json(&reply)),
+        (200, serde_json::json!({"status":"ok"}))
+    );
     up.stop().await;
 
-    let down = Harness::start(Setup { controller: Controller::Dead, ..Setup::default() }).await;
-    assert_error(&down.request(Method::GET, "/healthz", Vec::new(), Vec::new()).await, 503, "unavailable");
+    let down = Harness::start(Setup {
+        controller: Controller::Dead,
+        ..Setup::default()
+    })
+    .await;
+    assert_error(
+        &down
+            .request(Method::GET, "/healthz", Vec::new(), Vec::new())
+            .await,
+        503,
+        "unavailable",
+    );
     down.stop().await;
 }
 
@@ -565,8 +865,16 @@ async fn dead_controller_gives_503_quickly() {
     let body = signed_request().to_json().unwrap();
     for _ in 0..2 {
         let started = Instant::now();
-        assert_error(&harness.post(approval::REQUEST_PATH, body.clone()).await, 503, "unavailable");
-        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert_error(
+            &harness.post(approval::REQUEST_PATH, body.clone()).await,
+            503,
+            "unavailable",
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
     harness.stop().await;
 }
@@ -580,7 +888,13 @@ async fn stuck_controller_gives_503_at_the_request_deadline() {
     })
     .await;
     let started = Instant::now();
-    assert_error(&harness.post(approval::REQUEST_PATH, signed_request().to_json().unwrap()).await, 503, "unavailable");
+    assert_error(
+        &harness
+            .post(approval::REQUEST_PATH, signed_request().to_json().unwrap())
+            .await,
+        503,
+        "unavailable",
+    );
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
     harness.stop().await;
@@ -593,20 +907,36 @@ async fn wrong_pin_is_refused_by_the_client() {
     let mut wrong = harness.pin;
     wrong[0] ^= 0xff;
     let config = Arc::new(tls::pinned_client_config(vec![wrong]).unwrap());
-    let err =
-        https::send(&endpoint, config, HttpsRequest::post_json("/healthz", Vec::new()), Duration::from_secs(5), 1024)
-            .await
-            .unwrap_err();
-    assert!(matches!(err, https::HttpsError::PinMismatch { .. }), "{err}");
+    let err = https::send(
+        &endpoint,
+        config,
+        HttpsRequest::post_json("/healthz", Vec::new()),
+        Duration::from_secs(5),
+        1024,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, https::HttpsError::PinMismatch { .. }),
+        "{err}"
+    );
     assert!(harness.received().is_empty());
     harness.stop().await;
 }
 
 fn token() -> String {
-    "T0ken-_".chars().cycle().take(enrollment::token_text_len()).collect()
+    "T0ken-_"
+        .chars()
+        .cycle()
+        .take(enrollment::token_text_len())
+        .collect()
 }
 
-async fn enroll(harness: &Harness, profile: &Path, force: bool) -> Result<String, ClientCommandError> {
+async fn enroll(
+    harness: &Harness,
+    profile: &Path,
+    force: bool,
+) -> Result<String, ClientCommandError> {
     let link = EnrollmentLink {
         base_url: harness.base_url(),
         token: token(),
@@ -614,7 +944,13 @@ async fn enroll(harness: &Harness, profile: &Path, force: bool) -> Result<String
         controller_box_key: mini_box_key(),
         controller: None,
     };
-    client::enroll(&EnrollOptions { link: &link.to_string(), profile, device_name: Some("test laptop"), force }).await
+    client::enroll(&EnrollOptions {
+        link: &link.to_string(),
+        profile,
+        device_name: Some("test laptop"),
+        force,
+    })
+    .await
 }
 
 fn connect_options(profile: &Path) -> ConnectOptions<'_> {
@@ -632,16 +968,23 @@ fn connect_options(profile: &Path) -> ConnectOptions<'_> {
 #[tokio::test]
 async fn reference_client_enrolls_and_connects_through_the_web_front() {
     let mini = Arc::new(MiniController::new(token()));
-    let harness =
-        Harness::start(Setup { controller: Controller::Serving(Behaviour::Real(mini)), ..Setup::default() }).await;
+    let harness = Harness::start(Setup {
+        controller: Controller::Serving(Behaviour::Real(mini)),
+        ..Setup::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile.json");
 
     let output = enroll(&harness, &profile, false).await.unwrap();
     assert!(output.contains("enrolled as laptop-1"), "{output}");
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777, 0o600);
-    let stored = approval::ClientProfile::from_json(&std::fs::read_to_string(&profile).unwrap()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&profile).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let stored =
+        approval::ClientProfile::from_json(&std::fs::read_to_string(&profile).unwrap()).unwrap();
     assert_eq!(stored.web_endpoint, harness.base_url());
     assert_eq!(
         tls::pins_from_anchor_pem(&stored.tls_anchor_pem).unwrap(),
@@ -650,27 +993,51 @@ async fn reference_client_enrolls_and_connects_through_the_web_front() {
     );
 
     // The link is single-use, and an existing profile is kept without --force.
-    assert!(matches!(enroll(&harness, &profile, false).await, Err(ClientCommandError::ProfileExists(_))));
+    assert!(matches!(
+        enroll(&harness, &profile, false).await,
+        Err(ClientCommandError::ProfileExists(_))
+    ));
     let other = dir.path().join("other.json");
     let err = enroll(&harness, &other, false).await.unwrap_err();
     assert!(matches!(err, ClientCommandError::EnrollDenied), "{err}");
     assert!(!other.exists());
 
     let line = client::connect(&connect_options(&profile)).await.unwrap();
-    assert!(line.starts_with("approved: connect to 192.0.2.1:1194/udp (opened 203.0.113.7 until "), "{line}");
+    assert!(
+        line.starts_with("approved: connect to 192.0.2.1:1194/udp (opened 203.0.113.7 until "),
+        "{line}"
+    );
 
-    let json_out = client::connect(&ConnectOptions { json: true, ..connect_options(&profile) }).await.unwrap();
+    let json_out = client::connect(&ConnectOptions {
+        json: true,
+        ..connect_options(&profile)
+    })
+    .await
+    .unwrap();
     let value: serde_json::Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(value["verdict"], "allow");
     assert_eq!(value["connect"]["port"], 1194);
     assert_eq!(value["opened"], serde_json::json!(["203.0.113.7"]));
 
     // vpn2 is in the profile but the client is not allowed there: a sealed, authenticated denial.
-    let err = client::connect(&ConnectOptions { server: Some("vpn2"), ..connect_options(&profile) }).await.unwrap_err();
-    assert!(matches!(&err, ClientCommandError::Denied { code } if code == "denied"), "{err}");
+    let err = client::connect(&ConnectOptions {
+        server: Some("vpn2"),
+        ..connect_options(&profile)
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientCommandError::Denied { code } if code == "denied"),
+        "{err}"
+    );
     assert_eq!(err.public_code(), Some(approval::PublicCode::Denied));
     // An unknown server fails before the HMAC-verified stages can seal: an unsealed hint.
-    let err = client::connect(&ConnectOptions { server: Some("nope"), ..connect_options(&profile) }).await.unwrap_err();
+    let err = client::connect(&ConnectOptions {
+        server: Some("nope"),
+        ..connect_options(&profile)
+    })
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err, ClientCommandError::Refused { status: 404, code, .. } | ClientCommandError::Denied { code } if code == "unknown_server"),
         "{err}"
@@ -688,8 +1055,17 @@ async fn reference_client_enrolls_and_connects_through_the_web_front() {
     std::fs::write(&moved, swapped.to_json().unwrap().as_bytes()).unwrap();
     std::fs::set_permissions(&moved, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = client::connect(&connect_options(&moved)).await.unwrap_err();
-    assert!(matches!(err, ClientCommandError::Https(https::HttpsError::PinMismatch { .. })), "{err}");
-    assert!(impostor.received().is_empty(), "nothing was sent to the impostor");
+    assert!(
+        matches!(
+            err,
+            ClientCommandError::Https(https::HttpsError::PinMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        impostor.received().is_empty(),
+        "nothing was sent to the impostor"
+    );
     impostor.stop().await;
 }
 
@@ -706,12 +1082,26 @@ async fn enroll_with_a_wrong_pin_fails_before_generating_a_key() {
         controller: None,
     };
     let started = Instant::now();
-    let err =
-        client::enroll(&EnrollOptions { link: &link.to_string(), profile: &profile, device_name: None, force: false })
-            .await
-            .unwrap_err();
-    assert!(matches!(err, ClientCommandError::Https(https::HttpsError::PinMismatch { .. })), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1), "no RSA key was generated: {:?}", started.elapsed());
+    let err = client::enroll(&EnrollOptions {
+        link: &link.to_string(),
+        profile: &profile,
+        device_name: None,
+        force: false,
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientCommandError::Https(https::HttpsError::PinMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no RSA key was generated: {:?}",
+        started.elapsed()
+    );
     assert!(!profile.exists());
     assert!(harness.received().is_empty());
     harness.stop().await;

@@ -173,8 +173,15 @@ async fn flood(
 }
 
 /// A TCP connection to `target` from the local address `source`.
-pub async fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+pub async fn connect_from(
+    source: IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(target).await
 }
@@ -189,7 +196,9 @@ async fn slot(
     deadline: Instant,
     counters: &Counters,
 ) {
-    let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(5), connect_from(source, target)).await else {
+    let Ok(Ok(mut tcp)) =
+        tokio::time::timeout(Duration::from_secs(5), connect_from(source, target)).await
+    else {
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

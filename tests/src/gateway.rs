@@ -40,13 +40,21 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the sections after `[controller]` produced from the
     /// fixture's private folder (for paths of certificates, sockets and the like).
-    pub fn start_with(ns: &NetNs, interfaces: &[&str], sections: impl FnOnce(&Path) -> String) -> Gateway {
+    pub fn start_with(
+        ns: &NetNs,
+        interfaces: &[&str],
+        sections: impl FnOnce(&Path) -> String,
+    ) -> Gateway {
         Self::start_role(ns, interfaces, sections, "controller")
     }
 
     /// Like [`Gateway::start_with`], running `xdpgate run` (controller and web front in one
     /// command) instead of `xdpgate controller`.
-    pub fn start_run(ns: &NetNs, interfaces: &[&str], sections: impl FnOnce(&Path) -> String) -> Gateway {
+    pub fn start_run(
+        ns: &NetNs,
+        interfaces: &[&str],
+        sections: impl FnOnce(&Path) -> String,
+    ) -> Gateway {
         Self::start_role(ns, interfaces, sections, "run")
     }
 
@@ -66,7 +74,10 @@ impl Gateway {
         let mut servers_toml = sections(&dir);
         if !servers_toml.contains("[approvals]") {
             // Keep every socket inside the fixture's folder.
-            servers_toml = format!("[approvals]\nfront_socket = {:?}\n\n{servers_toml}", dir.join("front.sock"));
+            servers_toml = format!(
+                "[approvals]\nfront_socket = {:?}\n\n{servers_toml}",
+                dir.join("front.sock")
+            );
         }
         let interfaces: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
         let text = format!(
@@ -99,7 +110,9 @@ impl Gateway {
             .append(true)
             .open(self.dir.join("controller.log"))
             .unwrap_or_else(|e| panic!("opening controller log: {e}"));
-        let log_err = log.try_clone().unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(xdpgate_bin())
@@ -117,9 +130,16 @@ impl Gateway {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("controller exited during start-up ({status}):\n{}", self.log());
+                panic!(
+                    "controller exited during start-up ({status}):\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "controller not healthy after {START_TIMEOUT:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "controller not healthy after {START_TIMEOUT:?}:\n{}",
+                self.log()
+            );
             // Short, so that the restart benchmark's start-to-healthy time is not rounded up.
             thread::sleep(Duration::from_millis(20));
         }
@@ -134,7 +154,8 @@ impl Gateway {
     /// namespace and waits until it accepts TCP connections on `listen`.
     pub fn start_web(&mut self, listen: std::net::SocketAddr) {
         let log = self.dir.join("web.log");
-        let child = start_web_node(&self.ns, &self.config, listen, &log, START_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let child = start_web_node(&self.ns, &self.config, listen, &log, START_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
         self.web = Some(child);
     }
 
@@ -150,7 +171,9 @@ impl Gateway {
 
     /// Whether the web front started by [`Gateway::start_web`] has exited.
     pub fn web_exited(&mut self) -> bool {
-        self.web.as_mut().is_some_and(|web| matches!(web.try_wait(), Ok(Some(_))))
+        self.web
+            .as_mut()
+            .is_some_and(|web| matches!(web.try_wait(), Ok(Some(_))))
     }
 
     /// The web front's log so far.
@@ -219,7 +242,11 @@ impl Gateway {
             .arg(&self.config)
             .output()
             .unwrap_or_else(|e| panic!("running xdpgate detach: {e}"));
-        assert!(output.status.success(), "detach failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "detach failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
@@ -228,7 +255,8 @@ impl Gateway {
 /// them): `openings add ...` → 2, `status` → 1.
 fn admin_words(args: &[&str]) -> usize {
     match args.first() {
-        Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit") | Some(&"notices") => 2,
+        Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit")
+        | Some(&"notices") => 2,
         _ => 1,
     }
 }
@@ -240,7 +268,10 @@ impl Drop for Gateway {
             let _ = web.wait();
         }
         self.kill9();
-        let _ = Command::new(xdpgate_bin()).args(["detach", "--config"]).arg(&self.config).output();
+        let _ = Command::new(xdpgate_bin())
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
         let _ = fs::remove_dir_all(&self.bpffs_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -249,9 +280,17 @@ impl Drop for Gateway {
 /// Starts `xdpgate web --config CONFIG` in the namespace named `ns` (debug log to `log`) and
 /// waits up to `limit` until it accepts TCP on `listen`. nsenter execs the program, so the
 /// child's pid is the web front's. On failure the child is killed and the error carries its log.
-pub fn start_web_node(ns: &str, config: &Path, listen: std::net::SocketAddr, log: &Path, limit: Duration) -> Result<Child, String> {
+pub fn start_web_node(
+    ns: &str,
+    config: &Path,
+    listen: std::net::SocketAddr,
+    log: &Path,
+    limit: Duration,
+) -> Result<Child, String> {
     let out = fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("cloning the log handle: {e}"))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cloning the log handle: {e}"))?;
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ns}"))
         .arg(xdpgate_bin())
@@ -266,14 +305,25 @@ pub fn start_web_node(ns: &str, config: &Path, listen: std::net::SocketAddr, log
     let fail = |why: String, child: &mut Child| {
         let _ = child.kill();
         let _ = child.wait();
-        Err(format!("{why}:\n{}", fs::read_to_string(log).unwrap_or_default()))
+        Err(format!(
+            "{why}:\n{}",
+            fs::read_to_string(log).unwrap_or_default()
+        ))
     };
-    while !crate::in_netns(ns, || std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
+    while !crate::in_netns(ns, || {
+        std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()
+    }) {
         if let Ok(Some(status)) = child.try_wait() {
-            return fail(format!("the web front exited during start-up ({status})"), &mut child);
+            return fail(
+                format!("the web front exited during start-up ({status})"),
+                &mut child,
+            );
         }
         if Instant::now() >= deadline {
-            return fail(format!("the web front is not listening on {listen} after {limit:?}"), &mut child);
+            return fail(
+                format!("the web front is not listening on {listen} after {limit:?}"),
+                &mut child,
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }

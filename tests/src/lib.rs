@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use flood::{Flood, FloodReport, FloodSpec, connect_from};
 pub use gateway::{Gateway, start_web_node};
 pub use netns::{NetNs, in_netns};
-pub use process::{Proc, wait_for};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
+pub use process::{Proc, wait_for};
 pub use veth::{VethEnd, VethLink};
 
 /// The web front's and the VPN server's system users (`cargo xtask setup` creates them too).
@@ -63,14 +63,23 @@ pub fn ensure_system_users() {
             .unwrap_or_else(|e| panic!("cannot run useradd: {e}"));
         // Another test may have created it meanwhile (exit 9: already exists).
         let exists = nix::unistd::User::from_name(user).ok().flatten().is_some();
-        assert!(out.status.success() || exists, "useradd {user} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() || exists,
+            "useradd {user} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 /// The uid of a system user of [`SYSTEM_USERS`], created if missing.
 pub fn system_uid(user: &str) -> u32 {
     ensure_system_users();
-    nix::unistd::User::from_name(user).ok().flatten().unwrap_or_else(|| panic!("no user {user}")).uid.as_raw()
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no user {user}"))
+        .uid
+        .as_raw()
 }
 
 /// Panics unless the test runs as root (namespaces, veth and XDP need it).

@@ -38,7 +38,9 @@ pub struct TunGuard {
 
 impl Drop for TunGuard {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["-n", &self.ns, "link", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns, "link", "delete", &self.name])
+            .output();
     }
 }
 
@@ -46,24 +48,50 @@ impl Drop for TunGuard {
 pub fn need_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
-    assert!(found, "`{name}` is not installed: `cargo xtask setup` installs Debian's openvpn and openssl packages");
+    assert!(
+        found,
+        "`{name}` is not installed: `cargo xtask setup` installs Debian's openvpn and openssl packages"
+    );
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The SHA-256 fingerprint of a certificate (OpenVPN's `--peer-fingerprint` form).
 fn fingerprint(cert: &Path) -> String {
-    let out = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(cert));
-    out.trim().split_once('=').map(|(_, fp)| fp.to_owned()).unwrap_or_else(|| panic!("no fingerprint in {out}"))
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert));
+    out.trim()
+        .split_once('=')
+        .map(|(_, fp)| fp.to_owned())
+        .unwrap_or_else(|| panic!("no fingerprint in {out}"))
 }
 
 /// A self-signed P-256 certificate and key named `name` in `dir`; returns its fingerprint.
 fn self_signed(dir: &Path, name: &str) -> String {
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj"])
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+        ])
         .arg(format!("/CN={name}"))
         .arg("-keyout")
         .arg(dir.join(format!("{name}.key")))
@@ -74,14 +102,19 @@ fn self_signed(dir: &Path, name: &str) -> String {
 
 fn chown_vpn(path: &Path) {
     crate::ensure_system_users();
-    let user = nix::unistd::User::from_name(VPN_USER).ok().flatten().unwrap_or_else(|| panic!("no user {VPN_USER}"));
+    let user = nix::unistd::User::from_name(VPN_USER)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no user {VPN_USER}"));
     nix::unistd::chown(path, Some(user.uid), Some(user.gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 /// A file's text, or "" if it cannot be read (yet).
 pub fn read(path: &Path) -> String {
-    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// Waits up to `limit` for `text` in the log at `path`.
@@ -92,7 +125,13 @@ pub fn wait_for_log(path: &Path, text: &str, limit: Duration) -> bool {
 /// The controller's config after `[controller]`: approvals, a web front on `gw:web_port`, and
 /// server `vpn1` guarding UDP [`VPN_PORT`] with OpenVPN followed on `socket` and the tun
 /// interface `tun` created for `xdpgate-vpn`. `dir` is the gateway's private folder.
-pub fn gateway_sections(gw: Ipv4Addr, web_port: u16, dir: &Path, socket: &Path, tun: &str) -> String {
+pub fn gateway_sections(
+    gw: Ipv4Addr,
+    web_port: u16,
+    dir: &Path,
+    socket: &Path,
+    tun: &str,
+) -> String {
     let web = dir.join("web");
     format!(
         r#"
@@ -143,9 +182,14 @@ pub fn start_gateway(
     gw: Ipv4Addr,
     web_port: u16,
 ) -> (Gateway, TunGuard) {
-    let tun = TunGuard { ns: gw_ns.name().to_owned(), name: unique_name("xgt") };
+    let tun = TunGuard {
+        ns: gw_ns.name().to_owned(),
+        name: unique_name("xgt"),
+    };
     let socket = vpn.management_socket();
-    let mut gateway = Gateway::start_with(gw_ns, interfaces, |gdir| gateway_sections(gw, web_port, gdir, &socket, &tun.name));
+    let mut gateway = Gateway::start_with(gw_ns, interfaces, |gdir| {
+        gateway_sections(gw, web_port, gdir, &socket, &tun.name)
+    });
     gateway.start_web(SocketAddr::new(gw.into(), web_port));
     (gateway, tun)
 }
@@ -164,10 +208,16 @@ impl OpenVpn {
         need_tool("openvpn");
         need_tool("openssl");
         let dir = std::env::temp_dir().join(format!("xdpgate-ovpn-{}", unique_name("ov")));
-        fs::create_dir_all(dir.join("run")).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        fs::create_dir_all(dir.join("run"))
+            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         // From here on, drop removes the folder, also if a step below panics.
-        let mut vpn = OpenVpn { dir, server_fp: String::new(), client_fp: String::new() };
-        fs::set_permissions(&vpn.dir, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod: {e}"));
+        let mut vpn = OpenVpn {
+            dir,
+            server_fp: String::new(),
+            client_fp: String::new(),
+        };
+        fs::set_permissions(&vpn.dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod: {e}"));
         chown_vpn(&vpn.dir.join("run"));
         vpn.server_fp = self_signed(&vpn.dir, "server");
         chown_vpn(&vpn.dir.join("server.key"));
@@ -219,9 +269,15 @@ impl OpenVpn {
         );
         fs::create_dir_all(d.join("devtun")).unwrap_or_else(|e| panic!("devtun: {e}"));
         let mut cmd = ns.command("unshare");
-        let out = fs::File::create(d.join("server.out")).unwrap_or_else(|e| panic!("server.out: {e}"));
-        let err = out.try_clone().unwrap_or_else(|e| panic!("server.out: {e}"));
-        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]).stdin(Stdio::null()).stdout(out).stderr(err);
+        let out =
+            fs::File::create(d.join("server.out")).unwrap_or_else(|e| panic!("server.out: {e}"));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("server.out: {e}"));
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         let proc = Proc(ns.spawn_command(&mut cmd));
         let log = self.server_log();
         assert!(
@@ -231,7 +287,9 @@ impl OpenVpn {
             read(&log)
         );
         assert!(
-            wait_for(Duration::from_secs(10), || gateway.log().contains("following OpenVPN's management interface")),
+            wait_for(Duration::from_secs(10), || gateway
+                .log()
+                .contains("following OpenVPN's management interface")),
             "the controller did not connect to the management socket:\n{}",
             gateway.log()
         );
@@ -240,24 +298,55 @@ impl OpenVpn {
 
     /// An OpenVPN client in `ns` connecting to `remote`:[`VPN_PORT`] with `auth` as its
     /// `--auth-user-pass` file; returns it and its log (`name`.log in the folder).
-    pub fn start_client(&self, ns: &NetNs, remote: Ipv4Addr, auth: &Path, name: &str) -> (Proc, PathBuf) {
+    pub fn start_client(
+        &self,
+        ns: &NetNs,
+        remote: Ipv4Addr,
+        auth: &Path,
+        name: &str,
+    ) -> (Proc, PathBuf) {
         let d = &self.dir;
         let log = d.join(format!("{name}.log"));
         let mut cmd = ns.command("openvpn");
-        cmd.args(["--client", "--proto", "udp4", "--remote", &remote.to_string(), &VPN_PORT.to_string()])
-            .args(["--dev", "tun", "--dev-type", "tun", "--disable-dco", "--nobind", "--verb", "3", "--explicit-exit-notify", "1"])
-            .args(["--peer-fingerprint", &self.server_fp, "--connect-retry", "1", "--hand-window", "5"])
-            .arg("--cert")
-            .arg(d.join("client.crt"))
-            .arg("--key")
-            .arg(d.join("client.key"))
-            .arg("--auth-user-pass")
-            .arg(auth)
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--client",
+            "--proto",
+            "udp4",
+            "--remote",
+            &remote.to_string(),
+            &VPN_PORT.to_string(),
+        ])
+        .args([
+            "--dev",
+            "tun",
+            "--dev-type",
+            "tun",
+            "--disable-dco",
+            "--nobind",
+            "--verb",
+            "3",
+            "--explicit-exit-notify",
+            "1",
+        ])
+        .args([
+            "--peer-fingerprint",
+            &self.server_fp,
+            "--connect-retry",
+            "1",
+            "--hand-window",
+            "5",
+        ])
+        .arg("--cert")
+        .arg(d.join("client.crt"))
+        .arg("--key")
+        .arg(d.join("client.key"))
+        .arg("--auth-user-pass")
+        .arg(auth)
+        .arg("--log")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         (Proc(ns.spawn_command(&mut cmd)), log)
     }
 }

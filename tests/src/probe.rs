@@ -189,7 +189,10 @@ impl Echoes {
             udp.push(UdpEcho::start(ns, addr));
             tcp.push(TcpEcho::start(ns, addr));
         }
-        Echoes { _udp: udp, _tcp: tcp }
+        Echoes {
+            _udp: udp,
+            _tcp: tcp,
+        }
     }
 }
 

@@ -14,7 +14,8 @@ impl Proc {
     /// the process to exit; true if it did.
     pub fn terminate(&mut self, limit: Duration) -> bool {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap_or(0));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap_or_else(|e| panic!("SIGTERM: {e}"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
         wait_for(limit, || matches!(self.0.try_wait(), Ok(Some(_))))
     }
 }

@@ -53,15 +53,28 @@ impl Relay {
         key: &Path,
         tamper: Tamper,
     ) -> Relay {
-        let server =
-            Arc::new(xdpgate::tls::server_config(cert, key).unwrap_or_else(|e| panic!("relay TLS config: {e}")));
-        let pin = xdpgate::tls::parse_pin_hex(&xdpgate::tls::cert_sha256_hex(cert).unwrap_or_else(|e| panic!("{e}")))
+        let server = Arc::new(
+            xdpgate::tls::server_config(cert, key)
+                .unwrap_or_else(|e| panic!("relay TLS config: {e}")),
+        );
+        let pin = xdpgate::tls::parse_pin_hex(
+            &xdpgate::tls::cert_sha256_hex(cert).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let client = Arc::new(
+            xdpgate::tls::pinned_client_config(vec![pin]).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let listener = ns
+            .run(|| TcpListener::bind(listen))
+            .unwrap_or_else(|e| panic!("relay cannot bind {listen}: {e}"));
+        listener
+            .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("{e}"));
-        let client = Arc::new(xdpgate::tls::pinned_client_config(vec![pin]).unwrap_or_else(|e| panic!("{e}")));
-        let listener =
-            ns.run(|| TcpListener::bind(listen)).unwrap_or_else(|e| panic!("relay cannot bind {listen}: {e}"));
-        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
-        let (seen, requests, stop) = (Arc::default(), Arc::default(), Arc::new(AtomicBool::new(false)));
+        let (seen, requests, stop) = (
+            Arc::default(),
+            Arc::default(),
+            Arc::new(AtomicBool::new(false)),
+        );
         let shared = Shared {
             seen: Arc::clone(&seen),
             requests: Arc::clone(&requests),
@@ -85,17 +98,28 @@ impl Relay {
                 }
             })
             .unwrap_or_else(|e| panic!("cannot start the relay thread: {e}"));
-        Relay { seen, requests, stop, thread: Some(thread) }
+        Relay {
+            seen,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Every decrypted byte the relay saw, both directions, in order.
     pub fn seen(&self) -> Vec<u8> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// `METHOD PATH -> STATUS` of every request relayed.
     pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -166,7 +190,11 @@ fn read_message(reader: &mut impl std::io::BufRead) -> Option<Message> {
     }
     let length = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>())
+        })
         .transpose()
         .unwrap_or_else(|e| panic!("relay: bad content-length in {head:?}: {e}"))
         .unwrap_or(0);
@@ -175,13 +203,18 @@ fn read_message(reader: &mut impl std::io::BufRead) -> Option<Message> {
         "relay handles content-length bodies only: {head}"
     );
     let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap_or_else(|e| panic!("relay: reading a {length}-byte body failed: {e}"));
+    reader
+        .read_exact(&mut body)
+        .unwrap_or_else(|e| panic!("relay: reading a {length}-byte body failed: {e}"));
     Some(Message { head, body })
 }
 
 impl Shared {
     fn log(&self, bytes: &[u8]) {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
     }
 
     /// Serves one client connection, request by request, until it closes.
@@ -201,11 +234,30 @@ impl Shared {
             let response = self.forward(&request);
             let response = self.tamper(&request, response);
             self.log(&response.bytes());
-            let status = response.head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-            let line = request.head.lines().next().unwrap_or("").rsplit_once(' ').map_or("", |(l, _)| l).to_owned();
-            self.requests.lock().unwrap_or_else(PoisonError::into_inner).push(format!("{line} -> {status}"));
+            let status = response
+                .head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("?")
+                .to_owned();
+            let line = request
+                .head
+                .lines()
+                .next()
+                .unwrap_or("")
+                .rsplit_once(' ')
+                .map_or("", |(l, _)| l)
+                .to_owned();
+            self.requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(format!("{line} -> {status}"));
             let stream = downstream.get_mut();
-            if stream.write_all(&response.bytes()).and_then(|()| stream.flush()).is_err() {
+            if stream
+                .write_all(&response.bytes())
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
                 return;
             }
         }
@@ -214,15 +266,21 @@ impl Shared {
     /// Sends `request` to the real front on a new connection and reads its answer.
     fn forward(&self, request: &Message) -> Message {
         let upstream = self.upstream;
-        let tcp = in_netns(&self.ns, || TcpStream::connect_timeout(&upstream, Duration::from_secs(5)))
-            .unwrap_or_else(|e| panic!("relay cannot reach the front at {upstream}: {e}"));
+        let tcp = in_netns(&self.ns, || {
+            TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
+        })
+        .unwrap_or_else(|e| panic!("relay cannot reach the front at {upstream}: {e}"));
         let _ = tcp.set_read_timeout(Some(Duration::from_secs(20)));
         let name = ServerName::IpAddress(upstream.ip().into());
-        let conn = rustls::ClientConnection::new(Arc::clone(&self.client), name).unwrap_or_else(|e| panic!("{e}"));
+        let conn = rustls::ClientConnection::new(Arc::clone(&self.client), name)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut stream = rustls::StreamOwned::new(conn, tcp);
-        stream.write_all(&request.bytes()).unwrap_or_else(|e| panic!("relay: sending upstream failed: {e}"));
+        stream
+            .write_all(&request.bytes())
+            .unwrap_or_else(|e| panic!("relay: sending upstream failed: {e}"));
         let mut reader = BufReader::new(stream);
-        read_message(&mut reader).unwrap_or_else(|| panic!("relay: the front closed without answering"))
+        read_message(&mut reader)
+            .unwrap_or_else(|| panic!("relay: the front closed without answering"))
     }
 
     fn tamper(&self, request: &Message, response: Message) -> Message {
@@ -241,12 +299,14 @@ impl Shared {
                 answer["ciphertext"] = STANDARD.encode(ciphertext).into();
             }
             Tamper::ForgeAnswer => {
-                let sealed: serde_json::Value =
-                    serde_json::from_slice(&request.body).unwrap_or_else(|e| panic!("relay: request is not JSON: {e}"));
-                let one_time: [u8; 32] =
-                    decode(&sealed["client_box_public_key"]).try_into().unwrap_or_else(|_| panic!("key length"));
+                let sealed: serde_json::Value = serde_json::from_slice(&request.body)
+                    .unwrap_or_else(|e| panic!("relay: request is not JSON: {e}"));
+                let one_time: [u8; 32] = decode(&sealed["client_box_public_key"])
+                    .try_into()
+                    .unwrap_or_else(|_| panic!("key length"));
                 let own = crypto_box::SecretKey::from_bytes(random());
-                let shared = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from_bytes(one_time), &own);
+                let shared =
+                    crypto_box::SalsaBox::new(&crypto_box::PublicKey::from_bytes(one_time), &own);
                 let nonce: [u8; 24] = random();
                 let plaintext = serde_json::json!({
                     "request_sha256": "00".repeat(32),
@@ -267,7 +327,11 @@ impl Shared {
 
 fn decode(value: &serde_json::Value) -> Vec<u8> {
     STANDARD
-        .decode(value.as_str().unwrap_or_else(|| panic!("relay: {value} is not a string")))
+        .decode(
+            value
+                .as_str()
+                .unwrap_or_else(|| panic!("relay: {value} is not a string")),
+        )
         .unwrap_or_else(|e| panic!("relay: {value} is not base64: {e}"))
 }
 

@@ -45,7 +45,15 @@ impl VethEnd {
     pub fn add_v4_host(&self, host: u8) -> Ipv4Addr {
         let [a, b, c, _] = self.v4.octets();
         let addr = Ipv4Addr::new(a, b, c, host);
-        run(std::process::Command::new("ip").args(["-n", &self.ns, "addr", "add", &format!("{addr}/24"), "dev", &self.ifname]));
+        run(std::process::Command::new("ip").args([
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &self.ifname,
+        ]));
         addr
     }
 

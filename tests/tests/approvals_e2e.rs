@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use xdpgate_tests::{Echoes, Gateway, NetNs, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{
+    Echoes, Gateway, NetNs, UdpEcho, VethLink, require_root, tcp_connects, udp_roundtrip,
+    xdpgate_bin,
+};
 
 const GUARDED: u16 = 1194;
 const WEB_PORT: u16 = 8443;
@@ -113,21 +116,51 @@ impl ApprovalLab {
         let gateway_ns = NetNs::new_unique("agw");
         let link = VethLink::new(&client, &gateway_ns, subnet);
         let stranger = link.a.add_v4_host(3);
-        let echoes = Echoes::start(&gateway_ns, link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED)));
-        let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
+        let echoes = Echoes::start(
+            &gateway_ns,
+            link.b.ips().map(|ip| SocketAddr::new(ip, GUARDED)),
+        );
+        let mut gateway =
+            Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
         gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));
         let profile = gateway.dir().join("alice.profile.json");
-        let lab = ApprovalLab { gateway, client, _gateway_ns: gateway_ns, link, stranger, profile, _echoes: echoes };
+        let lab = ApprovalLab {
+            gateway,
+            client,
+            _gateway_ns: gateway_ns,
+            link,
+            stranger,
+            profile,
+            _echoes: echoes,
+        };
         lab.enroll("alice", &lab.profile.clone());
         lab
     }
 
     /// `clients add NAME` then `client enroll LINK` in the client namespace.
     fn enroll(&self, name: &str, profile: &std::path::Path) {
-        let added = self.gateway.cli(&["clients", "add", name, "--server", "vpn1"]);
-        let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
-        let out = self.client_cmd(&["client", "enroll", link, "--profile", &profile.display().to_string(), "--device-name", "test-laptop"]);
-        assert!(out.status.success(), "enroll failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let added = self
+            .gateway
+            .cli(&["clients", "add", name, "--server", "vpn1"]);
+        let link = added
+            .lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in: {added}"));
+        let out = self.client_cmd(&[
+            "client",
+            "enroll",
+            link,
+            "--profile",
+            &profile.display().to_string(),
+            "--device-name",
+            "test-laptop",
+        ]);
+        assert!(
+            out.status.success(),
+            "enroll failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn client_cmd(&self, args: &[&str]) -> Output {
@@ -153,13 +186,27 @@ impl ApprovalLab {
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
-        (out.status.success(), json, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            json,
+            format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        )
     }
 
     fn guarded(&self, from: IpAddr, to: IpAddr) -> (bool, bool) {
         (
-            udp_roundtrip(&self.client, Some(from), SocketAddr::new(to, GUARDED), PROBE_TIMEOUT),
-            tcp_connects(&self.client, Some(from), SocketAddr::new(to, GUARDED), PROBE_TIMEOUT),
+            udp_roundtrip(
+                &self.client,
+                Some(from),
+                SocketAddr::new(to, GUARDED),
+                PROBE_TIMEOUT,
+            ),
+            tcp_connects(
+                &self.client,
+                Some(from),
+                SocketAddr::new(to, GUARDED),
+                PROBE_TIMEOUT,
+            ),
         )
     }
 
@@ -183,20 +230,54 @@ fn approved_client_opens_exactly_its_addresses_until_expiry_or_disable() {
     let (c6, g6) = lab.v6_pair();
     let stranger = IpAddr::V4(lab.stranger);
 
-    assert_eq!(lab.guarded(c4, g4), (false, false), "closed before approval (v4)");
-    assert_eq!(lab.guarded(c6, g6), (false, false), "closed before approval (v6)");
+    assert_eq!(
+        lab.guarded(c4, g4),
+        (false, false),
+        "closed before approval (v4)"
+    );
+    assert_eq!(
+        lab.guarded(c6, g6),
+        (false, false),
+        "closed before approval (v6)"
+    );
 
     let (ok, json, output) = lab.connect();
     assert!(ok, "connect must be approved: {output}");
     assert_eq!(json["approved"], true, "{output}");
     assert_eq!(json["connect"]["port"], GUARDED, "{output}");
-    assert_eq!(json["connect"]["host_ipv4"], lab.link.b.v4.to_string(), "{output}");
-    let opened: Vec<String> = json["opened"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    assert!(opened.contains(&lab.link.a.v4.to_string()) && opened.contains(&lab.link.a.v6.to_string()), "{output}");
+    assert_eq!(
+        json["connect"]["host_ipv4"],
+        lab.link.b.v4.to_string(),
+        "{output}"
+    );
+    let opened: Vec<String> = json["opened"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        opened.contains(&lab.link.a.v4.to_string()) && opened.contains(&lab.link.a.v6.to_string()),
+        "{output}"
+    );
 
-    assert_eq!(lab.guarded(c4, g4), (true, true), "approved v4 address passes");
-    assert_eq!(lab.guarded(c6, g6), (true, true), "reported v6 address passes");
-    assert_eq!(lab.guarded(stranger, g4), (false, false), "an address that was not approved stays closed");
+    assert_eq!(
+        lab.guarded(c4, g4),
+        (true, true),
+        "approved v4 address passes"
+    );
+    assert_eq!(
+        lab.guarded(c6, g6),
+        (true, true),
+        "reported v6 address passes"
+    );
+    assert_eq!(
+        lab.guarded(stranger, g4),
+        (false, false),
+        "an address that was not approved stays closed"
+    );
 
     thread::sleep(Duration::from_millis(4_500));
     assert_eq!(lab.guarded(c4, g4), (false, false), "closed after expiry");
@@ -205,11 +286,21 @@ fn approved_client_opens_exactly_its_addresses_until_expiry_or_disable() {
     assert!(ok, "{output}");
     assert_eq!(lab.guarded(c4, g4), (true, true));
     let out = lab.gateway.cli(&["clients", "disable", "alice"]);
-    assert!(out.contains("disabled") && !out.contains("; 0 opening"), "{out}");
-    assert_eq!(lab.guarded(c4, g4), (false, false), "disable closes at once");
+    assert!(
+        out.contains("disabled") && !out.contains("; 0 opening"),
+        "{out}"
+    );
+    assert_eq!(
+        lab.guarded(c4, g4),
+        (false, false),
+        "disable closes at once"
+    );
     let (ok, json, output) = lab.connect();
     assert!(!ok, "a disabled client is refused: {output}");
-    assert!(output.contains("denied"), "uniform identity error: {output}");
+    assert!(
+        output.contains("denied"),
+        "uniform identity error: {output}"
+    );
     assert_eq!(json["approved"], serde_json::Value::Null, "{output}");
     assert_eq!(lab.guarded(c4, g4), (false, false));
     assert_eq!(lab.openings(), "no openings\n");
@@ -223,27 +314,58 @@ fn approved_client_opens_exactly_its_addresses_until_expiry_or_disable() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    assert_eq!(counter("approval.approved"), 2, "two approvals counted: {status}");
-    assert_eq!(counter("approval.denied"), 1, "one denial counted: {status}");
+    assert_eq!(
+        counter("approval.approved"),
+        2,
+        "two approvals counted: {status}"
+    );
+    assert_eq!(
+        counter("approval.denied"),
+        1,
+        "one denial counted: {status}"
+    );
     assert_eq!(counter("enrollment.enrolled"), 1, "{status}");
 
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "50"]);
-    assert!(audit.contains("approved") && audit.contains("disabled"), "{audit}");
-    assert!(audit.contains("client is disabled") || audit.contains("disabled"), "{audit}");
+    assert!(
+        audit.contains("approved") && audit.contains("disabled"),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("client is disabled") || audit.contains("disabled"),
+        "{audit}"
+    );
 }
 
 /// Sends raw bodies to the web front from the client namespace over pinned HTTPS.
-fn post(lab: &ApprovalLab, profile: &xdpgate::approval::ClientProfile, body: Vec<u8>) -> (u16, String) {
+fn post(
+    lab: &ApprovalLab,
+    profile: &xdpgate::approval::ClientProfile,
+    body: Vec<u8>,
+) -> (u16, String) {
     use xdpgate::{client::https, tls};
     let endpoint = https::Endpoint::parse(&profile.web_endpoint).unwrap_or_else(|e| panic!("{e}"));
     let pins = tls::pins_from_anchor_pem(&profile.tls_anchor_pem).unwrap_or_else(|e| panic!("{e}"));
-    let config = std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
+    let config =
+        std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
     lab.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         let reply = runtime
-            .block_on(https::send(&endpoint, config, https::HttpsRequest::post_json("/v1/approvals", body), Duration::from_secs(10), 64 * 1024))
+            .block_on(https::send(
+                &endpoint,
+                config,
+                https::HttpsRequest::post_json("/v1/approvals", body),
+                Duration::from_secs(10),
+                64 * 1024,
+            ))
             .unwrap_or_else(|e| panic!("HTTPS exchange failed: {e}"));
-        (reply.status, String::from_utf8_lossy(&reply.body).into_owned())
+        (
+            reply.status,
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        )
     })
 }
 
@@ -273,10 +395,17 @@ fn remac(request: &mut xdpgate::approval::ApprovalRequest, secret: &xdpgate::app
 }
 
 /// Re-signs (RSA) and re-MACs after a deliberate change.
-fn resign(request: &mut xdpgate::approval::ApprovalRequest, profile: &xdpgate::approval::ClientProfile) {
-    let key = xdpgate::approval::ClientRsaKey::from_pkcs8_pem(&profile.rsa_private_key_pem).unwrap_or_else(|e| panic!("{e}"));
-    request.signature = key.sign_pss_sha512(&xdpgate::approval::request_signature_input(request)).unwrap_or_else(|e| panic!("{e}"));
-    let secret = xdpgate::approval::HmacSecret::from_base64(&profile.hmac_secret).unwrap_or_else(|e| panic!("{e}"));
+fn resign(
+    request: &mut xdpgate::approval::ApprovalRequest,
+    profile: &xdpgate::approval::ClientProfile,
+) {
+    let key = xdpgate::approval::ClientRsaKey::from_pkcs8_pem(&profile.rsa_private_key_pem)
+        .unwrap_or_else(|e| panic!("{e}"));
+    request.signature = key
+        .sign_pss_sha512(&xdpgate::approval::request_signature_input(request))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secret = xdpgate::approval::HmacSecret::from_base64(&profile.hmac_secret)
+        .unwrap_or_else(|e| panic!("{e}"));
     remac(request, &secret);
 }
 
@@ -295,7 +424,11 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     let carol = load_profile(&carol_profile);
     let alice_creds = alice.credentials().unwrap();
     let alice_secret = HmacSecret::from_base64(&alice.hmac_secret).unwrap();
-    let valid = || build_request(&alice_creds, &params("vpn1"), now()).unwrap().0;
+    let valid = || {
+        build_request(&alice_creds, &params("vpn1"), now())
+            .unwrap()
+            .0
+    };
     let json = |request: &xdpgate::approval::ApprovalRequest| serde_json::to_vec(request).unwrap();
     let with = |change: &dyn Fn(&mut serde_json::Value)| {
         let mut value: serde_json::Value = serde_json::from_slice(&json(&valid())).unwrap();
@@ -304,12 +437,42 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     };
 
     let mut cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("malformed JSON", b"{\"client_id\": ".to_vec(), 400, "malformed"),
-        ("unknown field", with(&|v| v["admin"] = true.into()), 400, "malformed"),
-        ("wrong type", with(&|v| v["timestamp"] = "yesterday".into()), 400, "malformed"),
-        ("oversized body", vec![b' '; 64 * 1024], 413, "payload_too_large"),
-        ("oversized field", with(&|v| v["client_id"] = "a".repeat(2_000).into()), 400, "malformed"),
-        ("bad base64", with(&|v| v["nonce"] = "!!not base64!!".into()), 400, "malformed"),
+        (
+            "malformed JSON",
+            b"{\"client_id\": ".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "unknown field",
+            with(&|v| v["admin"] = true.into()),
+            400,
+            "malformed",
+        ),
+        (
+            "wrong type",
+            with(&|v| v["timestamp"] = "yesterday".into()),
+            400,
+            "malformed",
+        ),
+        (
+            "oversized body",
+            vec![b' '; 64 * 1024],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "oversized field",
+            with(&|v| v["client_id"] = "a".repeat(2_000).into()),
+            400,
+            "malformed",
+        ),
+        (
+            "bad base64",
+            with(&|v| v["nonce"] = "!!not base64!!".into()),
+            400,
+            "malformed",
+        ),
     ];
     let mut wrong_hmac = valid();
     wrong_hmac.hmac[0] ^= 1;
@@ -319,8 +482,19 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     remac(&mut wrong_sig, &alice_secret);
     cases.push(("wrong RSA signature", json(&wrong_sig), 403, "denied"));
     let bob_key = ClientRsaKey::from_pkcs8_pem(&bob.rsa_private_key_pem).unwrap();
-    let stolen = ClientCredentials::new(alice.client_id.clone(), alice_secret.clone(), bob_key, alice_creds.server_box_public_key()).unwrap();
-    cases.push(("RSA key of another client", json(&build_request(&stolen, &params("vpn1"), now()).unwrap().0), 403, "denied"));
+    let stolen = ClientCredentials::new(
+        alice.client_id.clone(),
+        alice_secret.clone(),
+        bob_key,
+        alice_creds.server_box_public_key(),
+    )
+    .unwrap();
+    cases.push((
+        "RSA key of another client",
+        json(&build_request(&stolen, &params("vpn1"), now()).unwrap().0),
+        403,
+        "denied",
+    ));
     let mut tampered = valid();
     let last = tampered.box_ciphertext.len() - 1;
     tampered.box_ciphertext[last] ^= 1;
@@ -332,15 +506,57 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
         resign(&mut skewed, &alice);
         cases.push((name, json(&skewed), 400, "clock_skew"));
     }
-    let nobody = ClientCredentials::new("mallory".into(), HmacSecret::generate().unwrap(), ClientRsaKey::from_pkcs8_pem(&alice.rsa_private_key_pem).unwrap(), alice_creds.server_box_public_key()).unwrap();
-    cases.push(("unknown client", json(&build_request(&nobody, &params("vpn1"), now()).unwrap().0), 403, "denied"));
+    let nobody = ClientCredentials::new(
+        "mallory".into(),
+        HmacSecret::generate().unwrap(),
+        ClientRsaKey::from_pkcs8_pem(&alice.rsa_private_key_pem).unwrap(),
+        alice_creds.server_box_public_key(),
+    )
+    .unwrap();
+    cases.push((
+        "unknown client",
+        json(&build_request(&nobody, &params("vpn1"), now()).unwrap().0),
+        403,
+        "denied",
+    ));
     let carol_creds = carol.credentials().unwrap();
-    cases.push(("disabled client", json(&build_request(&carol_creds, &params("vpn1"), now()).unwrap().0), 403, "denied"));
-    cases.push(("unknown server", json(&build_request(&alice_creds, &params("nope"), now()).unwrap().0), 404, "unknown_server"));
-    cases.push(("server the client may not use", json(&build_request(&alice_creds, &params("vpn2"), now()).unwrap().0), 403, "denied"));
+    cases.push((
+        "disabled client",
+        json(
+            &build_request(&carol_creds, &params("vpn1"), now())
+                .unwrap()
+                .0,
+        ),
+        403,
+        "denied",
+    ));
+    cases.push((
+        "unknown server",
+        json(
+            &build_request(&alice_creds, &params("nope"), now())
+                .unwrap()
+                .0,
+        ),
+        404,
+        "unknown_server",
+    ));
+    cases.push((
+        "server the client may not use",
+        json(
+            &build_request(&alice_creds, &params("vpn2"), now())
+                .unwrap()
+                .0,
+        ),
+        403,
+        "denied",
+    ));
     for (name, v4, v6) in [
         ("loopback reported IPv4", Some(Ipv4Addr::LOCALHOST), None),
-        ("multicast reported IPv6", None, Some("ff02::1".parse().unwrap())),
+        (
+            "multicast reported IPv6",
+            None,
+            Some("ff02::1".parse().unwrap()),
+        ),
     ] {
         let mut bad = params("vpn1");
         bad.public_ipv4 = v4;
@@ -350,19 +566,32 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
             // The reference client refuses to build it; send a valid request with the
             // address swapped in is impossible (it is inside the box), so the library
             // check stands for it.
-            Err(err) => panic!("{name}: the client library refused to build the request ({err}); adjust the test"),
+            Err(err) => panic!(
+                "{name}: the client library refused to build the request ({err}); adjust the test"
+            ),
         }
     }
 
     for (name, body, status, code) in &cases {
         let (got_status, got_body) = post(&lab, &alice, body.clone());
-        assert_eq!((got_status, got_body.contains(&format!("\"{code}\""))), (*status, true), "{name}: got {got_status} {got_body}");
+        assert_eq!(
+            (got_status, got_body.contains(&format!("\"{code}\""))),
+            (*status, true),
+            "{name}: got {got_status} {got_body}"
+        );
     }
-    assert_eq!(lab.openings(), "no openings\n", "no bad request may open anything");
+    assert_eq!(
+        lab.openings(),
+        "no openings\n",
+        "no bad request may open anything"
+    );
     let (c4, g4) = lab.v4_pair();
     assert_eq!(lab.guarded(c4, g4), (false, false));
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "200"]);
-    assert!(audit.contains("box"), "the audit log names the precise reason (box): {audit}");
+    assert!(
+        audit.contains("box"),
+        "the audit log names the precise reason (box): {audit}"
+    );
 
     // Replays: the first request opens, its replays are refused and add no holder.
     let original = valid();
@@ -372,16 +601,28 @@ fn every_bad_request_is_refused_with_its_code_and_opens_nothing() {
     reused.timestamp -= 1;
     resign(&mut reused, &alice);
     let (status, body) = post(&lab, &alice, json(&reused));
-    assert_eq!((status, body.contains("\"replay\"")), (409, true), "replayed request nonce: {body}");
+    assert_eq!(
+        (status, body.contains("\"replay\"")),
+        (409, true),
+        "replayed request nonce: {body}"
+    );
     let mut same_box = original.clone();
     same_box.nonce[0] ^= 0x55;
     resign(&mut same_box, &alice);
     let (status, body) = post(&lab, &alice, json(&same_box));
-    assert_eq!((status, body.contains("\"replay\"")), (409, true), "replayed box nonce: {body}");
+    assert_eq!(
+        (status, body.contains("\"replay\"")),
+        (409, true),
+        "replayed box nonce: {body}"
+    );
     let listed = lab.openings();
     let row = listed.lines().nth(1).unwrap_or_else(|| panic!("{listed}"));
     let holders: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(holders[holders.len() - 2], "1", "replays add no holder: {listed}");
+    assert_eq!(
+        holders[holders.len() - 2],
+        "1",
+        "replays add no holder: {listed}"
+    );
 }
 
 /// The effective uid of the process whose command line contains all of `words`.
@@ -408,27 +649,66 @@ fn run_mode_serves_approvals_with_an_unprivileged_web_front() {
     let gateway = Gateway::start_run(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
     let listen = SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !client.run(|| std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()) {
-        assert!(std::time::Instant::now() < deadline, "web front not up under `xdpgate run`:\n{}", gateway.log());
+    while !client
+        .run(|| std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web front not up under `xdpgate run`:\n{}",
+            gateway.log()
+        );
         thread::sleep(Duration::from_millis(100));
     }
     let config = gateway.config_path().display().to_string();
     let web_uid = uid_of_process_with(&["web", "--config", &config])
         .unwrap_or_else(|| panic!("no web front process:\n{}", gateway.log()));
     let web_user = xdpgate_tests::system_uid("xdpgate-web");
-    assert_eq!(web_uid, web_user, "the web front must run as its own unprivileged user xdpgate-web");
-    assert_eq!(uid_of_process_with(&["run", "--config", &config]), Some(0), "the controller stays root");
+    assert_eq!(
+        web_uid, web_user,
+        "the web front must run as its own unprivileged user xdpgate-web"
+    );
+    assert_eq!(
+        uid_of_process_with(&["run", "--config", &config]),
+        Some(0),
+        "the controller stays root"
+    );
 
     let added = gateway.cli(&["clients", "add", "dave", "--server", "vpn1"]);
-    let enroll_link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("{added}"));
+    let enroll_link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .unwrap_or_else(|| panic!("{added}"));
     let profile = gateway.dir().join("dave.json").display().to_string();
-    let out = client.command(&xdpgate_bin().display().to_string()).args(["client", "enroll", enroll_link, "--profile", &profile]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = client
+        .command(&xdpgate_bin().display().to_string())
+        .args(["client", "enroll", enroll_link, "--profile", &profile])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let target = SocketAddr::new(IpAddr::V4(link.b.v4), GUARDED);
-    assert!(!udp_roundtrip(&client, None, target, PROBE_TIMEOUT), "closed before approval");
-    let out = client.command(&xdpgate_bin().display().to_string()).args(["client", "connect", "--profile", &profile]).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(udp_roundtrip(&client, None, target, PROBE_TIMEOUT), "open after approval under `xdpgate run`");
+    assert!(
+        !udp_roundtrip(&client, None, target, PROBE_TIMEOUT),
+        "closed before approval"
+    );
+    let out = client
+        .command(&xdpgate_bin().display().to_string())
+        .args(["client", "connect", "--profile", &profile])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        udp_roundtrip(&client, None, target, PROBE_TIMEOUT),
+        "open after approval under `xdpgate run`"
+    );
 }
 
 #[test]
@@ -440,18 +720,56 @@ fn default_policy_opens_only_proven_addresses_and_never_the_gateway() {
 
     // The reference client learns the address it is seen from (GET /v1/address) and reports
     // it; under the default policy exactly that address opens, nothing else.
-    let added = lab.gateway.cli(&["clients", "add", "dave", "--server", "vpn3", "--server", "vpn1"]);
-    let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
+    let added = lab.gateway.cli(&[
+        "clients", "add", "dave", "--server", "vpn3", "--server", "vpn1",
+    ]);
+    let link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no link in: {added}"));
     let dave_profile = lab.gateway.dir().join("dave.profile.json");
-    let out = lab.client_cmd(&["client", "enroll", link, "--profile", &dave_profile.display().to_string()]);
-    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
-    let out = lab.client_cmd(&["client", "connect", "--profile", &dave_profile.display().to_string(), "--server", "vpn3", "--json"]);
+    let out = lab.client_cmd(&[
+        "client",
+        "enroll",
+        link,
+        "--profile",
+        &dave_profile.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.client_cmd(&[
+        "client",
+        "connect",
+        "--profile",
+        &dave_profile.display().to_string(),
+        "--server",
+        "vpn3",
+        "--json",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "approval under the default policy: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "approval under the default policy: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
-    assert_eq!(json["opened"], serde_json::json!([c4.to_string()]), "{stdout}");
+    assert_eq!(
+        json["opened"],
+        serde_json::json!([c4.to_string()]),
+        "{stdout}"
+    );
     let listed = lab.openings();
-    assert_eq!(listed.lines().filter(|l| l.contains(&c4.to_string())).count(), 1, "{listed}");
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.contains(&c4.to_string()))
+            .count(),
+        1,
+        "{listed}"
+    );
     assert!(!listed.contains(&c6.to_string()), "{listed}");
 
     // A captured request of a client elsewhere (its box names that host's address), relayed
@@ -463,7 +781,11 @@ fn default_policy_opens_only_proven_addresses_and_never_the_gateway() {
     let (request, _) = build_request(&creds, &captured, now()).unwrap();
     let before = lab.openings();
     let (status, body) = post(&lab, &dave, serde_json::to_vec(&request).unwrap());
-    assert_eq!((status, body.contains("\"invalid_address\"")), (422, true), "relayed request: {status} {body}");
+    assert_eq!(
+        (status, body.contains("\"invalid_address\"")),
+        (422, true),
+        "relayed request: {status} {body}"
+    );
     assert_eq!(lab.openings(), before, "the relayed request opened nothing");
 
     // The gateway's own address, reported under open_all (vpn1), is refused as a whole.
@@ -474,10 +796,21 @@ fn default_policy_opens_only_proven_addresses_and_never_the_gateway() {
     };
     let (request, _) = build_request(&creds, &own, now()).unwrap();
     let (status, body) = post(&lab, &dave, serde_json::to_vec(&request).unwrap());
-    assert_eq!((status, body.contains("\"invalid_address\"")), (422, true), "gateway's own address: {status} {body}");
-    assert_eq!(lab.openings(), before, "nothing opened for a request naming the gateway itself");
+    assert_eq!(
+        (status, body.contains("\"invalid_address\"")),
+        (422, true),
+        "gateway's own address: {status} {body}"
+    );
+    assert_eq!(
+        lab.openings(),
+        before,
+        "nothing opened for a request naming the gateway itself"
+    );
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "20"]);
-    assert!(audit.contains("an address of the gateway itself"), "{audit}");
+    assert!(
+        audit.contains("an address of the gateway itself"),
+        "{audit}"
+    );
     assert!(audit.contains("does not match remote address"), "{audit}");
 }
 
@@ -488,11 +821,14 @@ fn audit_json(lab: &ApprovalLab, samples: bool) -> serde_json::Value {
         args.push("--unauthenticated");
     }
     let text = lab.gateway.cli(&args);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("audit tail --json is not JSON ({e}): {text}"))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("audit tail --json is not JSON ({e}): {text}"))
 }
 
 fn events_with(audit: &serde_json::Value, verdict: &str) -> usize {
-    audit["events"].as_array().map_or(0, |events| events.iter().filter(|e| e["verdict"] == verdict).count())
+    audit["events"].as_array().map_or(0, |events| {
+        events.iter().filter(|e| e["verdict"] == verdict).count()
+    })
 }
 
 #[test]
@@ -505,17 +841,45 @@ fn answered_decisions_survive_sigkill_and_a_garbage_flood_leaves_them_untouched(
     // once, inside what used to be the audit writer's batching delay.
     let mut approved = 0;
     for _ in 0..20 {
-        let (status, body) = post(&lab, &alice, build_request(&creds, &params("vpn1"), now()).unwrap().0.to_json().unwrap());
+        let (status, body) = post(
+            &lab,
+            &alice,
+            build_request(&creds, &params("vpn1"), now())
+                .unwrap()
+                .0
+                .to_json()
+                .unwrap(),
+        );
         assert_eq!(status, 200, "{body}");
         approved += 1;
     }
-    let (status, body) = post(&lab, &alice, build_request(&creds, &params("vpn2"), now()).unwrap().0.to_json().unwrap());
-    assert_eq!((status, body.contains("\"sealed\"")), (403, true), "an authenticated refusal is sealed: {body}");
+    let (status, body) = post(
+        &lab,
+        &alice,
+        build_request(&creds, &params("vpn2"), now())
+            .unwrap()
+            .0
+            .to_json()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, body.contains("\"sealed\"")),
+        (403, true),
+        "an authenticated refusal is sealed: {body}"
+    );
     lab.gateway.kill9();
     lab.gateway.restart();
     let before = audit_json(&lab, false);
-    assert_eq!(events_with(&before, "approved"), approved, "every answered approval is in the log after SIGKILL: {before}");
-    assert_eq!(events_with(&before, "rejected"), 1, "the answered refusal is in the log, nothing else: {before}");
+    assert_eq!(
+        events_with(&before, "approved"),
+        approved,
+        "every answered approval is in the log after SIGKILL: {before}"
+    );
+    assert_eq!(
+        events_with(&before, "rejected"),
+        1,
+        "the answered refusal is in the log, nothing else: {before}"
+    );
 
     // A flood of wrong-HMAC requests, more than the samples table keeps.
     let flood: u64 = 150;
@@ -524,18 +888,43 @@ fn answered_decisions_survive_sigkill_and_a_garbage_flood_leaves_them_untouched(
     for i in 0..flood {
         garbage.nonce[..8].copy_from_slice(&i.to_le_bytes());
         let (status, body) = post(&lab, &alice, garbage.to_json().unwrap());
-        assert_eq!((status, body.contains("\"denied\"")), (403, true), "garbage #{i}: {body}");
+        assert_eq!(
+            (status, body.contains("\"denied\"")),
+            (403, true),
+            "garbage #{i}: {body}"
+        );
     }
     let after = audit_json(&lab, false);
-    assert_eq!(after["events"], before["events"], "the flood changed no authenticated decision in the log");
-    let failures = after["unauthenticated_failures"].as_array().cloned().unwrap_or_default();
-    let hmac_failures: u64 = failures.iter().filter(|f| f["reason"] == "hmac_mismatch").filter_map(|f| f["count"].as_u64()).sum();
-    assert_eq!(hmac_failures, flood, "every garbage request is counted: {failures:?}");
+    assert_eq!(
+        after["events"], before["events"],
+        "the flood changed no authenticated decision in the log"
+    );
+    let failures = after["unauthenticated_failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let hmac_failures: u64 = failures
+        .iter()
+        .filter(|f| f["reason"] == "hmac_mismatch")
+        .filter_map(|f| f["count"].as_u64())
+        .sum();
+    assert_eq!(
+        hmac_failures, flood,
+        "every garbage request is counted: {failures:?}"
+    );
     let [a, b, c, _] = lab.link.a.v4.octets();
-    assert!(failures.iter().any(|f| f["prefix"] == format!("{a}.{b}.{c}.0/24")), "counted by source prefix: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["prefix"] == format!("{a}.{b}.{c}.0/24")),
+        "counted by source prefix: {failures:?}"
+    );
     let samples = audit_json(&lab, true);
     let sampled = samples["events"].as_array().map_or(0, Vec::len);
-    assert!((1..=100).contains(&sampled), "a bounded sample of the flood is kept, not every request: {sampled}");
+    assert!(
+        (1..=100).contains(&sampled),
+        "a bounded sample of the flood is kept, not every request: {sampled}"
+    );
 }
 
 #[test]
@@ -554,14 +943,34 @@ fn an_idempotent_retry_after_sigkill_gets_the_committed_approval() {
     lab.gateway.kill9();
     lab.gateway.restart();
     let (status, body) = post(&lab, &alice, bytes.clone());
-    assert_eq!(status, 200, "the exact resend gets the approval, not replay: {body}");
+    assert_eq!(
+        status, 200,
+        "the exact resend gets the approval, not replay: {body}"
+    );
     let again = open_response(&creds, &pending, body.as_bytes()).unwrap();
-    assert_eq!((again.verdict, &again.opened, again.expires_unix, again.connect), (Verdict::Allow, &first.opened, first.expires_unix, first.connect));
+    assert_eq!(
+        (
+            again.verdict,
+            &again.opened,
+            again.expires_unix,
+            again.connect
+        ),
+        (
+            Verdict::Allow,
+            &first.opened,
+            first.expires_unix,
+            first.connect
+        )
+    );
     // The opening may have expired meanwhile (3 s window); while listed, it has one holder.
     let listed = lab.openings();
     if let Some(row) = listed.lines().nth(1) {
         let fields: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(fields[fields.len() - 2], "1", "the retry adds no holder: {listed}");
+        assert_eq!(
+            fields[fields.len() - 2],
+            "1",
+            "the retry adds no holder: {listed}"
+        );
     }
     // Any other use of the nonce is a (sealed) replay.
     let mut other = request.clone();
@@ -569,8 +978,18 @@ fn an_idempotent_retry_after_sigkill_gets_the_committed_approval() {
     resign(&mut other, &alice);
     let (status, body) = post(&lab, &alice, other.to_json().unwrap());
     assert_eq!(status, 409, "{body}");
-    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("replay"), "{body}");
-    assert_eq!(events_with(&audit_json(&lab, false), "approved"), 1, "the retry is not a second decision");
+    assert_eq!(
+        open_denial(&creds, &pending, body.as_bytes())
+            .map(|c| c.as_str())
+            .ok(),
+        Some("replay"),
+        "{body}"
+    );
+    assert_eq!(
+        events_with(&audit_json(&lab, false), "approved"),
+        1,
+        "the retry is not a second decision"
+    );
 }
 
 #[test]
@@ -586,17 +1005,40 @@ fn refused_then_sigkill_then_replay_stays_refused() {
     let bytes = request.to_json().unwrap();
     let (status, body) = post(&lab, &carol, bytes.clone());
     assert_eq!(status, 403, "{body}");
-    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("denied"), "a disabled client's refusal is sealed: {body}");
+    assert_eq!(
+        open_denial(&creds, &pending, body.as_bytes())
+            .map(|c| c.as_str())
+            .ok(),
+        Some("denied"),
+        "a disabled client's refusal is sealed: {body}"
+    );
     // SIGKILL right after the refusal; the client is enabled again; the same bytes come back.
     lab.gateway.kill9();
     lab.gateway.restart();
     lab.gateway.cli(&["clients", "enable", "carol"]);
     let (status, body) = post(&lab, &carol, bytes);
-    assert_eq!(status, 409, "the refused request's nonce was on disk before the refusal: {body}");
-    assert_eq!(open_denial(&creds, &pending, body.as_bytes()).map(|c| c.as_str()).ok(), Some("replay"), "{body}");
+    assert_eq!(
+        status, 409,
+        "the refused request's nonce was on disk before the refusal: {body}"
+    );
+    assert_eq!(
+        open_denial(&creds, &pending, body.as_bytes())
+            .map(|c| c.as_str())
+            .ok(),
+        Some("replay"),
+        "{body}"
+    );
     assert_eq!(lab.openings(), "no openings\n");
     // A fresh request of the re-enabled client is approved.
-    let (status, body) = post(&lab, &carol, build_request(&creds, &params("vpn1"), now()).unwrap().0.to_json().unwrap());
+    let (status, body) = post(
+        &lab,
+        &carol,
+        build_request(&creds, &params("vpn1"), now())
+            .unwrap()
+            .0
+            .to_json()
+            .unwrap(),
+    );
     assert_eq!(status, 200, "{body}");
 }
 
@@ -604,47 +1046,105 @@ fn refused_then_sigkill_then_replay_stays_refused() {
 fn a_passcode_server_opens_only_for_a_right_unused_passcode_and_locks_out_guessers() {
     use xdpgate::passcode::{PasscodeRules, TotpSecret};
     let lab = ApprovalLab::new(49);
-    let added = lab.gateway.cli(&["clients", "add", "pat", "--server", "vpn4"]);
-    let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
-    let profile = lab.gateway.dir().join("pat.profile.json").display().to_string();
+    let added = lab
+        .gateway
+        .cli(&["clients", "add", "pat", "--server", "vpn4"]);
+    let link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no link in: {added}"));
+    let profile = lab
+        .gateway
+        .dir()
+        .join("pat.profile.json")
+        .display()
+        .to_string();
     let out = lab.client_cmd(&["client", "enroll", link, "--profile", &profile]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "enroll: {shown}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "enroll: {shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The secret is shown once, as an otpauth URI, and is not in the profile.
-    let uri = shown.lines().find(|l| l.starts_with("otpauth://totp/xdpgate:pat?")).unwrap_or_else(|| panic!("{shown}"));
-    let secret_b32 = uri.split(['?', '&']).find_map(|p| p.strip_prefix("secret=")).unwrap_or_else(|| panic!("{uri}"));
+    let uri = shown
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/xdpgate:pat?"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let secret_b32 = uri
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap_or_else(|| panic!("{uri}"));
     assert!(uri.contains("&digits=6&period=30"), "{uri}");
     let profile_text = std::fs::read_to_string(&profile).unwrap();
-    assert!(!profile_text.contains(secret_b32), "the TOTP secret is not stored in the profile");
-    assert!(profile_text.contains("\"passcode_servers\""), "{profile_text}");
+    assert!(
+        !profile_text.contains(secret_b32),
+        "the TOTP secret is not stored in the profile"
+    );
+    assert!(
+        profile_text.contains("\"passcode_servers\""),
+        "{profile_text}"
+    );
     let secret = TotpSecret::from_base32(secret_b32).unwrap();
     let rules = PasscodeRules::default();
 
     let connect = |passcode: Option<&str>| -> (bool, String) {
-        let mut args = vec!["client", "connect", "--profile", profile.as_str(), "--server", "vpn4"];
+        let mut args = vec![
+            "client",
+            "connect",
+            "--profile",
+            profile.as_str(),
+            "--server",
+            "vpn4",
+        ];
         if let Some(p) = passcode {
             args.extend(["--passcode", p]);
         }
         let out = lab.client_cmd(&args);
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
     let vpn4_open = || lab.openings().lines().any(|l| l.contains("vpn4"));
     let now = xdpgate::clock::unix_secs();
-    let accepted: Vec<String> = (0..3).map(|i| secret.code_at(&rules, now - 30 + i * 30).to_string()).collect();
-    let wrong = (0..1_000_000u32).map(|n| format!("{n:06}")).find(|c| !accepted.contains(c)).unwrap();
+    let accepted: Vec<String> = (0..3)
+        .map(|i| secret.code_at(&rules, now - 30 + i * 30).to_string())
+        .collect();
+    let wrong = (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !accepted.contains(c))
+        .unwrap();
 
     let (ok, text) = connect(None);
-    assert!(!ok && text.contains("passcode_required"), "no passcode: {text}");
+    assert!(
+        !ok && text.contains("passcode_required"),
+        "no passcode: {text}"
+    );
     let (ok, text) = connect(Some(&wrong));
-    assert!(!ok && text.contains("passcode_invalid"), "wrong passcode: {text}");
-    assert!(!vpn4_open(), "nothing opened without a right passcode: {}", lab.openings());
+    assert!(
+        !ok && text.contains("passcode_invalid"),
+        "wrong passcode: {text}"
+    );
+    assert!(
+        !vpn4_open(),
+        "nothing opened without a right passcode: {}",
+        lab.openings()
+    );
 
     let right = secret.code_at(&rules, xdpgate::clock::unix_secs());
     let (ok, text) = connect(Some(&right));
     assert!(ok, "the right passcode is approved: {text}");
     assert!(vpn4_open(), "{}", lab.openings());
     let (ok, text) = connect(Some(&right));
-    assert!(!ok && text.contains("passcode_invalid"), "a passcode is single-use, even in a fresh request: {text}");
+    assert!(
+        !ok && text.contains("passcode_invalid"),
+        "a passcode is single-use, even in a fresh request: {text}"
+    );
 
     // Three failures in a row (the reuse was one) lock pat out; then even a right, unused
     // passcode (the next step's) is refused, and the lockout is audited.
@@ -654,7 +1154,10 @@ fn a_passcode_server_opens_only_for_a_right_unused_passcode_and_locks_out_guesse
     }
     let next = secret.code_at(&rules, xdpgate::clock::unix_secs() + 30);
     let (ok, text) = connect(Some(&next));
-    assert!(!ok && text.contains("passcode_locked"), "locked out: {text}");
+    assert!(
+        !ok && text.contains("passcode_locked"),
+        "locked out: {text}"
+    );
     let audit = lab.gateway.cli(&["audit", "tail", "-n", "50"]);
     assert!(audit.contains("locked out"), "{audit}");
     assert!(audit.contains("was used by `pat` already"), "{audit}");

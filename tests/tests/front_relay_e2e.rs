@@ -60,9 +60,15 @@ impl Lab {
         let client = NetNs::new_unique("rcl");
         let gateway_ns = NetNs::new_unique("rgw");
         let link = VethLink::new(&client, &gateway_ns, subnet);
-        let mut gateway = Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
+        let mut gateway =
+            Gateway::start_with(&gateway_ns, &[&link.b.ifname], |dir| sections(&link, dir));
         gateway.start_web(SocketAddr::new(IpAddr::V4(link.b.v4), WEB_PORT));
-        Lab { gateway, client, _gateway_ns: gateway_ns, link }
+        Lab {
+            gateway,
+            client,
+            _gateway_ns: gateway_ns,
+            link,
+        }
     }
 
     fn relay(&self, tamper: Tamper) -> Relay {
@@ -87,9 +93,17 @@ impl Lab {
 
     /// `clients add NAME`, then `client enroll` with the link (which points at the relay).
     fn enroll(&self, name: &str, profile: &Path) -> Output {
-        let added = self.gateway.cli(&["clients", "add", name, "--server", "vpn1"]);
-        let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
-        assert!(link.contains(&format!(":{RELAY_PORT}/v1/enroll#")) && link.contains("&box="), "{link}");
+        let added = self
+            .gateway
+            .cli(&["clients", "add", name, "--server", "vpn1"]);
+        let link = added
+            .lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in: {added}"));
+        assert!(
+            link.contains(&format!(":{RELAY_PORT}/v1/enroll#")) && link.contains("&box="),
+            "{link}"
+        );
         self.client_cmd(&[
             "client",
             "enroll",
@@ -103,7 +117,11 @@ impl Lab {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -122,46 +140,93 @@ fn a_compromised_front_relays_enrollment_and_approval_without_seeing_the_hmac_se
         text(&out),
         lab.gateway.web_log()
     );
-    let connect = lab.client_cmd(&["client", "connect", "--profile", &profile.display().to_string(), "--json"]);
-    assert!(connect.status.success(), "approval through the relay failed: {}", text(&connect));
-    let approved: serde_json::Value = serde_json::from_slice(&connect.stdout).unwrap_or(serde_json::Value::Null);
+    let connect = lab.client_cmd(&[
+        "client",
+        "connect",
+        "--profile",
+        &profile.display().to_string(),
+        "--json",
+    ]);
+    assert!(
+        connect.status.success(),
+        "approval through the relay failed: {}",
+        text(&connect)
+    );
+    let approved: serde_json::Value =
+        serde_json::from_slice(&connect.stdout).unwrap_or(serde_json::Value::Null);
     assert_eq!(approved["approved"], true, "{}", text(&connect));
 
     let requests = relay.requests();
-    assert!(requests.iter().any(|r| r == "POST /v1/enroll -> 200"), "the relay carried the enrollment: {requests:?}");
-    assert!(requests.iter().any(|r| r == "POST /v1/approvals -> 200"), "the relay carried the approval: {requests:?}");
+    assert!(
+        requests.iter().any(|r| r == "POST /v1/enroll -> 200"),
+        "the relay carried the enrollment: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r == "POST /v1/approvals -> 200"),
+        "the relay carried the approval: {requests:?}"
+    );
     let seen = relay.seen();
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&profile).unwrap_or_default()).unwrap_or_default();
-    let secret_b64 = json["hmac_secret"].as_str().unwrap_or_else(|| panic!("profile has no hmac_secret: {json}"));
-    let secret = base64::engine::general_purpose::STANDARD.decode(secret_b64).unwrap_or_default();
+        serde_json::from_str(&std::fs::read_to_string(&profile).unwrap_or_default())
+            .unwrap_or_default();
+    let secret_b64 = json["hmac_secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("profile has no hmac_secret: {json}"));
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(secret_b64)
+        .unwrap_or_default();
     assert_eq!(secret.len(), 64, "the profile holds a 64-byte secret");
     assert!(
         contains(&seen, b"/v1/enroll") && contains(&seen, b"\"ciphertext\""),
         "the relay saw the sealed enrollment"
     );
-    assert!(!contains(&seen, secret_b64.as_bytes()), "the relay saw the HMAC secret in base64");
-    assert!(!contains(&seen, &secret), "the relay saw the HMAC secret's bytes");
+    assert!(
+        !contains(&seen, secret_b64.as_bytes()),
+        "the relay saw the HMAC secret in base64"
+    );
+    assert!(
+        !contains(&seen, &secret),
+        "the relay saw the HMAC secret's bytes"
+    );
     let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret);
-    assert!(!contains(&seen, url_safe.as_bytes()), "the relay saw the HMAC secret in base64url");
-    assert!(!contains(&seen, b"relay-laptop"), "the device name was boxed");
+    assert!(
+        !contains(&seen, url_safe.as_bytes()),
+        "the relay saw the HMAC secret in base64url"
+    );
+    assert!(
+        !contains(&seen, b"relay-laptop"),
+        "the device name was boxed"
+    );
 }
 
 #[test]
 fn a_front_that_forges_or_alters_the_enrollment_answer_makes_enrollment_fail_at_the_client() {
     let lab = Lab::new(62);
-    for (tamper, name) in [(Tamper::ForgeAnswer, "mallory-forged"), (Tamper::FlipByte, "mallory-flipped")] {
+    for (tamper, name) in [
+        (Tamper::ForgeAnswer, "mallory-forged"),
+        (Tamper::FlipByte, "mallory-flipped"),
+    ] {
         let relay = lab.relay(tamper);
         let profile = lab.gateway.dir().join(format!("{name}.profile.json"));
         let out = lab.enroll(name, &profile);
         let said = text(&out);
-        assert!(!out.status.success(), "{tamper:?}: enrollment must fail: {said}");
+        assert!(
+            !out.status.success(),
+            "{tamper:?}: enrollment must fail: {said}"
+        );
         assert!(
             said.contains("not sealed by the controller key in the link"),
             "{tamper:?}: the client says why: {said}"
         );
         assert!(!profile.exists(), "{tamper:?}: no profile is written");
-        assert!(relay.requests().iter().any(|r| r == "POST /v1/enroll -> 200"), "{tamper:?}: {:?}", relay.requests());
+        assert!(
+            relay
+                .requests()
+                .iter()
+                .any(|r| r == "POST /v1/enroll -> 200"),
+            "{tamper:?}: {:?}",
+            relay.requests()
+        );
         assert!(!said.contains(&forged_hmac_secret()));
         drop(relay);
     }

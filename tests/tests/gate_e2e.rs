@@ -9,7 +9,8 @@ use std::{
 };
 
 use xdpgate_tests::{
-    Echoes, Gateway, NetNs, VethLink, require_root, tcp_connects, udp_roundtrip, udp_roundtrip_large,
+    Echoes, Gateway, NetNs, VethLink, require_root, tcp_connects, udp_roundtrip,
+    udp_roundtrip_large,
 };
 
 const GUARDED: u16 = 1194;
@@ -58,37 +59,77 @@ impl Lab {
         let unguarded = [link.b.v4_addr(UNGUARDED_UDP), link.b.v4_addr(UNGUARDED_TCP)];
         let echoes = Echoes::start(&server_ns, guarded.into_iter().chain(unguarded));
         let gateway = Gateway::start(&server_ns, &[&link.b.ifname], SERVER);
-        Lab { gateway, client, server_ns, link, stranger, _echoes: echoes }
+        Lab {
+            gateway,
+            client,
+            server_ns,
+            link,
+            stranger,
+            _echoes: echoes,
+        }
     }
 
     fn udp(&self, from: IpAddr, to: IpAddr) -> bool {
-        udp_roundtrip(&self.client, Some(from), SocketAddr::new(to, GUARDED), PROBE_TIMEOUT)
+        udp_roundtrip(
+            &self.client,
+            Some(from),
+            SocketAddr::new(to, GUARDED),
+            PROBE_TIMEOUT,
+        )
     }
 
     fn tcp(&self, from: IpAddr, to: IpAddr) -> bool {
-        tcp_connects(&self.client, Some(from), SocketAddr::new(to, GUARDED), PROBE_TIMEOUT)
+        tcp_connects(
+            &self.client,
+            Some(from),
+            SocketAddr::new(to, GUARDED),
+            PROBE_TIMEOUT,
+        )
     }
 
     /// Guarded UDP and TCP from the client's own address of `to`'s family.
     fn guarded_reachable(&self, to: IpAddr) -> (bool, bool) {
-        let from = if to.is_ipv4() { IpAddr::V4(self.link.a.v4) } else { IpAddr::V6(self.link.a.v6) };
+        let from = if to.is_ipv4() {
+            IpAddr::V4(self.link.a.v4)
+        } else {
+            IpAddr::V6(self.link.a.v6)
+        };
         (self.udp(from, to), self.tcp(from, to))
     }
 
     fn assert_unguarded_work(&self) {
         let to = self.link.b.v4;
         assert!(
-            udp_roundtrip(&self.client, None, SocketAddr::new(IpAddr::V4(to), UNGUARDED_UDP), PROBE_TIMEOUT),
+            udp_roundtrip(
+                &self.client,
+                None,
+                SocketAddr::new(IpAddr::V4(to), UNGUARDED_UDP),
+                PROBE_TIMEOUT
+            ),
             "unguarded UDP must always pass"
         );
         assert!(
-            tcp_connects(&self.client, None, SocketAddr::new(IpAddr::V4(to), UNGUARDED_TCP), PROBE_TIMEOUT),
+            tcp_connects(
+                &self.client,
+                None,
+                SocketAddr::new(IpAddr::V4(to), UNGUARDED_TCP),
+                PROBE_TIMEOUT
+            ),
             "unguarded TCP must always pass"
         );
     }
 
     fn open(&self, ip: IpAddr, ttl: u32) -> String {
-        self.gateway.cli(&["openings", "add", "--server", "vpn1", "--ip", &ip.to_string(), "--ttl", &ttl.to_string()])
+        self.gateway.cli(&[
+            "openings",
+            "add",
+            "--server",
+            "vpn1",
+            "--ip",
+            &ip.to_string(),
+            "--ttl",
+            &ttl.to_string(),
+        ])
     }
 
     fn both_families(&self) -> [IpAddr; 2] {
@@ -102,7 +143,11 @@ fn guarded_ports_open_only_for_opened_sources_until_expiry_or_revoke() {
     let stranger = IpAddr::V4(lab.stranger);
 
     for to in lab.both_families() {
-        assert_eq!(lab.guarded_reachable(to), (false, false), "{to}: guarded UDP/TCP must be closed at first");
+        assert_eq!(
+            lab.guarded_reachable(to),
+            (false, false),
+            "{to}: guarded UDP/TCP must be closed at first"
+        );
     }
     lab.assert_unguarded_work();
 
@@ -111,29 +156,55 @@ fn guarded_ports_open_only_for_opened_sources_until_expiry_or_revoke() {
         assert!(out.contains(&format!("opened {ip} on vpn1")), "{out}");
     }
     for to in lab.both_families() {
-        assert_eq!(lab.guarded_reachable(to), (true, true), "{to}: opened source must pass");
+        assert_eq!(
+            lab.guarded_reachable(to),
+            (true, true),
+            "{to}: opened source must pass"
+        );
     }
     let v4 = IpAddr::V4(lab.link.b.v4);
-    assert!(!lab.udp(stranger, v4) && !lab.tcp(stranger, v4), "an address that was not opened stays closed");
+    assert!(
+        !lab.udp(stranger, v4) && !lab.tcp(stranger, v4),
+        "an address that was not opened stays closed"
+    );
     lab.assert_unguarded_work();
 
     let status = lab.gateway.cli(&["status"]);
-    let udp_line = status.lines().find(|l| l.contains("udp/1194")).unwrap_or_else(|| panic!("{status}"));
-    assert!(!udp_line.contains("passed 0 ") && !udp_line.ends_with("dropped 0"), "counters move: {udp_line}");
+    let udp_line = status
+        .lines()
+        .find(|l| l.contains("udp/1194"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        !udp_line.contains("passed 0 ") && !udp_line.ends_with("dropped 0"),
+        "counters move: {udp_line}"
+    );
 
     // No traffic for longer than both the connect window (3 s) and the idle timeout (2 s).
     thread::sleep(Duration::from_millis(4_500));
     for to in lab.both_families() {
-        assert_eq!(lab.guarded_reachable(to), (false, false), "{to}: expired opening must close");
+        assert_eq!(
+            lab.guarded_reachable(to),
+            (false, false),
+            "{to}: expired opening must close"
+        );
     }
     let listed = lab.gateway.cli(&["openings", "list"]);
-    assert_eq!(listed, "no openings\n", "the sweeper removes expired openings");
+    assert_eq!(
+        listed, "no openings\n",
+        "the sweeper removes expired openings"
+    );
 
     lab.open(IpAddr::V4(lab.link.a.v4), 60);
     assert_eq!(lab.guarded_reachable(v4), (true, true));
-    let out = lab.gateway.cli(&["openings", "revoke", "--ip", &lab.link.a.v4.to_string()]);
+    let out = lab
+        .gateway
+        .cli(&["openings", "revoke", "--ip", &lab.link.a.v4.to_string()]);
     assert!(out.contains("revoked 1"), "{out}");
-    assert_eq!(lab.guarded_reachable(v4), (false, false), "revocation closes at once");
+    assert_eq!(
+        lab.guarded_reachable(v4),
+        (false, false),
+        "revocation closes at once"
+    );
     lab.assert_unguarded_work();
 }
 
@@ -144,11 +215,17 @@ fn traffic_keeps_an_opening_alive_past_its_connect_window() {
     lab.open(IpAddr::V4(lab.link.a.v4), 2);
     // Keep talking every 500 ms for 5 s: well past the 2 s connect window.
     for round in 0..10 {
-        assert!(lab.udp(IpAddr::V4(lab.link.a.v4), v4), "round {round}: active opening must stay open");
+        assert!(
+            lab.udp(IpAddr::V4(lab.link.a.v4), v4),
+            "round {round}: active opening must stay open"
+        );
         thread::sleep(Duration::from_millis(500));
     }
     thread::sleep(Duration::from_millis(3_000));
-    assert!(!lab.udp(IpAddr::V4(lab.link.a.v4), v4), "idle opening closes after the idle timeout");
+    assert!(
+        !lab.udp(IpAddr::V4(lab.link.a.v4), v4),
+        "idle opening closes after the idle timeout"
+    );
 }
 
 #[test]
@@ -162,21 +239,51 @@ fn gate_keeps_enforcing_while_the_controller_is_killed_and_restarted() {
     lab.open(IpAddr::V6(lab.link.a.v6), 2);
 
     lab.gateway.kill9();
-    assert!(lab.gateway.try_cli(&["health"]).status.code() != Some(0), "controller is really gone");
-    assert_eq!(lab.guarded_reachable(v4), (true, true), "open stays open without a controller");
-    assert!(!lab.udp(stranger, v4) && !lab.tcp(stranger, v4), "closed stays closed without a controller");
+    assert!(
+        lab.gateway.try_cli(&["health"]).status.code() != Some(0),
+        "controller is really gone"
+    );
+    assert_eq!(
+        lab.guarded_reachable(v4),
+        (true, true),
+        "open stays open without a controller"
+    );
+    assert!(
+        !lab.udp(stranger, v4) && !lab.tcp(stranger, v4),
+        "closed stays closed without a controller"
+    );
     lab.assert_unguarded_work();
     thread::sleep(Duration::from_millis(3_000));
-    assert_eq!(lab.guarded_reachable(v6), (false, false), "the kernel expires openings on its own");
+    assert_eq!(
+        lab.guarded_reachable(v6),
+        (false, false),
+        "the kernel expires openings on its own"
+    );
 
     lab.gateway.restart();
     let status = lab.gateway.cli(&["status"]);
-    assert!(status.contains("(kept)"), "restart reuses the pinned link: {status}");
-    assert_eq!(lab.guarded_reachable(v4), (true, true), "open stays open after restart");
+    assert!(
+        status.contains("(kept)"),
+        "restart reuses the pinned link: {status}"
+    );
+    assert_eq!(
+        lab.guarded_reachable(v4),
+        (true, true),
+        "open stays open after restart"
+    );
     assert!(!lab.udp(stranger, v4), "closed stays closed after restart");
     let listed = lab.gateway.cli(&["openings", "list"]);
-    assert!(listed.contains(&lab.link.a.v4.to_string()) && !listed.contains(&lab.link.a.v6.to_string()), "{listed}");
-    assert!(listed.lines().nth(1).is_some_and(|l| l.trim_end().ends_with("yes")), "{listed}");
+    assert!(
+        listed.contains(&lab.link.a.v4.to_string()) && !listed.contains(&lab.link.a.v6.to_string()),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_end().ends_with("yes")),
+        "{listed}"
+    );
     lab.assert_unguarded_work();
 }
 
@@ -186,16 +293,25 @@ fn fragmented_udp_to_a_guarded_port_passes_only_when_opened() {
     let big = 3_000;
     for to in lab.both_families() {
         let target = SocketAddr::new(to, GUARDED);
-        assert!(!udp_roundtrip_large(&lab.client, None, target, PROBE_TIMEOUT, big), "{to}: fragments must not sneak in");
+        assert!(
+            !udp_roundtrip_large(&lab.client, None, target, PROBE_TIMEOUT, big),
+            "{to}: fragments must not sneak in"
+        );
     }
     let unguarded = lab.link.b.v4_addr(UNGUARDED_UDP);
-    assert!(udp_roundtrip_large(&lab.client, None, unguarded, PROBE_TIMEOUT, big), "fragmented unguarded UDP passes");
+    assert!(
+        udp_roundtrip_large(&lab.client, None, unguarded, PROBE_TIMEOUT, big),
+        "fragmented unguarded UDP passes"
+    );
     for ip in lab.link.a.ips() {
         lab.open(ip, 30);
     }
     for to in lab.both_families() {
         let target = SocketAddr::new(to, GUARDED);
-        assert!(udp_roundtrip_large(&lab.client, None, target, PROBE_TIMEOUT, big), "{to}: opened source, fragmented");
+        assert!(
+            udp_roundtrip_large(&lab.client, None, target, PROBE_TIMEOUT, big),
+            "{to}: opened source, fragmented"
+        );
     }
 }
 
@@ -207,7 +323,16 @@ fn detach_removes_the_gate_and_every_pin() {
     let out = lab.gateway.detach();
     assert!(out.contains("the gate is detached"), "{out}");
     assert!(!Path::new(lab.gateway.bpffs_dir()).exists(), "pins removed");
-    assert_eq!(lab.guarded_reachable(v4), (true, true), "no gate, no filtering");
-    let link = lab.server_ns.exec(&["ip", "link", "show", &lab.link.b.ifname]);
-    assert!(!link.contains("xdp"), "no XDP program left on the interface: {link}");
+    assert_eq!(
+        lab.guarded_reachable(v4),
+        (true, true),
+        "no gate, no filtering"
+    );
+    let link = lab
+        .server_ns
+        .exec(&["ip", "link", "show", &lab.link.b.ifname]);
+    assert!(
+        !link.contains("xdp"),
+        "no XDP program left on the interface: {link}"
+    );
 }

@@ -20,7 +20,10 @@ fn udp_and_tcp_roundtrips_over_veth_v4_and_v6() {
     let client = NetNs::new_unique("hc");
     let server = NetNs::new_unique("hs");
     let link = VethLink::new(&client, &server, 1);
-    assert!(link.a.ifindex() > 1 && link.b.ifindex() > 1, "veth ifindex of {link:?}");
+    assert!(
+        link.a.ifindex() > 1 && link.b.ifindex() > 1,
+        "veth ifindex of {link:?}"
+    );
 
     for (client_ip, server_ip) in link.a.ips().into_iter().zip(link.b.ips()) {
         let udp = UdpEcho::start(&server, SocketAddr::new(server_ip, 7001));

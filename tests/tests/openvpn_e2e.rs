@@ -43,10 +43,26 @@ impl Lab {
         let c2 = NetNs::new_unique("ovc");
         let l1 = VethLink::new(&c1, &gw_ns, 61);
         let l2 = VethLink::new(&c2, &gw_ns, 62);
-        let (gateway, tun) = start_gateway(&vpn, &gw_ns, &[&l1.b.ifname, &l2.b.ifname], l1.b.v4, WEB_PORT);
+        let (gateway, tun) = start_gateway(
+            &vpn,
+            &gw_ns,
+            &[&l1.b.ifname, &l2.b.ifname],
+            l1.b.v4,
+            WEB_PORT,
+        );
         let profile = gateway.dir().join("alice.profile.json");
         let c2_ip = l2.a.v4.to_string();
-        let lab = Lab { vpn, gateway, gw_ns, c1, c2, l1, c2_ip, profile, tun };
+        let lab = Lab {
+            vpn,
+            gateway,
+            gw_ns,
+            c1,
+            c2,
+            l1,
+            c2_ip,
+            profile,
+            tun,
+        };
         lab.check_tun();
         lab.enroll();
         lab
@@ -55,16 +71,40 @@ impl Lab {
     /// The controller made the tun interface: persistent, owned by xdpgate-vpn, addressed.
     fn check_tun(&self) {
         let tun = &self.tun.name;
-        let owner = self.gw_ns.exec(&["cat", &format!("/sys/class/net/{tun}/owner")]);
-        assert_eq!(owner.trim(), xdpgate_tests::openvpn::vpn_uid().to_string(), "tun owner");
+        let owner = self
+            .gw_ns
+            .exec(&["cat", &format!("/sys/class/net/{tun}/owner")]);
+        assert_eq!(
+            owner.trim(),
+            xdpgate_tests::openvpn::vpn_uid().to_string(),
+            "tun owner"
+        );
         let addr = self.gw_ns.exec(&["ip", "-4", "addr", "show", "dev", tun]);
-        assert!(addr.contains(&format!("{TUNNEL_SERVER}/24")), "tun address: {addr}\n{}", self.gateway.log());
+        assert!(
+            addr.contains(&format!("{TUNNEL_SERVER}/24")),
+            "tun address: {addr}\n{}",
+            self.gateway.log()
+        );
     }
 
     fn enroll(&self) {
-        let added = self.gateway.cli(&["clients", "add", "alice", "--server", "vpn1"]);
-        let link = added.lines().find(|l| l.starts_with("https://")).unwrap_or_else(|| panic!("no link in: {added}"));
-        let out = self.xdpgate(&self.c1, &["client", "enroll", link, "--profile", &self.profile.display().to_string()]);
+        let added = self
+            .gateway
+            .cli(&["clients", "add", "alice", "--server", "vpn1"]);
+        let link = added
+            .lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in: {added}"));
+        let out = self.xdpgate(
+            &self.c1,
+            &[
+                "client",
+                "enroll",
+                link,
+                "--profile",
+                &self.profile.display().to_string(),
+            ],
+        );
         assert!(out.0, "enroll failed: {}", out.1);
     }
 
@@ -74,11 +114,19 @@ impl Lab {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("running xdpgate {args:?}: {e}"));
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     fn start_server(&self) -> Proc {
-        self.vpn.start_server(&self.gw_ns, &self.tun.name, &self.gateway)
+        self.vpn
+            .start_server(&self.gw_ns, &self.tun.name, &self.gateway)
     }
 
     /// An OpenVPN client in `ns` with `auth` as its `--auth-user-pass` file; logs to `name`.log.
@@ -105,20 +153,45 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     {
         let (_client, log) = lab.start_client(&lab.c1, &early_auth, "early");
         thread::sleep(Duration::from_secs(4));
-        assert!(!read(&log).contains("Peer Connection Initiated"), "handshake before approval:\n{}", read(&log));
-        assert!(!read(&server_log).contains(&c1_ip), "the server saw the client before approval:\n{}", read(&server_log));
+        assert!(
+            !read(&log).contains("Peer Connection Initiated"),
+            "handshake before approval:\n{}",
+            read(&log)
+        );
+        assert!(
+            !read(&server_log).contains(&c1_ip),
+            "the server saw the client before approval:\n{}",
+            read(&server_log)
+        );
     }
 
     // 2. Approval writes the OpenVPN credentials; the tunnel comes up and carries traffic.
     let auth = lab.vpn.dir().join("alice.auth");
     let (ok, out) = lab.xdpgate(
         &lab.c1,
-        &["client", "connect", "--profile", &lab.profile.display().to_string(), "--server", "vpn1", "--openvpn-auth", &auth.display().to_string()],
+        &[
+            "client",
+            "connect",
+            "--profile",
+            &lab.profile.display().to_string(),
+            "--server",
+            "vpn1",
+            "--openvpn-auth",
+            &auth.display().to_string(),
+        ],
     );
     assert!(ok, "approval failed: {out}");
     let auth_text = read(&auth);
-    assert!(auth_text.starts_with("alice\n") && auth_text.lines().nth(1).is_some_and(|p| p.len() == 32), "{auth_text:?}");
-    assert_eq!(fs::metadata(&auth).map(|m| m.permissions().mode() & 0o777).unwrap_or(0), 0o600);
+    assert!(
+        auth_text.starts_with("alice\n") && auth_text.lines().nth(1).is_some_and(|p| p.len() == 32),
+        "{auth_text:?}"
+    );
+    assert_eq!(
+        fs::metadata(&auth)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0),
+        0o600
+    );
     let (client, log) = lab.start_client(&lab.c1, &auth, "alice");
     assert!(
         wait_for_log(&log, INIT_DONE, Duration::from_secs(20)),
@@ -128,11 +201,20 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
         lab.gateway.log()
     );
     assert!(
-        wait_for(Duration::from_secs(5), || udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(500))),
+        wait_for(Duration::from_secs(5), || udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(500)
+        )),
         "no answer through the tunnel"
     );
     assert!(lab.openings().contains(&c1_ip), "{}", lab.openings());
-    assert!(lab.gateway.log().contains("session opening held"), "{}", lab.gateway.log());
+    assert!(
+        lab.gateway.log().contains("session opening held"),
+        "{}",
+        lab.gateway.log()
+    );
 
     // 3. Meanwhile: the same credentials from another namespace get nothing back (XDP), and
     //    the spent token is refused even from the approved address.
@@ -141,25 +223,55 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     {
         let (_thief, thief_log) = lab.start_client(&lab.c2, &stolen, "thief");
         thread::sleep(Duration::from_secs(4));
-        assert!(!read(&thief_log).contains("Peer Connection Initiated"), "{}", read(&thief_log));
-        assert!(!read(&server_log).contains(&lab.c2_ip), "the server saw the thief:\n{}", read(&server_log));
+        assert!(
+            !read(&thief_log).contains("Peer Connection Initiated"),
+            "{}",
+            read(&thief_log)
+        );
+        assert!(
+            !read(&server_log).contains(&lab.c2_ip),
+            "the server saw the thief:\n{}",
+            read(&server_log)
+        );
     }
     {
         let (_replay, replay_log) = lab.start_client(&lab.c1, &stolen, "replay");
         assert!(
-            wait_for(Duration::from_secs(20), || read(&replay_log).contains("AUTH_FAILED")),
+            wait_for(Duration::from_secs(20), || read(&replay_log)
+                .contains("AUTH_FAILED")),
             "a spent token must be refused:\n{}",
             read(&replay_log)
         );
     }
-    assert!(udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)), "the first tunnel is unaffected");
+    assert!(
+        udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(1000)
+        ),
+        "the first tunnel is unaffected"
+    );
 
     // 4. The controller restarts under the live tunnel (an upgrade): the tunnel keeps carrying
     //    traffic, and the new controller follows OpenVPN again.
     lab.gateway.restart();
-    assert!(udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)), "tunnel broken by the restart");
     assert!(
-        wait_for(Duration::from_secs(10), || lab.gateway.log().matches("following OpenVPN's management interface").count() >= 2),
+        udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(1000)
+        ),
+        "tunnel broken by the restart"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || lab
+            .gateway
+            .log()
+            .matches("following OpenVPN's management interface")
+            .count()
+            >= 2),
         "the restarted controller does not follow OpenVPN:\n{}",
         lab.gateway.log()
     );
@@ -167,43 +279,85 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     // 5. Disconnect (explicit exit notify): the opening closes after the grace period, though
     //    the session was accepted by the controller before the restart.
     let mut client = client;
-    assert!(client.terminate(Duration::from_secs(10)), "client did not exit on SIGTERM");
+    assert!(
+        client.terminate(Duration::from_secs(10)),
+        "client did not exit on SIGTERM"
+    );
     drop(client);
     assert!(
-        wait_for(Duration::from_secs(10), || lab.openings() == "no openings\n"),
+        wait_for(Duration::from_secs(10), || lab.openings()
+            == "no openings\n"),
         "opening still there after disconnect:\n{}\n{}",
         lab.openings(),
         lab.gateway.log()
     );
-    assert!(lab.gateway.log().contains("opening closed after disconnect"), "{}", lab.gateway.log());
+    assert!(
+        lab.gateway
+            .log()
+            .contains("opening closed after disconnect"),
+        "{}",
+        lab.gateway.log()
+    );
 
     // 6. A new approval and tunnel; disabling the client cuts the live tunnel at once
     //    (client-kill), closes the opening, and the client cannot come back.
     let (ok, out) = lab.xdpgate(
         &lab.c1,
-        &["client", "connect", "--profile", &lab.profile.display().to_string(), "--server", "vpn1", "--openvpn-auth", &auth.display().to_string()],
+        &[
+            "client",
+            "connect",
+            "--profile",
+            &lab.profile.display().to_string(),
+            "--server",
+            "vpn1",
+            "--openvpn-auth",
+            &auth.display().to_string(),
+        ],
     );
     assert!(ok, "second approval failed: {out}");
     let (_client, log) = lab.start_client(&lab.c1, &auth, "alice-again");
-    assert!(wait_for_log(&log, INIT_DONE, Duration::from_secs(20)), "second tunnel not up:\n{}", read(&log));
     assert!(
-        wait_for(Duration::from_secs(5), || udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(500))),
+        wait_for_log(&log, INIT_DONE, Duration::from_secs(20)),
+        "second tunnel not up:\n{}",
+        read(&log)
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(500)
+        )),
         "no answer through the second tunnel"
     );
     let disconnects_before = lab.gateway.log().matches("client disconnected").count();
     lab.gateway.cli(&["clients", "disable", "alice"]);
     assert!(
-        wait_for(Duration::from_secs(10), || lab.gateway.log().contains("client revoked; cutting its tunnels")),
+        wait_for(Duration::from_secs(10), || lab
+            .gateway
+            .log()
+            .contains("client revoked; cutting its tunnels")),
         "no tunnel cut after disable:\n{}",
         lab.gateway.log()
     );
     // OpenVPN reports the killed session's DISCONNECT, which the follower logs.
-    let cut_seen =
-        wait_for(Duration::from_secs(10), || lab.gateway.log().matches("client disconnected").count() > disconnects_before);
-    assert!(cut_seen, "OpenVPN did not drop the session:\nserver:\n{}\ncontroller:\n{}", read(&server_log), lab.gateway.log());
+    let cut_seen = wait_for(Duration::from_secs(10), || {
+        lab.gateway.log().matches("client disconnected").count() > disconnects_before
+    });
+    assert!(
+        cut_seen,
+        "OpenVPN did not drop the session:\nserver:\n{}\ncontroller:\n{}",
+        read(&server_log),
+        lab.gateway.log()
+    );
     assert_eq!(lab.openings(), "no openings\n");
     assert!(
-        !udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(1000)),
+        !udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(1000)
+        ),
         "traffic still flows through the tunnel of a disabled client"
     );
 
@@ -214,17 +368,40 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     lab.gateway.cli(&["clients", "enable", "alice"]);
     let (ok, out) = lab.xdpgate(
         &lab.c1,
-        &["client", "connect", "--profile", &lab.profile.display().to_string(), "--server", "vpn1", "--openvpn-auth", &auth.display().to_string()],
+        &[
+            "client",
+            "connect",
+            "--profile",
+            &lab.profile.display().to_string(),
+            "--server",
+            "vpn1",
+            "--openvpn-auth",
+            &auth.display().to_string(),
+        ],
     );
     assert!(ok, "third approval failed: {out}");
     let (client, log) = lab.start_client(&lab.c1, &auth, "alice-vanishes");
-    assert!(wait_for_log(&log, INIT_DONE, Duration::from_secs(20)), "third tunnel not up:\n{}", read(&log));
     assert!(
-        wait_for(Duration::from_secs(5), || udp_roundtrip(&lab.c1, None, echo.local_addr(), Duration::from_millis(500))),
+        wait_for_log(&log, INIT_DONE, Duration::from_secs(20)),
+        "third tunnel not up:\n{}",
+        read(&log)
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_roundtrip(
+            &lab.c1,
+            None,
+            echo.local_addr(),
+            Duration::from_millis(500)
+        )),
         "no answer through the third tunnel"
     );
     assert!(
-        wait_for(Duration::from_secs(5), || lab.gateway.log().matches("session opening held").count() >= 3),
+        wait_for(Duration::from_secs(5), || lab
+            .gateway
+            .log()
+            .matches("session opening held")
+            .count()
+            >= 3),
         "third session not held:\n{}",
         lab.gateway.log()
     );
@@ -234,13 +411,18 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     let vanished = std::time::Instant::now();
     lab.gateway.restart();
     assert!(
-        wait_for(Duration::from_secs(17), || lab.openings() == "no openings\n"),
+        wait_for(Duration::from_secs(17), || lab.openings()
+            == "no openings\n"),
         "the idle session opening is still there {:?} after the client vanished:\n{}\n{}",
         vanished.elapsed(),
         lab.openings(),
         lab.gateway.log()
     );
-    assert!(vanished.elapsed() >= Duration::from_secs(8), "closed after {:?}, before the idle timeout", vanished.elapsed());
+    assert!(
+        vanished.elapsed() >= Duration::from_secs(8),
+        "closed after {:?}, before the idle timeout",
+        vanished.elapsed()
+    );
     assert_eq!(
         read(&server_log).matches("Inactivity timeout").count(),
         timeouts_before,

@@ -99,7 +99,17 @@ fn approvals_succeed_while_another_namespace_floods_idle_tls_and_slowloris_conne
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let connect = || run_client(&["client", "connect", "--profile", &profile, "--server", "vpn1", "--json"]);
+    let connect = || {
+        run_client(&[
+            "client",
+            "connect",
+            "--profile",
+            &profile,
+            "--server",
+            "vpn1",
+            "--json",
+        ])
+    };
 
     let pem = std::fs::read_to_string(gateway.dir().join("web/cert.pem"))
         .unwrap_or_else(|e| panic!("web cert: {e}"));
@@ -172,7 +182,10 @@ fn approvals_succeed_while_another_namespace_floods_idle_tls_and_slowloris_conne
     let greedy_report = greedy_flood.stop();
     let flood_secs = started.elapsed().as_secs();
     let web_log = gateway.web_log();
-    assert!(!web_log.contains('\u{1b}'), "the web log (not a terminal) carries no ANSI colour codes");
+    assert!(
+        !web_log.contains('\u{1b}'),
+        "the web log (not a terminal) carries no ANSI colour codes"
+    );
     assert!(
         failures.is_empty(),
         "{} of {APPROVALS} approvals failed during the flood:\n{}\nflood: {report:?}\nweb log tail:\n{}",
@@ -200,7 +213,9 @@ fn approvals_succeed_while_another_namespace_floods_idle_tls_and_slowloris_conne
 
     // Refusals are summarized: a few lines, never one per connection.
     assert!(
-        wait_for(Duration::from_secs(8), || gateway.web_log().contains(SUMMARY_LINE)),
+        wait_for(Duration::from_secs(8), || gateway
+            .web_log()
+            .contains(SUMMARY_LINE)),
         "no summary line of refused or reclaimed connections in the web log"
     );
     let web_log = gateway.web_log();

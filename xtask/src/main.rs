@@ -173,7 +173,15 @@ fn fuzz_task(args: &FuzzArgs) -> Result<ExitCode> {
 
 fn demo() -> Result<ExitCode> {
     setup::setup()?;
-    run_checked(cargo().args(["build", "--release", "-p", "xdpgate", "-p", "xdpgate-tests", "--bins"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "xdpgate",
+        "-p",
+        "xdpgate-tests",
+        "--bins",
+    ]))?;
     let bin = workspace::xdpgate_bin()?;
     let demo = bin.with_file_name("xdpgate-demo");
     let status = run_status(Command::new(&demo).env("XDPGATE_BIN", &bin))?;
@@ -182,18 +190,33 @@ fn demo() -> Result<ExitCode> {
 
 fn bench(args: &BenchArgs) -> Result<ExitCode> {
     setup::setup()?;
-    run_checked(cargo().args(["build", "--release", "-p", "xdpgate", "-p", "xdpgate-bench", "--bins"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "xdpgate",
+        "-p",
+        "xdpgate-bench",
+        "--bins",
+    ]))?;
     let bin = workspace::xdpgate_bin()?;
     let bench = bin.with_file_name("xdpgate-bench");
     let out = workspace::target_dir()?.join("bench");
     let mut cmd = Command::new(&bench);
-    cmd.current_dir(workspace::root()).env("XDPGATE_BIN", &bin).arg("--out").arg(&out);
+    cmd.current_dir(workspace::root())
+        .env("XDPGATE_BIN", &bin)
+        .arg("--out")
+        .arg(&out);
     if args.quick {
         cmd.arg("--quick");
     }
     cmd.args(&args.bench_args);
     let status = run_status(&mut cmd)?;
-    eprintln!("bench report: {}, {}", out.join("report.json").display(), out.join("report.svg").display());
+    eprintln!(
+        "bench report: {}, {}",
+        out.join("report.json").display(),
+        out.join("report.svg").display()
+    );
     Ok(exit_code(status))
 }
 

@@ -62,7 +62,11 @@ pub const SYSTEM_USERS: [&str; 2] = ["xdpgate-web", "xdpgate-vpn"];
 
 fn ensure_system_users() -> Result<()> {
     for user in SYSTEM_USERS {
-        let known = Command::new("id").arg("-u").arg(user).output().is_ok_and(|o| o.status.success());
+        let known = Command::new("id")
+            .arg("-u")
+            .arg(user)
+            .output()
+            .is_ok_and(|o| o.status.success());
         if known {
             println!("setup: system user {user}: present");
             continue;
@@ -87,13 +91,28 @@ fn ensure_lint_tools() -> Result<()> {
     let components = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
     let missing: Vec<&str> = ["rustfmt", "clippy"]
         .into_iter()
-        .filter(|tool| !components.lines().any(|l| l == *tool || l.starts_with(&format!("{tool}-"))))
+        .filter(|tool| {
+            !components
+                .lines()
+                .any(|l| l == *tool || l.starts_with(&format!("{tool}-")))
+        })
         .collect();
     if !missing.is_empty() {
         println!("setup: {}: installing", missing.join(", "));
-        run_quiet(Command::new("rustup").args(["component", "add"]).args(&missing))?;
+        run_quiet(
+            Command::new("rustup")
+                .args(["component", "add"])
+                .args(&missing),
+        )?;
     }
-    println!("setup: rustfmt + clippy: {}", if missing.is_empty() { "present" } else { "installed" });
+    println!(
+        "setup: rustfmt + clippy: {}",
+        if missing.is_empty() {
+            "present"
+        } else {
+            "installed"
+        }
+    );
     Ok(())
 }
 

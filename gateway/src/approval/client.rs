@@ -296,13 +296,17 @@ pub fn open_denial(
     pending: &PendingApproval,
     body: &[u8],
 ) -> Result<PublicCode, ClientError> {
-    let denial: super::response::SealedDenialJson = serde_json::from_slice(body)
-        .map_err(|e| ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160))))?;
-    let sealed = serde_json::to_vec(&denial.sealed)
-        .map_err(|e| ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160))))?;
+    let denial: super::response::SealedDenialJson = serde_json::from_slice(body).map_err(|e| {
+        ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160)))
+    })?;
+    let sealed = serde_json::to_vec(&denial.sealed).map_err(|e| {
+        ClientError::MalformedResponse(Reason::MalformedJson(escape_for_log(&e.to_string(), 160)))
+    })?;
     let payload = open_response(creds, pending, &sealed)?;
     match (payload.verdict, PublicCode::from_str_code(&payload.reason)) {
         (super::Verdict::Deny, Some(code)) if code.as_str() == denial.error => Ok(code),
-        _ => Err(ClientError::ResponsePayloadMalformed("a sealed denial whose code does not match its clear code".into())),
+        _ => Err(ClientError::ResponsePayloadMalformed(
+            "a sealed denial whose code does not match its clear code".into(),
+        )),
     }
 }

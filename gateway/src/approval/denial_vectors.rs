@@ -26,12 +26,27 @@ fn request() -> (ApprovalRequest, PendingApproval) {
 /// The vectors for `request` (the published request, or a fresh one when regenerating: its
 /// RSA-PSS signature is salted at random, everything else is fixed by the entropy).
 fn compute(request: &ApprovalRequest) -> Value {
-    let rejection = validate(request, &state(), &server_keys(), "198.51.100.7".parse().unwrap(), NOW, &ValidationConfig::default())
-        .unwrap_err();
+    let rejection = validate(
+        request,
+        &state(),
+        &server_keys(),
+        "198.51.100.7".parse().unwrap(),
+        NOW,
+        &ValidationConfig::default(),
+    )
+    .unwrap_err();
     assert_eq!(rejection.public_code(), PublicCode::Denied, "{rejection}");
-    let binding = rejection.binding().expect("the HMAC verified, so the denial can be sealed");
-    let sealed = seal_response_with_nonce(binding, &server_keys(), &secret_a(), &ResponsePayload::deny(PublicCode::Denied), BOX_NONCE)
-        .unwrap();
+    let binding = rejection
+        .binding()
+        .expect("the HMAC verified, so the denial can be sealed");
+    let sealed = seal_response_with_nonce(
+        binding,
+        &server_keys(),
+        &secret_a(),
+        &ResponsePayload::deny(PublicCode::Denied),
+        BOX_NONCE,
+    )
+    .unwrap();
     let body = denial_body(PublicCode::Denied, &sealed).unwrap();
     json!({
         "description": "A sealed denial (PROTOCOL.md §8.3) of the request below, refused at stage 12 (client_not_allowed -> denied). The inputs are those of docs/approval-test-vectors.json's kind: client secret 0xa1 x 64, server box secret 0x5e x 32, request entropy seed 0x41 (request nonce 0x41 x 32, one-time secret 0x43 x 32), now 1700000000; the response box nonce is fixed at 0x77 x 24.",
@@ -56,7 +71,10 @@ fn published_denial_matches_the_implementation() {
     let (mut fresh, _) = self::request();
     fresh.signature.clone_from(&request.signature);
     fresh.hmac = request.hmac;
-    assert_eq!(fresh, request, "the published request is the one the inputs describe");
+    assert_eq!(
+        fresh, request,
+        "the published request is the one the inputs describe"
+    );
     assert_eq!(compute(&request), published);
 }
 
@@ -64,7 +82,10 @@ fn published_denial_matches_the_implementation() {
 fn published_denial_opens_for_its_request_only_and_only_unchanged() {
     let (_, pending) = request();
     let body = published()["denial_body"].as_str().unwrap().to_owned();
-    assert_eq!(open_denial(&creds_a(), &pending, body.as_bytes()).unwrap(), PublicCode::Denied);
+    assert_eq!(
+        open_denial(&creds_a(), &pending, body.as_bytes()).unwrap(),
+        PublicCode::Denied
+    );
     // Another request's pending state: not bound to it.
     let (_, other) = build_request_with(&creds_a(), &params(), NOW, &entropy(SEED + 9)).unwrap();
     assert!(open_denial(&creds_a(), &other, body.as_bytes()).is_err());
@@ -75,7 +96,11 @@ fn published_denial_opens_for_its_request_only_and_only_unchanged() {
     // Any flipped character of the sealed part.
     let mut value: Value = serde_json::from_str(&body).unwrap();
     let hmac = value["sealed"]["hmac"].as_str().unwrap().to_owned();
-    let flipped = if hmac.starts_with('A') { hmac.replacen('A', "B", 1) } else { format!("A{}", &hmac[1..]) };
+    let flipped = if hmac.starts_with('A') {
+        hmac.replacen('A', "B", 1)
+    } else {
+        format!("A{}", &hmac[1..])
+    };
     value["sealed"]["hmac"] = flipped.into();
     assert!(open_denial(&creds_a(), &pending, value.to_string().as_bytes()).is_err());
     // The wrong client secret.

@@ -462,8 +462,12 @@ impl Reason {
             | Reason::BoxOpenFailed
             | Reason::WeakBoxKey
             | Reason::ClientNotAllowed { .. } => PublicCode::Denied,
-            Reason::PasscodeMissing { .. } | Reason::PasscodeNotEnrolled { .. } => PublicCode::PasscodeRequired,
-            Reason::PasscodeWrong { .. } | Reason::PasscodeReused { .. } => PublicCode::PasscodeInvalid,
+            Reason::PasscodeMissing { .. } | Reason::PasscodeNotEnrolled { .. } => {
+                PublicCode::PasscodeRequired
+            }
+            Reason::PasscodeWrong { .. } | Reason::PasscodeReused { .. } => {
+                PublicCode::PasscodeInvalid
+            }
             Reason::PasscodeLockedOut { .. } => PublicCode::PasscodeLocked,
         }
     }

@@ -26,18 +26,19 @@ mod validate;
 mod wire;
 
 #[cfg(test)]
+mod denial_vectors;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod denial_vectors;
 #[cfg(test)]
 mod vectors;
 
 pub use address::{AddressPolicy, AddressProblem, AddressSource, check_openable, select_addresses};
 pub use canonical::{
-    PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, ADDRESS_PATH, REQUEST_PATH, REQUEST_SIGNATURE_TAG,
-    RESPONSE_MAC_TAG, request_mac_input, request_signature_input, response_mac_input,
+    ADDRESS_PATH, PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, REQUEST_PATH,
+    REQUEST_SIGNATURE_TAG, RESPONSE_MAC_TAG, request_mac_input, request_signature_input,
+    response_mac_input,
 };
 pub use client::{
     ClientCredentials, ClientError, PendingApproval, RequestParams, build_request, open_denial,
@@ -57,7 +58,9 @@ pub use rng::RngError;
 pub use state::{
     ApprovalState, ClientRecord, MemoryState, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
 };
-pub use validate::{ApprovedRequest, DEFAULT_TIMESTAMP_WINDOW_SECS, ValidationConfig, precheck, validate};
+pub use validate::{
+    ApprovedRequest, DEFAULT_TIMESTAMP_WINDOW_SECS, ValidationConfig, precheck, validate,
+};
 pub use wire::{
     ApprovalRequest, ApprovalResponse, BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, ErrorBody, HMAC_LEN,
     MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES, NONCE_LEN, parse_request, parse_response,

@@ -46,13 +46,24 @@ pub fn seal_denial(
     client_hmac_secret: &HmacSecret,
     code: PublicCode,
 ) -> Result<Vec<u8>, SealError> {
-    let sealed = seal_response(binding, server_keys, client_hmac_secret, &ResponsePayload::deny(code))?;
+    let sealed = seal_response(
+        binding,
+        server_keys,
+        client_hmac_secret,
+        &ResponsePayload::deny(code),
+    )?;
     denial_body(code, &sealed)
 }
 
 /// The JSON body of a sealed denial of `code`.
-pub(crate) fn denial_body(code: PublicCode, sealed: &ApprovalResponse) -> Result<Vec<u8>, SealError> {
-    Ok(serde_json::to_vec(&SealedDenialBody { error: code.as_str(), sealed })?)
+pub(crate) fn denial_body(
+    code: PublicCode,
+    sealed: &ApprovalResponse,
+) -> Result<Vec<u8>, SealError> {
+    Ok(serde_json::to_vec(&SealedDenialBody {
+        error: code.as_str(),
+        sealed,
+    })?)
 }
 
 /// What ties a response to the request it answers. Comes from [`super::ApprovedRequest`] or,
@@ -319,7 +330,10 @@ pub(crate) fn seal_response_in_box(
 }
 
 /// The checked, size-limited plaintext of a response.
-fn response_plaintext(binding: &ResponseBinding, payload: &ResponsePayload) -> Result<Vec<u8>, SealError> {
+fn response_plaintext(
+    binding: &ResponseBinding,
+    payload: &ResponsePayload,
+) -> Result<Vec<u8>, SealError> {
     payload
         .check_consistent()
         .map_err(SealError::Inconsistent)?;

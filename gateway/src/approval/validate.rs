@@ -91,7 +91,12 @@ impl ApprovedRequest {
     /// Seals `payload` as the answer to this request: [`super::seal_response`] without a
     /// second X25519 (the shared key of the request's box is reused).
     pub fn seal(&self, payload: &ResponsePayload) -> Result<ApprovalResponse, SealError> {
-        seal_response_in_box(&self.binding, &self.response_box.0, &self.client_hmac_secret, payload)
+        seal_response_in_box(
+            &self.binding,
+            &self.response_box.0,
+            &self.client_hmac_secret,
+            payload,
+        )
     }
 }
 
@@ -115,7 +120,13 @@ pub fn precheck<S: ApprovalState + ?Sized>(
     now_unix: u64,
     config: &ValidationConfig,
 ) -> Result<(), Rejection> {
-    let run = Run { state, request, now_unix, config, binding: None };
+    let run = Run {
+        state,
+        request,
+        now_unix,
+        config,
+        binding: None,
+    };
     run.authenticate_cheaply().map(|_| ())
 }
 
@@ -335,7 +346,11 @@ pub(crate) fn refuse_gateway_addresses<S: ApprovalState + ?Sized>(
         .ipv4
         .map(|a| (IpAddr::V4(a), AddressSource::ReportedIpv4))
         .into_iter()
-        .chain(reported.ipv6.map(|a| (IpAddr::V6(a), AddressSource::ReportedIpv6)))
+        .chain(
+            reported
+                .ipv6
+                .map(|a| (IpAddr::V6(a), AddressSource::ReportedIpv6)),
+        )
         .chain(open.iter().map(|&a| (a, AddressSource::Remote)));
     for (addr, origin) in candidates {
         if state.is_gateway_address(addr) {

@@ -318,7 +318,9 @@ impl RequestPayload {
         if let Some(passcode) = &self.passcode {
             check_len("payload.passcode", passcode.len(), 6, 8)?;
             if !passcode.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Reason::FieldCharset { field: "payload.passcode" });
+                return Err(Reason::FieldCharset {
+                    field: "payload.passcode",
+                });
             }
         }
         Ok(())

@@ -88,8 +88,16 @@ impl AuditLog {
     pub fn start(store: Arc<Store>, max_samples: u64) -> Self {
         let (queue, events) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(store, max_samples, events));
-        let failures = Failures { counts: HashMap::new(), window_start: Instant::now(), sampled_in_window: 0 };
-        Self { queue, dropped: Arc::new(AtomicU64::new(0)), failures: Arc::new(Mutex::new(failures)) }
+        let failures = Failures {
+            counts: HashMap::new(),
+            window_start: Instant::now(),
+            sampled_in_window: 0,
+        };
+        Self {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(Mutex::new(failures)),
+        }
     }
 
     /// Records an enrollment or operator event (logged now, stored within about 100 ms).
@@ -100,11 +108,19 @@ impl AuditLog {
 
     /// Counts an unauthenticated failure from `remote`; `sample` builds its record, which is
     /// logged and stored only while under [`SAMPLES_PER_SEC`].
-    pub fn failure(&self, reason: &'static str, remote: IpAddr, now: Instant, sample: impl FnOnce() -> AuditEvent) {
+    pub fn failure(
+        &self,
+        reason: &'static str,
+        remote: IpAddr,
+        now: Instant,
+        sample: impl FnOnce() -> AuditEvent,
+    ) {
         let take_sample = {
             let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
             let prefix = source_prefix(remote);
-            let key = if failures.counts.len() < MAX_COUNTERS || failures.counts.contains_key(&(reason, Some(prefix))) {
+            let key = if failures.counts.len() < MAX_COUNTERS
+                || failures.counts.contains_key(&(reason, Some(prefix)))
+            {
                 (reason, Some(prefix))
             } else {
                 (reason, None)
@@ -133,9 +149,18 @@ impl AuditLog {
         let mut out: Vec<FailureCount> = failures
             .counts
             .iter()
-            .map(|((reason, prefix), count)| FailureCount { reason, prefix: prefix_text(*prefix), count: *count })
+            .map(|((reason, prefix), count)| FailureCount {
+                reason,
+                prefix: prefix_text(*prefix),
+                count: *count,
+            })
             .collect();
-        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(b.reason)).then_with(|| a.prefix.cmp(&b.prefix)));
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.reason.cmp(b.reason))
+                .then_with(|| a.prefix.cmp(&b.prefix))
+        });
         out
     }
 
@@ -143,7 +168,10 @@ impl AuditLog {
         if self.queue.try_send((table, event)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
-                warn!(dropped, "audit queue full; events dropped from the store (still in the log)");
+                warn!(
+                    dropped,
+                    "audit queue full; events dropped from the store (still in the log)"
+                );
             }
         }
     }
@@ -169,7 +197,11 @@ pub fn log(event: &AuditEvent) {
     );
 }
 
-async fn write_batches(store: Arc<Store>, max_samples: u64, mut events: mpsc::Receiver<(AuditTable, AuditEvent)>) {
+async fn write_batches(
+    store: Arc<Store>,
+    max_samples: u64,
+    mut events: mpsc::Receiver<(AuditTable, AuditEvent)>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = events.recv().await {
         batch.push(first);
@@ -184,7 +216,11 @@ async fn write_batches(store: Arc<Store>, max_samples: u64, mut events: mpsc::Re
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {
             for table in [AuditTable::Decisions, AuditTable::Samples] {
-                let events: Vec<AuditEvent> = writing.iter().filter(|(t, _)| *t == table).map(|(_, e)| e.clone()).collect();
+                let events: Vec<AuditEvent> = writing
+                    .iter()
+                    .filter(|(t, _)| *t == table)
+                    .map(|(_, e)| e.clone())
+                    .collect();
                 if !events.is_empty() {
                     store.append_audit(table, &events, max_samples)?;
                 }
@@ -206,9 +242,18 @@ mod tests {
 
     #[test]
     fn prefixes_group_sources() {
-        assert_eq!(source_prefix("198.51.100.77".parse().unwrap()), "198.51.100.0".parse::<IpAddr>().unwrap());
-        assert_eq!(source_prefix("2001:db8:1:2:3::9".parse().unwrap()), "2001:db8:1::".parse::<IpAddr>().unwrap());
-        assert_eq!(source_prefix("::ffff:192.0.2.9".parse().unwrap()), "192.0.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            source_prefix("198.51.100.77".parse().unwrap()),
+            "198.51.100.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            source_prefix("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            source_prefix("::ffff:192.0.2.9".parse().unwrap()),
+            "192.0.2.0".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[tokio::test]
@@ -220,29 +265,51 @@ mod tests {
         let mut sampled = 0;
         for i in 0..1_000u32 {
             let remote = IpAddr::from([10, 0, (i % 2) as u8, (i % 200) as u8]);
-            log.failure("hmac_mismatch", remote, start + Duration::from_millis(u64::from(i)), || {
-                sampled += 1;
-                AuditEvent {
-                    unix_ms: u64::from(i),
-                    kind: crate::store::AuditKind::Approval,
-                    client_id: String::new(),
-                    remote: remote.to_string(),
-                    server: String::new(),
-                    verdict: "rejected".into(),
-                    code: "denied".into(),
-                    reason: "hmac".into(),
-                }
-            });
+            log.failure(
+                "hmac_mismatch",
+                remote,
+                start + Duration::from_millis(u64::from(i)),
+                || {
+                    sampled += 1;
+                    AuditEvent {
+                        unix_ms: u64::from(i),
+                        kind: crate::store::AuditKind::Approval,
+                        client_id: String::new(),
+                        remote: remote.to_string(),
+                        server: String::new(),
+                        verdict: "rejected".into(),
+                        code: "denied".into(),
+                        reason: "hmac".into(),
+                    }
+                },
+            );
         }
         // 1,000 failures over one second and a bit: two windows of at most 10 samples.
-        assert!(sampled <= 2 * SAMPLES_PER_SEC as usize && sampled >= SAMPLES_PER_SEC as usize, "{sampled}");
+        assert!(
+            sampled <= 2 * SAMPLES_PER_SEC as usize && sampled >= SAMPLES_PER_SEC as usize,
+            "{sampled}"
+        );
         let counts = log.failure_counts();
         assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 1_000);
         assert_eq!(counts.len(), 2, "{counts:?}");
-        assert!(counts.iter().all(|c| c.reason == "hmac_mismatch" && c.prefix.ends_with(".0/24")));
+        assert!(
+            counts
+                .iter()
+                .all(|c| c.reason == "hmac_mismatch" && c.prefix.ends_with(".0/24"))
+        );
         tokio::time::sleep(LINGER * 3).await;
-        let stored = store.audit_page(AuditTable::Samples, None, 10_000).unwrap().events.len();
-        assert_eq!(stored, sampled, "the samples, and only they, reach the store");
-        assert!(store.audit_tail(10).unwrap().is_empty(), "no failure is an authenticated decision");
+        let stored = store
+            .audit_page(AuditTable::Samples, None, 10_000)
+            .unwrap()
+            .events
+            .len();
+        assert_eq!(
+            stored, sampled,
+            "the samples, and only they, reach the store"
+        );
+        assert!(
+            store.audit_tail(10).unwrap().is_empty(),
+            "no failure is an authenticated decision"
+        );
     }
 }

@@ -35,18 +35,30 @@ pub enum BoxKeyError {
 /// Loads the key pair from `path`, creating it (mode 0600) on first use.
 pub fn load_or_create(path: &Path) -> Result<ServerBoxKeys, BoxKeyError> {
     let name = path.display().to_string();
-    let io = |source| BoxKeyError::Io { path: name.clone(), source };
+    let io = |source| BoxKeyError::Io {
+        path: name.clone(),
+        source,
+    };
     match fs::read_to_string(path) {
         Ok(text) => {
             let mode = fs::metadata(path).map_err(io)?.permissions().mode();
             if mode & 0o077 != 0 {
                 return Err(BoxKeyError::Permissions(name));
             }
-            ServerBoxKeys::from_base64(text.trim()).map_err(|source| BoxKeyError::Key { path: name, source })
+            ServerBoxKeys::from_base64(text.trim())
+                .map_err(|source| BoxKeyError::Key { path: name, source })
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let keys = ServerBoxKeys::generate().map_err(|source| BoxKeyError::Key { path: name.clone(), source })?;
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+            let keys = ServerBoxKeys::generate().map_err(|source| BoxKeyError::Key {
+                path: name.clone(),
+                source,
+            })?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
             file.write_all(keys.to_base64().as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
             Ok(keys)
@@ -64,10 +76,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("box.key");
         let first = load_or_create(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let again = load_or_create(&path).unwrap();
         assert_eq!(first.public_key().to_bytes(), again.public_key().to_bytes());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(&path), Err(BoxKeyError::Permissions(_))));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(BoxKeyError::Permissions(_))
+        ));
     }
 }

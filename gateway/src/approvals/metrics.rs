@@ -32,8 +32,17 @@ impl Metrics {
 
     /// Every counter, by name.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut all: BTreeMap<String, u64> = self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for (code, value) in self.codes.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        let mut all: BTreeMap<String, u64> = self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (code, value) in self
+            .codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             *all.entry(format!("approval.{code}")).or_default() += value;
         }
         all.into_iter().collect()
@@ -52,7 +61,10 @@ mod tests {
         metrics.count_code(crate::approval::PublicCode::Denied);
         assert_eq!(
             metrics.snapshot(),
-            vec![("approval.approved".to_owned(), 1), ("approval.denied".to_owned(), 2)]
+            vec![
+                ("approval.approved".to_owned(), 1),
+                ("approval.denied".to_owned(), 2)
+            ]
         );
     }
 }

@@ -17,18 +17,19 @@ use state::StoreState;
 
 use crate::{
     approval::{
-        self, ApprovalResponse, ApprovalState as _, ApprovedRequest, ClientRsaPublicKey, ConnectTarget, HmacSecret,
-        NonceScope, PublicCode, Reason, Rejection, ResponsePayload, ServerBoxKeys, TransportProtocol, ValidationConfig,
+        self, ApprovalResponse, ApprovalState as _, ApprovedRequest, ClientRsaPublicKey,
+        ConnectTarget, HmacSecret, NonceScope, PublicCode, Reason, Rejection, ResponsePayload,
+        ServerBoxKeys, TransportProtocol, ValidationConfig,
     },
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, SecondFactor, ServerConfig},
     enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
     openings::{GrantCheck, Openings, OpeningsError},
-    vpn::{VpnTokens, derive_token},
     store::{
-        AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal, NoticeRecord, Store,
-        StoreError, StoredAnswer, StoredClient,
+        AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal,
+        NoticeRecord, Store, StoreError, StoredAnswer, StoredClient,
     },
+    vpn::{VpnTokens, derive_token},
 };
 
 /// What the front API answers: an HTTP status and a JSON body, produced here.
@@ -42,7 +43,10 @@ pub struct FrontAnswer {
 
 impl FrontAnswer {
     fn error(code: &str, status: u16) -> Self {
-        Self { status, body: format!("{{\"error\":\"{code}\"}}").into_bytes() }
+        Self {
+            status,
+            body: format!("{{\"error\":\"{code}\"}}").into_bytes(),
+        }
     }
 
     fn json(value: &impl serde::Serialize) -> Self {
@@ -57,8 +61,12 @@ impl FrontAnswer {
 
     /// `503 {"error":"shutdown","message":…}`: a self-shutdown notice holds.
     pub fn shutdown(message: &str) -> Self {
-        let body = serde_json::json!({ "error": PublicCode::Shutdown.as_str(), "message": message });
-        Self { status: 503, body: body.to_string().into_bytes() }
+        let body =
+            serde_json::json!({ "error": PublicCode::Shutdown.as_str(), "message": message });
+        Self {
+            status: 503,
+            body: body.to_string().into_bytes(),
+        }
     }
 
     /// The retryable "try again later" answer.
@@ -134,7 +142,9 @@ impl Approvals {
             box_keys: Arc::new(box_keys),
             openings,
             servers: config.servers.clone(),
-            validation: ValidationConfig { timestamp_window_secs: approvals.timestamp_window_secs },
+            validation: ValidationConfig {
+                timestamp_window_secs: approvals.timestamp_window_secs,
+            },
             enrollment_ttl: approvals.enrollment_ttl,
             public_url: approvals.public_url.clone(),
             web_cert: approvals.web_cert.clone(),
@@ -177,10 +187,17 @@ impl Approvals {
     /// web front, `vpn` refuses approvals (`approval` says which call this is).
     fn shut_down(&self, approval: bool, remote: IpAddr, request_id: &str) -> Option<FrontAnswer> {
         let state = self.notices.borrow();
-        let part = [&state.www, &state.web].into_iter().chain(approval.then_some(&state.vpn)).find(|p| p.shutdown)?;
+        let part = [&state.www, &state.web]
+            .into_iter()
+            .chain(approval.then_some(&state.vpn))
+            .find(|p| p.shutdown)?;
         let message = part.message.clone();
         drop(state);
-        let (kind, what) = if approval { (AuditKind::Approval, "approval") } else { (AuditKind::Enrollment, "enrollment") };
+        let (kind, what) = if approval {
+            (AuditKind::Approval, "approval")
+        } else {
+            (AuditKind::Enrollment, "enrollment")
+        };
         self.metrics.count(&format!("{what}.shutdown"));
         self.audit.record(AuditEvent {
             unix_ms: unix_ms(),
@@ -236,34 +253,61 @@ impl Approvals {
             }
         };
         match decided {
-            Ok(approved) => self.approve(&origin, approved, body_digest(&body), generation).await,
+            Ok(approved) => {
+                self.approve(&origin, approved, body_digest(&body), generation)
+                    .await
+            }
             Err(rejection) => match rejection.binding() {
-                None => self.unauthenticated(&origin, &request.client_id, &request.server, &rejection),
-                Some(_) if matches!(rejection.reason(), Reason::RequestNonceReplayed) => {
-                    self.replayed(&origin, &request.client_id, &rejection, body_digest(&body)).await
+                None => {
+                    self.unauthenticated(&origin, &request.client_id, &request.server, &rejection)
                 }
-                Some(_) => self.refused(&origin, &request.client_id, &request.server, &rejection).await,
+                Some(_) if matches!(rejection.reason(), Reason::RequestNonceReplayed) => {
+                    self.replayed(&origin, &request.client_id, &rejection, body_digest(&body))
+                        .await
+                }
+                Some(_) => {
+                    self.refused(&origin, &request.client_id, &request.server, &rejection)
+                        .await
+                }
             },
         }
     }
 
     /// A failure before the HMAC verified: counted by reason and source prefix, sampled into
     /// the audit log at a bounded rate, answered with the unsealed public code.
-    fn unauthenticated(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
+    fn unauthenticated(
+        &self,
+        origin: &Origin<'_>,
+        client_id: &str,
+        server: &str,
+        rejection: &Rejection,
+    ) -> FrontAnswer {
         let code = rejection.public_code();
         self.metrics.count_code(code);
-        self.audit.failure(rejection.reason().kind(), origin.remote, std::time::Instant::now(), || {
-            rejection_event(origin, client_id, server, rejection)
-        });
+        self.audit.failure(
+            rejection.reason().kind(),
+            origin.remote,
+            std::time::Instant::now(),
+            || rejection_event(origin, client_id, server, rejection),
+        );
         FrontAnswer::error(code.as_str(), rejection.http_status())
     }
 
     /// A refusal of a request whose HMAC verified: its nonce and its audit record are
     /// committed, then the denial is sealed with the client's secret.
-    async fn refused(&self, origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> FrontAnswer {
+    async fn refused(
+        &self,
+        origin: &Origin<'_>,
+        client_id: &str,
+        server: &str,
+        rejection: &Rejection,
+    ) -> FrontAnswer {
         let code = rejection.public_code();
         let event = rejection_event(origin, client_id, server, rejection);
-        let journal = Journal { audit: vec![event.clone()], answers: Vec::new() };
+        let journal = Journal {
+            audit: vec![event.clone()],
+            answers: Vec::new(),
+        };
         let store = self.store.clone();
         let committed = tokio::task::spawn_blocking(move || store.commit_journal(&journal)).await;
         match committed {
@@ -283,7 +327,12 @@ impl Approvals {
     }
 
     /// Seals a denial of `code` for the request `rejection` refused (its HMAC verified).
-    async fn sealed_denial(&self, client_id: &str, rejection: &Rejection, code: PublicCode) -> FrontAnswer {
+    async fn sealed_denial(
+        &self,
+        client_id: &str,
+        rejection: &Rejection,
+        code: PublicCode,
+    ) -> FrontAnswer {
         let Some(binding) = rejection.binding().cloned() else {
             return FrontAnswer::error(code.as_str(), code.http_status());
         };
@@ -292,11 +341,15 @@ impl Approvals {
         let client_id = client_id.to_owned();
         let sealed = tokio::task::spawn_blocking(move || {
             let client = state.client(&client_id).ok_or("the client is gone")?;
-            approval::seal_denial(&binding, &keys, &client.hmac_secret, code).map_err(|_| "sealing failed")
+            approval::seal_denial(&binding, &keys, &client.hmac_secret, code)
+                .map_err(|_| "sealing failed")
         })
         .await;
         match sealed {
-            Ok(Ok(body)) => FrontAnswer { status: code.http_status(), body },
+            Ok(Ok(body)) => FrontAnswer {
+                status: code.http_status(),
+                body,
+            },
             Ok(Err(why)) => {
                 warn!(why, "cannot seal a denial; answering it unsealed");
                 FrontAnswer::error(code.as_str(), code.http_status())
@@ -311,9 +364,18 @@ impl Approvals {
     /// A request whose nonce was used before: when an approval of these exact bytes was
     /// committed, that approval again (sealed anew); otherwise a sealed `replay` denial. The
     /// nonce is on disk already, so nothing is written.
-    async fn replayed(&self, origin: &Origin<'_>, client_id: &str, rejection: &Rejection, digest: String) -> FrontAnswer {
+    async fn replayed(
+        &self,
+        origin: &Origin<'_>,
+        client_id: &str,
+        rejection: &Rejection,
+        digest: String,
+    ) -> FrontAnswer {
         let Some(binding) = rejection.binding().cloned() else {
-            return FrontAnswer::error(PublicCode::Replay.as_str(), PublicCode::Replay.http_status());
+            return FrontAnswer::error(
+                PublicCode::Replay.as_str(),
+                PublicCode::Replay.http_status(),
+            );
         };
         let key = state::nonce_key(NonceScope::Request, binding.request_nonce());
         let store = self.store.clone();
@@ -321,15 +383,23 @@ impl Approvals {
         let keys = self.box_keys.clone();
         let wanted = client_id.to_owned();
         let sealing = binding.clone();
-        let retried = tokio::task::spawn_blocking(move || -> Result<Option<ApprovalResponse>, String> {
-            let Some(answer) = store.answer(&key).map_err(|e| e.to_string())? else { return Ok(None) };
-            // The digest of a request body is not secret: a plain comparison is fine.
-            let same = answer.client_id == wanted && answer.body_sha256 == digest;
-            let Some(client) = state.client(&wanted).filter(|c| same && c.enabled) else { return Ok(None) };
-            let payload = ResponsePayload::allow(answer.connect, answer.opened, answer.expires_unix);
-            approval::seal_response(&sealing, &keys, &client.hmac_secret, &payload).map(Some).map_err(|e| e.to_string())
-        })
-        .await;
+        let retried =
+            tokio::task::spawn_blocking(move || -> Result<Option<ApprovalResponse>, String> {
+                let Some(answer) = store.answer(&key).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                // The digest of a request body is not secret: a plain comparison is fine.
+                let same = answer.client_id == wanted && answer.body_sha256 == digest;
+                let Some(client) = state.client(&wanted).filter(|c| same && c.enabled) else {
+                    return Ok(None);
+                };
+                let payload =
+                    ResponsePayload::allow(answer.connect, answer.opened, answer.expires_unix);
+                approval::seal_response(&sealing, &keys, &client.hmac_secret, &payload)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
         match retried {
             Ok(Ok(Some(response))) => {
                 self.metrics.count("approval.retried");
@@ -339,9 +409,12 @@ impl Approvals {
             Ok(Ok(None)) => {
                 let code = rejection.public_code();
                 self.metrics.count_code(code);
-                self.audit.failure(rejection.reason().kind(), origin.remote, std::time::Instant::now(), || {
-                    rejection_event(origin, client_id, binding.server(), rejection)
-                });
+                self.audit.failure(
+                    rejection.reason().kind(),
+                    origin.remote,
+                    std::time::Instant::now(),
+                    || rejection_event(origin, client_id, binding.server(), rejection),
+                );
                 self.sealed_denial(client_id, rejection, code).await
             }
             Ok(Err(err)) => {
@@ -375,16 +448,27 @@ impl Approvals {
                 client_id: client_id.to_owned(),
                 per_minute: self.client_rate.per_minute(),
             };
-            return self.refuse_grant(origin, &approved, server_name, reason).await;
+            return self
+                .refuse_grant(origin, &approved, server_name, reason)
+                .await;
         }
         if server.second_factor == SecondFactor::Totp {
             match self.check_passcode(&approved).await {
                 Ok(()) => {}
-                Err(Some(reason)) => return self.refuse_grant(origin, &approved, server_name, reason).await,
+                Err(Some(reason)) => {
+                    return self
+                        .refuse_grant(origin, &approved, server_name, reason)
+                        .await;
+                }
                 Err(None) => return FrontAnswer::unavailable(),
             }
         }
-        let opened: Vec<IpAddr> = approved.open_addresses.iter().copied().filter(|a| crate::openings::is_openable(*a)).collect();
+        let opened: Vec<IpAddr> = approved
+            .open_addresses
+            .iter()
+            .copied()
+            .filter(|a| crate::openings::is_openable(*a))
+            .collect();
         if opened.len() != approved.open_addresses.len() {
             warn!(addresses = ?approved.open_addresses, "approved addresses that cannot be opened were left out");
         }
@@ -418,19 +502,43 @@ impl Approvals {
             keep_until_unix: self.validation.nonce_keep_until(unix_secs()),
         };
         let key = state::nonce_key(NonceScope::Request, approved.binding.request_nonce()).to_vec();
-        let journal = Journal { audit: vec![event.clone()], answers: vec![(key, answer)] };
-        let check = GrantCheck { generation, max_addresses_per_client: server.max_addresses_per_client };
-        let granted =
-            self.openings.grant_all(server, &opened, client_id, server.connect_window, Some(check), journal).await;
+        let journal = Journal {
+            audit: vec![event.clone()],
+            answers: vec![(key, answer)],
+        };
+        let check = GrantCheck {
+            generation,
+            max_addresses_per_client: server.max_addresses_per_client,
+        };
+        let granted = self
+            .openings
+            .grant_all(
+                server,
+                &opened,
+                client_id,
+                server.connect_window,
+                Some(check),
+                journal,
+            )
+            .await;
         match granted {
             Ok(_) => {}
             Err(OpeningsError::Revoked(_)) => {
-                let reason = approval::Reason::ClientDisabled { client_id: client_id.to_owned() };
-                return self.refuse_grant(origin, &approved, server_name, reason).await;
+                let reason = approval::Reason::ClientDisabled {
+                    client_id: client_id.to_owned(),
+                };
+                return self
+                    .refuse_grant(origin, &approved, server_name, reason)
+                    .await;
             }
             Err(OpeningsError::ClientCap { limit, .. }) => {
-                let reason = approval::Reason::ClientCapReached { client_id: client_id.to_owned(), limit };
-                return self.refuse_grant(origin, &approved, server_name, reason).await;
+                let reason = approval::Reason::ClientCapReached {
+                    client_id: client_id.to_owned(),
+                    limit,
+                };
+                return self
+                    .refuse_grant(origin, &approved, server_name, reason)
+                    .await;
             }
             Err(err @ OpeningsError::NearCapacity { .. }) => {
                 self.metrics.count("approval.unavailable.map_capacity");
@@ -444,15 +552,29 @@ impl Approvals {
         }
         audit::log(&event);
         if server.openvpn.is_some() {
-            let token = derive_token(approved.client_hmac_secret(), &server.name, approved.binding.request_nonce());
-            self.vpn_tokens.record(client_id, server.id, token, opened.clone(), server.connect_window);
+            let token = derive_token(
+                approved.client_hmac_secret(),
+                &server.name,
+                approved.binding.request_nonce(),
+            );
+            self.vpn_tokens.record(
+                client_id,
+                server.id,
+                token,
+                opened.clone(),
+                server.connect_window,
+            );
         }
         // A revocation that ran after our grants removed them; its token revocation may have
         // run before our token was recorded, so take it back here and answer `denied`.
         if self.openings.generation(client_id) != generation {
             self.vpn_tokens.revoke_client(client_id);
-            let reason = approval::Reason::ClientDisabled { client_id: client_id.to_owned() };
-            return self.refuse_grant(origin, &approved, server_name, reason).await;
+            let reason = approval::Reason::ClientDisabled {
+                client_id: client_id.to_owned(),
+            };
+            return self
+                .refuse_grant(origin, &approved, server_name, reason)
+                .await;
         }
         self.metrics.count("approval.approved");
         let payload = ResponsePayload::allow(target, opened, expires);
@@ -468,12 +590,18 @@ impl Approvals {
     /// The second factor (`docs/PROTOCOL.md` §7.4): not locked out, a passcode present, one
     /// of the accepted steps, and that step not used by this client before (recorded
     /// durably, like a nonce). `Err(None)`: the store failed (answer `unavailable`).
-    async fn check_passcode(&self, approved: &ApprovedRequest) -> Result<(), Option<approval::Reason>> {
+    async fn check_passcode(
+        &self,
+        approved: &ApprovedRequest,
+    ) -> Result<(), Option<approval::Reason>> {
         let client_id = approved.client_id.clone();
         let rules = self.passcode_rules;
         let started = std::time::Instant::now();
         if let Some(left) = self.passcode_failures.locked(&client_id, started) {
-            return Err(Some(approval::Reason::PasscodeLockedOut { client_id, seconds_left: left.as_secs().max(1) }));
+            return Err(Some(approval::Reason::PasscodeLockedOut {
+                client_id,
+                seconds_left: left.as_secs().max(1),
+            }));
         }
         let Some(passcode) = approved.passcode.clone() else {
             return Err(Some(approval::Reason::PasscodeMissing { client_id }));
@@ -481,21 +609,32 @@ impl Approvals {
         let store = self.store.clone();
         let id = client_id.clone();
         let now = unix_secs();
-        let checked = tokio::task::spawn_blocking(move || -> Result<Option<Result<u64, bool>>, StoreError> {
-            // Ok(None): no secret; Ok(Some(Ok(step))): matched and recorded; Some(Err(reused)).
-            let secret = store
-                .client(&id)?
-                .and_then(|c| c.enrollment)
-                .and_then(|e| e.totp_secret_b32)
-                .and_then(|b32| crate::passcode::TotpSecret::from_base32(&b32).ok());
-            let Some(secret) = secret else { return Ok(None) };
-            let Some(step) = secret.verify(&rules, passcode.as_str(), now) else { return Ok(Some(Err(false))) };
-            let mut key = vec![b'c'];
-            key.extend_from_slice(&crate::passcode::used_step_key(&id, step));
-            // Kept until the step can no longer be accepted (drift included), plus a margin.
-            let keep_until = (step + crate::passcode::DRIFT_STEPS + 2).saturating_mul(rules.step_secs);
-            if store.record_nonce(&key, now, keep_until)? { Ok(Some(Ok(step))) } else { Ok(Some(Err(true))) }
-        })
+        let checked = tokio::task::spawn_blocking(
+            move || -> Result<Option<Result<u64, bool>>, StoreError> {
+                // Ok(None): no secret; Ok(Some(Ok(step))): matched and recorded; Some(Err(reused)).
+                let secret = store
+                    .client(&id)?
+                    .and_then(|c| c.enrollment)
+                    .and_then(|e| e.totp_secret_b32)
+                    .and_then(|b32| crate::passcode::TotpSecret::from_base32(&b32).ok());
+                let Some(secret) = secret else {
+                    return Ok(None);
+                };
+                let Some(step) = secret.verify(&rules, passcode.as_str(), now) else {
+                    return Ok(Some(Err(false)));
+                };
+                let mut key = vec![b'c'];
+                key.extend_from_slice(&crate::passcode::used_step_key(&id, step));
+                // Kept until the step can no longer be accepted (drift included), plus a margin.
+                let keep_until =
+                    (step + crate::passcode::DRIFT_STEPS + 2).saturating_mul(rules.step_secs);
+                if store.record_nonce(&key, now, keep_until)? {
+                    Ok(Some(Ok(step)))
+                } else {
+                    Ok(Some(Err(true)))
+                }
+            },
+        )
         .await;
         match checked {
             Ok(Ok(None)) => Err(Some(approval::Reason::PasscodeNotEnrolled { client_id })),
@@ -506,15 +645,25 @@ impl Approvals {
             Ok(Ok(Some(Err(reused)))) => {
                 let failures_left = self.passcode_failures.failed(&client_id, &rules, started);
                 let locked = failures_left == 0;
-                self.metrics.count(if reused { "approval.passcode_reused" } else { "approval.passcode_wrong" });
+                self.metrics.count(if reused {
+                    "approval.passcode_reused"
+                } else {
+                    "approval.passcode_wrong"
+                });
                 if locked {
                     self.metrics.count("approval.passcode_lockout");
                     warn!(client_id, "client locked out after wrong passcodes");
                 }
                 if reused {
-                    Err(Some(approval::Reason::PasscodeReused { client_id, step: now / rules.step_secs.max(1) }))
+                    Err(Some(approval::Reason::PasscodeReused {
+                        client_id,
+                        step: now / rules.step_secs.max(1),
+                    }))
                 } else {
-                    Err(Some(approval::Reason::PasscodeWrong { client_id, failures_left }))
+                    Err(Some(approval::Reason::PasscodeWrong {
+                        client_id,
+                        failures_left,
+                    }))
                 }
             }
             Ok(Err(err)) => {
@@ -537,8 +686,10 @@ impl Approvals {
         server: &str,
         reason: approval::Reason,
     ) -> FrontAnswer {
-        let rejection = Rejection::new(approval::Stage::Grant, reason).with_binding(approved.binding.clone());
-        self.refused(origin, &approved.client_id, server, &rejection).await
+        let rejection =
+            Rejection::new(approval::Stage::Grant, reason).with_binding(approved.binding.clone());
+        self.refused(origin, &approved.client_id, server, &rejection)
+            .await
     }
 
     /// Redeems a sealed `POST /v1/enroll` body: opens the box with the controller's key,
@@ -563,16 +714,32 @@ impl Approvals {
             };
             // A refused enrollment is unauthenticated: counted and sampled, not recorded.
             match code {
-                "malformed" => self.audit.failure("enrollment_malformed", remote, std::time::Instant::now(), event),
-                "denied" => self.audit.failure("enrollment_denied", remote, std::time::Instant::now(), event),
+                "malformed" => self.audit.failure(
+                    "enrollment_malformed",
+                    remote,
+                    std::time::Instant::now(),
+                    event,
+                ),
+                "denied" => self.audit.failure(
+                    "enrollment_denied",
+                    remote,
+                    std::time::Instant::now(),
+                    event,
+                ),
                 _ => self.audit.record(event()),
             }
         };
-        let opened = SealedEnrollRequest::parse(&body).and_then(|sealed| sealed.open(&self.box_keys));
+        let opened =
+            SealedEnrollRequest::parse(&body).and_then(|sealed| sealed.open(&self.box_keys));
         let (request, opened) = match opened {
             Ok(opened) => opened,
             Err(err @ EnrollmentError::BoxOpen) => {
-                audit("", "rejected", "denied", format!("{err} (a link of another controller, or altered)"));
+                audit(
+                    "",
+                    "rejected",
+                    "denied",
+                    format!("{err} (a link of another controller, or altered)"),
+                );
                 return FrontAnswer::error(PublicCode::Denied.as_str(), 403);
             }
             Err(err) => {
@@ -580,10 +747,17 @@ impl Approvals {
                 return FrontAnswer::error("malformed", 400);
             }
         };
-        let public_key = match ClientRsaPublicKey::from_pem(&request.rsa_public_key_pem).and_then(|k| k.to_pem()) {
+        let public_key = match ClientRsaPublicKey::from_pem(&request.rsa_public_key_pem)
+            .and_then(|k| k.to_pem())
+        {
             Ok(pem) => pem,
             Err(err) => {
-                audit("", "rejected", "malformed", format!("public key refused: {err}"));
+                audit(
+                    "",
+                    "rejected",
+                    "malformed",
+                    format!("public key refused: {err}"),
+                );
                 return FrontAnswer::error("malformed", 400);
             }
         };
@@ -613,14 +787,19 @@ impl Approvals {
         let digest = token_digest(&request.token);
         let store = self.store.clone();
         let now = unix_secs();
-        let redeemed = tokio::task::spawn_blocking(move || store.redeem_enrollment_token(&digest, now, enrollment)).await;
+        let redeemed = tokio::task::spawn_blocking(move || {
+            store.redeem_enrollment_token(&digest, now, enrollment)
+        })
+        .await;
         match redeemed {
             Ok(Ok(Some(client))) => {
                 let totp_servers: Vec<String> = client
                     .servers
                     .iter()
                     .filter(|name| {
-                        self.servers.iter().any(|s| &s.name == *name && s.second_factor == SecondFactor::Totp)
+                        self.servers
+                            .iter()
+                            .any(|s| &s.name == *name && s.second_factor == SecondFactor::Totp)
                     })
                     .cloned()
                     .collect();
@@ -640,7 +819,12 @@ impl Approvals {
                 };
                 match opened.seal(&answer).and_then(|sealed| sealed.to_json()) {
                     Ok(body) => {
-                        audit(&client.client_id, "enrolled", "", format!("device {:?}", request.device_name));
+                        audit(
+                            &client.client_id,
+                            "enrolled",
+                            "",
+                            format!("device {:?}", request.device_name),
+                        );
                         FrontAnswer { status: 200, body }
                     }
                     Err(err) => {
@@ -650,7 +834,12 @@ impl Approvals {
                 }
             }
             Ok(Ok(None)) => {
-                audit("", "rejected", "denied", "unknown, used or expired enrollment token".into());
+                audit(
+                    "",
+                    "rejected",
+                    "denied",
+                    "unknown, used or expired enrollment token".into(),
+                );
                 FrontAnswer::error(PublicCode::Denied.as_str(), 403)
             }
             Ok(Err(err)) => {
@@ -665,21 +854,38 @@ impl Approvals {
     }
 
     /// Creates a client allowed on `servers` and returns its single-use enrollment link.
-    pub async fn add_client(&self, name: &str, servers: &[String]) -> Result<(EnrollmentLink, u64), ClientAdminError> {
+    pub async fn add_client(
+        &self,
+        name: &str,
+        servers: &[String],
+    ) -> Result<(EnrollmentLink, u64), ClientAdminError> {
         let name_ok = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !name_ok {
-            return Err(ClientAdminError::Invalid("client name must be 1-64 characters of A-Z a-z 0-9 . - _".into()));
+            return Err(ClientAdminError::Invalid(
+                "client name must be 1-64 characters of A-Z a-z 0-9 . - _".into(),
+            ));
         }
         if servers.is_empty() {
-            return Err(ClientAdminError::Invalid("name at least one --server".into()));
+            return Err(ClientAdminError::Invalid(
+                "name at least one --server".into(),
+            ));
         }
-        if let Some(unknown) = servers.iter().find(|s| !self.servers.iter().any(|c| &c.name == *s)) {
-            return Err(ClientAdminError::Invalid(format!("no server named {unknown:?}")));
+        if let Some(unknown) = servers
+            .iter()
+            .find(|s| !self.servers.iter().any(|c| &c.name == *s))
+        {
+            return Err(ClientAdminError::Invalid(format!(
+                "no server named {unknown:?}"
+            )));
         }
         let base_url = self.public_url.clone().ok_or_else(|| {
-            ClientAdminError::Invalid("set approvals.public_url (the HTTPS address clients use) first".into())
+            ClientAdminError::Invalid(
+                "set approvals.public_url (the HTTPS address clients use) first".into(),
+            )
         })?;
         let cert_sha256 = self.web_cert_pin()?;
         let token = random_token().map_err(ClientAdminError::Invalid)?;
@@ -691,7 +897,10 @@ impl Approvals {
             created_unix: unix_secs(),
             enrollment: None,
         };
-        let pending = EnrollmentToken { client_id: name.to_owned(), expires_unix };
+        let pending = EnrollmentToken {
+            client_id: name.to_owned(),
+            expires_unix,
+        };
         let digest = token_digest(&token);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -699,7 +908,11 @@ impl Approvals {
             store.put_enrollment_token(&digest, &pending)
         })
         .await??;
-        self.operator_audit(name, "added", format!("servers {servers:?}; enrollment link expires at {expires_unix}"));
+        self.operator_audit(
+            name,
+            "added",
+            format!("servers {servers:?}; enrollment link expires at {expires_unix}"),
+        );
         Ok((
             EnrollmentLink {
                 base_url,
@@ -713,7 +926,10 @@ impl Approvals {
     }
 
     fn web_cert_pin(&self) -> Result<String, ClientAdminError> {
-        let path = self.web_cert.as_ref().ok_or_else(|| ClientAdminError::Invalid("set approvals.web_cert".into()))?;
+        let path = self
+            .web_cert
+            .as_ref()
+            .ok_or_else(|| ClientAdminError::Invalid("set approvals.web_cert".into()))?;
         crate::tls::cert_sha256_hex(path).map_err(|err| {
             ClientAdminError::Invalid(format!(
                 "cannot read the web front's certificate {} ({err}); start the web front once or set approvals.web_cert",
@@ -734,7 +950,8 @@ impl Approvals {
         let store = self.store.clone();
         let id = name.to_owned();
         let closed = if enabled {
-            tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = true)).await??;
+            tokio::task::spawn_blocking(move || store.update_client(&id, |c| c.enabled = true))
+                .await??;
             0
         } else {
             // Atomic with approvals in flight: the store write, the generation bump and the
@@ -742,7 +959,10 @@ impl Approvals {
             let closed = self
                 .openings
                 .revoke_origin_with(name, move || {
-                    store.update_client(&id, |c| c.enabled = false).map(|_| ()).map_err(ClientAdminError::from)
+                    store
+                        .update_client(&id, |c| c.enabled = false)
+                        .map(|_| ())
+                        .map_err(ClientAdminError::from)
                 })
                 .await?;
             self.vpn_tokens.revoke_client(name);
@@ -760,7 +980,9 @@ impl Approvals {
         let id = name.to_owned();
         let closed = self
             .openings
-            .revoke_origin_with(name, move || store.remove_client(&id).map_err(ClientAdminError::from))
+            .revoke_origin_with(name, move || {
+                store.remove_client(&id).map_err(ClientAdminError::from)
+            })
             .await?;
         self.vpn_tokens.revoke_client(name);
         self.operator_audit(name, "removed", format!("{closed} opening(s) closed"));
@@ -771,23 +993,34 @@ impl Approvals {
     pub async fn purge_nonces(&self) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let now = unix_secs();
-        let cutoff_ms = unix_ms().saturating_sub(u64::try_from(self.audit_max_age.as_millis()).unwrap_or(u64::MAX));
-        Ok(tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
-            let purged = store.purge_nonces(now)?;
-            store.purge_answers(now)?;
-            let aged = store.purge_audit(cutoff_ms)?;
-            if aged > 0 {
-                info!(aged, "audit events past audit_max_age_days removed");
-            }
-            Ok(purged)
-        })
-        .await??)
+        let cutoff_ms = unix_ms()
+            .saturating_sub(u64::try_from(self.audit_max_age.as_millis()).unwrap_or(u64::MAX));
+        Ok(
+            tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+                let purged = store.purge_nonces(now)?;
+                store.purge_answers(now)?;
+                let aged = store.purge_audit(cutoff_ms)?;
+                if aged > 0 {
+                    info!(aged, "audit events past audit_max_age_days removed");
+                }
+                Ok(purged)
+            })
+            .await??,
+        )
     }
 
     /// A page of audit events of `table`, newest first, older than sequence number `before`.
-    pub async fn audit_page(&self, table: AuditTable, before: Option<u64>, count: usize) -> Result<AuditPage, ClientAdminError> {
+    pub async fn audit_page(
+        &self,
+        table: AuditTable,
+        before: Option<u64>,
+        count: usize,
+    ) -> Result<AuditPage, ClientAdminError> {
         let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.audit_page(table, before, count.max(1))).await??)
+        Ok(
+            tokio::task::spawn_blocking(move || store.audit_page(table, before, count.max(1)))
+                .await??,
+        )
     }
 
     fn operator_audit(&self, client_id: &str, verdict: &str, reason: String) {
@@ -805,7 +1038,12 @@ impl Approvals {
 }
 
 /// The audit record of a refused request.
-fn rejection_event(origin: &Origin<'_>, client_id: &str, server: &str, rejection: &Rejection) -> AuditEvent {
+fn rejection_event(
+    origin: &Origin<'_>,
+    client_id: &str,
+    server: &str,
+    rejection: &Rejection,
+) -> AuditEvent {
     AuditEvent {
         unix_ms: unix_ms(),
         kind: AuditKind::Approval,
@@ -852,7 +1090,9 @@ fn token_digest(token: &str) -> String {
 
 fn random_token() -> Result<String, String> {
     let mut bytes = [0u8; enrollment::TOKEN_BYTES];
-    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "the system random generator failed".to_owned())?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system random generator failed".to_owned())?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 

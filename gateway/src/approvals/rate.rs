@@ -18,7 +18,10 @@ const MAX_BUCKETS: usize = 65_536;
 impl ClientRate {
     /// A budget of `per_minute` approvals per client (0: unlimited).
     pub(crate) fn new(per_minute: u32) -> Self {
-        Self { per_minute, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The configured budget.
@@ -39,10 +42,15 @@ impl ClientRate {
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(client_id) {
-            buckets.retain(|_, (tokens, at)| *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < capacity);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < capacity
+            });
         }
-        let (tokens, at) = buckets.entry(client_id.to_owned()).or_insert((capacity, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(capacity);
+        let (tokens, at) = buckets
+            .entry(client_id.to_owned())
+            .or_insert((capacity, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(capacity);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -63,11 +71,23 @@ mod tests {
     fn each_client_has_its_own_budget_refilled_over_time() {
         let rate = ClientRate::new(3);
         let t0 = Instant::now();
-        assert!((0..3).all(|_| rate.admit_at("a", t0)), "a full bucket holds per_minute approvals");
-        assert!(!rate.admit_at("a", t0), "the fourth in the same instant is refused");
+        assert!(
+            (0..3).all(|_| rate.admit_at("a", t0)),
+            "a full bucket holds per_minute approvals"
+        );
+        assert!(
+            !rate.admit_at("a", t0),
+            "the fourth in the same instant is refused"
+        );
         assert!(rate.admit_at("b", t0), "another client is not affected");
-        assert!(!rate.admit_at("a", t0 + Duration::from_secs(10)), "a third of a token after 10 s");
-        assert!(rate.admit_at("a", t0 + Duration::from_secs(21)), "one token back after 20 s");
+        assert!(
+            !rate.admit_at("a", t0 + Duration::from_secs(10)),
+            "a third of a token after 10 s"
+        );
+        assert!(
+            rate.admit_at("a", t0 + Duration::from_secs(21)),
+            "one token back after 20 s"
+        );
         assert!(!rate.admit_at("a", t0 + Duration::from_secs(21)));
     }
 

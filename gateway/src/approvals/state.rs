@@ -11,8 +11,8 @@ use tracing::{error, warn};
 
 use crate::{
     approval::{
-        AddressPolicy, ApprovalState, ClientRecord, ClientRsaPublicKey, HmacSecret, NONCE_LEN, NonceCheck,
-        NonceScope, ServerLookup, ServerPolicy,
+        AddressPolicy, ApprovalState, ClientRecord, ClientRsaPublicKey, HmacSecret, NONCE_LEN,
+        NonceCheck, NonceScope, ServerLookup, ServerPolicy,
     },
     config::{AddressPolicySetting, ServerConfig},
     store::Store,
@@ -59,7 +59,10 @@ impl GatewayAddresses {
             .flat_map(|s| [s.public_ipv4.map(IpAddr::V4), s.public_ipv6.map(IpAddr::V6)])
             .flatten()
             .collect();
-        Self { configured, interfaces: Mutex::new(None) }
+        Self {
+            configured,
+            interfaces: Mutex::new(None),
+        }
     }
 
     /// Whether `addr` is one of the gateway's addresses.
@@ -68,7 +71,10 @@ impl GatewayAddresses {
         if self.configured.contains(&addr) {
             return true;
         }
-        let mut cache = self.interfaces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let fresh = matches!(&*cache, Some((read, _)) if read.elapsed() < INTERFACE_ADDRESSES_TTL);
         if !fresh {
             *cache = Some((Instant::now(), interface_addresses()));
@@ -87,7 +93,8 @@ fn interface_addresses() -> HashSet<IpAddr> {
                 if let Some(v4) = sa.as_sockaddr_in() {
                     Some(IpAddr::V4(v4.ip()))
                 } else {
-                    sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+                    sa.as_sockaddr_in6()
+                        .map(|v6| IpAddr::V6(v6.ip()).to_canonical())
                 }
             })
             .collect(),
@@ -111,7 +118,14 @@ impl StoreState {
     pub fn new(store: Arc<Store>, servers: &[ServerConfig]) -> Self {
         let policies = servers
             .iter()
-            .map(|s| (s.name.clone(), ServerPolicy { address_policy: policy(s.address_policy) }))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    ServerPolicy {
+                        address_policy: policy(s.address_policy),
+                    },
+                )
+            })
             .collect();
         Self {
             store,
@@ -123,7 +137,10 @@ impl StoreState {
 
     /// The client's RSA key parsed from `pem`, from the cache when it holds that PEM.
     fn rsa_key(&self, client_id: &str, pem: &str) -> Option<ClientRsaPublicKey> {
-        let mut cache = self.parsed_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .parsed_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((cached_pem, key)) = cache.get(client_id)
             && cached_pem == pem
         {
@@ -147,16 +164,31 @@ impl ApprovalState for StoreState {
         let enrollment = stored.enrollment?;
         let hmac_secret = HmacSecret::from_base64(&enrollment.hmac_secret_b64).ok()?;
         let rsa_public_key = self.rsa_key(&stored.client_id, &enrollment.rsa_public_key_pem)?;
-        Some(ClientRecord { client_id: stored.client_id, enabled: stored.enabled, hmac_secret, rsa_public_key })
+        Some(ClientRecord {
+            client_id: stored.client_id,
+            enabled: stored.enabled,
+            hmac_secret,
+            rsa_public_key,
+        })
     }
 
     fn server(&self, name: &str) -> ServerLookup {
-        self.servers.get(name).map_or(ServerLookup::Unknown, |policy| ServerLookup::Here(*policy))
+        self.servers
+            .get(name)
+            .map_or(ServerLookup::Unknown, |policy| ServerLookup::Here(*policy))
     }
 
-    fn record_nonce(&self, scope: NonceScope, nonce: &[u8; NONCE_LEN], keep_until_unix: u64) -> NonceCheck {
+    fn record_nonce(
+        &self,
+        scope: NonceScope,
+        nonce: &[u8; NONCE_LEN],
+        keep_until_unix: u64,
+    ) -> NonceCheck {
         let key = nonce_key(scope, nonce);
-        match self.store.record_nonce(&key, crate::clock::unix_secs(), keep_until_unix) {
+        match self
+            .store
+            .record_nonce(&key, crate::clock::unix_secs(), keep_until_unix)
+        {
             Ok(true) => NonceCheck::Fresh,
             Ok(false) => NonceCheck::Replayed,
             Err(err) => {

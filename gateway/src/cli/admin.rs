@@ -14,12 +14,21 @@ use xdpgate::{clock::unix_ms, control};
 /// `xdpgate servers list`.
 pub async fn servers_list(socket: &Path) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let servers = client.list_servers(pb::ListServersRequest {}).await?.into_inner().servers;
+    let servers = client
+        .list_servers(pb::ListServersRequest {})
+        .await?
+        .into_inner()
+        .servers;
     Ok(render_servers(&servers))
 }
 
 /// `xdpgate openings add`.
-pub async fn openings_add(socket: &Path, server: &str, ip: IpAddr, ttl_secs: u32) -> anyhow::Result<String> {
+pub async fn openings_add(
+    socket: &Path,
+    server: &str,
+    ip: IpAddr,
+    ttl_secs: u32,
+) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
     let request = pb::AddOpeningRequest {
         server: server.to_owned(),
@@ -43,9 +52,16 @@ pub async fn openings_add(socket: &Path, server: &str, ip: IpAddr, ttl_secs: u32
 }
 
 /// `xdpgate openings revoke`.
-pub async fn openings_revoke(socket: &Path, server: Option<&str>, ip: IpAddr) -> anyhow::Result<String> {
+pub async fn openings_revoke(
+    socket: &Path,
+    server: Option<&str>,
+    ip: IpAddr,
+) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let request = pb::RevokeOpeningRequest { server: server.unwrap_or_default().to_owned(), address: ip.to_string() };
+    let request = pb::RevokeOpeningRequest {
+        server: server.unwrap_or_default().to_owned(),
+        address: ip.to_string(),
+    };
     let revoked = client.revoke_opening(request).await?.into_inner().revoked;
     Ok(format!("revoked {revoked} opening(s) of {ip}\n"))
 }
@@ -53,7 +69,9 @@ pub async fn openings_revoke(socket: &Path, server: Option<&str>, ip: IpAddr) ->
 /// `xdpgate openings list`.
 pub async fn openings_list(socket: &Path, server: Option<&str>) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let request = pb::ListOpeningsRequest { server: server.unwrap_or_default().to_owned() };
+    let request = pb::ListOpeningsRequest {
+        server: server.unwrap_or_default().to_owned(),
+    };
     let openings = client.list_openings(request).await?.into_inner().openings;
     Ok(render_openings(&openings, unix_ms()))
 }
@@ -66,7 +84,11 @@ pub async fn status(socket: &Path) -> anyhow::Result<String> {
     for interface in &status.interfaces {
         let _ = writeln!(out, "interface {} ({})", interface.name, interface.mode);
     }
-    let _ = writeln!(out, "openings: {} IPv4, {} IPv6", status.openings_v4, status.openings_v6);
+    let _ = writeln!(
+        out,
+        "openings: {} IPv4, {} IPv6",
+        status.openings_v4, status.openings_v6
+    );
     out.push_str(&render_servers(&status.servers));
     let _ = writeln!(out, "parse counters:");
     for counter in &status.parse_counters {
@@ -85,13 +107,19 @@ pub async fn status(socket: &Path) -> anyhow::Result<String> {
 pub async fn health(socket: &Path) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
     let health = client.health(pb::HealthRequest {}).await?.into_inner();
-    Ok(format!("{} (version {}, up {}s)\n", health.status, health.version, health.uptime_secs))
+    Ok(format!(
+        "{} (version {}, up {}s)\n",
+        health.status, health.version, health.uptime_secs
+    ))
 }
 
 /// `xdpgate clients add`.
 pub async fn clients_add(socket: &Path, name: &str, servers: &[String]) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let request = pb::AddClientRequest { name: name.to_owned(), servers: servers.to_vec() };
+    let request = pb::AddClientRequest {
+        name: name.to_owned(),
+        servers: servers.to_vec(),
+    };
     let answer = client.add_client(request).await?.into_inner();
     Ok(format!(
         "client {name} added. Give this single-use link to the client's owner (expires {}):\n{}\n",
@@ -103,11 +131,18 @@ pub async fn clients_add(socket: &Path, name: &str, servers: &[String]) -> anyho
 /// `xdpgate clients list`.
 pub async fn clients_list(socket: &Path) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let clients = client.list_clients(pb::ListClientsRequest {}).await?.into_inner().clients;
+    let clients = client
+        .list_clients(pb::ListClientsRequest {})
+        .await?
+        .into_inner()
+        .clients;
     if clients.is_empty() {
         return Ok("no clients\n".to_owned());
     }
-    let mut out = format!("{:<20} {:<8} {:<9} {:<20} {}\n", "NAME", "ENABLED", "ENROLLED", "DEVICE", "SERVERS");
+    let mut out = format!(
+        "{:<20} {:<8} {:<9} {:<20} {}\n",
+        "NAME", "ENABLED", "ENROLLED", "DEVICE", "SERVERS"
+    );
     for c in clients {
         let _ = writeln!(
             out,
@@ -123,19 +158,40 @@ pub async fn clients_list(socket: &Path) -> anyhow::Result<String> {
 }
 
 /// `xdpgate clients enable|disable`.
-pub async fn clients_set_enabled(socket: &Path, name: &str, enabled: bool) -> anyhow::Result<String> {
+pub async fn clients_set_enabled(
+    socket: &Path,
+    name: &str,
+    enabled: bool,
+) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let request = pb::SetClientEnabledRequest { name: name.to_owned(), enabled };
-    let closed = client.set_client_enabled(request).await?.into_inner().openings_closed;
+    let request = pb::SetClientEnabledRequest {
+        name: name.to_owned(),
+        enabled,
+    };
+    let closed = client
+        .set_client_enabled(request)
+        .await?
+        .into_inner()
+        .openings_closed;
     let verb = if enabled { "enabled" } else { "disabled" };
-    Ok(format!("client {name} {verb}; {closed} opening(s) closed\n"))
+    Ok(format!(
+        "client {name} {verb}; {closed} opening(s) closed\n"
+    ))
 }
 
 /// `xdpgate clients remove`.
 pub async fn clients_remove(socket: &Path, name: &str) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let closed = client.remove_client(pb::RemoveClientRequest { name: name.to_owned() }).await?.into_inner().openings_closed;
-    Ok(format!("client {name} removed; {closed} opening(s) closed\n"))
+    let closed = client
+        .remove_client(pb::RemoveClientRequest {
+            name: name.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .openings_closed;
+    Ok(format!(
+        "client {name} removed; {closed} opening(s) closed\n"
+    ))
 }
 
 /// What `xdpgate audit tail` asks for.
@@ -157,14 +213,22 @@ const AUDIT_PAGE: u64 = 5_000;
 /// `xdpgate audit tail`: pages through the log until `count` events or the oldest one.
 pub async fn audit_tail(socket: &Path, query: &AuditQuery) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;
-    let (mut events, mut before, mut failures) = (Vec::new(), query.before.unwrap_or(0), Vec::new());
+    let (mut events, mut before, mut failures) =
+        (Vec::new(), query.before.unwrap_or(0), Vec::new());
     loop {
-        let wanted = query.count.saturating_sub(events.len() as u64).min(AUDIT_PAGE);
+        let wanted = query
+            .count
+            .saturating_sub(events.len() as u64)
+            .min(AUDIT_PAGE);
         if wanted == 0 {
             break;
         }
         let page = client
-            .audit_tail(pb::AuditTailRequest { count: u32::try_from(wanted).unwrap_or(u32::MAX), before, samples: query.samples })
+            .audit_tail(pb::AuditTailRequest {
+                count: u32::try_from(wanted).unwrap_or(u32::MAX),
+                before,
+                samples: query.samples,
+            })
             .await?
             .into_inner();
         failures = page.failures;
@@ -196,19 +260,34 @@ pub async fn audit_tail(socket: &Path, query: &AuditQuery) -> anyhow::Result<Str
             e.unix_ms / 1000,
             e.kind,
             e.client_id,
-            if e.remote.is_empty() { "-" } else { e.remote.as_str() },
+            if e.remote.is_empty() {
+                "-"
+            } else {
+                e.remote.as_str()
+            },
             e.server,
             e.verdict,
-            if e.code.is_empty() { "-" } else { e.code.as_str() },
+            if e.code.is_empty() {
+                "-"
+            } else {
+                e.code.as_str()
+            },
             e.reason
         );
     }
     if before > 0 {
-        let _ = writeln!(out, "-- stopped after {} events; older ones remain: add --before {before} (or use --all)", events.len());
+        let _ = writeln!(
+            out,
+            "-- stopped after {} events; older ones remain: add --before {before} (or use --all)",
+            events.len()
+        );
     }
     if !failures.is_empty() {
         let total: u64 = failures.iter().map(|f| f.count).sum();
-        let _ = writeln!(out, "-- {total} unauthenticated failure(s) since start (counted, sampled with --unauthenticated):");
+        let _ = writeln!(
+            out,
+            "-- {total} unauthenticated failure(s) since start (counted, sampled with --unauthenticated):"
+        );
         for f in failures.iter().take(20) {
             let _ = writeln!(out, "   {} from {}: {}", f.reason, f.prefix, f.count);
         }
@@ -225,20 +304,51 @@ pub async fn notices(socket: &Path, clear: bool) -> anyhow::Result<String> {
         client.notices_status(pb::NoticesStatusRequest {}).await?
     }
     .into_inner();
-    let record: xdpgate::store::NoticeRecord =
-        serde_json::from_str(&answer.state_json).context("controller sent an unreadable notice state")?;
+    let record: xdpgate::store::NoticeRecord = serde_json::from_str(&answer.state_json)
+        .context("controller sent an unreadable notice state")?;
     let mut out = String::new();
     if clear {
         out.push_str("cleared by the operator\n");
     }
-    let url = if answer.url.is_empty() { "(not configured: no [notices] section)" } else { answer.url.as_str() };
+    let url = if answer.url.is_empty() {
+        "(not configured: no [notices] section)"
+    } else {
+        answer.url.as_str()
+    };
     let _ = writeln!(out, "notice server: {url}");
-    for (name, part) in [("www", &record.www), ("web", &record.web), ("vpn", &record.vpn)] {
+    for (name, part) in [
+        ("www", &record.www),
+        ("web", &record.web),
+        ("vpn", &record.vpn),
+    ] {
         let state = if part.shutdown { "shutdown" } else { "running" };
-        let _ = writeln!(out, "{name}: {state}{}", if part.message.is_empty() { String::new() } else { format!(" ({})", part.message) });
+        let _ = writeln!(
+            out,
+            "{name}: {state}{}",
+            if part.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", part.message)
+            }
+        );
     }
-    let when = |ms: u64| if ms == 0 { "never".to_owned() } else { format_unix_ms(ms) };
-    let _ = writeln!(out, "changed: {} by {}", when(record.changed_unix_ms), if record.changed_by.is_empty() { "-" } else { &record.changed_by });
+    let when = |ms: u64| {
+        if ms == 0 {
+            "never".to_owned()
+        } else {
+            format_unix_ms(ms)
+        }
+    };
+    let _ = writeln!(
+        out,
+        "changed: {} by {}",
+        when(record.changed_unix_ms),
+        if record.changed_by.is_empty() {
+            "-"
+        } else {
+            &record.changed_by
+        }
+    );
     let _ = writeln!(out, "last sequence acted on: {}", record.last_sequence);
     if let Some(notice) = &record.last_notice {
         let _ = writeln!(
@@ -247,7 +357,16 @@ pub async fn notices(socket: &Path, clear: bool) -> anyhow::Result<String> {
             notice.sequence, notice.issued_unix, notice.affected.from, notice.affected.to
         );
     }
-    let _ = writeln!(out, "last fetched: {} ({})", when(record.last_fetch_unix_ms), if record.last_outcome.is_empty() { "-" } else { &record.last_outcome });
+    let _ = writeln!(
+        out,
+        "last fetched: {} ({})",
+        when(record.last_fetch_unix_ms),
+        if record.last_outcome.is_empty() {
+            "-"
+        } else {
+            &record.last_outcome
+        }
+    );
     for counter in &answer.counters {
         let _ = writeln!(out, "  {:<26} {}", counter.name, counter.value);
     }
@@ -260,10 +379,18 @@ fn render_servers(servers: &[pb::Server]) -> String {
         let _ = writeln!(
             out,
             "server {} (id {}): connect window {}s, idle {}s, max {}s",
-            server.name, server.id, server.connect_window_secs, server.idle_timeout_secs, server.max_lifetime_secs
+            server.name,
+            server.id,
+            server.connect_window_secs,
+            server.idle_timeout_secs,
+            server.max_lifetime_secs
         );
         for service in &server.services {
-            let address = if service.address.is_empty() { "*" } else { service.address.as_str() };
+            let address = if service.address.is_empty() {
+                "*"
+            } else {
+                service.address.as_str()
+            };
             let _ = writeln!(
                 out,
                 "  {}/{} on {}: passed {} dropped {}",
@@ -278,7 +405,10 @@ fn render_openings(openings: &[pb::Opening], now_ms: u64) -> String {
     if openings.is_empty() {
         return "no openings\n".to_owned();
     }
-    let mut out = format!("{:<12} {:<40} {:>9} {:>10} {:>7} {}\n", "SERVER", "ADDRESS", "EXPIRES", "LAST SEEN", "HOLDERS", "KERNEL");
+    let mut out = format!(
+        "{:<12} {:<40} {:>9} {:>10} {:>7} {}\n",
+        "SERVER", "ADDRESS", "EXPIRES", "LAST SEEN", "HOLDERS", "KERNEL"
+    );
     for o in openings {
         let expires = format!("{}s", o.expires_unix_ms.saturating_sub(now_ms) / 1000);
         let seen = if o.last_seen_unix_ms == 0 {
@@ -287,14 +417,21 @@ fn render_openings(openings: &[pb::Opening], now_ms: u64) -> String {
             format!("{}s ago", now_ms.saturating_sub(o.last_seen_unix_ms) / 1000)
         };
         let kernel = if o.in_kernel { "yes" } else { "NO" };
-        let _ = writeln!(out, "{:<12} {:<40} {:>9} {:>10} {:>7} {}", o.server, o.address, expires, seen, o.holders, kernel);
+        let _ = writeln!(
+            out,
+            "{:<12} {:<40} {:>9} {:>10} {:>7} {}",
+            o.server, o.address, expires, seen, o.holders, kernel
+        );
     }
     out
 }
 
 fn format_unix_ms(ms: u64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms);
-    let in_secs = at.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0);
+    let in_secs = at
+        .duration_since(std::time::SystemTime::now())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format!("unix {} (in {in_secs}s)", ms / 1000)
 }
 
@@ -317,7 +454,10 @@ mod tests {
         let table = render_openings(&[opening], 1_000);
         let row = table.lines().nth(1).unwrap();
         assert!(row.contains("vpn1") && row.contains("10.0.0.2"), "{row}");
-        assert!(row.contains("60s") && row.contains("never") && row.ends_with("NO"), "{row}");
+        assert!(
+            row.contains("60s") && row.contains("never") && row.ends_with("NO"),
+            "{row}"
+        );
         assert_eq!(render_openings(&[], 0), "no openings\n");
     }
 }

@@ -86,21 +86,42 @@ pub enum Role {
 /// Runs a cluster command and returns what to print.
 pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
     match command {
-        ClusterCommand::Ca { command: CaCommand::Init { dir } } => {
+        ClusterCommand::Ca {
+            command: CaCommand::Init { dir },
+        } => {
             let cert = cluster::ca::init(&dir)?;
             Ok(format!("cluster CA created: {}\n", cert.display()))
         }
-        ClusterCommand::Cert { command: CertCommand::Issue { ca, name, role, out, days } } => {
+        ClusterCommand::Cert {
+            command:
+                CertCommand::Issue {
+                    ca,
+                    name,
+                    role,
+                    out,
+                    days,
+                },
+        } => {
             let role = match role {
                 Role::Controller => cluster::ca::NodeRole::Controller,
                 Role::Web => cluster::ca::NodeRole::Web,
             };
             let files = cluster::ca::issue(&ca, &name, role, days, &out)?;
-            Ok(format!("issued {name}: {} {} (CA {})\n", files.cert.display(), files.key.display(), files.ca.display()))
+            Ok(format!(
+                "issued {name}: {} {} (CA {})\n",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            ))
         }
-        ClusterCommand::Cert { command: CertCommand::Revoke { ca, cert } } => {
+        ClusterCommand::Cert {
+            command: CertCommand::Revoke { ca, cert },
+        } => {
             let (crl, serial) = cluster::ca::revoke(&ca, &cert)?;
-            Ok(format!("revoked serial {serial}; revocation list {} (copy it to every node's `crl`)\n", crl.display()))
+            Ok(format!(
+                "revoked serial {serial}; revocation list {} (copy it to every node's `crl`)\n",
+                crl.display()
+            ))
         }
         ClusterCommand::Status { config } => status(&WebConfig::load(&config)?).await,
     }
@@ -126,8 +147,16 @@ async fn status(config: &WebConfig) -> anyhow::Result<String> {
             node.name,
             node.address,
             health,
-            if node.version.is_empty() { "-" } else { &node.version },
-            if node.servers.is_empty() { "-".to_owned() } else { node.servers.join(",") },
+            if node.version.is_empty() {
+                "-"
+            } else {
+                &node.version
+            },
+            if node.servers.is_empty() {
+                "-".to_owned()
+            } else {
+                node.servers.join(",")
+            },
         );
         if let Some(error) = &node.error {
             let _ = writeln!(out, "\terror: {error}");

@@ -25,7 +25,11 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct ControlTarget {
     /// The controller's control socket.
-    #[arg(long, env = "XDPGATE_SOCKET", default_value = "/run/xdpgate/control.sock")]
+    #[arg(
+        long,
+        env = "XDPGATE_SOCKET",
+        default_value = "/run/xdpgate/control.sock"
+    )]
     pub socket: PathBuf,
 }
 

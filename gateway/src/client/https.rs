@@ -28,7 +28,9 @@ pub enum HttpsError {
         source: std::io::Error,
     },
     /// The server's certificate is not the pinned one.
-    #[error("the certificate of {authority} is not the pinned one (wrong link or profile, or someone in between)")]
+    #[error(
+        "the certificate of {authority} is not the pinned one (wrong link or profile, or someone in between)"
+    )]
     PinMismatch {
         /// `host:port`.
         authority: String,
@@ -79,7 +81,11 @@ impl Endpoint {
         if authority.as_str().contains('@') {
             return Err(bad());
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         if host.is_empty() {
             return Err(bad());
         }
@@ -100,7 +106,8 @@ impl Endpoint {
     fn server_name(&self) -> Result<ServerName<'static>, HttpsError> {
         match self.host.parse::<IpAddr>() {
             Ok(ip) => Ok(ServerName::IpAddress(ip.into())),
-            Err(_) => ServerName::try_from(self.host.clone()).map_err(|_| HttpsError::BadUrl(self.authority.clone())),
+            Err(_) => ServerName::try_from(self.host.clone())
+                .map_err(|_| HttpsError::BadUrl(self.authority.clone())),
         }
     }
 }
@@ -132,12 +139,22 @@ pub struct HttpsRequest<'a> {
 impl<'a> HttpsRequest<'a> {
     /// A request without a body or extra headers.
     pub fn new(method: Method, path: &'a str) -> Self {
-        Self { method, path, headers: Vec::new(), body: Vec::new() }
+        Self {
+            method,
+            path,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// A JSON POST.
     pub fn post_json(path: &'a str, body: Vec<u8>) -> Self {
-        Self { method: Method::POST, path, headers: Vec::new(), body }
+        Self {
+            method: Method::POST,
+            path,
+            headers: Vec::new(),
+            body,
+        }
     }
 }
 
@@ -161,7 +178,10 @@ async fn exchange(
     request: HttpsRequest<'_>,
     max_body: usize,
 ) -> Result<HttpsReply, HttpsError> {
-    Session::open(endpoint, tls).await?.send(request, max_body).await
+    Session::open(endpoint, tls)
+        .await?
+        .send(request, max_body)
+        .await
 }
 
 /// A kept-alive HTTPS connection: one TLS handshake, then any number of requests in turn.
@@ -180,26 +200,44 @@ impl Session {
         let authority = endpoint.authority.clone();
         let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
-            .map_err(|source| HttpsError::Connect { authority: authority.clone(), source })?;
+            .map_err(|source| HttpsError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(endpoint.server_name()?, tcp)
             .await
             .map_err(|source| tls_error(&authority, source))?;
-        let server_cert =
-            stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| c.clone().into_owned());
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let server_cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.clone().into_owned());
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!("HTTPS connection ended: {err}");
             }
         });
-        Ok(Self { endpoint: endpoint.clone(), sender, server_cert, driver })
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            sender,
+            server_cert,
+            driver,
+        })
     }
 
     /// Sends one request and reads at most `max_body` bytes of its answer (no deadline: wrap
     /// it in one).
-    pub async fn send(&mut self, request: HttpsRequest<'_>, max_body: usize) -> Result<HttpsReply, HttpsError> {
-        let authority = HeaderValue::from_str(&self.endpoint.authority).map_err(http::Error::from)?;
+    pub async fn send(
+        &mut self,
+        request: HttpsRequest<'_>,
+        max_body: usize,
+    ) -> Result<HttpsReply, HttpsError> {
+        let authority =
+            HeaderValue::from_str(&self.endpoint.authority).map_err(http::Error::from)?;
         let mut builder = Request::builder()
             .method(request.method)
             .uri(format!("{}{}", self.endpoint.prefix, request.path))
@@ -216,9 +254,16 @@ impl Session {
         Limited::new(response.into_body(), max_body)
             .collect()
             .await
-            .map(|c| HttpsReply { status, body: c.to_bytes(), server_cert: self.server_cert.clone() })
+            .map(|c| HttpsReply {
+                status,
+                body: c.to_bytes(),
+                server_cert: self.server_cert.clone(),
+            })
             .map_err(|err| {
-                if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     HttpsError::TooLarge(max_body)
                 } else {
                     HttpsError::Body(err.to_string())
@@ -235,11 +280,18 @@ impl Drop for Session {
 
 /// A pin mismatch is told apart from other handshake failures.
 fn tls_error(authority: &str, source: std::io::Error) -> HttpsError {
-    let rustls_error = source.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let rustls_error = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     if matches!(rustls_error, Some(rustls::Error::InvalidCertificate(_))) {
-        HttpsError::PinMismatch { authority: authority.to_owned() }
+        HttpsError::PinMismatch {
+            authority: authority.to_owned(),
+        }
     } else {
-        HttpsError::Tls { authority: authority.to_owned(), source }
+        HttpsError::Tls {
+            authority: authority.to_owned(),
+            source,
+        }
     }
 }
 
@@ -250,12 +302,24 @@ mod tests {
     #[test]
     fn endpoints_parse() {
         let e = Endpoint::parse("https://gw.example.net:8443").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.prefix.as_str()), ("gw.example.net", 8443, ""));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.prefix.as_str()),
+            ("gw.example.net", 8443, "")
+        );
         let e = Endpoint::parse("https://[2001:db8::1]:8443/base/").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.prefix.as_str()), ("2001:db8::1", 8443, "/base"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.prefix.as_str()),
+            ("2001:db8::1", 8443, "/base")
+        );
         assert!(matches!(e.server_name().unwrap(), ServerName::IpAddress(_)));
         assert_eq!(Endpoint::parse("https://10.0.0.1").unwrap().port, 443);
-        for bad in ["http://10.0.0.1", "10.0.0.1:8443", "https://", "https://u@h:1", "https://h:1/?q=1"] {
+        for bad in [
+            "http://10.0.0.1",
+            "10.0.0.1:8443",
+            "https://",
+            "https://u@h:1",
+            "https://h:1/?q=1",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

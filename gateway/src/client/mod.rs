@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use self::https::{Endpoint, HttpsError, HttpsRequest};
 use crate::approval::{
-    self, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError, ProfileError,
-    PublicCode, RequestParams, ResponsePayload, TransportProtocol, Verdict,
+    self, ClientProfile, ClientRsaKey, ConnectTarget, ErrorBody, HmacSecret, KeyError,
+    ProfileError, PublicCode, RequestParams, ResponsePayload, TransportProtocol, Verdict,
 };
 use crate::enrollment::{self, EnrollRequest, EnrollmentError, EnrollmentLink};
 use crate::tls::{self, TlsError};
@@ -116,9 +116,9 @@ impl ClientCommandError {
     /// The public code the server gave, if any.
     pub fn public_code(&self) -> Option<PublicCode> {
         match self {
-            Self::Denied { code } | Self::Refused { code, .. } | Self::EnrollFailed { code, .. } => {
-                PublicCode::from_str_code(code)
-            }
+            Self::Denied { code }
+            | Self::Refused { code, .. }
+            | Self::EnrollFailed { code, .. } => PublicCode::from_str_code(code),
             Self::EnrollDenied => Some(PublicCode::Denied),
             _ => None,
         }
@@ -142,14 +142,21 @@ pub struct EnrollOptions<'a> {
 pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommandError> {
     let link: EnrollmentLink = options.link.parse()?;
     if options.profile.exists() && !options.force {
-        return Err(ClientCommandError::ProfileExists(options.profile.to_owned()));
+        return Err(ClientCommandError::ProfileExists(
+            options.profile.to_owned(),
+        ));
     }
     let device_name = enroll_device_name(options.device_name);
     let endpoint = Endpoint::parse(&link.base_url)?;
     let pin = tls::parse_pin_hex(&link.cert_sha256)?;
     let tls_config = Arc::new(tls::pinned_client_config(vec![pin])?);
     // Check the pin and the way there before the slow key generation.
-    let probe = HttpsRequest { method: http::Method::GET, path: "/healthz", headers: Vec::new(), body: Vec::new() };
+    let probe = HttpsRequest {
+        method: http::Method::GET,
+        path: "/healthz",
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
     https::send(&endpoint, tls_config.clone(), probe, REQUEST_TIMEOUT, 1024).await?;
 
     eprintln!(
@@ -158,11 +165,17 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
     );
     let rsa_key = tokio::task::spawn_blocking(ClientRsaKey::generate)
         .await
-        .map_err(|err| ClientCommandError::BadEnrollAnswer(format!("key generation task failed: {err}")))??;
-    let request =
-        EnrollRequest { token: link.token.clone(), rsa_public_key_pem: rsa_key.public_key().to_pem()?, device_name };
+        .map_err(|err| {
+            ClientCommandError::BadEnrollAnswer(format!("key generation task failed: {err}"))
+        })??;
+    let request = EnrollRequest {
+        token: link.token.clone(),
+        rsa_public_key_pem: rsa_key.public_key().to_pem()?,
+        device_name,
+    };
     // Boxed to the controller's key from the link: the web front relays ciphertext only.
-    let (sealed, pending) = enrollment::seal_request(&request, link.controller_box_key, link.controller.clone())?;
+    let (sealed, pending) =
+        enrollment::seal_request(&request, link.controller_box_key, link.controller.clone())?;
     let body = sealed.to_json()?;
     let reply = https::send(
         &endpoint,
@@ -176,11 +189,18 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
         200 => {}
         403 => return Err(ClientCommandError::EnrollDenied),
         status => {
-            return Err(ClientCommandError::EnrollFailed { status, code: error_code(&reply.body) });
+            return Err(ClientCommandError::EnrollFailed {
+                status,
+                code: error_code(&reply.body),
+            });
         }
     }
-    let answer = pending.open_answer(&reply.body).map_err(ClientCommandError::EnrollAnswerUntrusted)?;
-    let cert = reply.server_cert.ok_or_else(|| ClientCommandError::BadEnrollAnswer("no server certificate".into()))?;
+    let answer = pending
+        .open_answer(&reply.body)
+        .map_err(ClientCommandError::EnrollAnswerUntrusted)?;
+    let cert = reply
+        .server_cert
+        .ok_or_else(|| ClientCommandError::BadEnrollAnswer("no server certificate".into()))?;
     let mut profile = ClientProfile::new(
         &answer.client_id,
         &HmacSecret::from_base64(&answer.hmac_secret)?,
@@ -200,7 +220,10 @@ pub async fn enroll(options: &EnrollOptions<'_>) -> Result<String, ClientCommand
                 ..crate::passcode::PasscodeRules::default()
             };
             profile.passcode_servers.clone_from(&grant.servers);
-            Some((secret.otpauth_uri(&rules, "xdpgate", &answer.client_id), grant.servers.join(", ")))
+            Some((
+                secret.otpauth_uri(&rules, "xdpgate", &answer.client_id),
+                grant.servers.join(", "),
+            ))
         }
         None => None,
     };
@@ -231,17 +254,36 @@ fn error_code(body: &[u8]) -> String {
 
 /// Writes the profile with mode 0600: a new file, or with `force` a temporary file renamed
 /// over the old one (so an old file's looser mode is not kept).
-fn write_profile(path: &Path, json: &Zeroizing<String>, force: bool) -> Result<(), ClientCommandError> {
+fn write_profile(
+    path: &Path,
+    json: &Zeroizing<String>,
+    force: bool,
+) -> Result<(), ClientCommandError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ClientCommandError::ProfileIo { path, source }
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
     }
-    let target = if force { temp_path(path) } else { path.to_owned() };
+    let target = if force {
+        temp_path(path)
+    } else {
+        path.to_owned()
+    };
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)?;
         file.write_all(json.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
@@ -263,7 +305,10 @@ fn write_profile(path: &Path, json: &Zeroizing<String>, force: bool) -> Result<(
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -276,20 +321,38 @@ fn host_name() -> Option<String> {
 
 /// Keeps printable characters, at most `max_chars` of them.
 fn clean_name(name: &str, max_chars: usize) -> String {
-    name.chars().filter(|c| !c.is_control()).take(max_chars).collect()
+    name.chars()
+        .filter(|c| !c.is_control())
+        .take(max_chars)
+        .collect()
 }
 
 fn enroll_device_name(given: Option<&str>) -> String {
     let name = clean_name(
-        given.map(str::to_owned).or_else(host_name).as_deref().unwrap_or(""),
+        given
+            .map(str::to_owned)
+            .or_else(host_name)
+            .as_deref()
+            .unwrap_or(""),
         enrollment::MAX_DEVICE_NAME_LEN,
     );
-    if name.trim().is_empty() { "xdpgate-client".to_owned() } else { name }
+    if name.trim().is_empty() {
+        "xdpgate-client".to_owned()
+    } else {
+        name
+    }
 }
 
 /// The device name for a request: at most 128 bytes, no control characters, may be empty.
 fn request_device_name(given: Option<&str>) -> String {
-    let mut name = clean_name(given.map(str::to_owned).or_else(host_name).as_deref().unwrap_or(""), 128);
+    let mut name = clean_name(
+        given
+            .map(str::to_owned)
+            .or_else(host_name)
+            .as_deref()
+            .unwrap_or(""),
+        128,
+    );
     while name.len() > 128 {
         name.pop();
     }
@@ -348,16 +411,25 @@ pub struct OpenVpnCredentials {
 
 impl std::fmt::Debug for OpenVpnCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenVpnCredentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("OpenVpnCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
 /// Like [`connect`], and with `openvpn_auth` writes the approval's OpenVPN credentials there
 /// (`username` and `password` lines, mode 0600) for OpenVPN's `--auth-user-pass FILE`.
-pub async fn connect_with(options: &ConnectOptions<'_>, openvpn_auth: Option<&Path>) -> Result<String, ClientCommandError> {
+pub async fn connect_with(
+    options: &ConnectOptions<'_>,
+    openvpn_auth: Option<&Path>,
+) -> Result<String, ClientCommandError> {
     let approval = request_approval(options).await?;
     if let Some(path) = openvpn_auth {
-        let text = Zeroizing::new(format!("{}\n{}", approval.openvpn.username, approval.openvpn.password.as_str()));
+        let text = Zeroizing::new(format!(
+            "{}\n{}",
+            approval.openvpn.username,
+            approval.openvpn.password.as_str()
+        ));
         write_profile(path, &text, true)?;
     }
     format_approval(&approval, options.json)
@@ -371,8 +443,11 @@ pub async fn connect(options: &ConnectOptions<'_>) -> Result<String, ClientComma
 
 fn format_approval(approval: &Approval, json: bool) -> Result<String, ClientCommandError> {
     if json {
-        let mut text = serde_json::to_string(approval)
-            .map_err(|err| ClientCommandError::BadAnswer { status: 200, detail: err.to_string() })?;
+        let mut text =
+            serde_json::to_string(approval).map_err(|err| ClientCommandError::BadAnswer {
+                status: 200,
+                detail: err.to_string(),
+            })?;
         text.push('\n');
         return Ok(text);
     }
@@ -380,12 +455,16 @@ fn format_approval(approval: &Approval, json: bool) -> Result<String, ClientComm
 }
 
 /// Reads the profile, sends one approval request and opens the sealed answer.
-pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, ClientCommandError> {
+pub async fn request_approval(
+    options: &ConnectOptions<'_>,
+) -> Result<Approval, ClientCommandError> {
     let profile = read_profile(options.profile)?;
     let credentials = profile.credentials()?;
     let server = choose_server(&profile, options.server)?;
     let endpoint = Endpoint::parse(&profile.web_endpoint)?;
-    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(&profile.tls_anchor_pem)?)?);
+    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(
+        &profile.tls_anchor_pem,
+    )?)?);
     let (mut public_ipv4, mut public_ipv6) = (options.public_ipv4, options.public_ipv6);
     if public_ipv4.is_none() && public_ipv6.is_none() {
         // Report the address the gateway sees us from (behind NAT, our public one): under the
@@ -416,18 +495,34 @@ pub async fn request_approval(options: &ConnectOptions<'_>) -> Result<Approval, 
     .await?;
     let payload = match approval::open_response(&credentials, &pending, &reply.body) {
         Ok(payload) => payload,
-        Err(sealed_err) => return Err(refusal(&credentials, &pending, reply.status, &reply.body, &sealed_err)),
+        Err(sealed_err) => {
+            return Err(refusal(
+                &credentials,
+                &pending,
+                reply.status,
+                &reply.body,
+                &sealed_err,
+            ));
+        }
     };
     let openvpn = OpenVpnCredentials {
         username: credentials.client_id().to_owned(),
-        password: crate::vpn::derive_token(credentials.hmac_secret(), &server, pending.request_nonce()),
+        password: crate::vpn::derive_token(
+            credentials.hmac_secret(),
+            &server,
+            pending.request_nonce(),
+        ),
     };
     approval_from(server, payload, openvpn)
 }
 
 /// The passcode to send: the one given, else (for a server that needs one) one typed at the
 /// terminal, else none (the server then answers `passcode_required`).
-fn passcode_for(profile: &ClientProfile, server: &str, given: Option<&str>) -> Result<Option<String>, ClientCommandError> {
+fn passcode_for(
+    profile: &ClientProfile,
+    server: &str,
+    given: Option<&str>,
+) -> Result<Option<String>, ClientCommandError> {
     use std::io::{BufRead as _, IsTerminal as _, Write as _};
     if let Some(given) = given {
         return Ok(Some(given.trim().to_owned()));
@@ -441,12 +536,18 @@ fn passcode_for(profile: &ClientProfile, server: &str, given: Option<&str>) -> R
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(|err| ClientCommandError::BadAnswer { status: 0, detail: format!("reading the passcode: {err}") })?;
+        .map_err(|err| ClientCommandError::BadAnswer {
+            status: 0,
+            detail: format!("reading the passcode: {err}"),
+        })?;
     Ok(Some(line.trim().to_owned()).filter(|p| !p.is_empty()))
 }
 
 /// Asks the web front which address it sees us from (`GET /v1/address`).
-async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>) -> Result<IpAddr, ClientCommandError> {
+async fn own_address(
+    endpoint: &Endpoint,
+    tls_config: Arc<rustls::ClientConfig>,
+) -> Result<IpAddr, ClientCommandError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct AddressBody {
@@ -478,9 +579,21 @@ async fn own_address(endpoint: &Endpoint, tls_config: Arc<rustls::ClientConfig>)
 fn refused(status: u16, err: ErrorBody) -> ClientCommandError {
     let detail = err
         .message
-        .map(|m| format!(": {}", m.chars().filter(|c| !c.is_control()).take(512).collect::<String>()))
+        .map(|m| {
+            format!(
+                ": {}",
+                m.chars()
+                    .filter(|c| !c.is_control())
+                    .take(512)
+                    .collect::<String>()
+            )
+        })
         .unwrap_or_default();
-    ClientCommandError::Refused { status, code: err.error, detail }
+    ClientCommandError::Refused {
+        status,
+        code: err.error,
+        detail,
+    }
 }
 
 /// What a non-approval answer means: a sealed denial that opens for this request is
@@ -497,17 +610,29 @@ fn refusal(
         && denial.get("sealed").is_some()
     {
         return match approval::open_denial(credentials, pending, body) {
-            Ok(code) => ClientCommandError::Denied { code: code.as_str().to_owned() },
-            Err(err) => ClientCommandError::BadAnswer { status, detail: format!("a sealed denial that does not verify: {err}") },
+            Ok(code) => ClientCommandError::Denied {
+                code: code.as_str().to_owned(),
+            },
+            Err(err) => ClientCommandError::BadAnswer {
+                status,
+                detail: format!("a sealed denial that does not verify: {err}"),
+            },
         };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(err) => refused(status, err),
-        Err(_) => ClientCommandError::BadAnswer { status, detail: sealed_err.to_string() },
+        Err(_) => ClientCommandError::BadAnswer {
+            status,
+            detail: sealed_err.to_string(),
+        },
     }
 }
 
-fn approval_from(server: String, payload: ResponsePayload, openvpn: OpenVpnCredentials) -> Result<Approval, ClientCommandError> {
+fn approval_from(
+    server: String,
+    payload: ResponsePayload,
+    openvpn: OpenVpnCredentials,
+) -> Result<Approval, ClientCommandError> {
     match (payload.verdict, payload.connect, payload.expires_unix) {
         (Verdict::Allow, Some(connect), Some(expires)) => Ok(Approval {
             approved: true,
@@ -518,25 +643,39 @@ fn approval_from(server: String, payload: ResponsePayload, openvpn: OpenVpnCrede
             expires,
             openvpn,
         }),
-        _ => Err(ClientCommandError::Denied { code: payload.reason }),
+        _ => Err(ClientCommandError::Denied {
+            code: payload.reason,
+        }),
     }
 }
 
 fn read_profile(path: &Path) -> Result<ClientProfile, ClientCommandError> {
-    let io = |source| ClientCommandError::ProfileIo { path: path.to_owned(), source };
+    let io = |source| ClientCommandError::ProfileIo {
+        path: path.to_owned(),
+        source,
+    };
     let metadata = std::fs::metadata(path).map_err(io)?;
     if metadata.permissions().mode() & 0o077 != 0 {
-        eprintln!("warning: {} is readable by other users; it holds secrets (chmod 600 it)", path.display());
+        eprintln!(
+            "warning: {} is readable by other users; it holds secrets (chmod 600 it)",
+            path.display()
+        );
     }
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
     Ok(ClientProfile::from_json(&text)?)
 }
 
-fn choose_server(profile: &ClientProfile, asked: Option<&str>) -> Result<String, ClientCommandError> {
+fn choose_server(
+    profile: &ClientProfile,
+    asked: Option<&str>,
+) -> Result<String, ClientCommandError> {
     match (asked, profile.servers.as_slice()) {
         (Some(name), servers) => {
             if !servers.iter().any(|s| s == name) {
-                eprintln!("warning: {name} is not among the profile's servers ({}); asking anyway", servers.join(", "));
+                eprintln!(
+                    "warning: {name} is not among the profile's servers ({}); asking anyway",
+                    servers.join(", ")
+                );
             }
             Ok(name.to_owned())
         }
@@ -579,7 +718,12 @@ pub fn format_utc(unix: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
@@ -606,11 +750,20 @@ mod tests {
                 port: 1194,
                 protocol: TransportProtocol::Udp,
             },
-            opened: vec!["203.0.113.7".parse().unwrap(), "2001:db8::7".parse().unwrap()],
+            opened: vec![
+                "203.0.113.7".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+            ],
             expires: 1_700_003_600,
-            openvpn: OpenVpnCredentials { username: "alice".into(), password: Zeroizing::new("s3cret".into()) },
+            openvpn: OpenVpnCredentials {
+                username: "alice".into(),
+                password: Zeroizing::new("s3cret".into()),
+            },
         };
-        assert!(!format!("{approval:?}").contains("s3cret"), "Debug hides the OpenVPN password");
+        assert!(
+            !format!("{approval:?}").contains("s3cret"),
+            "Debug hides the OpenVPN password"
+        );
         assert_eq!(
             describe(&approval),
             "approved: connect to [2001:db8::1]:1194/udp (opened 203.0.113.7, 2001:db8::7 until 2023-11-14T23:13:20Z)\n"
@@ -625,7 +778,10 @@ mod tests {
     #[test]
     fn device_names_are_cleaned() {
         assert_eq!(enroll_device_name(Some("lap\ntop")), "laptop");
-        assert_eq!(enroll_device_name(Some(&"x".repeat(100))).chars().count(), enrollment::MAX_DEVICE_NAME_LEN);
+        assert_eq!(
+            enroll_device_name(Some(&"x".repeat(100))).chars().count(),
+            enrollment::MAX_DEVICE_NAME_LEN
+        );
         assert_eq!(enroll_device_name(Some("\n")), "xdpgate-client");
         assert_eq!(request_device_name(Some(&"é".repeat(100))).len(), 128);
     }
@@ -635,8 +791,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/profile.json");
         write_profile(&path, &Zeroizing::new("{}".into()), false).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
         assert!(matches!(
             write_profile(&path, &Zeroizing::new("{}".into()), false),
             Err(ClientCommandError::ProfileExists(_))
@@ -649,6 +815,10 @@ mod tests {
             0o600,
             "force replaces the looser mode"
         );
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 use zeroize::Zeroizing;
 
@@ -87,7 +88,9 @@ pub struct NodeFiles {
 /// Whether `name` is usable as a node name (a DNS name, so webpki can check it).
 pub fn valid_node_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
         && !name.ends_with(['-', '.'])
         && !name.contains("..")
@@ -107,10 +110,17 @@ pub fn init(dir: &Path) -> Result<PathBuf, CaError> {
     let mut dn = DistinguishedName::new();
     let mut id = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
-    dn.push(DnType::CommonName, format!("xdpgate cluster CA {}", tls::to_hex(&id)));
+    dn.push(
+        DnType::CommonName,
+        format!("xdpgate cluster CA {}", tls::to_hex(&id)),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut params, CA_VALID_DAYS);
     let cert = params.self_signed(&key)?;
     let key_pem = Zeroizing::new(key.serialize_pem());
@@ -122,7 +132,13 @@ pub fn init(dir: &Path) -> Result<PathBuf, CaError> {
 
 /// Signs a certificate for node `name` in `role` with the CA in `ca_dir`, valid for `days`,
 /// and writes `out/node.pem`, `out/node.key` (0600) and `out/ca.pem`.
-pub fn issue(ca_dir: &Path, name: &str, role: NodeRole, days: i64, out: &Path) -> Result<NodeFiles, CaError> {
+pub fn issue(
+    ca_dir: &Path,
+    name: &str,
+    role: NodeRole,
+    days: i64,
+    out: &Path,
+) -> Result<NodeFiles, CaError> {
     if !valid_node_name(name) {
         return Err(CaError::BadName(name.to_owned()));
     }
@@ -130,7 +146,12 @@ pub fn issue(ca_dir: &Path, name: &str, role: NodeRole, days: i64, out: &Path) -
         return Err(CaError::BadValidity);
     }
     let read = |path: PathBuf| {
-        std::fs::read_to_string(&path).map_err(|source| CaError::Tls(TlsError::Io { path: path.clone(), source }))
+        std::fs::read_to_string(&path).map_err(|source| {
+            CaError::Tls(TlsError::Io {
+                path: path.clone(),
+                source,
+            })
+        })
     };
     let ca_pem = read(ca_dir.join(CA_CERT))?;
     let ca_key_pem = Zeroizing::new(read(ca_dir.join(CA_KEY))?);
@@ -145,12 +166,17 @@ pub fn issue(ca_dir: &Path, name: &str, role: NodeRole, days: i64, out: &Path) -
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![role.key_usage()];
     let mut serial = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial).map_err(|_| rcgen::Error::RingUnspecified)?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| rcgen::Error::RingUnspecified)?;
     serial[0] &= 0x7f; // positive
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     validity(&mut params, days);
     let cert = params.signed_by(&key, &issuer)?;
-    let files = NodeFiles { cert: out.join(NODE_CERT), key: out.join(NODE_KEY), ca: out.join(NODE_CA) };
+    let files = NodeFiles {
+        cert: out.join(NODE_CERT),
+        key: out.join(NODE_KEY),
+        ca: out.join(NODE_CA),
+    };
     let key_pem = Zeroizing::new(key.serialize_pem());
     tls::write_new_file(&files.key, key_pem.as_bytes(), 0o600)?;
     tls::write_new_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
@@ -163,18 +189,36 @@ pub fn issue(ca_dir: &Path, name: &str, role: NodeRole, days: i64, out: &Path) -
 /// the handshake. Returns the CRL's path and the revoked serial (hex).
 pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| CaError::Tls(TlsError::Io { path: path.to_owned(), source }))
+        std::fs::read_to_string(path).map_err(|source| {
+            CaError::Tls(TlsError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
     };
-    let der = tls::load_certs(cert)?.into_iter().next().ok_or_else(|| CaError::NoSerial(cert.to_owned()))?;
+    let der = tls::load_certs(cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::NoSerial(cert.to_owned()))?;
     let serial_hex = match x509_parser::parse_x509_certificate(&der) {
         Ok((_, parsed)) => tls::to_hex(parsed.raw_serial()),
         Err(_) => return Err(CaError::NoSerial(cert.to_owned())),
     };
     let list_path = ca_dir.join(REVOKED);
     let mut serials: Vec<String> = match std::fs::read_to_string(&list_path) {
-        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(CaError::Tls(TlsError::Io { path: list_path, source })),
+        Err(source) => {
+            return Err(CaError::Tls(TlsError::Io {
+                path: list_path,
+                source,
+            }));
+        }
     };
     if !serials.contains(&serial_hex) {
         serials.push(serial_hex.clone());
@@ -185,7 +229,9 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
     let now = time::OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::with_capacity(serials.len());
     for hex in &serials {
-        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
         revoked_certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&bytes),
             revocation_time: now,
@@ -193,7 +239,9 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
             invalidity_date: None,
         });
     }
-    let crl_number = u64::try_from(now.unix_timestamp()).unwrap_or(0).to_be_bytes();
+    let crl_number = u64::try_from(now.unix_timestamp())
+        .unwrap_or(0)
+        .to_be_bytes();
     let params = CertificateRevocationListParams {
         this_update: now - time::Duration::hours(1),
         next_update: now + time::Duration::days(CRL_VALID_DAYS),
@@ -209,7 +257,12 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         tls::write_new_file(&tmp, bytes, 0o644)?;
-        std::fs::rename(&tmp, path).map_err(|source| CaError::Tls(TlsError::Io { path: path.to_owned(), source }))
+        std::fs::rename(&tmp, path).map_err(|source| {
+            CaError::Tls(TlsError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
     };
     write(&list_path, (serials.join("\n") + "\n").as_bytes())?;
     write(&crl_path, crl.pem()?.as_bytes())?;
@@ -234,8 +287,14 @@ mod tests {
         let files = issue(&ca, "web-1", NodeRole::Web, 30, &dir.path().join("web-1")).unwrap();
         assert_eq!(mode(&files.key), 0o600);
         assert!(issue(&ca, "web-1", NodeRole::Web, 30, &dir.path().join("web-1")).is_err());
-        assert!(matches!(issue(&ca, "Web 1", NodeRole::Web, 30, &dir.path().join("x")), Err(CaError::BadName(_))));
-        assert!(matches!(issue(&ca, "web-2", NodeRole::Web, 0, &dir.path().join("y")), Err(CaError::BadValidity)));
+        assert!(matches!(
+            issue(&ca, "Web 1", NodeRole::Web, 30, &dir.path().join("x")),
+            Err(CaError::BadName(_))
+        ));
+        assert!(matches!(
+            issue(&ca, "web-2", NodeRole::Web, 0, &dir.path().join("y")),
+            Err(CaError::BadValidity)
+        ));
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl ControllerClient {
                 };
                 let tls = tokio::time::timeout(connect_timeout, connect)
                     .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect deadline passed"))??;
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect deadline passed")
+                    })??;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }));
@@ -68,12 +70,25 @@ impl ControllerClient {
 
     /// `ListServers`.
     pub async fn list_servers(&self) -> Result<ServerOwnership, tonic::Status> {
-        Ok(self.client.clone().list_servers(ListServersRequest {}).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .list_servers(ListServersRequest {})
+            .await?
+            .into_inner())
     }
 
     /// `SubmitApproval`.
-    pub async fn submit_approval(&self, request: FrontRequest) -> Result<FrontReply, tonic::Status> {
-        Ok(self.client.clone().submit_approval(request).await?.into_inner())
+    pub async fn submit_approval(
+        &self,
+        request: FrontRequest,
+    ) -> Result<FrontReply, tonic::Status> {
+        Ok(self
+            .client
+            .clone()
+            .submit_approval(request)
+            .await?
+            .into_inner())
     }
 
     /// `Enroll`.
@@ -83,7 +98,9 @@ impl ControllerClient {
 
     /// The standard health check of the whole server (`""`): `SERVING` or not.
     pub async fn health(&self) -> Result<String, tonic::Status> {
-        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
         let reply = self.health.clone().check(request).await?.into_inner();
         Ok(format!("{:?}", reply.status()).to_uppercase())
     }

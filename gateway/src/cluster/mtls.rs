@@ -56,7 +56,9 @@ pub enum MtlsError {
 }
 
 fn crls(files: &NodeTls) -> Result<Vec<CertificateRevocationListDer<'static>>, MtlsError> {
-    let Some(path) = &files.crl else { return Ok(Vec::new()) };
+    let Some(path) = &files.crl else {
+        return Ok(Vec::new());
+    };
     let crls: Vec<_> = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|_| MtlsError::BadCrl(path.clone()))?
         .collect::<Result<_, _>>()
@@ -70,7 +72,9 @@ fn crls(files: &NodeTls) -> Result<Vec<CertificateRevocationListDer<'static>>, M
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, MtlsError> {
     let mut roots = RootCertStore::empty();
     for cert in tls::load_certs(ca)? {
-        roots.add(cert).map_err(|err| MtlsError::BadCa(ca.to_owned(), err))?;
+        roots
+            .add(cert)
+            .map_err(|err| MtlsError::BadCa(ca.to_owned(), err))?;
     }
     Ok(Arc::new(roots))
 }
@@ -128,16 +132,31 @@ impl std::str::FromStr for NamePattern {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{text:?} is not a name pattern (a DNS name, optionally with one `*`)");
+        let bad =
+            || format!("{text:?} is not a name pattern (a DNS name, optionally with one `*`)");
         match text.split_once('*') {
-            None if crate::cluster::ca::valid_node_name(text) => Ok(Self { prefix: text.to_owned(), suffix: None }),
+            None if crate::cluster::ca::valid_node_name(text) => Ok(Self {
+                prefix: text.to_owned(),
+                suffix: None,
+            }),
             None => Err(bad()),
             Some((prefix, suffix)) => {
-                let chars_ok = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-                if suffix.contains('*') || !chars_ok(prefix) || !chars_ok(suffix) || (prefix.is_empty() && suffix.is_empty()) {
+                let chars_ok = |s: &str| {
+                    s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+                };
+                if suffix.contains('*')
+                    || !chars_ok(prefix)
+                    || !chars_ok(suffix)
+                    || (prefix.is_empty() && suffix.is_empty())
+                {
                     return Err(bad());
                 }
-                Ok(Self { prefix: prefix.to_owned(), suffix: Some(suffix.to_owned()) })
+                Ok(Self {
+                    prefix: prefix.to_owned(),
+                    suffix: Some(suffix.to_owned()),
+                })
             }
         }
     }
@@ -146,7 +165,10 @@ impl std::str::FromStr for NamePattern {
 impl NamePattern {
     /// `web-*`: the default allow-list of a controller.
     pub fn default_web() -> Self {
-        Self { prefix: "web-".to_owned(), suffix: Some(String::new()) }
+        Self {
+            prefix: "web-".to_owned(),
+            suffix: Some(String::new()),
+        }
     }
 
     /// Whether `name` matches.
@@ -154,7 +176,9 @@ impl NamePattern {
         match &self.suffix {
             None => name == self.prefix,
             Some(suffix) => {
-                name.len() > self.prefix.len() + suffix.len() && name.starts_with(&self.prefix) && name.ends_with(suffix.as_str())
+                name.len() > self.prefix.len() + suffix.len()
+                    && name.starts_with(&self.prefix)
+                    && name.ends_with(suffix.as_str())
             }
         }
     }
@@ -171,7 +195,10 @@ impl std::fmt::Display for NamePattern {
 
 /// The first of `names` that an allowed pattern matches.
 pub fn allowed_name<'a>(names: &'a [String], allowed: &[NamePattern]) -> Option<&'a str> {
-    names.iter().find(|name| allowed.iter().any(|p| p.matches(name))).map(String::as_str)
+    names
+        .iter()
+        .find(|name| allowed.iter().any(|p| p.matches(name)))
+        .map(String::as_str)
 }
 
 /// Who is on the other end of a cluster connection (a request extension on the server).
@@ -191,7 +218,10 @@ pub struct PeerStream {
 
 impl PeerStream {
     /// Wraps a finished handshake with what was learned about the peer.
-    pub fn new(inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, info: PeerInfo) -> Self {
+    pub fn new(
+        inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        info: PeerInfo,
+    ) -> Self {
         Self { inner, info }
     }
 }
@@ -205,13 +235,21 @@ impl tonic::transport::server::Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -234,7 +272,10 @@ mod tests {
         assert!(p("web-1").matches("web-1"));
         assert!(!p("web-1").matches("web-10"));
         assert!(p("web-*").matches("web-2"));
-        assert!(!p("web-*").matches("web-"), "the star stands for at least one character");
+        assert!(
+            !p("web-*").matches("web-"),
+            "the star stands for at least one character"
+        );
         assert!(!p("web-*").matches("gw-a"));
         assert!(p("*.nodes.xdpgate").matches("web-1.nodes.xdpgate"));
         assert!(!p("*.nodes.xdpgate").matches("nodes.xdpgate"));
@@ -261,11 +302,19 @@ mod role_tests {
 
     fn node(ca_dir: &Path, dir: &Path, name: &str, role: NodeRole) -> NodeTls {
         let files = ca::issue(ca_dir, name, role, 30, &dir.join(name)).unwrap();
-        NodeTls { ca: files.ca, cert: files.cert, key: files.key, crl: None }
+        NodeTls {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+            crl: None,
+        }
     }
 
     /// Moves what `from` has to send into `to`; false when `to` refuses it.
-    fn pump(from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>, to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>) -> bool {
+    fn pump(
+        from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
+        to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
+    ) -> bool {
         let mut buf = Vec::new();
         while from.wants_write() {
             from.write_tls(&mut buf).unwrap();
@@ -287,7 +336,8 @@ mod role_tests {
             ServerName::try_from(server_name.to_owned()).unwrap(),
         )
         .unwrap();
-        let mut s = ServerConnection::new(std::sync::Arc::new(server_config(server).unwrap())).unwrap();
+        let mut s =
+            ServerConnection::new(std::sync::Arc::new(server_config(server).unwrap())).unwrap();
         for _ in 0..10 {
             if !pump(&mut c, &mut s) || !pump(&mut s, &mut c) {
                 return false;
@@ -309,18 +359,42 @@ mod role_tests {
         let web = node(&ca_dir, dir.path(), "web-1", NodeRole::Web);
         let gw2 = node(&ca_dir, dir.path(), "gw-b", NodeRole::Controller);
         let web2 = node(&ca_dir, dir.path(), "web-2", NodeRole::Web);
-        assert!(handshake(&web, &gw, "gw-a"), "a web node calls a controller");
-        assert!(!handshake(&web, &web2, "web-2"), "a web certificate cannot serve as a controller");
-        assert!(!handshake(&gw2, &gw, "gw-a"), "a controller certificate cannot call as a web node");
+        assert!(
+            handshake(&web, &gw, "gw-a"),
+            "a web node calls a controller"
+        );
+        assert!(
+            !handshake(&web, &web2, "web-2"),
+            "a web certificate cannot serve as a controller"
+        );
+        assert!(
+            !handshake(&gw2, &gw, "gw-a"),
+            "a controller certificate cannot call as a web node"
+        );
 
         let (crl, serial) = ca::revoke(&ca_dir, &web2.cert).unwrap();
         assert_eq!(serial.len(), 32, "a 16-byte serial: {serial}");
         let (crl_again, _) = ca::revoke(&ca_dir, &gw2.cert).unwrap();
         assert_eq!(crl, crl_again);
-        let with_crl = |n: &NodeTls| NodeTls { crl: Some(crl.clone()), ..n.clone() };
-        assert!(handshake(&with_crl(&web), &with_crl(&gw), "gw-a"), "unrevoked pairs still work with the CRL");
-        assert!(!handshake(&web2, &with_crl(&gw), "gw-a"), "a revoked web certificate is refused by the controller");
-        assert!(!handshake(&with_crl(&web), &gw2, "gw-b"), "a revoked controller certificate is refused by the web node");
-        assert!(handshake(&web2, &gw, "gw-a"), "without the CRL the same pair would pass (the CRL is what refuses it)");
+        let with_crl = |n: &NodeTls| NodeTls {
+            crl: Some(crl.clone()),
+            ..n.clone()
+        };
+        assert!(
+            handshake(&with_crl(&web), &with_crl(&gw), "gw-a"),
+            "unrevoked pairs still work with the CRL"
+        );
+        assert!(
+            !handshake(&web2, &with_crl(&gw), "gw-a"),
+            "a revoked web certificate is refused by the controller"
+        );
+        assert!(
+            !handshake(&with_crl(&web), &gw2, "gw-b"),
+            "a revoked controller certificate is refused by the web node"
+        );
+        assert!(
+            handshake(&web2, &gw, "gw-a"),
+            "without the CRL the same pair would pass (the CRL is what refuses it)"
+        );
     }
 }

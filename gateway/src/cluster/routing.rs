@@ -53,7 +53,10 @@ const MIN_ON_DEMAND_REFRESH: Duration = Duration::from_millis(500);
 
 impl ClusterRoutes {
     /// Clients for every configured controller; nothing is contacted yet.
-    pub fn new(config: &WebClusterConfig, call_timeout: Duration) -> Result<Arc<Self>, ClusterError> {
+    pub fn new(
+        config: &WebClusterConfig,
+        call_timeout: Duration,
+    ) -> Result<Arc<Self>, ClusterError> {
         let tls = Arc::new(mtls::client_config(&config.tls)?);
         let controllers = config
             .controllers
@@ -62,7 +65,11 @@ impl ClusterRoutes {
             .collect::<Result<Vec<_>, _>>()?;
         let status = controllers
             .iter()
-            .map(|c| NodeStatus { name: c.addr.name.clone(), address: c.addr.address.to_string(), ..NodeStatus::default() })
+            .map(|c| NodeStatus {
+                name: c.addr.name.clone(),
+                address: c.addr.address.to_string(),
+                ..NodeStatus::default()
+            })
             .collect();
         Ok(Arc::new(Self {
             controllers,
@@ -75,7 +82,12 @@ impl ClusterRoutes {
     /// Asks every controller (concurrently) which servers it owns. A controller that does not
     /// answer keeps the servers it last reported.
     pub async fn refresh(&self) {
-        let answers = futures_join_all(self.controllers.iter().map(|c| async move { c.list_servers().await })).await;
+        let answers = futures_join_all(
+            self.controllers
+                .iter()
+                .map(|c| async move { c.list_servers().await }),
+        )
+        .await;
         let mut owners = self.owners.read().map(|o| o.clone()).unwrap_or_default();
         let mut status = self.status.read().map(|s| s.clone()).unwrap_or_default();
         for (index, answer) in answers.into_iter().enumerate() {
@@ -110,8 +122,17 @@ impl ClusterRoutes {
         }
     }
 
-    fn learn(&self, index: usize, ownership: &ServerOwnership, owners: &mut HashMap<String, usize>) {
-        let name = self.controllers.get(index).map(|c| c.addr.name.as_str()).unwrap_or_default();
+    fn learn(
+        &self,
+        index: usize,
+        ownership: &ServerOwnership,
+        owners: &mut HashMap<String, usize>,
+    ) {
+        let name = self
+            .controllers
+            .get(index)
+            .map(|c| c.addr.name.as_str())
+            .unwrap_or_default();
         if ownership.node != name {
             warn!(controller = name, reported = %ownership.node, "controller reports another node name");
         }
@@ -146,11 +167,22 @@ impl ClusterRoutes {
 
     /// The controller that owns `server`, refreshing once if it is not known yet.
     async fn owner(&self, server: &str) -> Option<&ControllerClient> {
-        let lookup = |routes: &Self| routes.owners.read().ok().and_then(|o| o.get(server).copied());
+        let lookup = |routes: &Self| {
+            routes
+                .owners
+                .read()
+                .ok()
+                .and_then(|o| o.get(server).copied())
+        };
         let index = match lookup(self) {
             Some(index) => Some(index),
             None => {
-                let stale = self.last_refresh.read().ok().and_then(|t| *t).is_none_or(|t| t.elapsed() >= MIN_ON_DEMAND_REFRESH);
+                let stale = self
+                    .last_refresh
+                    .read()
+                    .ok()
+                    .and_then(|t| *t)
+                    .is_none_or(|t| t.elapsed() >= MIN_ON_DEMAND_REFRESH);
                 if stale {
                     self.refresh().await;
                 }
@@ -163,7 +195,11 @@ impl ClusterRoutes {
     /// Forwards an approval request to the owner of `server`. No owner known, or the owner
     /// unreachable within the deadline: `unavailable`. Never retried here (the client may
     /// retry; its nonce makes a duplicate harmless).
-    pub async fn submit_approval(&self, server: &str, request: FrontRequest) -> Result<FrontReply, Status> {
+    pub async fn submit_approval(
+        &self,
+        server: &str,
+        request: FrontRequest,
+    ) -> Result<FrontReply, Status> {
         let Some(owner) = self.owner(server).await else {
             info!(server, "no controller owns this server");
             return Err(Status::unavailable("no controller owns this server"));
@@ -177,12 +213,16 @@ impl ClusterRoutes {
     /// Offers an enrollment to each controller in turn; the first 2xx answer wins. If none
     /// accepts, the first refusal is returned; if none answered, `unavailable`.
     pub async fn enroll(&self, request: FrontRequest) -> Result<FrontReply, Status> {
-        let issuer =
-            crate::enrollment::SealedEnrollRequest::parse(&request.body).ok().and_then(|sealed| sealed.controller);
+        let issuer = crate::enrollment::SealedEnrollRequest::parse(&request.body)
+            .ok()
+            .and_then(|sealed| sealed.controller);
         if let Some(issuer) = issuer {
             let Some(controller) = self.controllers.iter().find(|c| c.addr.name == issuer) else {
                 info!(controller = %issuer, "enrollment names a controller this web node does not know");
-                return Ok(FrontReply { http_status: 403, body: br#"{"error":"denied"}"#.to_vec() });
+                return Ok(FrontReply {
+                    http_status: 403,
+                    body: br#"{"error":"denied"}"#.to_vec(),
+                });
             };
             debug!(controller = %issuer, "enrollment routed to its issuer");
             return controller.enroll(request).await;
@@ -205,14 +245,20 @@ impl ClusterRoutes {
         match (refusal, last_error) {
             (Some(reply), None) => Ok(reply),
             // A controller we could not ask may have issued the token: retryable.
-            (_, Some(err)) => Err(Status::unavailable(format!("a controller was unreachable: {}", err.message()))),
+            (_, Some(err)) => Err(Status::unavailable(format!(
+                "a controller was unreachable: {}",
+                err.message()
+            ))),
             (None, None) => Err(Status::unavailable("no controllers configured")),
         }
     }
 
     /// Whether the last refresh reached at least one controller.
     pub fn any_reachable(&self) -> bool {
-        self.status.read().map(|s| s.iter().any(|n| n.reachable)).unwrap_or(false)
+        self.status
+            .read()
+            .map(|s| s.iter().any(|n| n.reachable))
+            .unwrap_or(false)
     }
 
     /// What the last refresh learned, per controller.
@@ -249,7 +295,11 @@ async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F:
                 }
             }
         }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
     outputs.extend(results.into_iter().flatten());

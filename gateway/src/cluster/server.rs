@@ -45,20 +45,33 @@ impl ClusterService {
                 })
                 .collect(),
         };
-        Self { approvals, ownership }
+        Self {
+            approvals,
+            ownership,
+        }
     }
 }
 
 fn peer_of<T>(request: &Request<T>) -> String {
-    request.extensions().get::<PeerInfo>().map(|p| p.node.clone()).unwrap_or_default()
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.node.clone())
+        .unwrap_or_default()
 }
 
 fn remote_of(request: &FrontRequest) -> Result<IpAddr, Status> {
-    request.remote_address.parse().map_err(|_| Status::invalid_argument("remote_address is not an IP address"))
+    request
+        .remote_address
+        .parse()
+        .map_err(|_| Status::invalid_argument("remote_address is not an IP address"))
 }
 
 fn reply(answer: FrontAnswer) -> Response<FrontReply> {
-    Response::new(FrontReply { http_status: u32::from(answer.status), body: answer.body })
+    Response::new(FrontReply {
+        http_status: u32::from(answer.status),
+        body: answer.body,
+    })
 }
 
 #[tonic::async_trait]
@@ -70,12 +83,20 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(self.ownership.clone()))
     }
 
-    async fn submit_approval(&self, request: Request<FrontRequest>) -> Result<Response<FrontReply>, Status> {
+    async fn submit_approval(
+        &self,
+        request: Request<FrontRequest>,
+    ) -> Result<Response<FrontReply>, Status> {
         let peer = peer_of(&request);
         let request = request.into_inner();
         let remote = remote_of(&request)?;
         let span = info_span!("cluster_approval", request_id = %request.request_id, client_ip = %remote, web_node = %peer);
-        Ok(reply(self.approvals.submit(request.body, remote, &request.request_id).instrument(span).await))
+        Ok(reply(
+            self.approvals
+                .submit(request.body, remote, &request.request_id)
+                .instrument(span)
+                .await,
+        ))
     }
 
     async fn enroll(&self, request: Request<FrontRequest>) -> Result<Response<FrontReply>, Status> {
@@ -83,7 +104,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         let request = request.into_inner();
         let remote = remote_of(&request)?;
         let span = info_span!("cluster_enrollment", request_id = %request.request_id, client_ip = %remote, web_node = %peer);
-        Ok(reply(self.approvals.enroll(request.body, remote, &request.request_id).instrument(span).await))
+        Ok(reply(
+            self.approvals
+                .enroll(request.body, remote, &request.request_id)
+                .instrument(span)
+                .await,
+        ))
     }
 }
 
@@ -95,7 +121,10 @@ pub async fn serve(
 ) -> Result<(), ClusterError> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ClusterError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     serve_on(listener, config, service, shutdown).await
 }
 
@@ -116,10 +145,7 @@ pub async fn serve_on(
     let accept = tokio::spawn(accept_loop(listener, acceptor, allowed, tx));
     let served = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
-        .add_service(
-            ClusterServer::new(service)
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(ClusterServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(health_service)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
@@ -170,7 +196,13 @@ async fn handshake(
             return None;
         }
     };
-    let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(mtls::dns_names).unwrap_or_default();
+    let names = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(mtls::dns_names)
+        .unwrap_or_default();
     let Some(node) = mtls::allowed_name(&names, allowed).map(str::to_owned) else {
         warn!(%addr, ?names, "cluster peer refused: no allowed node name in its certificate");
         return None;
@@ -190,7 +222,10 @@ pub async fn spawn(
     mtls::server_config(&config.tls)?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ClusterError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let service = ClusterService::new(approvals, &config.node, servers);
     let config = config.clone();
     Ok(tokio::spawn(

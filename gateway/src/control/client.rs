@@ -21,9 +21,16 @@ pub async fn connect(path: &Path) -> Result<ControlClient<Channel>, ConnectError
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
         }))
         .await
-        .map_err(|source| ConnectError { path: path.to_owned(), source })?;
+        .map_err(|source| ConnectError {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(ControlClient::new(channel))
 }

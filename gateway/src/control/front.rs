@@ -29,7 +29,8 @@ pub async fn serve_front(
         let user = nix::unistd::User::from_name(owner)
             .map_err(std::io::Error::other)?
             .ok_or_else(|| std::io::Error::other(format!("no user named {owner:?}")))?;
-        nix::unistd::chown(socket, Some(user.uid), Some(user.gid)).map_err(std::io::Error::other)?;
+        nix::unistd::chown(socket, Some(user.uid), Some(user.gid))
+            .map_err(std::io::Error::other)?;
         web_uid = Some(user.uid.as_raw());
         if let Some(parent) = socket.parent() {
             // The web user must be able to reach the socket inside the folder.
@@ -75,20 +76,33 @@ fn remote_of(request: &pb::FrontRequest) -> Result<IpAddr, Status> {
 }
 
 fn reply(answer: FrontAnswer) -> Response<pb::FrontReply> {
-    Response::new(pb::FrontReply { http_status: u32::from(answer.status), body: answer.body })
+    Response::new(pb::FrontReply {
+        http_status: u32::from(answer.status),
+        body: answer.body,
+    })
 }
 
 #[tonic::async_trait]
 impl pb::front_server::Front for FrontService {
-    async fn submit_approval(&self, request: Request<pb::FrontRequest>) -> Result<Response<pb::FrontReply>, Status> {
+    async fn submit_approval(
+        &self,
+        request: Request<pb::FrontRequest>,
+    ) -> Result<Response<pb::FrontReply>, Status> {
         let request = request.into_inner();
         let remote = remote_of(&request)?;
         let span = info_span!("approval", request_id = %request.request_id, client_ip = %remote);
-        let answer = self.approvals.submit(request.body, remote, &request.request_id).instrument(span).await;
+        let answer = self
+            .approvals
+            .submit(request.body, remote, &request.request_id)
+            .instrument(span)
+            .await;
         Ok(reply(answer))
     }
 
-    async fn notices(&self, _request: Request<pb::NoticesRequest>) -> Result<Response<pb::NoticesReply>, Status> {
+    async fn notices(
+        &self,
+        _request: Request<pb::NoticesRequest>,
+    ) -> Result<Response<pb::NoticesReply>, Status> {
         let state = self.approvals.notice_state();
         Ok(Response::new(pb::NoticesReply {
             www_shutdown: state.www.shutdown,
@@ -98,11 +112,18 @@ impl pb::front_server::Front for FrontService {
         }))
     }
 
-    async fn enroll(&self, request: Request<pb::FrontRequest>) -> Result<Response<pb::FrontReply>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<pb::FrontRequest>,
+    ) -> Result<Response<pb::FrontReply>, Status> {
         let request = request.into_inner();
         let remote = remote_of(&request)?;
         let span = info_span!("enrollment", request_id = %request.request_id, client_ip = %remote);
-        let answer = self.approvals.enroll(request.body, remote, &request.request_id).instrument(span).await;
+        let answer = self
+            .approvals
+            .enroll(request.body, remote, &request.request_id)
+            .instrument(span)
+            .await;
         Ok(reply(answer))
     }
 }

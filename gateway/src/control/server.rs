@@ -1,11 +1,5 @@
 //! The control API served by the controller on a Unix socket (mode 0600).
-use std::{
-    net::IpAddr,
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration};
 
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
@@ -75,7 +69,9 @@ fn status_of(err: OpeningsError) -> Status {
     match err {
         OpeningsError::BadAddress(_) => Status::invalid_argument(err.to_string()),
         OpeningsError::Sealed => Status::failed_precondition(err.to_string()),
-        OpeningsError::Gate(GateError::OpeningsFull(_)) => Status::resource_exhausted(err.to_string()),
+        OpeningsError::Gate(GateError::OpeningsFull(_)) => {
+            Status::resource_exhausted(err.to_string())
+        }
         other => {
             warn!(error = %other, "control request failed");
             Status::internal(other.to_string())
@@ -86,8 +82,12 @@ fn status_of(err: OpeningsError) -> Status {
 fn admin_status(err: ClientAdminError) -> Status {
     match err {
         ClientAdminError::Invalid(reason) => Status::invalid_argument(reason),
-        ClientAdminError::Store(StoreError::NotFound(what)) => Status::not_found(format!("{what} not found")),
-        ClientAdminError::Store(StoreError::Exists(what)) => Status::already_exists(format!("{what} exists already")),
+        ClientAdminError::Store(StoreError::NotFound(what)) => {
+            Status::not_found(format!("{what} not found"))
+        }
+        ClientAdminError::Store(StoreError::Exists(what)) => {
+            Status::already_exists(format!("{what} exists already"))
+        }
         other => {
             warn!(error = %other, "client administration failed");
             Status::internal(other.to_string())
@@ -104,12 +104,18 @@ fn gate_status(err: GateError) -> Status {
 }
 
 fn parse_ip(text: &str) -> Result<IpAddr, Status> {
-    text.trim().parse().map_err(|_| Status::invalid_argument(format!("{text:?} is not an IP address")))
+    text.trim()
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("{text:?} is not an IP address")))
 }
 
 impl ControlService {
-    fn notices_response(&self, record: &crate::store::NoticeRecord) -> Result<pb::NoticesStatusResponse, Status> {
-        let state_json = serde_json::to_string(record).map_err(|err| Status::internal(err.to_string()))?;
+    fn notices_response(
+        &self,
+        record: &crate::store::NoticeRecord,
+    ) -> Result<pb::NoticesStatusResponse, Status> {
+        let state_json =
+            serde_json::to_string(record).map_err(|err| Status::internal(err.to_string()))?;
         let counters = self
             .controller
             .shutdown
@@ -117,8 +123,18 @@ impl ControlService {
             .into_iter()
             .map(|(name, value)| pb::Counter { name, value })
             .collect();
-        let url = self.controller.config.notices.as_ref().map(|n| n.url.clone()).unwrap_or_default();
-        Ok(pb::NoticesStatusResponse { url, state_json, counters })
+        let url = self
+            .controller
+            .config
+            .notices
+            .as_ref()
+            .map(|n| n.url.clone())
+            .unwrap_or_default();
+        Ok(pb::NoticesStatusResponse {
+            url,
+            state_json,
+            counters,
+        })
     }
 
     fn server_id(&self, name: &str) -> Result<Option<u32>, Status> {
@@ -139,20 +155,24 @@ impl ControlService {
             .config
             .server_by_id(record.id.server_id)
             .map_or_else(|| format!("#{}", record.id.server_id), |s| s.name.clone());
-        let last_seen = view
-            .kernel
-            .filter(|k| k.last_seen_ns != 0)
-            .map_or_else(
-                || if record.last_seen_ms == 0 { 0 } else { view.clocks.boot_ms_to_unix_ms(record.last_seen_ms) },
-                |k| view.clocks.mono_ns_to_unix_ms(k.last_seen_ns),
-            );
+        let last_seen = view.kernel.filter(|k| k.last_seen_ns != 0).map_or_else(
+            || {
+                if record.last_seen_ms == 0 {
+                    0
+                } else {
+                    view.clocks.boot_ms_to_unix_ms(record.last_seen_ms)
+                }
+            },
+            |k| view.clocks.mono_ns_to_unix_ms(k.last_seen_ns),
+        );
         pb::Opening {
             server,
             address: record.id.addr.to_string(),
             created_unix_ms: record.created_unix_ms,
-            expires_unix_ms: view
-                .kernel
-                .map_or_else(|| view.clocks.boot_ms_to_unix_ms(record.expiry_ms()), |k| view.clocks.mono_ns_to_unix_ms(k.expires_at_ns)),
+            expires_unix_ms: view.kernel.map_or_else(
+                || view.clocks.boot_ms_to_unix_ms(record.expiry_ms()),
+                |k| view.clocks.mono_ns_to_unix_ms(k.expires_at_ns),
+            ),
             deadline_unix_ms: view.clocks.boot_ms_to_unix_ms(record.deadline_ms()),
             last_seen_unix_ms: last_seen,
             holders: u32::try_from(record.holders.len()).unwrap_or(u32::MAX),
@@ -161,12 +181,21 @@ impl ControlService {
     }
 
     async fn servers_with_stats(&self) -> Result<Vec<pb::Server>, Status> {
-        let indexes: Vec<u32> =
-            self.controller.services.iter().map(|s| s.stats_index).collect();
+        let indexes: Vec<u32> = self
+            .controller
+            .services
+            .iter()
+            .map(|s| s.stats_index)
+            .collect();
         let stats = self
             .controller
             .gate
-            .run(move |maps| indexes.into_iter().map(|i| maps.service_stats(i)).collect::<Result<Vec<_>, _>>())
+            .run(move |maps| {
+                indexes
+                    .into_iter()
+                    .map(|i| maps.service_stats(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .await
             .map_err(gate_status)?
             .map_err(gate_status)?;
@@ -181,7 +210,11 @@ impl ControlService {
                 .map(|(planned, stat)| pb::Service {
                     protocol: planned.service.protocol.name().to_owned(),
                     port: u32::from(planned.service.port),
-                    address: planned.service.address.map(|a| a.to_string()).unwrap_or_default(),
+                    address: planned
+                        .service
+                        .address
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
                     passed: stat.passed,
                     dropped: stat.dropped,
                 })
@@ -221,7 +254,11 @@ impl pb::control_server::Control for ControlService {
                 "ttl must be between 1 and {MAX_ADMIN_TTL_SECS} seconds"
             )));
         }
-        let origin = if request.origin.is_empty() { "admin" } else { request.origin.as_str() };
+        let origin = if request.origin.is_empty() {
+            "admin"
+        } else {
+            request.origin.as_str()
+        };
         let ttl = Duration::from_secs(u64::from(request.ttl_secs));
         let record = self
             .controller
@@ -229,8 +266,14 @@ impl pb::control_server::Control for ControlService {
             .grant(server, addr, origin, ttl)
             .await
             .map_err(status_of)?;
-        let view = OpeningView { record, kernel: None, clocks: crate::clock::ClockPair::now() };
-        Ok(Response::new(pb::AddOpeningResponse { opening: Some(self.opening_message(&view)) }))
+        let view = OpeningView {
+            record,
+            kernel: None,
+            clocks: crate::clock::ClockPair::now(),
+        };
+        Ok(Response::new(pb::AddOpeningResponse {
+            opening: Some(self.opening_message(&view)),
+        }))
     }
 
     async fn revoke_opening(
@@ -240,8 +283,12 @@ impl pb::control_server::Control for ControlService {
         let request = request.into_inner();
         let server_id = self.server_id(&request.server)?;
         let addr = parse_ip(&request.address)?;
-        let revoked =
-            self.controller.openings.revoke_address(server_id, addr).await.map_err(status_of)?;
+        let revoked = self
+            .controller
+            .openings
+            .revoke_address(server_id, addr)
+            .await
+            .map_err(status_of)?;
         info!(client_ip = %addr, revoked, "openings revoked by admin");
         Ok(Response::new(pb::RevokeOpeningResponse {
             revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
@@ -266,7 +313,9 @@ impl pb::control_server::Control for ControlService {
         &self,
         _request: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, Status> {
-        Ok(Response::new(pb::ListServersResponse { servers: self.servers_with_stats().await? }))
+        Ok(Response::new(pb::ListServersResponse {
+            servers: self.servers_with_stats().await?,
+        }))
     }
 
     async fn status(
@@ -286,13 +335,19 @@ impl pb::control_server::Control for ControlService {
             servers,
             parse_counters: counters
                 .into_iter()
-                .map(|(counter, value)| pb::Counter { name: counter.name().to_owned(), value })
+                .map(|(counter, value)| pb::Counter {
+                    name: counter.name().to_owned(),
+                    value,
+                })
                 .collect(),
             interfaces: self
                 .controller
                 .attachments
                 .iter()
-                .map(|a| pb::Interface { name: a.interface.clone(), mode: a.mode.clone() })
+                .map(|a| pb::Interface {
+                    name: a.interface.clone(),
+                    mode: a.mode.clone(),
+                })
                 .collect(),
             openings_v4: u32::try_from(openings_v4).unwrap_or(u32::MAX),
             openings_v6: u32::try_from(openings.len() - openings_v4).unwrap_or(u32::MAX),
@@ -323,17 +378,29 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::AddClientRequest>,
     ) -> Result<Response<pb::AddClientResponse>, Status> {
         let request = request.into_inner();
-        let (link, expires_unix) =
-            self.controller.approvals.add_client(&request.name, &request.servers).await.map_err(admin_status)?;
+        let (link, expires_unix) = self
+            .controller
+            .approvals
+            .add_client(&request.name, &request.servers)
+            .await
+            .map_err(admin_status)?;
         info!(client_id = %request.name, servers = ?request.servers, "client added; enrollment link issued");
-        Ok(Response::new(pb::AddClientResponse { enrollment_link: link.to_string(), expires_unix }))
+        Ok(Response::new(pb::AddClientResponse {
+            enrollment_link: link.to_string(),
+            expires_unix,
+        }))
     }
 
     async fn list_clients(
         &self,
         _request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        let clients = self.controller.approvals.list_clients().await.map_err(admin_status)?;
+        let clients = self
+            .controller
+            .approvals
+            .list_clients()
+            .await
+            .map_err(admin_status)?;
         let clients = clients
             .into_iter()
             .map(|c| pb::Client {
@@ -341,7 +408,11 @@ impl pb::control_server::Control for ControlService {
                 servers: c.servers,
                 enabled: c.enabled,
                 enrolled: c.enrollment.is_some(),
-                device_name: c.enrollment.as_ref().map(|e| e.device_name.clone()).unwrap_or_default(),
+                device_name: c
+                    .enrollment
+                    .as_ref()
+                    .map(|e| e.device_name.clone())
+                    .unwrap_or_default(),
                 created_unix: c.created_unix,
                 enrolled_unix: c.enrollment.as_ref().map_or(0, |e| e.enrolled_unix),
             })
@@ -354,17 +425,30 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::SetClientEnabledRequest>,
     ) -> Result<Response<pb::ClientChangeResponse>, Status> {
         let request = request.into_inner();
-        let closed =
-            self.controller.approvals.set_enabled(&request.name, request.enabled).await.map_err(admin_status)?;
-        Ok(Response::new(pb::ClientChangeResponse { openings_closed: count(closed) }))
+        let closed = self
+            .controller
+            .approvals
+            .set_enabled(&request.name, request.enabled)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::ClientChangeResponse {
+            openings_closed: count(closed),
+        }))
     }
 
     async fn remove_client(
         &self,
         request: Request<pb::RemoveClientRequest>,
     ) -> Result<Response<pb::ClientChangeResponse>, Status> {
-        let closed = self.controller.approvals.remove_client(&request.into_inner().name).await.map_err(admin_status)?;
-        Ok(Response::new(pb::ClientChangeResponse { openings_closed: count(closed) }))
+        let closed = self
+            .controller
+            .approvals
+            .remove_client(&request.into_inner().name)
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(pb::ClientChangeResponse {
+            openings_closed: count(closed),
+        }))
     }
 
     async fn audit_tail(
@@ -373,7 +457,11 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::AuditTailResponse>, Status> {
         let request = request.into_inner();
         let wanted = request.count.clamp(1, MAX_AUDIT_TAIL);
-        let table = if request.samples { AuditTable::Samples } else { AuditTable::Decisions };
+        let table = if request.samples {
+            AuditTable::Samples
+        } else {
+            AuditTable::Decisions
+        };
         let before = (request.before > 0).then_some(request.before);
         let page = self
             .controller
@@ -408,16 +496,26 @@ impl pb::control_server::Control for ControlService {
             .audit()
             .failure_counts()
             .into_iter()
-            .map(|f| pb::FailureCount { reason: f.reason.to_owned(), prefix: f.prefix, count: f.count })
+            .map(|f| pb::FailureCount {
+                reason: f.reason.to_owned(),
+                prefix: f.prefix,
+                count: f.count,
+            })
             .collect();
-        Ok(Response::new(pb::AuditTailResponse { events, next_before: page.next_before.unwrap_or(0), failures }))
+        Ok(Response::new(pb::AuditTailResponse {
+            events,
+            next_before: page.next_before.unwrap_or(0),
+            failures,
+        }))
     }
 
     async fn notices_status(
         &self,
         _request: Request<pb::NoticesStatusRequest>,
     ) -> Result<Response<pb::NoticesStatusResponse>, Status> {
-        Ok(Response::new(self.notices_response(&self.controller.shutdown.current())?))
+        Ok(Response::new(
+            self.notices_response(&self.controller.shutdown.current())?,
+        ))
     }
 
     async fn notices_clear(

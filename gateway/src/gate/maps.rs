@@ -41,20 +41,31 @@ impl OpeningsReader {
     /// New handles on the openings maps of `ebpf` (descriptors duplicated; the maps are not
     /// taken).
     fn duplicate(ebpf: &Ebpf) -> Result<Self, GateError> {
-        fn dup<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<HashMap<MapData, K, V>, GateError> {
+        fn dup<K: aya::Pod, V: aya::Pod>(
+            ebpf: &Ebpf,
+            name: &'static str,
+        ) -> Result<HashMap<MapData, K, V>, GateError> {
             use std::os::fd::AsFd as _;
             let map = ebpf.map(name).ok_or(GateError::MissingMap(name))?;
             let (aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
                 return Err(GateError::MissingMap(name));
             };
-            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| GateError::Io {
-                what: format!("duplicating the descriptor of map {name}"),
-                source,
-            })?;
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| GateError::Io {
+                    what: format!("duplicating the descriptor of map {name}"),
+                    source,
+                })?;
             let data = MapData::from_fd(fd).map_err(|source| GateError::Map { name, source })?;
-            HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| GateError::Map { name, source })
+            HashMap::try_from(aya::maps::Map::HashMap(data))
+                .map_err(|source| GateError::Map { name, source })
         }
-        Ok(Self { open_v4: dup(ebpf, map_names::OPEN_V4)?, open_v6: dup(ebpf, map_names::OPEN_V6)? })
+        Ok(Self {
+            open_v4: dup(ebpf, map_names::OPEN_V4)?,
+            open_v6: dup(ebpf, map_names::OPEN_V6)?,
+        })
     }
 
     /// Every opening the kernel holds.
@@ -70,12 +81,26 @@ fn collect_openings(
 ) -> Result<Vec<KernelOpening>, GateError> {
     let mut out = Vec::new();
     for entry in open_v4.iter() {
-        let (key, state) = entry.map_err(|source| GateError::Map { name: map_names::OPEN_V4, source })?;
-        out.push(KernelOpening { server_id: key.server_id, addr: IpAddr::from(key.addr), state });
+        let (key, state) = entry.map_err(|source| GateError::Map {
+            name: map_names::OPEN_V4,
+            source,
+        })?;
+        out.push(KernelOpening {
+            server_id: key.server_id,
+            addr: IpAddr::from(key.addr),
+            state,
+        });
     }
     for entry in open_v6.iter() {
-        let (key, state) = entry.map_err(|source| GateError::Map { name: map_names::OPEN_V6, source })?;
-        out.push(KernelOpening { server_id: key.server_id, addr: IpAddr::from(key.addr), state });
+        let (key, state) = entry.map_err(|source| GateError::Map {
+            name: map_names::OPEN_V6,
+            source,
+        })?;
+        out.push(KernelOpening {
+            server_id: key.server_id,
+            addr: IpAddr::from(key.addr),
+            state,
+        });
     }
     Ok(out)
 }

@@ -30,7 +30,10 @@ impl GateHandle {
             // The asker may have given up (timeout); nothing to do then.
             let _ = reply.send(job(maps));
         });
-        self.jobs.send(job).await.map_err(|_| GateError::OwnerGone)?;
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| GateError::OwnerGone)?;
         answer.await.map_err(|_| GateError::OwnerGone)
     }
 
@@ -62,7 +65,10 @@ pub fn spawn_owner(mut maps: GateMaps) -> Result<GateHandle, GateError> {
                         job(&reader);
                     }
                 })
-                .map_err(|source| GateError::Io { what: "starting the map reader thread".into(), source })?;
+                .map_err(|source| GateError::Io {
+                    what: "starting the map reader thread".into(),
+                    source,
+                })?;
             Some(walks)
         }
         None => None,
@@ -75,6 +81,9 @@ pub fn spawn_owner(mut maps: GateMaps) -> Result<GateHandle, GateError> {
                 job(&mut maps);
             }
         })
-        .map_err(|source| GateError::Io { what: "starting the map owner thread".into(), source })?;
+        .map_err(|source| GateError::Io {
+            what: "starting the map owner thread".into(),
+            source,
+        })?;
     Ok(GateHandle { jobs, walks })
 }

@@ -77,10 +77,19 @@ impl OpeningsError {
     fn same_refusal(&self) -> Self {
         match self {
             Self::Revoked(client) => Self::Revoked(client.clone()),
-            Self::ClientCap { client, limit } => Self::ClientCap { client: client.clone(), limit: *limit },
-            Self::NearCapacity { family, open, capacity } => {
-                Self::NearCapacity { family, open: *open, capacity: *capacity }
-            }
+            Self::ClientCap { client, limit } => Self::ClientCap {
+                client: client.clone(),
+                limit: *limit,
+            },
+            Self::NearCapacity {
+                family,
+                open,
+                capacity,
+            } => Self::NearCapacity {
+                family,
+                open: *open,
+                capacity: *capacity,
+            },
             other => Self::Batch(other.to_string()),
         }
     }
@@ -157,9 +166,16 @@ struct Tally {
 
 impl Tally {
     fn of(records: &HashMap<OpeningId, OpeningRecord>, batch: &[PendingGrant]) -> Self {
-        let mut tally = Tally { per_family: [0; 2], held: HashMap::new(), new_in_batch: Default::default() };
-        let origins: std::collections::HashSet<&str> =
-            batch.iter().filter(|g| g.check.is_some()).map(|g| g.origin.as_str()).collect();
+        let mut tally = Tally {
+            per_family: [0; 2],
+            held: HashMap::new(),
+            new_in_batch: Default::default(),
+        };
+        let origins: std::collections::HashSet<&str> = batch
+            .iter()
+            .filter(|g| g.check.is_some())
+            .map(|g| g.origin.as_str())
+            .collect();
         if origins.is_empty() {
             return tally;
         }
@@ -167,7 +183,11 @@ impl Tally {
             tally.per_family[usize::from(record.id.addr.is_ipv6())] += 1;
             for holder in &record.holders {
                 if origins.contains(holder.origin.as_str()) {
-                    tally.held.entry((holder.origin.clone(), record.id.server_id)).or_default().insert(record.id.addr);
+                    tally
+                        .held
+                        .entry((holder.origin.clone(), record.id.server_id))
+                        .or_default()
+                        .insert(record.id.addr);
                 }
             }
         }
@@ -229,7 +249,9 @@ impl Openings {
     }
 
     fn generations_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Loads the store and makes the kernel match it: missing entries are added, stale ones
@@ -243,8 +265,12 @@ impl Openings {
         let (ours, other_boot): (Vec<OpeningRecord>, Vec<OpeningRecord>) =
             loaded.into_iter().partition(OpeningRecord::of_this_boot);
         if !other_boot.is_empty() {
-            warn!(count = other_boot.len(), "dropping openings recorded in another boot");
-            self.persist(Vec::new(), other_boot.iter().map(|r| r.id).collect()).await?;
+            warn!(
+                count = other_boot.len(),
+                "dropping openings recorded in another boot"
+            );
+            self.persist(Vec::new(), other_boot.iter().map(|r| r.id).collect())
+                .await?;
         }
         {
             let mut records = self.records.lock().await;
@@ -252,7 +278,12 @@ impl Openings {
             records.extend(ours.into_iter().map(|r| (r.id, r)));
         }
         let report = self.sweep().await?;
-        info!(?report, load_ms, total_ms = started.elapsed().as_millis(), "reconciled openings with the kernel");
+        info!(
+            ?report,
+            load_ms,
+            total_ms = started.elapsed().as_millis(),
+            "reconciled openings with the kernel"
+        );
         Ok(report)
     }
 
@@ -270,7 +301,8 @@ impl Openings {
         origin: &str,
         connect_window: Duration,
     ) -> Result<OpeningRecord, OpeningsError> {
-        self.grant_checked(server, addr, origin, connect_window, None).await
+        self.grant_checked(server, addr, origin, connect_window, None)
+            .await
     }
 
     /// [`Openings::grant`] for one address of an approval: `check` is verified under the lock
@@ -283,8 +315,19 @@ impl Openings {
         connect_window: Duration,
         check: Option<GrantCheck>,
     ) -> Result<OpeningRecord, OpeningsError> {
-        let mut granted = self.grant_all(server, &[addr], origin, connect_window, check, Journal::default()).await?;
-        granted.pop().ok_or_else(|| OpeningsError::Batch("grant missing from its batch".into()))
+        let mut granted = self
+            .grant_all(
+                server,
+                &[addr],
+                origin,
+                connect_window,
+                check,
+                Journal::default(),
+            )
+            .await?;
+        granted
+            .pop()
+            .ok_or_else(|| OpeningsError::Batch("grant missing from its batch".into()))
     }
 
     /// Grants every address in `addrs` like [`Openings::grant`], in one batch, and commits
@@ -318,7 +361,10 @@ impl Openings {
             for addr in addrs {
                 let (reply, answer) = oneshot::channel();
                 waiting.push(PendingGrant {
-                    id: OpeningId { server_id: server.id, addr: *addr },
+                    id: OpeningId {
+                        server_id: server.id,
+                        addr: *addr,
+                    },
                     server_name: server.name.clone(),
                     idle_timeout: server.idle_timeout,
                     max_lifetime: server.max_lifetime,
@@ -344,18 +390,26 @@ impl Openings {
         });
         let mut granted = Vec::with_capacity(answers.len());
         for answer in answers {
-            granted.push(answer.await.unwrap_or_else(|_| Err(OpeningsError::Batch("the grant batch was abandoned".into())))?);
+            granted.push(answer.await.unwrap_or_else(|_| {
+                Err(OpeningsError::Batch("the grant batch was abandoned".into()))
+            })?);
         }
         Ok(granted)
     }
 
     fn waiting_grants(&self) -> std::sync::MutexGuard<'_, Vec<PendingGrant>> {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes a batch of grants: records first (one commit), then the kernel (one call),
     /// then answers each waiter.
-    async fn grant_batch(&self, records: &mut HashMap<OpeningId, OpeningRecord>, batch: Vec<PendingGrant>) {
+    async fn grant_batch(
+        &self,
+        records: &mut HashMap<OpeningId, OpeningRecord>,
+        batch: Vec<PendingGrant>,
+    ) {
         let clocks = ClockPair::now();
         let mut updated: HashMap<OpeningId, OpeningRecord> = HashMap::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
@@ -378,7 +432,9 @@ impl Openings {
             }
             let mut trial = tally.clone();
             let failed = call.iter().find_map(|grant| {
-                grant.check.and_then(|check| self.check_grant(&mut trial, records, grant, check).err())
+                grant
+                    .check
+                    .and_then(|check| self.check_grant(&mut trial, records, grant, check).err())
             });
             match failed {
                 None => {
@@ -398,7 +454,11 @@ impl Openings {
         }
         for grant in &batch {
             let holder = Holder {
-                id: format!("{}-{}", grant.origin, self.next_holder.fetch_add(1, Ordering::Relaxed)),
+                id: format!(
+                    "{}-{}",
+                    grant.origin,
+                    self.next_holder.fetch_add(1, Ordering::Relaxed)
+                ),
                 origin: grant.origin.clone(),
                 granted_ms: clocks.boot_ms,
                 connect_until_ms: clocks.boot_ms.saturating_add(millis(grant.connect_window)),
@@ -423,7 +483,10 @@ impl Openings {
                 journal.answers.extend(part.answers.iter().cloned());
             }
         }
-        if let Err(err) = self.persist_with(updated.values().cloned().collect(), Vec::new(), journal).await {
+        if let Err(err) = self
+            .persist_with(updated.values().cloned().collect(), Vec::new(), journal)
+            .await
+        {
             let message = err.to_string();
             for grant in batch {
                 let _ = grant.reply.send(Err(OpeningsError::Batch(message.clone())));
@@ -432,7 +495,13 @@ impl Openings {
         }
         let expiries: Vec<(OpeningId, u64, bool)> = updated
             .values()
-            .map(|r| (r.id, kernel_expiry_ns(r, &clocks), !records.contains_key(&r.id)))
+            .map(|r| {
+                (
+                    r.id,
+                    kernel_expiry_ns(r, &clocks),
+                    !records.contains_key(&r.id),
+                )
+            })
             .collect();
         // The records are stored: keep them even if the kernel update fails (the sweeper
         // retries it).
@@ -478,9 +547,15 @@ impl Openings {
         if self.generation(&grant.origin) != check.generation {
             return Err(OpeningsError::Revoked(grant.origin.clone()));
         }
-        let held = tally.held.entry((grant.origin.clone(), grant.id.server_id)).or_default();
+        let held = tally
+            .held
+            .entry((grant.origin.clone(), grant.id.server_id))
+            .or_default();
         if !held.contains(&grant.id.addr) && held.len() >= check.max_addresses_per_client {
-            return Err(OpeningsError::ClientCap { client: grant.origin.clone(), limit: check.max_addresses_per_client });
+            return Err(OpeningsError::ClientCap {
+                client: grant.origin.clone(),
+                limit: check.max_addresses_per_client,
+            });
         }
         let new = !records.contains_key(&grant.id) && !tally.new_in_batch.contains(&grant.id);
         let v6 = grant.id.addr.is_ipv6();
@@ -489,8 +564,17 @@ impl Openings {
             let reserve = (self.map_capacity / CAPACITY_RESERVE_DIVISOR).max(1);
             if open.saturating_add(reserve) >= self.map_capacity {
                 let family = if v6 { "IPv6" } else { "IPv4" };
-                warn!(family, open, capacity = self.map_capacity, "openings map nearly full: refusing new approvals");
-                return Err(OpeningsError::NearCapacity { family, open, capacity: self.map_capacity });
+                warn!(
+                    family,
+                    open,
+                    capacity = self.map_capacity,
+                    "openings map nearly full: refusing new approvals"
+                );
+                return Err(OpeningsError::NearCapacity {
+                    family,
+                    open,
+                    capacity: self.map_capacity,
+                });
             }
             tally.per_family[usize::from(v6)] += 1;
             tally.new_in_batch.insert(grant.id);
@@ -501,7 +585,8 @@ impl Openings {
 
     /// Seals (or unseals) the gate: while sealed, every grant is refused.
     pub fn set_sealed(&self, sealed: bool) {
-        self.sealed.store(sealed, std::sync::atomic::Ordering::SeqCst);
+        self.sealed
+            .store(sealed, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether grants are refused.
@@ -520,7 +605,11 @@ impl Openings {
     ///
     /// Like [`Openings::grant`], the work runs in its own task: a caller that goes away never
     /// leaves a revocation half done.
-    pub async fn revoke_address(self: &Arc<Self>, server_id: Option<u32>, addr: IpAddr) -> Result<usize, OpeningsError> {
+    pub async fn revoke_address(
+        self: &Arc<Self>,
+        server_id: Option<u32>,
+        addr: IpAddr,
+    ) -> Result<usize, OpeningsError> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut records = this.records.lock().await;
@@ -537,7 +626,8 @@ impl Openings {
     /// Removes every holder granted to `origin`, closing openings left without holders
     /// (cancellation-safe like [`Openings::revoke_address`]).
     pub async fn revoke_origin(self: &Arc<Self>, origin: &str) -> Result<usize, OpeningsError> {
-        self.revoke_origin_with(origin, || Ok::<(), OpeningsError>(())).await
+        self.revoke_origin_with(origin, || Ok::<(), OpeningsError>(()))
+            .await
     }
 
     /// Revokes `origin` atomically with its in-flight approvals: under the records lock (the
@@ -545,7 +635,11 @@ impl Openings {
     /// `before` (e.g. the store write that disables the client), then removes the origin's
     /// holders. A grant checked against the old generation ([`GrantCheck`]) is refused from
     /// then on. Runs in its own task (cancellation-safe).
-    pub async fn revoke_origin_with<F, E>(self: &Arc<Self>, origin: &str, before: F) -> Result<usize, E>
+    pub async fn revoke_origin_with<F, E>(
+        self: &Arc<Self>,
+        origin: &str,
+        before: F,
+    ) -> Result<usize, E>
     where
         F: FnOnce() -> Result<(), E> + Send + 'static,
         E: From<OpeningsError> + Send + 'static,
@@ -555,8 +649,12 @@ impl Openings {
         let task = tokio::spawn(async move {
             let mut records = this.records.lock().await;
             *this.generations_lock().entry(origin.clone()).or_default() += 1;
-            tokio::task::spawn_blocking(before).await.map_err(|e| E::from(OpeningsError::Join(e)))??;
-            this.revoke_origin_locked(&mut records, &origin).await.map_err(E::from)
+            tokio::task::spawn_blocking(before)
+                .await
+                .map_err(|e| E::from(OpeningsError::Join(e)))??;
+            this.revoke_origin_locked(&mut records, &origin)
+                .await
+                .map_err(E::from)
         });
         task.await.map_err(|e| E::from(OpeningsError::Join(e)))?
     }
@@ -573,7 +671,11 @@ impl Openings {
             if updated.remove_origin(origin) == 0 {
                 continue;
             }
-            if updated.is_empty() { emptied.push(updated.id) } else { changed.push(updated) }
+            if updated.is_empty() {
+                emptied.push(updated.id)
+            } else {
+                changed.push(updated)
+            }
         }
         let count = emptied.len();
         self.persist(changed.clone(), Vec::new()).await?;
@@ -587,13 +689,23 @@ impl Openings {
     /// Removes the holders `origin` has on the opening of `addr` on `server_id`, closing it if
     /// no other holder is left; returns whether it closed. (An OpenVPN client disconnected.)
     /// Cancellation-safe like [`Openings::revoke_address`].
-    pub async fn release(self: &Arc<Self>, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
+    pub async fn release(
+        self: &Arc<Self>,
+        server_id: u32,
+        addr: IpAddr,
+        origin: &str,
+    ) -> Result<bool, OpeningsError> {
         let this = Arc::clone(self);
         let origin = origin.to_owned();
         tokio::spawn(async move { this.release_now(server_id, addr, &origin).await }).await?
     }
 
-    async fn release_now(&self, server_id: u32, addr: IpAddr, origin: &str) -> Result<bool, OpeningsError> {
+    async fn release_now(
+        &self,
+        server_id: u32,
+        addr: IpAddr,
+        origin: &str,
+    ) -> Result<bool, OpeningsError> {
         let id = OpeningId { server_id, addr };
         let mut records = self.records.lock().await;
         let Some(mut record) = records.get(&id).cloned() else {
@@ -609,7 +721,9 @@ impl Openings {
         }
         self.persist(vec![record.clone()], Vec::new()).await?;
         let expires_at_ns = kernel_expiry_ns(&record, &ClockPair::now());
-        self.gate.run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns)).await??;
+        self.gate
+            .run(move |maps| maps.set_expiry(id.server_id, id.addr, expires_at_ns))
+            .await??;
         info!(server_id, client_ip = %addr, origin, holders = record.holders.len(), "hold released; opening kept");
         records.insert(id, record);
         Ok(false)
@@ -677,7 +791,15 @@ impl Openings {
             .walk_openings()
             .await?
             .into_iter()
-            .map(|k| (OpeningId { server_id: k.server_id, addr: k.addr }, k.state))
+            .map(|k| {
+                (
+                    OpeningId {
+                        server_id: k.server_id,
+                        addr: k.addr,
+                    },
+                    k.state,
+                )
+            })
             .collect();
         let clocks = ClockPair::now();
         let mut views: Vec<OpeningView> = records
@@ -709,7 +831,12 @@ impl Openings {
         let mut report = SweepReport::default();
         let mut kernel_expiry = HashMap::with_capacity(kernel.len());
         let mut stale = Vec::new();
-        for KernelOpening { server_id, addr, state } in kernel {
+        for KernelOpening {
+            server_id,
+            addr,
+            state,
+        } in kernel
+        {
             let id = OpeningId { server_id, addr };
             match records.get_mut(&id) {
                 Some(record) => {
@@ -747,7 +874,10 @@ impl Openings {
         report.updated = updates.len();
         report.stale_removed = stale.len();
         if !stale.is_empty() {
-            warn!(count = stale.len(), "removing kernel openings that no record holds");
+            warn!(
+                count = stale.len(),
+                "removing kernel openings that no record holds"
+            );
         }
         self.gate
             .run(move |maps| -> Result<(), GateError> {
@@ -775,7 +905,10 @@ mod tests {
     const HOUR_MS: u64 = 3_600_000;
 
     fn record_granted_at(boot_ms: u64) -> OpeningRecord {
-        let id = OpeningId { server_id: 1, addr: "10.0.0.2".parse().unwrap() };
+        let id = OpeningId {
+            server_id: 1,
+            addr: "10.0.0.2".parse().unwrap(),
+        };
         let holder = Holder {
             id: "a".into(),
             origin: "c1".into(),
@@ -789,23 +922,46 @@ mod tests {
     #[test]
     fn a_stepped_wall_clock_moves_no_expiry() {
         let mut record = record_granted_at(1_000_000);
-        let at = |unix_ms| ClockPair { unix_ms, mono_ns: 900_000_000_000, boot_ms: 1_010_000 };
+        let at = |unix_ms| ClockPair {
+            unix_ms,
+            mono_ns: 900_000_000_000,
+            boot_ms: 1_010_000,
+        };
         let wall = 1_800_000_000_000;
         let base = kernel_expiry_ns(&record, &at(wall));
-        assert_eq!(base, 900_000_000_000 + 50_000_000_000, "connect window: 50 s left");
+        assert_eq!(
+            base,
+            900_000_000_000 + 50_000_000_000,
+            "connect window: 50 s left"
+        );
         for step_hours in [-5i64, -2, -1, 1, 2, 5] {
             let stepped = wall.saturating_add_signed(step_hours * HOUR_MS as i64);
-            assert_eq!(kernel_expiry_ns(&record, &at(stepped)), base, "wall clock stepped {step_hours} h");
+            assert_eq!(
+                kernel_expiry_ns(&record, &at(stepped)),
+                base,
+                "wall clock stepped {step_hours} h"
+            );
             let mut pruned = record.clone();
-            assert_eq!(pruned.prune(at(stepped).boot_ms), 0, "no holder expires for a step of {step_hours} h");
+            assert_eq!(
+                pruned.prune(at(stepped).boot_ms),
+                0,
+                "no holder expires for a step of {step_hours} h"
+            );
         }
         // Traffic keeps it up to the idle timeout, never past the absolute deadline, whatever
         // the wall clock says.
         record.observe_traffic(1_000_000 + HOUR_MS - 1_000);
         for step_hours in [-3i64, 3] {
-            let clocks = ClockPair { unix_ms: wall.saturating_add_signed(step_hours * HOUR_MS as i64), ..at(wall) };
+            let clocks = ClockPair {
+                unix_ms: wall.saturating_add_signed(step_hours * HOUR_MS as i64),
+                ..at(wall)
+            };
             let expiry_boot = clocks.mono_ns_to_boot_ms(kernel_expiry_ns(&record, &clocks));
-            assert_eq!(expiry_boot, 1_000_000 + HOUR_MS, "capped at the deadline (step {step_hours} h)");
+            assert_eq!(
+                expiry_boot,
+                1_000_000 + HOUR_MS,
+                "capped at the deadline (step {step_hours} h)"
+            );
         }
     }
 
@@ -814,9 +970,20 @@ mod tests {
         let mut record = record_granted_at(1_000_000);
         record.observe_traffic(1_000_000 + 10_000);
         // Two hours suspended: the boot clock counts them, the monotonic clock does not.
-        let resumed = ClockPair { unix_ms: 1_800_000_007_200_000, mono_ns: 900_000_000_000, boot_ms: 1_000_000 + 2 * HOUR_MS };
-        assert!(kernel_expiry_ns(&record, &resumed) <= resumed.mono_ns, "the kernel expiry is already past");
-        assert_eq!(record.prune(resumed.boot_ms), 1, "the holder is past its deadline");
+        let resumed = ClockPair {
+            unix_ms: 1_800_000_007_200_000,
+            mono_ns: 900_000_000_000,
+            boot_ms: 1_000_000 + 2 * HOUR_MS,
+        };
+        assert!(
+            kernel_expiry_ns(&record, &resumed) <= resumed.mono_ns,
+            "the kernel expiry is already past"
+        );
+        assert_eq!(
+            record.prune(resumed.boot_ms),
+            1,
+            "the holder is past its deadline"
+        );
         assert!(record.is_empty());
     }
 
@@ -826,7 +993,21 @@ mod tests {
             assert!(is_openable(good.parse().unwrap()), "{good}");
         }
         // The same list as the approval pipeline's, including 0/8, 240/4 and IPv4 in IPv6 form.
-        for bad in ["0.0.0.0", "0.1.2.3", "127.0.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "169.254.1.1", "::", "::1", "ff02::1", "fe80::1", "::ffff:10.0.0.1", "::10.0.0.1"] {
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "169.254.1.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+        ] {
             assert!(!is_openable(bad.parse().unwrap()), "{bad}");
         }
     }

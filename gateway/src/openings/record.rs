@@ -92,17 +92,28 @@ impl OpeningRecord {
         } else {
             0
         };
-        holder.connect_until_ms.max(active_until).min(holder.deadline_ms)
+        holder
+            .connect_until_ms
+            .max(active_until)
+            .min(holder.deadline_ms)
     }
 
     /// When the opening closes unless something changes: its longest-lived holder's expiry.
     pub fn expiry_ms(&self) -> u64 {
-        self.holders.iter().map(|h| self.holder_expiry_ms(h)).max().unwrap_or(0)
+        self.holders
+            .iter()
+            .map(|h| self.holder_expiry_ms(h))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The latest absolute deadline among the holders.
     pub fn deadline_ms(&self) -> u64 {
-        self.holders.iter().map(|h| h.deadline_ms).max().unwrap_or(0)
+        self.holders
+            .iter()
+            .map(|h| h.deadline_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Records traffic seen by the kernel (ignores older observations).
@@ -113,8 +124,11 @@ impl OpeningRecord {
     /// Drops holders that have expired at `now`; returns how many were dropped.
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let before = self.holders.len();
-        let expiries: Vec<u64> =
-            self.holders.iter().map(|h| self.holder_expiry_ms(h)).collect();
+        let expiries: Vec<u64> = self
+            .holders
+            .iter()
+            .map(|h| self.holder_expiry_ms(h))
+            .collect();
         let mut index = 0;
         self.holders.retain(|_| {
             let keep = expiries[index] > now_ms;
@@ -161,7 +175,10 @@ mod tests {
     }
 
     fn record(h: Holder) -> OpeningRecord {
-        let id = OpeningId { server_id: 1, addr: "10.0.0.2".parse().unwrap() };
+        let id = OpeningId {
+            server_id: 1,
+            addr: "10.0.0.2".parse().unwrap(),
+        };
         OpeningRecord::new(id, IDLE, h)
     }
 
@@ -223,8 +240,14 @@ mod tests {
 
     #[test]
     fn store_key_is_readable_and_distinct_per_family() {
-        let v4 = OpeningId { server_id: 3, addr: "10.0.0.2".parse().unwrap() };
-        let v6 = OpeningId { server_id: 3, addr: "fd00::2".parse().unwrap() };
+        let v4 = OpeningId {
+            server_id: 3,
+            addr: "10.0.0.2".parse().unwrap(),
+        };
+        let v6 = OpeningId {
+            server_id: 3,
+            addr: "fd00::2".parse().unwrap(),
+        };
         assert_eq!(v4.store_key(), "3/10.0.0.2");
         assert_eq!(v6.store_key(), "3/fd00::2");
     }

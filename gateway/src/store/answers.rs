@@ -29,7 +29,10 @@ pub struct StoredAnswer {
     pub keep_until_unix: u64,
 }
 
-pub(super) fn write(txn: &WriteTransaction, answers: &[(Vec<u8>, StoredAnswer)]) -> Result<(), StoreError> {
+pub(super) fn write(
+    txn: &WriteTransaction,
+    answers: &[(Vec<u8>, StoredAnswer)],
+) -> Result<(), StoreError> {
     if answers.is_empty() {
         return Ok(());
     }
@@ -57,7 +60,10 @@ impl Store {
         self.commit_with_nonces(|txn| {
             let mut table = txn.open_table(TABLE)?;
             let before = table.len()?;
-            table.retain(|_, value| decode::<StoredAnswer>("answer", value).map_or(true, |a| a.keep_until_unix >= now_unix))?;
+            table.retain(|_, value| {
+                decode::<StoredAnswer>("answer", value)
+                    .map_or(true, |a| a.keep_until_unix >= now_unix)
+            })?;
             purged = before - table.len()?;
             Ok(())
         })?;

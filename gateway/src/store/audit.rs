@@ -6,7 +6,10 @@
 //!   exactly the decisions that were made.
 //! - `audit_samples`: a rate-limited sample of unauthenticated failures, kept by count, so a
 //!   flood of garbage can neither cost a write per request nor push real decisions out.
-use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, decode, encode};
@@ -97,7 +100,11 @@ impl Journal {
     }
 }
 
-fn append(txn: &WriteTransaction, table: TableDefinition<u64, &[u8]>, events: &[AuditEvent]) -> Result<(), StoreError> {
+fn append(
+    txn: &WriteTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
     let mut table = txn.open_table(table)?;
     let first = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
     for (seq, event) in (first..).zip(events) {
@@ -109,7 +116,12 @@ fn append(txn: &WriteTransaction, table: TableDefinition<u64, &[u8]>, events: &[
 impl Store {
     /// Appends events to `table` in one transaction (which also carries the nonces recorded
     /// since the last commit). The samples table keeps at most `max_samples` events.
-    pub fn append_audit(&self, table: AuditTable, events: &[AuditEvent], max_samples: u64) -> Result<(), StoreError> {
+    pub fn append_audit(
+        &self,
+        table: AuditTable,
+        events: &[AuditEvent],
+        max_samples: u64,
+    ) -> Result<(), StoreError> {
         self.commit_with_nonces(|txn| {
             append(txn, table.definition(), events)?;
             if table == AuditTable::Samples {
@@ -136,7 +148,9 @@ impl Store {
             let mut table = txn.open_table(TABLE)?;
             loop {
                 let old = match table.first()? {
-                    Some((_, value)) => decode::<AuditEvent>("audit", value.value())?.unix_ms < cutoff_unix_ms,
+                    Some((_, value)) => {
+                        decode::<AuditEvent>("audit", value.value())?.unix_ms < cutoff_unix_ms
+                    }
                     None => false,
                 };
                 if !old {
@@ -151,7 +165,12 @@ impl Store {
 
     /// Up to `count` events of `table` older than sequence number `before` (all if `None`),
     /// newest first, and where the next page starts.
-    pub fn audit_page(&self, table: AuditTable, before: Option<u64>, count: usize) -> Result<AuditPage, StoreError> {
+    pub fn audit_page(
+        &self,
+        table: AuditTable,
+        before: Option<u64>,
+        count: usize,
+    ) -> Result<AuditPage, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(table.definition())?;
         let range = match before {
@@ -166,15 +185,20 @@ impl Store {
                 page.next_before = page.events.last().map(|(last, _)| *last);
                 break;
             }
-            page.events.push((seq, decode(&seq.to_string(), value.value())?));
+            page.events
+                .push((seq, decode(&seq.to_string(), value.value())?));
         }
         Ok(page)
     }
 
     /// The newest `count` decisions, oldest first.
     pub fn audit_tail(&self, count: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut events: Vec<AuditEvent> =
-            self.audit_page(AuditTable::Decisions, None, count)?.events.into_iter().map(|(_, e)| e).collect();
+        let mut events: Vec<AuditEvent> = self
+            .audit_page(AuditTable::Decisions, None, count)?
+            .events
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
         events.reverse();
         Ok(events)
     }
@@ -202,10 +226,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let events: Vec<AuditEvent> = (0..25_000).map(|i| event(i, "approved")).collect();
-        store.append_audit(AuditTable::Decisions, &events, 100).unwrap();
+        store
+            .append_audit(AuditTable::Decisions, &events, 100)
+            .unwrap();
         let (mut seen, mut before, mut pages) = (Vec::new(), None, 0);
         loop {
-            let page = store.audit_page(AuditTable::Decisions, before, 10_000).unwrap();
+            let page = store
+                .audit_page(AuditTable::Decisions, before, 10_000)
+                .unwrap();
             pages += 1;
             seen.extend(page.events.iter().map(|(_, e)| e.unix_ms));
             match page.next_before {
@@ -215,9 +243,14 @@ mod tests {
         }
         assert_eq!(pages, 3);
         assert_eq!(seen.len(), 25_000, "every event is reached, none twice");
-        assert!(seen.windows(2).all(|w| w[0] == w[1] + 1), "newest first, no gap");
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1] + 1),
+            "newest first, no gap"
+        );
         // A page that ends exactly at the oldest event says so.
-        let last = store.audit_page(AuditTable::Decisions, Some(10), 10).unwrap();
+        let last = store
+            .audit_page(AuditTable::Decisions, Some(10), 10)
+            .unwrap();
         assert_eq!((last.events.len(), last.next_before), (10, None));
     }
 
@@ -225,14 +258,33 @@ mod tests {
     fn samples_are_capped_by_count_and_decisions_expire_by_age_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.append_audit(AuditTable::Decisions, &[event(1_000, "approved"), event(5_000, "rejected")], 100).unwrap();
+        store
+            .append_audit(
+                AuditTable::Decisions,
+                &[event(1_000, "approved"), event(5_000, "rejected")],
+                100,
+            )
+            .unwrap();
         let garbage: Vec<AuditEvent> = (0..500).map(|i| event(10_000 + i, "rejected")).collect();
         for chunk in garbage.chunks(50) {
             store.append_audit(AuditTable::Samples, chunk, 100).unwrap();
         }
-        assert_eq!(store.audit_page(AuditTable::Samples, None, 1_000).unwrap().events.len(), 100);
-        assert_eq!(store.audit_tail(10).unwrap(), vec![event(1_000, "approved"), event(5_000, "rejected")]);
+        assert_eq!(
+            store
+                .audit_page(AuditTable::Samples, None, 1_000)
+                .unwrap()
+                .events
+                .len(),
+            100
+        );
+        assert_eq!(
+            store.audit_tail(10).unwrap(),
+            vec![event(1_000, "approved"), event(5_000, "rejected")]
+        );
         assert_eq!(store.purge_audit(2_000).unwrap(), 1);
-        assert_eq!(store.audit_tail(10).unwrap(), vec![event(5_000, "rejected")]);
+        assert_eq!(
+            store.audit_tail(10).unwrap(),
+            vec![event(5_000, "rejected")]
+        );
     }
 }

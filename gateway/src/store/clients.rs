@@ -147,9 +147,14 @@ impl Store {
     }
 
     /// Stores a pending enrollment under the token's digest.
-    pub fn put_enrollment_token(&self, digest_hex: &str, token: &EnrollmentToken) -> Result<(), StoreError> {
+    pub fn put_enrollment_token(
+        &self,
+        digest_hex: &str,
+        token: &EnrollmentToken,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(ENROLLMENTS)?.insert(digest_hex, encode(token)?.as_slice())?;
+        txn.open_table(ENROLLMENTS)?
+            .insert(digest_hex, encode(token)?.as_slice())?;
         txn.commit()?;
         Ok(())
     }

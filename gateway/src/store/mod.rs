@@ -68,7 +68,10 @@ pub enum StoreError {
 
 /// Decodes a JSON value stored under `key`.
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// Encodes a value as JSON for storage.
@@ -93,18 +96,30 @@ impl Store {
 
     /// Opens (or creates) the database in `state_dir`, fixing permissions.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let folder_err = |source| StoreError::Folder { path: state_dir.to_owned(), source };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(folder_err)?;
+        let folder_err = |source| StoreError::Folder {
+            path: state_dir.to_owned(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(folder_err)?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(folder_err)?;
         let path = state_dir.join(Self::FILE_NAME);
-        let db = redb::Builder::new().set_cache_size(Self::CACHE_BYTES).create(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|source| StoreError::Folder { path: path.clone(), source })?;
+        let db = redb::Builder::new()
+            .set_cache_size(Self::CACHE_BYTES)
+            .create(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            StoreError::Folder {
+                path: path.clone(),
+                source,
+            }
+        })?;
         create_tables(&db)?;
         let nonces = std::sync::Mutex::new(nonces::NonceCache::load(&db)?);
         Ok(Self { db, nonces })
     }
-
 }
 
 impl Drop for Store {
@@ -135,7 +150,10 @@ mod tests {
     use crate::openings::{Holder, OpeningId, OpeningRecord};
 
     fn sample(addr: &str) -> OpeningRecord {
-        let id = OpeningId { server_id: 7, addr: addr.parse().unwrap() };
+        let id = OpeningId {
+            server_id: 7,
+            addr: addr.parse().unwrap(),
+        };
         let holder = Holder {
             id: "admin-1".into(),
             origin: "admin".into(),
@@ -159,7 +177,10 @@ mod tests {
         }
         let store = Store::open(&state).unwrap();
         assert_eq!(store.load_openings().unwrap(), vec![b]);
-        let mode = fs::metadata(state.join(Store::FILE_NAME)).unwrap().permissions().mode();
+        let mode = fs::metadata(state.join(Store::FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

@@ -11,7 +11,10 @@ use std::{
     sync::{MutexGuard, PoisonError},
 };
 
-use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+    WriteTransaction,
+};
 
 use super::{Store, StoreError};
 
@@ -37,7 +40,10 @@ impl NonceCache {
             let (key, until) = entry?;
             seen.insert(key.value().to_vec(), until.value());
         }
-        Ok(Self { seen, unwritten: Vec::new() })
+        Ok(Self {
+            seen,
+            unwritten: Vec::new(),
+        })
     }
 }
 
@@ -49,7 +55,12 @@ impl Store {
     /// Records `key` until `keep_until_unix`; `Ok(false)` if it was already recorded and
     /// still live (a replay). Atomic; durable with the store's next commit (see the module
     /// documentation).
-    pub fn record_nonce(&self, key: &[u8], now_unix: u64, keep_until_unix: u64) -> Result<bool, StoreError> {
+    pub fn record_nonce(
+        &self,
+        key: &[u8],
+        now_unix: u64,
+        keep_until_unix: u64,
+    ) -> Result<bool, StoreError> {
         let mut cache = self.nonce_cache();
         if cache.seen.get(key).is_some_and(|until| *until >= now_unix) {
             return Ok(false);
@@ -61,7 +72,10 @@ impl Store {
 
     /// Writes the nonces recorded since the last commit into `txn`. If the transaction is
     /// not committed, [`Store::requeue_nonces`] must get them back.
-    pub(super) fn write_unwritten_nonces(&self, txn: &WriteTransaction) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+    pub(super) fn write_unwritten_nonces(
+        &self,
+        txn: &WriteTransaction,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         let unwritten = std::mem::take(&mut self.nonce_cache().unwritten);
         if unwritten.is_empty() {
             return Ok(unwritten);
@@ -122,7 +136,9 @@ impl Store {
             purged = before - table.len()?;
             Ok(())
         })?;
-        self.nonce_cache().seen.retain(|_, until| *until >= now_unix);
+        self.nonce_cache()
+            .seen
+            .retain(|_, until| *until >= now_unix);
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 
@@ -142,10 +158,21 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert!(store.record_nonce(b"r1", 100, 200).unwrap());
-            assert!(!store.record_nonce(b"r1", 150, 250).unwrap(), "a live nonce is a replay");
+            assert!(
+                !store.record_nonce(b"r1", 150, 250).unwrap(),
+                "a live nonce is a replay"
+            );
             assert!(store.record_nonce(b"r2", 100, 120).unwrap());
             // Carried by an unrelated commit.
-            store.save_openings(&[], &[crate::openings::OpeningId { server_id: 1, addr: "10.0.0.2".parse().unwrap() }]).unwrap();
+            store
+                .save_openings(
+                    &[],
+                    &[crate::openings::OpeningId {
+                        server_id: 1,
+                        addr: "10.0.0.2".parse().unwrap(),
+                    }],
+                )
+                .unwrap();
             assert!(store.record_nonce(b"r3", 100, 200).unwrap());
             // r3 is written when the store closes.
         }
@@ -153,7 +180,10 @@ mod tests {
         assert_eq!(store.nonce_count().unwrap(), 3);
         assert!(!store.record_nonce(b"r1", 150, 250).unwrap());
         assert!(!store.record_nonce(b"r3", 150, 250).unwrap());
-        assert!(store.record_nonce(b"r2", 150, 250).unwrap(), "an expired nonce may be used again");
+        assert!(
+            store.record_nonce(b"r2", 150, 250).unwrap(),
+            "an expired nonce may be used again"
+        );
         assert_eq!(store.purge_nonces(201).unwrap(), 2);
         assert_eq!(store.nonce_count().unwrap(), 1);
         drop(store);

@@ -90,7 +90,12 @@ impl Parser {
         let mut numbers = args.split(',').map(|n| n.trim().parse::<u64>().ok());
         let cid = numbers.next().flatten()?;
         let kid = numbers.next().flatten();
-        self.current = Some(ClientEvent { kind, cid, kid, env: HashMap::new() });
+        self.current = Some(ClientEvent {
+            kind,
+            cid,
+            kid,
+            env: HashMap::new(),
+        });
         None
     }
 }
@@ -103,7 +108,10 @@ pub fn accept_command(cid: u64, kid: u64) -> String {
 /// The command refusing a client with a reason for OpenVPN's log; the client is told only
 /// `AUTH_FAILED`.
 pub fn deny_command(cid: u64, kid: u64, reason: &str) -> String {
-    let reason: String = reason.chars().filter(|c| c.is_ascii_alphanumeric() || " ._-:".contains(*c)).collect();
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " ._-:".contains(*c))
+        .collect();
     format!("client-deny {cid} {kid} \"{reason}\"\n")
 }
 
@@ -131,7 +139,10 @@ mod tests {
         let events: Vec<ClientEvent> = lines.iter().filter_map(|l| parser.feed(l)).collect();
         assert_eq!(events.len(), 1);
         let event = &events[0];
-        assert_eq!((event.kind, event.cid, event.kid), (ClientEventKind::Connect, 7, Some(1)));
+        assert_eq!(
+            (event.kind, event.cid, event.kid),
+            (ClientEventKind::Connect, 7, Some(1))
+        );
         assert_eq!(event.username(), Some("alice"));
         assert_eq!(event.password(), Some("a=b"), "values keep their = signs");
         assert_eq!(event.real_address(), Some("10.201.60.1".parse().unwrap()));
@@ -142,12 +153,23 @@ mod tests {
         let mut parser = Parser::new();
         assert_eq!(parser.feed("SUCCESS: client-auth command succeeded"), None);
         assert_eq!(parser.feed(">CLIENT:ADDRESS,3,10.8.0.2,1"), None);
-        assert_eq!(parser.feed(">CLIENT:ENV,stray=1"), None, "ENV outside a notification");
+        assert_eq!(
+            parser.feed(">CLIENT:ENV,stray=1"),
+            None,
+            "ENV outside a notification"
+        );
         parser.feed(">CLIENT:ESTABLISHED,3\r");
         parser.feed(">CLIENT:ENV,trusted_ip6=::ffff:10.0.0.9");
         let event = parser.feed(">CLIENT:ENV,END").unwrap();
-        assert_eq!((event.kind, event.cid, event.kid), (ClientEventKind::Established, 3, None));
-        assert_eq!(event.real_address(), Some("10.0.0.9".parse().unwrap()), "mapped address unmapped");
+        assert_eq!(
+            (event.kind, event.cid, event.kid),
+            (ClientEventKind::Established, 3, None)
+        );
+        assert_eq!(
+            event.real_address(),
+            Some("10.0.0.9".parse().unwrap()),
+            "mapped address unmapped"
+        );
         parser.feed(">CLIENT:DISCONNECT,3");
         let event = parser.feed(">CLIENT:ENV,END").unwrap();
         assert_eq!(event.kind, ClientEventKind::Disconnect);
@@ -157,7 +179,10 @@ mod tests {
     #[test]
     fn commands_are_well_formed_and_reasons_cannot_inject() {
         assert_eq!(accept_command(4, 0), "client-auth-nt 4 0\n");
-        assert_eq!(deny_command(4, 1, "bad \"token\"\nkill 1"), "client-deny 4 1 \"bad tokenkill 1\"\n");
+        assert_eq!(
+            deny_command(4, 1, "bad \"token\"\nkill 1"),
+            "client-deny 4 1 \"bad tokenkill 1\"\n"
+        );
         assert_eq!(kill_command(7), "client-kill 7\n");
     }
 }

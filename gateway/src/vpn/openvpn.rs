@@ -46,11 +46,16 @@ struct Sessions {
 
 impl Sessions {
     fn live(&self, client_id: &str, addr: IpAddr) -> bool {
-        self.by_cid.values().any(|s| s.client_id == client_id && s.addr == addr)
+        self.by_cid
+            .values()
+            .any(|s| s.client_id == client_id && s.addr == addr)
     }
 
     fn epoch(&self, client_id: &str, addr: IpAddr) -> u64 {
-        self.epoch.get(&(client_id.to_owned(), addr)).copied().unwrap_or(0)
+        self.epoch
+            .get(&(client_id.to_owned(), addr))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -89,7 +94,8 @@ pub fn start_all(
             tokens: tokens.clone(),
             sessions: Arc::default(),
         };
-        let span = info_span!("openvpn", server = %server.name, socket = %vpn.management_socket.display());
+        let span =
+            info_span!("openvpn", server = %server.name, socket = %vpn.management_socket.display());
         tasks.push(tokio::spawn(follower.run().instrument(span)));
     }
     Ok(tasks)
@@ -180,17 +186,21 @@ impl Follower {
 
     /// The commands cutting every live session of `client_id` (disabled or removed).
     fn cut(&self, client_id: &str) -> Option<String> {
-        let cids: Vec<u64> =
-            self.lock()
-                .by_cid
-                .iter()
-                .filter(|(_, s)| client_id == super::tokens::EVERY_CLIENT || s.client_id == client_id)
-                .map(|(cid, _)| *cid)
-                .collect();
+        let cids: Vec<u64> = self
+            .lock()
+            .by_cid
+            .iter()
+            .filter(|(_, s)| client_id == super::tokens::EVERY_CLIENT || s.client_id == client_id)
+            .map(|(cid, _)| *cid)
+            .collect();
         if cids.is_empty() {
             return None;
         }
-        info!(client_id, sessions = cids.len(), "client revoked; cutting its tunnels");
+        info!(
+            client_id,
+            sessions = cids.len(),
+            "client revoked; cutting its tunnels"
+        );
         Some(cids.into_iter().map(management::kill_command).collect())
     }
 
@@ -223,19 +233,35 @@ impl Follower {
     /// `CONNECT`: accept only a fresh token of this client, for this server and address.
     fn authenticate(&self, event: &ClientEvent) -> String {
         let kid = event.kid.unwrap_or(0);
-        let (Some(client_id), Some(password), Some(addr)) = (event.username(), event.password(), event.real_address())
+        let (Some(client_id), Some(password), Some(addr)) =
+            (event.username(), event.password(), event.real_address())
         else {
-            warn!(verdict = "deny", "client sent no username/password or no address; is auth-user-pass set?");
+            warn!(
+                verdict = "deny",
+                "client sent no username/password or no address; is auth-user-pass set?"
+            );
             return management::deny_command(event.cid, kid, "xdpgate: credentials missing");
         };
-        match self.tokens.redeem(client_id, self.server.id, password, addr) {
+        match self
+            .tokens
+            .redeem(client_id, self.server.id, password, addr)
+        {
             Redemption::Accepted => {
                 info!(verdict = "accept", "one-time token redeemed");
-                self.lock().by_cid.insert(event.cid, Session { client_id: client_id.to_owned(), addr });
+                self.lock().by_cid.insert(
+                    event.cid,
+                    Session {
+                        client_id: client_id.to_owned(),
+                        addr,
+                    },
+                );
                 management::accept_command(event.cid, kid)
             }
             Redemption::Refused => {
-                warn!(verdict = "deny", "no unused approval token of this client for this server and address");
+                warn!(
+                    verdict = "deny",
+                    "no unused approval token of this client for this server and address"
+                );
                 management::deny_command(event.cid, kid, "xdpgate: no approval")
             }
         }
@@ -253,14 +279,26 @@ impl Follower {
                 management::accept_command(event.cid, kid)
             }
             None if self.holds_opening(event).await => {
-                info!(verdict = "accept", "renegotiation of a session accepted before a restart");
+                info!(
+                    verdict = "accept",
+                    "renegotiation of a session accepted before a restart"
+                );
                 if let (Some(client_id), Some(addr)) = (event.username(), event.real_address()) {
-                    self.lock().by_cid.insert(event.cid, Session { client_id: client_id.to_owned(), addr });
+                    self.lock().by_cid.insert(
+                        event.cid,
+                        Session {
+                            client_id: client_id.to_owned(),
+                            addr,
+                        },
+                    );
                 }
                 management::accept_command(event.cid, kid)
             }
             _ => {
-                warn!(verdict = "deny", "renegotiation of a session this controller did not accept");
+                warn!(
+                    verdict = "deny",
+                    "renegotiation of a session this controller did not accept"
+                );
                 management::deny_command(event.cid, kid, "xdpgate: unknown session")
             }
         }
@@ -290,16 +328,29 @@ impl Follower {
         let session = {
             let mut sessions = self.lock();
             let Some(session) = sessions.by_cid.get(&event.cid).cloned() else {
-                warn!("tunnel up for a client this controller did not accept (restarted meanwhile?)");
+                warn!(
+                    "tunnel up for a client this controller did not accept (restarted meanwhile?)"
+                );
                 return;
             };
-            *sessions.epoch.entry((session.client_id.clone(), session.addr)).or_default() += 1;
+            *sessions
+                .epoch
+                .entry((session.client_id.clone(), session.addr))
+                .or_default() += 1;
             session
         };
         // The session holds the opening like any grant: for idle_timeout_secs after its last
         // packet (the gate's last-seen time), never past max_lifetime_secs. A session whose
         // DISCONNECT is missed (controller down, client gone without a word) closes when idle.
-        let grant = self.openings.grant(&self.server, session.addr, &session.client_id, self.server.idle_timeout).await;
+        let grant = self
+            .openings
+            .grant(
+                &self.server,
+                session.addr,
+                &session.client_id,
+                self.server.idle_timeout,
+            )
+            .await;
         match grant {
             Ok(_) => info!(
                 idle_timeout_secs = self.server.idle_timeout.as_secs(),
@@ -316,13 +367,19 @@ impl Follower {
         let session = match (session, event.username(), event.real_address()) {
             (Some(session), _, _) => session,
             // Accepted by an earlier controller: the environment still names it.
-            (None, Some(client_id), Some(addr)) if !client_id.is_empty() => Session { client_id: client_id.to_owned(), addr },
+            (None, Some(client_id), Some(addr)) if !client_id.is_empty() => Session {
+                client_id: client_id.to_owned(),
+                addr,
+            },
             _ => {
                 debug!("disconnect of a client that never authenticated");
                 return;
             }
         };
-        info!(grace_ms = self.grace.as_millis() as u64, "client disconnected");
+        info!(
+            grace_ms = self.grace.as_millis() as u64,
+            "client disconnected"
+        );
         self.release_later(session);
     }
 
@@ -349,7 +406,11 @@ impl Follower {
                         return;
                     }
                 }
-                match this.openings.release(this.server.id, session.addr, &session.client_id).await {
+                match this
+                    .openings
+                    .release(this.server.id, session.addr, &session.client_id)
+                    .await
+                {
                     Ok(true) => info!("opening closed after disconnect"),
                     Ok(false) => {
                         info!("client's hold released; the opening stays for its other holders")

@@ -15,7 +15,11 @@ pub const TOKEN_BYTES: usize = 24;
 pub const TOKEN_TEXT_LEN: usize = TOKEN_BYTES / 3 * 4;
 
 /// The token of the approval of request `request_nonce` for `server`.
-pub fn derive_token(secret: &HmacSecret, server: &str, request_nonce: &[u8; NONCE_LEN]) -> Zeroizing<String> {
+pub fn derive_token(
+    secret: &HmacSecret,
+    server: &str,
+    request_nonce: &[u8; NONCE_LEN],
+) -> Zeroizing<String> {
     let mut message = Vec::with_capacity(TOKEN_LABEL.len() + server.len() + NONCE_LEN + 2);
     message.extend_from_slice(TOKEN_LABEL);
     message.push(0);
@@ -41,7 +45,11 @@ mod tests {
         assert_ne!(*token, *derive_token(&other, "vpn1", &nonce));
         assert_ne!(*token, *derive_token(&secret, "vpn2", &nonce));
         assert_ne!(*token, *derive_token(&secret, "vpn1", &[2u8; NONCE_LEN]));
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub struct VpnTokens {
 
 impl Default for VpnTokens {
     fn default() -> Self {
-        Self { pending: Mutex::default(), cuts: tokio::sync::broadcast::channel(CUT_BACKLOG).0 }
+        Self {
+            pending: Mutex::default(),
+            cuts: tokio::sync::broadcast::channel(CUT_BACKLOG).0,
+        }
     }
 }
 
@@ -78,7 +81,14 @@ impl VpnTokens {
 
     /// Records the token of an approval of `client_id` on `server_id` for `addrs`, valid for
     /// `ttl` (the connect window).
-    pub fn record(&self, client_id: &str, server_id: u32, token: Zeroizing<String>, addrs: Vec<IpAddr>, ttl: Duration) {
+    pub fn record(
+        &self,
+        client_id: &str,
+        server_id: u32,
+        token: Zeroizing<String>,
+        addrs: Vec<IpAddr>,
+        ttl: Duration,
+    ) {
         let now = Instant::now();
         let mut pending = self.lock();
         let list = pending.entry(client_id.to_owned()).or_default();
@@ -86,12 +96,23 @@ impl VpnTokens {
         if list.len() >= MAX_PENDING_PER_CLIENT {
             list.remove(0);
         }
-        list.push(Pending { server_id, token, addrs, expires: now + ttl });
+        list.push(Pending {
+            server_id,
+            token,
+            addrs,
+            expires: now + ttl,
+        });
     }
 
     /// Redeems `password` for `client_id` connecting to `server_id` from `addr`: accepted only
     /// once, before it expires, from an address its approval opened.
-    pub fn redeem(&self, client_id: &str, server_id: u32, password: &str, addr: IpAddr) -> Redemption {
+    pub fn redeem(
+        &self,
+        client_id: &str,
+        server_id: u32,
+        password: &str,
+        addr: IpAddr,
+    ) -> Redemption {
         let now = Instant::now();
         let mut pending = self.lock();
         let Some(list) = pending.get_mut(client_id) else {
@@ -122,7 +143,9 @@ impl VpnTokens {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Pending>>> {
         // A panic while holding the lock leaves the map consistent (every edit is one call).
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -138,13 +161,42 @@ mod tests {
     fn a_token_is_redeemed_once_by_its_client_server_and_address() {
         let tokens = VpnTokens::new();
         let addr: IpAddr = "10.0.0.2".parse().unwrap();
-        tokens.record("alice", 1, tok("secret-a"), vec![addr], Duration::from_secs(60));
-        assert_eq!(tokens.redeem("bob", 1, "secret-a", addr), Redemption::Refused, "another client");
-        assert_eq!(tokens.redeem("alice", 2, "secret-a", addr), Redemption::Refused, "another server");
-        assert_eq!(tokens.redeem("alice", 1, "secret-b", addr), Redemption::Refused, "wrong password");
-        assert_eq!(tokens.redeem("alice", 1, "secret-a", "10.0.0.3".parse().unwrap()), Redemption::Refused, "another address");
-        assert_eq!(tokens.redeem("alice", 1, "secret-a", addr), Redemption::Accepted);
-        assert_eq!(tokens.redeem("alice", 1, "secret-a", addr), Redemption::Refused, "one time");
+        tokens.record(
+            "alice",
+            1,
+            tok("secret-a"),
+            vec![addr],
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            tokens.redeem("bob", 1, "secret-a", addr),
+            Redemption::Refused,
+            "another client"
+        );
+        assert_eq!(
+            tokens.redeem("alice", 2, "secret-a", addr),
+            Redemption::Refused,
+            "another server"
+        );
+        assert_eq!(
+            tokens.redeem("alice", 1, "secret-b", addr),
+            Redemption::Refused,
+            "wrong password"
+        );
+        assert_eq!(
+            tokens.redeem("alice", 1, "secret-a", "10.0.0.3".parse().unwrap()),
+            Redemption::Refused,
+            "another address"
+        );
+        assert_eq!(
+            tokens.redeem("alice", 1, "secret-a", addr),
+            Redemption::Accepted
+        );
+        assert_eq!(
+            tokens.redeem("alice", 1, "secret-a", addr),
+            Redemption::Refused,
+            "one time"
+        );
     }
 
     #[test]
@@ -175,9 +227,22 @@ mod tests {
         let tokens = VpnTokens::new();
         let addr: IpAddr = "10.0.0.2".parse().unwrap();
         for i in 0..=MAX_PENDING_PER_CLIENT {
-            tokens.record("alice", 1, tok(&format!("t{i}")), vec![addr], Duration::from_secs(60));
+            tokens.record(
+                "alice",
+                1,
+                tok(&format!("t{i}")),
+                vec![addr],
+                Duration::from_secs(60),
+            );
         }
-        assert_eq!(tokens.redeem("alice", 1, "t0", addr), Redemption::Refused, "oldest dropped");
-        assert_eq!(tokens.redeem("alice", 1, &format!("t{MAX_PENDING_PER_CLIENT}"), addr), Redemption::Accepted);
+        assert_eq!(
+            tokens.redeem("alice", 1, "t0", addr),
+            Redemption::Refused,
+            "oldest dropped"
+        );
+        assert_eq!(
+            tokens.redeem("alice", 1, &format!("t{MAX_PENDING_PER_CLIENT}"), addr),
+            Redemption::Accepted
+        );
     }
 }

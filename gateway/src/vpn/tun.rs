@@ -70,13 +70,21 @@ pub fn ensure_persistent(config: &TunConfig) -> Result<TunOutcome, TunError> {
     }
     let uid = lookup_user(&config.owner)?;
     let gid = config.group.as_deref().map(lookup_group).transpose()?;
-    let tun_err = |source| TunError::Tun { name: config.name.clone(), source };
+    let tun_err = |source| TunError::Tun {
+        name: config.name.clone(),
+        source,
+    };
     let mut settings = tun::Configuration::default();
     settings.tun_name(&config.name).layer(tun::Layer::L3);
     match config.address {
         Some(net) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(net.prefix)).unwrap_or(0);
-            settings.address(net.addr).netmask(std::net::Ipv4Addr::from(mask)).up();
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(net.prefix))
+                .unwrap_or(0);
+            settings
+                .address(net.addr)
+                .netmask(std::net::Ipv4Addr::from(mask))
+                .up();
         }
         None => {
             settings.platform_config(|p| {
@@ -86,12 +94,19 @@ pub fn ensure_persistent(config: &TunConfig) -> Result<TunOutcome, TunError> {
     }
     let device = tun::create(&settings).map_err(tun_err)?;
     let fd = device.as_raw_fd();
-    let ioctl_err = |ioctl| move |source| TunError::Ioctl { name: config.name.clone(), ioctl, source };
+    let ioctl_err = |ioctl| {
+        move |source| TunError::Ioctl {
+            name: config.name.clone(),
+            ioctl,
+            source,
+        }
+    };
     // The crate opens /dev/net/tun without O_CLOEXEC: no child may inherit the descriptor.
     set_cloexec(fd).map_err(ioctl_err("F_SETFD FD_CLOEXEC"))?;
     tun_ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(uid)).map_err(ioctl_err("TUNSETOWNER"))?;
     if let Some(gid) = gid {
-        tun_ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(gid)).map_err(ioctl_err("TUNSETGROUP"))?;
+        tun_ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(gid))
+            .map_err(ioctl_err("TUNSETGROUP"))?;
     }
     tun_ioctl(fd, libc::TUNSETPERSIST, 1).map_err(ioctl_err("TUNSETPERSIST"))?;
     // Closing our descriptor leaves the persistent interface behind for the VPN server.
@@ -109,7 +124,11 @@ fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
     }
     // SAFETY: as above.
     let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// One TUNSET* ioctl whose argument is passed by value.
@@ -118,21 +137,37 @@ fn tun_ioctl(fd: RawFd, request: libc::Ioctl, value: libc::c_ulong) -> std::io::
     // succeeded); TUNSETOWNER, TUNSETGROUP and TUNSETPERSIST read their argument as an
     // integer (drivers/net/tun.c), so no memory is passed to the kernel.
     let rc = unsafe { libc::ioctl(fd, request, value) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn lookup_user(name: &str) -> Result<u32, TunError> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(user)) => Ok(user.uid.as_raw()),
-        Ok(None) => Err(TunError::UnknownId { kind: "user", name: name.to_owned() }),
-        Err(source) => Err(TunError::Lookup { name: name.to_owned(), source }),
+        Ok(None) => Err(TunError::UnknownId {
+            kind: "user",
+            name: name.to_owned(),
+        }),
+        Err(source) => Err(TunError::Lookup {
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
 
 fn lookup_group(name: &str) -> Result<u32, TunError> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
-        Ok(None) => Err(TunError::UnknownId { kind: "group", name: name.to_owned() }),
-        Err(source) => Err(TunError::Lookup { name: name.to_owned(), source }),
+        Ok(None) => Err(TunError::UnknownId {
+            kind: "group",
+            name: name.to_owned(),
+        }),
+        Err(source) => Err(TunError::Lookup {
+            name: name.to_owned(),
+            source,
+        }),
     }
 }

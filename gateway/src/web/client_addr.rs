@@ -26,7 +26,10 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// A direct connection from `peer`.
     pub fn direct(peer: SocketAddr) -> Self {
-        Self { peer, proxied: None }
+        Self {
+            peer,
+            proxied: None,
+        }
     }
 }
 
@@ -87,9 +90,14 @@ pub fn client_ip<'a>(
 
 /// An address, optionally with a port (`198.51.100.7:4711`, `[2001:db8::1]:4711`).
 fn parse_entry(raw: &[u8]) -> Result<IpAddr, ForwardedError> {
-    let bad = || ForwardedError::BadEntry(String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned());
+    let bad = || {
+        ForwardedError::BadEntry(String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned())
+    };
     let text = std::str::from_utf8(raw).map_err(|_| bad())?;
-    let ip = text.parse::<IpAddr>().or_else(|_| text.parse::<SocketAddr>().map(|s| s.ip())).map_err(|_| bad())?;
+    let ip = text
+        .parse::<IpAddr>()
+        .or_else(|_| text.parse::<SocketAddr>().map(|s| s.ip()))
+        .map_err(|_| bad())?;
     Ok(ip.to_canonical())
 }
 
@@ -103,7 +111,10 @@ mod tests {
 
     fn resolve(peer: &str, headers: &[&str], trusted: &[&str]) -> Result<IpAddr, ForwardedError> {
         let conn = ConnInfo::direct(SocketAddr::new(peer.parse().unwrap(), 40000));
-        let values: Vec<HeaderValue> = headers.iter().map(|h| HeaderValue::from_str(h).unwrap()).collect();
+        let values: Vec<HeaderValue> = headers
+            .iter()
+            .map(|h| HeaderValue::from_str(h).unwrap())
+            .collect();
         client_ip(&conn, values.iter(), &nets(trusted))
     }
 
@@ -113,9 +124,20 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {
-        assert_eq!(resolve("203.0.113.9", &["198.51.100.7"], &["10.0.0.0/8"]), Ok(ip("203.0.113.9")));
-        assert_eq!(resolve("203.0.113.9", &["garbage"], &[]), Ok(ip("203.0.113.9")), "header ignored");
-        assert_eq!(resolve("::ffff:203.0.113.9", &[], &[]), Ok(ip("203.0.113.9")), "mapped IPv4 is IPv4");
+        assert_eq!(
+            resolve("203.0.113.9", &["198.51.100.7"], &["10.0.0.0/8"]),
+            Ok(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            resolve("203.0.113.9", &["garbage"], &[]),
+            Ok(ip("203.0.113.9")),
+            "header ignored"
+        );
+        assert_eq!(
+            resolve("::ffff:203.0.113.9", &[], &[]),
+            Ok(ip("203.0.113.9")),
+            "mapped IPv4 is IPv4"
+        );
     }
 
     #[test]
@@ -132,15 +154,33 @@ mod tests {
             Ok(ip("198.51.100.7")),
             "multiple header lines are one list"
         );
-        assert_eq!(resolve("10.0.0.2", &["[2001:db8::7]:5555, 2001:db8:ff::1"], &trusted), Ok(ip("2001:db8::7")));
-        assert_eq!(resolve("10.0.0.2", &["198.51.100.7:1234"], &trusted), Ok(ip("198.51.100.7")), "ports are dropped");
-        assert_eq!(resolve("10.0.0.2", &["::ffff:198.51.100.7"], &trusted), Ok(ip("198.51.100.7")));
+        assert_eq!(
+            resolve(
+                "10.0.0.2",
+                &["[2001:db8::7]:5555, 2001:db8:ff::1"],
+                &trusted
+            ),
+            Ok(ip("2001:db8::7"))
+        );
+        assert_eq!(
+            resolve("10.0.0.2", &["198.51.100.7:1234"], &trusted),
+            Ok(ip("198.51.100.7")),
+            "ports are dropped"
+        );
+        assert_eq!(
+            resolve("10.0.0.2", &["::ffff:198.51.100.7"], &trusted),
+            Ok(ip("198.51.100.7"))
+        );
     }
 
     #[test]
     fn trusted_peer_without_header_or_with_only_trusted_hops() {
         let trusted = ["10.0.0.0/8"];
-        assert_eq!(resolve("10.0.0.2", &[], &trusted), Ok(ip("10.0.0.2")), "no header: the proxy itself");
+        assert_eq!(
+            resolve("10.0.0.2", &[], &trusted),
+            Ok(ip("10.0.0.2")),
+            "no header: the proxy itself"
+        );
         assert_eq!(
             resolve("10.0.0.2", &["10.9.9.9, 10.0.0.1"], &trusted),
             Ok(ip("10.9.9.9")),
@@ -151,18 +191,27 @@ mod tests {
     #[test]
     fn garbage_from_a_trusted_proxy_is_refused() {
         let trusted = ["10.0.0.0/8"];
-        assert!(matches!(resolve("10.0.0.2", &["unknown"], &trusted), Err(ForwardedError::BadEntry(_))));
+        assert!(matches!(
+            resolve("10.0.0.2", &["unknown"], &trusted),
+            Err(ForwardedError::BadEntry(_))
+        ));
         assert!(matches!(
             resolve("10.0.0.2", &["198.51.100.7, bogus, 10.0.0.1"], &trusted),
             Err(ForwardedError::BadEntry(_))
         ));
         let long = vec!["10.0.0.1"; MAX_FORWARDED_HOPS + 1].join(",");
-        assert_eq!(resolve("10.0.0.2", &[&long], &trusted), Err(ForwardedError::TooManyHops));
+        assert_eq!(
+            resolve("10.0.0.2", &[&long], &trusted),
+            Err(ForwardedError::TooManyHops)
+        );
         // What the client wrote left of itself is never looked at, even if it is junk.
         let junk = HeaderValue::from_bytes(b"\xff\xfe, not-an-ip").unwrap();
         let conn = ConnInfo::direct("10.0.0.2:1".parse().unwrap());
         let values = [junk, HeaderValue::from_static("198.51.100.7, 10.0.0.1")];
-        assert_eq!(client_ip(&conn, values.iter(), &nets(&trusted)), Ok(ip("198.51.100.7")));
+        assert_eq!(
+            client_ip(&conn, values.iter(), &nets(&trusted)),
+            Ok(ip("198.51.100.7"))
+        );
         let many = format!("{}, 198.51.100.7", vec!["192.0.2.1"; 100].join(","));
         assert_eq!(
             resolve("10.0.0.2", &[&many], &trusted),
@@ -170,6 +219,9 @@ mod tests {
             "a long client-written prefix is fine"
         );
         // Empty elements (`a,,b`) are skipped, as proxies sometimes write them.
-        assert_eq!(resolve("10.0.0.2", &["198.51.100.7,,10.0.0.1"], &trusted), Ok(ip("198.51.100.7")));
+        assert_eq!(
+            resolve("10.0.0.2", &["198.51.100.7,,10.0.0.1"], &trusted),
+            Ok(ip("198.51.100.7"))
+        );
     }
 }

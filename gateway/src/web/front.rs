@@ -37,7 +37,10 @@ pub struct FrontHandle {
 #[derive(Clone, Debug)]
 enum Target {
     /// The controller on this host.
-    Local { client: FrontClient<Channel>, socket: PathBuf },
+    Local {
+        client: FrontClient<Channel>,
+        socket: PathBuf,
+    },
     /// The owners, over the cluster API.
     Cluster(Arc<ClusterRoutes>),
 }
@@ -53,15 +56,26 @@ impl FrontHandle {
             .timeout(call_timeout)
             .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }));
         let client = FrontClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES);
-        Self { target: Target::Local { client, socket: socket.to_owned() } }
+        Self {
+            target: Target::Local {
+                client,
+                socket: socket.to_owned(),
+            },
+        }
     }
 
     /// A handle that forwards to the controllers of a cluster.
     pub fn cluster(routes: Arc<ClusterRoutes>) -> Self {
-        Self { target: Target::Cluster(routes) }
+        Self {
+            target: Target::Cluster(routes),
+        }
     }
 
     /// Forwards a re-serialized body; the reply is the controller's verbatim.
@@ -72,7 +86,11 @@ impl FrontHandle {
         remote_address: String,
         request_id: String,
     ) -> Result<FrontReply, tonic::Status> {
-        let request = FrontRequest { body, remote_address, request_id };
+        let request = FrontRequest {
+            body,
+            remote_address,
+            request_id,
+        };
         let client = match &self.target {
             Target::Local { client, .. } => client,
             Target::Cluster(routes) => return cluster_call(routes, call, request).await,
@@ -89,7 +107,11 @@ impl FrontHandle {
     /// and gets the default (nothing shut down); its owners refuse calls themselves.
     pub async fn notices(&self) -> Result<NoticesReply, tonic::Status> {
         match &self.target {
-            Target::Local { client, .. } => Ok(client.clone().notices(NoticesRequest {}).await?.into_inner()),
+            Target::Local { client, .. } => Ok(client
+                .clone()
+                .notices(NoticesRequest {})
+                .await?
+                .into_inner()),
             Target::Cluster(_) => Ok(NoticesReply::default()),
         }
     }
@@ -98,7 +120,10 @@ impl FrontHandle {
     pub async fn reachable(&self, timeout: Duration) -> bool {
         match &self.target {
             Target::Local { socket, .. } => {
-                matches!(tokio::time::timeout(timeout, tokio::net::UnixStream::connect(socket)).await, Ok(Ok(_)))
+                matches!(
+                    tokio::time::timeout(timeout, tokio::net::UnixStream::connect(socket)).await,
+                    Ok(Ok(_))
+                )
             }
             Target::Cluster(routes) => routes.any_reachable(),
         }
@@ -107,11 +132,17 @@ impl FrontHandle {
 
 /// Sends a request into the cluster. The approval's server name is read from the body,
 /// which is already the canonical re-serialization, so it always parses.
-async fn cluster_call(routes: &ClusterRoutes, call: FrontCall, request: FrontRequest) -> Result<FrontReply, tonic::Status> {
+async fn cluster_call(
+    routes: &ClusterRoutes,
+    call: FrontCall,
+    request: FrontRequest,
+) -> Result<FrontReply, tonic::Status> {
     match call {
         FrontCall::Approval => {
             let server = crate::approval::parse_request(&request.body)
-                .map_err(|_| tonic::Status::internal("re-serialized approval request does not parse"))?
+                .map_err(|_| {
+                    tonic::Status::internal("re-serialized approval request does not parse")
+                })?
                 .server;
             routes.submit_approval(&server, request).await
         }

@@ -101,11 +101,19 @@ fn load_tls(config: &WebConfig) -> Result<LoadedTls, WebError> {
 /// `config.listen`, loads the key, drops to `config.user` when started as root, and serves
 /// until SIGINT or SIGTERM.
 pub async fn run(config: WebConfig) -> Result<(), WebError> {
-    if tls::ensure_self_signed(&config.cert, &config.key, &default_names(config.listen.ip()))? {
+    if tls::ensure_self_signed(
+        &config.cert,
+        &config.key,
+        &default_names(config.listen.ip()),
+    )? {
         tracing::info!(cert = %config.cert.display(), "generated a self-signed certificate");
     }
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| WebError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WebError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let loaded = load_tls(&config)?;
     raise_fd_limit(config.connections.max_connections);
     let uid = privileges::drop_to(&config.user)?;
@@ -116,24 +124,37 @@ pub async fn run(config: WebConfig) -> Result<(), WebError> {
 /// Raises the soft descriptor limit to the hard one (while still root, the hard one too when
 /// it is below what `max_connections` needs), so the cap, not `EMFILE`, bounds connections.
 fn raise_fd_limit(max_connections: u32) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `limit` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
     }
     let wanted = libc::rlim_t::from(max_connections) * 2 + 256;
     if limit.rlim_max < wanted {
-        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: wanted };
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
         // SAFETY: `raised` is a valid rlimit; raising the hard limit needs root and may fail.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             return;
         }
     }
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
         // SAFETY: `raised` is a valid rlimit within the hard limit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            tracing::warn!(soft = limit.rlim_cur, hard = limit.rlim_max, "cannot raise the descriptor limit");
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "cannot raise the descriptor limit"
+            );
         }
     }
 }
@@ -194,14 +215,24 @@ async fn serve_loaded(
     stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WebError> {
-    let LoadedTls { acceptor, pin, routes } = loaded;
+    let LoadedTls {
+        acceptor,
+        pin,
+        routes,
+    } = loaded;
     let (front, _refresher) = match (&config.cluster, routes) {
         (Some(cluster), Some(routes)) => {
             let refresher = routes.spawn_refresher(cluster.refresh);
-            tracing::info!(controllers = cluster.controllers.len(), "web node forwards over the cluster API");
+            tracing::info!(
+                controllers = cluster.controllers.len(),
+                "web node forwards over the cluster API"
+            );
             (FrontHandle::cluster(routes), Some(AbortOnDrop(refresher)))
         }
-        _ => (FrontHandle::new(&config.front_socket, config.request_timeout), None),
+        _ => (
+            FrontHandle::new(&config.front_socket, config.request_timeout),
+            None,
+        ),
     };
     let proxy_peers: Arc<[IpNet]> = config.proxy_protocol_peers.clone().into();
     let (www_tx, www_rx) = watch::channel(None);
@@ -221,16 +252,26 @@ async fn serve_loaded(
         request_timeout: config.request_timeout,
     };
     let admission = Arc::new(Admission {
-        limiter: RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, DEFAULT_MAX_SOURCES),
+        limiter: RateLimiter::new(
+            config.rate_limit_per_minute,
+            config.rate_limit_burst,
+            DEFAULT_MAX_SOURCES,
+        ),
         trusted_proxies,
         stats: stats.clone(),
         app: router(state),
     });
     let tracker = connections::Tracker::new(config.connections, stats);
-    let _summary = AbortOnDrop(tokio::spawn(connections::summarize(tracker.clone(), SUMMARY_INTERVAL)));
+    let _summary = AbortOnDrop(tokio::spawn(connections::summarize(
+        tracker.clone(),
+        SUMMARY_INTERVAL,
+    )));
     // A connection never outlives this: handshake, its lifetime, a last request and slack.
-    let connection_deadline =
-        HANDSHAKE_TIMEOUT + CONNECTION_LIFETIME + HEADER_TIMEOUT + config.request_timeout + Duration::from_secs(5);
+    let connection_deadline = HANDSHAKE_TIMEOUT
+        + CONNECTION_LIFETIME
+        + HEADER_TIMEOUT
+        + config.request_timeout
+        + Duration::from_secs(5);
     let local = listener.local_addr().map_err(WebError::Accept)?;
     tracing::info!(
         listen = %local,
@@ -265,7 +306,9 @@ async fn serve_loaded(
                 Err(err) => return Err(WebError::Accept(err)),
             },
         };
-        let proxy = proxy_peers.iter().any(|net| net.contains(peer.ip().to_canonical()));
+        let proxy = proxy_peers
+            .iter()
+            .any(|net| net.contains(peer.ip().to_canonical()));
         // A load balancer speaks for many sources: only the global cap applies to it.
         let Ok((admitted, mut reclaimed)) = tracker.admit(peer.ip(), !proxy, Instant::now()) else {
             // Counted by the tracker and summarized by `connections::summarize`.
@@ -294,7 +337,10 @@ async fn serve_loaded(
     }
     tracing::info!("web front stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     connections.abort_all();
     Ok(())
 }
@@ -303,14 +349,21 @@ async fn serve_loaded(
 pub const NOTICE_POLL: Duration = Duration::from_secs(1);
 
 /// Asks the controller once; an unreachable controller leaves the state as it was.
-async fn refresh_notices(front: &FrontHandle, www: &watch::Sender<Option<String>>, web: &watch::Sender<Option<String>>) {
+async fn refresh_notices(
+    front: &FrontHandle,
+    www: &watch::Sender<Option<String>>,
+    web: &watch::Sender<Option<String>>,
+) {
     match front.notices().await {
         Ok(reply) => {
             let www_now = reply.www_shutdown.then_some(reply.www_message);
             www.send_if_modified(|old| {
                 let changed = *old != www_now;
                 if changed {
-                    tracing::warn!(shutdown = www_now.is_some(), "www self-shutdown state changed");
+                    tracing::warn!(
+                        shutdown = www_now.is_some(),
+                        "www self-shutdown state changed"
+                    );
                 }
                 old.clone_from(&www_now);
                 changed
@@ -322,11 +375,18 @@ async fn refresh_notices(front: &FrontHandle, www: &watch::Sender<Option<String>
                 changed
             });
         }
-        Err(status) => tracing::debug!("cannot ask the controller for notices: {}", status.message()),
+        Err(status) => tracing::debug!(
+            "cannot ask the controller for notices: {}",
+            status.message()
+        ),
     }
 }
 
-async fn follow_notices(front: FrontHandle, www: watch::Sender<Option<String>>, web: watch::Sender<Option<String>>) {
+async fn follow_notices(
+    front: FrontHandle,
+    www: watch::Sender<Option<String>>,
+    web: watch::Sender<Option<String>>,
+) {
     loop {
         tokio::time::sleep(NOTICE_POLL).await;
         refresh_notices(&front, &www, &web).await;
@@ -336,8 +396,13 @@ async fn follow_notices(front: FrontHandle, www: watch::Sender<Option<String>>, 
 fn is_transient(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     // EMFILE/ENFILE (out of descriptors) are transient too: connections will close.
-    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted)
-        || matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted
+    ) || matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Completes once shutdown is asked for.
@@ -370,11 +435,18 @@ impl Admission {
         info: &ConnInfo,
     ) -> Option<http::Response<axum::body::Body>> {
         // A trusted proxy's malformed forwarding header is the router's to answer.
-        let ip = client_ip(info, request.headers().get_all("x-forwarded-for").iter(), &self.trusted_proxies).ok()?;
+        let ip = client_ip(
+            info,
+            request.headers().get_all("x-forwarded-for").iter(),
+            &self.trusted_proxies,
+        )
+        .ok()?;
         if self.limiter.check(ip, Instant::now()) {
             return None;
         }
-        self.stats.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(rate_limited_response())
     }
 }
@@ -384,8 +456,14 @@ fn rate_limited_response() -> http::Response<axum::body::Body> {
     let mut response = http::Response::new(axum::body::Body::from(RATE_LIMITED_BODY));
     *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
@@ -415,15 +493,26 @@ impl Connection {
     /// TLS handshake, then HTTP/1.1 requests (kept alive for at most [`CONNECTION_LIFETIME`]
     /// and [`MAX_REQUESTS_PER_CONNECTION`]).
     async fn run(self) {
-        let Connection { mut tcp, acceptor, admission, mut info, proxy, mut stop, admitted } = self;
-        let span = tracing::debug_span!("connection", peer = %info.peer, proxied = tracing::field::Empty);
+        let Connection {
+            mut tcp,
+            acceptor,
+            admission,
+            mut info,
+            proxy,
+            mut stop,
+            admitted,
+        } = self;
+        let span =
+            tracing::debug_span!("connection", peer = %info.peer, proxied = tracing::field::Empty);
         async move {
             if proxy {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_v2::read_header(&mut tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_v2::read_header(&mut tcp)).await
+                {
                     Ok(Ok(announced)) => {
                         info.proxied = announced;
                         if let Some(source) = announced {
-                            tracing::Span::current().record("proxied", tracing::field::display(source));
+                            tracing::Span::current()
+                                .record("proxied", tracing::field::display(source));
                         }
                     }
                     Ok(Err(err)) => return tracing::warn!("closing a proxy connection: {err}"),
@@ -436,26 +525,34 @@ impl Connection {
                 Err(_) => return tracing::debug!("TLS handshake timed out"),
             };
             let served = std::sync::atomic::AtomicUsize::new(0);
-            let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                let count = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if count == 1 {
-                    admitted.activate();
-                }
-                let last = count >= MAX_REQUESTS_PER_CONNECTION;
-                let limited = admission.limited(&request, &info);
-                request.extensions_mut().insert(info);
-                let app = admission.app.clone();
-                async move {
-                    let mut response = match limited {
-                        Some(response) => response,
-                        None => tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?,
-                    };
-                    if last {
-                        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            let service = hyper::service::service_fn(
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    let count = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if count == 1 {
+                        admitted.activate();
                     }
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
+                    let last = count >= MAX_REQUESTS_PER_CONNECTION;
+                    let limited = admission.limited(&request, &info);
+                    request.extensions_mut().insert(info);
+                    let app = admission.app.clone();
+                    async move {
+                        let mut response = match limited {
+                            Some(response) => response,
+                            None => {
+                                tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new))
+                                    .await?
+                            }
+                        };
+                        if last {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                },
+            );
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -495,6 +592,9 @@ mod tests {
         let code = crate::approval::PublicCode::RateLimited;
         let body: crate::approval::ErrorBody = serde_json::from_str(RATE_LIMITED_BODY).unwrap();
         assert_eq!(body.error, code.as_str());
-        assert_eq!(rate_limited_response().status().as_u16(), code.http_status());
+        assert_eq!(
+            rate_limited_response().status().as_u16(),
+            code.http_status()
+        );
     }
 }

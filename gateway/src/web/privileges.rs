@@ -25,7 +25,8 @@ pub fn drop_to(user: &str) -> Result<Uid, PrivilegeError> {
     if !geteuid().is_root() {
         return Ok(geteuid());
     }
-    let account = User::from_name(user)?.ok_or_else(|| PrivilegeError::NoSuchUser(user.to_owned()))?;
+    let account =
+        User::from_name(user)?.ok_or_else(|| PrivilegeError::NoSuchUser(user.to_owned()))?;
     if account.uid.is_root() {
         return Err(PrivilegeError::RootUser(user.to_owned()));
     }

@@ -35,7 +35,9 @@ pub enum ProxyError {
 }
 
 /// Reads one PROXY v2 header; `Ok(None)` for `LOCAL`, else the announced source.
-pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<SocketAddr>, ProxyError> {
+pub async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<SocketAddr>, ProxyError> {
     let mut fixed = [0u8; 16];
     reader.read_exact(&mut fixed).await?;
     if fixed[..12] != SIGNATURE {
@@ -51,7 +53,11 @@ pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<
 }
 
 /// Interprets the version/command byte, the family byte and the payload.
-pub fn parse(version_command: u8, family: u8, payload: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+pub fn parse(
+    version_command: u8,
+    family: u8,
+    payload: &[u8],
+) -> Result<Option<SocketAddr>, ProxyError> {
     match version_command {
         0x20 => return Ok(None),
         0x21 => {}
@@ -71,7 +77,10 @@ pub fn parse(version_command: u8, family: u8, payload: &[u8]) -> Result<Option<S
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&block[..16]);
             let port = u16::from_be_bytes([block[32], block[33]]);
-            Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port)))
+            Ok(Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(octets)),
+                port,
+            )))
         }
         other => Err(ProxyError::Family(other)),
     }
@@ -96,7 +105,10 @@ mod tests {
         let mut bytes = header(0x21, 0x11, &v4);
         bytes.extend_from_slice(b"\x16\x03\x01TLS");
         let mut reader = bytes.as_slice();
-        assert_eq!(read_header(&mut reader).await.unwrap(), Some("198.51.100.7:4660".parse().unwrap()));
+        assert_eq!(
+            read_header(&mut reader).await.unwrap(),
+            Some("198.51.100.7:4660".parse().unwrap())
+        );
         assert_eq!(reader, b"\x16\x03\x01TLS", "only the header is consumed");
 
         let mut v6 = vec![0u8; 36];
@@ -105,25 +117,53 @@ mod tests {
         v6[15] = 7;
         v6[32] = 0x01;
         let bytes = header(0x21, 0x21, &v6);
-        assert_eq!(read_header(&mut bytes.as_slice()).await.unwrap(), Some("[2001::7]:256".parse().unwrap()));
+        assert_eq!(
+            read_header(&mut bytes.as_slice()).await.unwrap(),
+            Some("[2001::7]:256".parse().unwrap())
+        );
 
         let bytes = header(0x20, 0x00, &[]);
-        assert_eq!(read_header(&mut bytes.as_slice()).await.unwrap(), None, "LOCAL announces nothing");
+        assert_eq!(
+            read_header(&mut bytes.as_slice()).await.unwrap(),
+            None,
+            "LOCAL announces nothing"
+        );
     }
 
     #[tokio::test]
     async fn garbage_is_refused() {
         let tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03abcdefgh".to_vec();
-        assert!(matches!(read_header(&mut tls.as_slice()).await, Err(ProxyError::NoSignature)));
+        assert!(matches!(
+            read_header(&mut tls.as_slice()).await,
+            Err(ProxyError::NoSignature)
+        ));
         let v1 = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec();
-        assert!(matches!(read_header(&mut v1.as_slice()).await, Err(ProxyError::NoSignature)));
-        assert!(matches!(read_header(&mut header(0x31, 0x11, &[0; 12]).as_slice()).await, Err(ProxyError::Version(0x31))));
-        assert!(matches!(read_header(&mut header(0x21, 0x11, &[0; 8]).as_slice()).await, Err(ProxyError::Length(8))));
-        assert!(matches!(read_header(&mut header(0x21, 0x12, &[0; 12]).as_slice()).await, Err(ProxyError::Family(0x12))));
+        assert!(matches!(
+            read_header(&mut v1.as_slice()).await,
+            Err(ProxyError::NoSignature)
+        ));
+        assert!(matches!(
+            read_header(&mut header(0x31, 0x11, &[0; 12]).as_slice()).await,
+            Err(ProxyError::Version(0x31))
+        ));
+        assert!(matches!(
+            read_header(&mut header(0x21, 0x11, &[0; 8]).as_slice()).await,
+            Err(ProxyError::Length(8))
+        ));
+        assert!(matches!(
+            read_header(&mut header(0x21, 0x12, &[0; 12]).as_slice()).await,
+            Err(ProxyError::Family(0x12))
+        ));
         let mut long = SIGNATURE.to_vec();
         long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
-        assert!(matches!(read_header(&mut long.as_slice()).await, Err(ProxyError::Length(65535))));
+        assert!(matches!(
+            read_header(&mut long.as_slice()).await,
+            Err(ProxyError::Length(65535))
+        ));
         let short = header(0x21, 0x11, &[0; 12]);
-        assert!(matches!(read_header(&mut &short[..20]).await, Err(ProxyError::Io(_))), "truncated");
+        assert!(
+            matches!(read_header(&mut &short[..20]).await, Err(ProxyError::Io(_))),
+            "truncated"
+        );
     }
 }

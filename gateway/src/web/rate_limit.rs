@@ -67,7 +67,10 @@ impl RateLimiter {
         let mut guard = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let generations = &mut *guard;
         if !generations.current.contains_key(&key) {
-            let bucket = generations.previous.remove(&key).unwrap_or(Bucket { tokens: self.burst, updated: now });
+            let bucket = generations.previous.remove(&key).unwrap_or(Bucket {
+                tokens: self.burst,
+                updated: now,
+            });
             if generations.current.len() >= self.generation_size {
                 generations.previous = std::mem::take(&mut generations.current);
             }
@@ -111,11 +114,21 @@ mod tests {
         let a = ip("198.51.100.7");
         assert!((0..3).all(|_| limiter.check(a, t0)), "the burst passes");
         assert!(!limiter.check(a, t0), "then the bucket is empty");
-        assert!(!limiter.check(a, t0 + Duration::from_millis(900)), "not yet refilled");
-        assert!(limiter.check(a, t0 + Duration::from_millis(1000)), "one token after one second");
+        assert!(
+            !limiter.check(a, t0 + Duration::from_millis(900)),
+            "not yet refilled"
+        );
+        assert!(
+            limiter.check(a, t0 + Duration::from_millis(1000)),
+            "one token after one second"
+        );
         assert!(!limiter.check(a, t0 + Duration::from_millis(1000)));
         let later = t0 + Duration::from_secs(3600);
-        assert_eq!((0..10).filter(|_| limiter.check(a, later)).count(), 3, "refill is capped at the burst");
+        assert_eq!(
+            (0..10).filter(|_| limiter.check(a, later)).count(),
+            3,
+            "refill is capped at the burst"
+        );
     }
 
     #[test]
@@ -124,8 +137,14 @@ mod tests {
         let t0 = Instant::now();
         assert!(limiter.check(ip("198.51.100.7"), t0));
         assert!(!limiter.check(ip("198.51.100.7"), t0));
-        assert!(limiter.check(ip("198.51.100.8"), t0), "another address has its own bucket");
-        assert!(!limiter.check(ip("::ffff:198.51.100.8"), t0), "mapped IPv4 is the same source");
+        assert!(
+            limiter.check(ip("198.51.100.8"), t0),
+            "another address has its own bucket"
+        );
+        assert!(
+            !limiter.check(ip("::ffff:198.51.100.8"), t0),
+            "mapped IPv4 is the same source"
+        );
         assert!(limiter.check(ip("2001:db8:0:1::1"), t0));
         assert!(!limiter.check(ip("2001:db8:0:1:ffff::2"), t0), "same /64");
         assert!(limiter.check(ip("2001:db8:0:2::1"), t0), "next /64");
@@ -140,7 +159,10 @@ mod tests {
         for i in 0..100_000u32 {
             limiter.check(IpAddr::V4((0x0a00_0000 + i).into()), t0);
             if i % 400 == 0 {
-                assert!(!limiter.check(busy, t0), "the busy source stays limited (seen every generation)");
+                assert!(
+                    !limiter.check(busy, t0),
+                    "the busy source stays limited (seen every generation)"
+                );
             }
             assert!(limiter.tracked_sources() <= 1000);
         }

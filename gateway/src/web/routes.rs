@@ -67,14 +67,21 @@ pub fn router(state: AppState) -> Router {
 fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
 /// `{"error":"<code>"}` with `status`.
 fn error(status: StatusCode, code: &str) -> Response {
-    let body = serde_json::to_vec(&approval::ErrorBody { error: code.to_owned(), message: None }).unwrap_or_default();
+    let body = serde_json::to_vec(&approval::ErrorBody {
+        error: code.to_owned(),
+        message: None,
+    })
+    .unwrap_or_default();
     json(status, body)
 }
 
@@ -95,9 +102,15 @@ struct Refusal {
 
 impl Refusal {
     /// The controller cannot be reached, or the deadline passed.
-    const UNAVAILABLE: Self = Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable" };
+    const UNAVAILABLE: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+    };
     /// A `POST` body that is not declared `application/json`.
-    const NOT_JSON: Self = Self { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, code: "unsupported_media_type" };
+    const NOT_JSON: Self = Self {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "unsupported_media_type",
+    };
 
     fn public(code: PublicCode) -> Self {
         Self {
@@ -189,13 +202,20 @@ async fn enroll(State(state): State<AppState>, request: Request) -> Response {
 /// lie here only makes the client's request fail the address check.
 async fn address(request: Request) -> Response {
     match request.extensions().get::<RequestCtx>() {
-        Some(ctx) => json(StatusCode::OK, format!("{{\"address\":\"{}\"}}", ctx.client_ip.to_canonical())),
+        Some(ctx) => json(
+            StatusCode::OK,
+            format!("{{\"address\":\"{}\"}}", ctx.client_ip.to_canonical()),
+        ),
         None => unavailable(),
     }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.front.reachable(HEALTH_TIMEOUT.min(state.request_timeout)).await {
+    if state
+        .front
+        .reachable(HEALTH_TIMEOUT.min(state.request_timeout))
+        .await
+    {
         json(StatusCode::OK, r#"{"status":"ok"}"#)
     } else {
         unavailable()
@@ -247,14 +267,20 @@ fn declares_json(headers: &HeaderMap) -> bool {
     let (Some(value), None) = (values.next(), values.next()) else {
         return false;
     };
-    let media_type = value.to_str().ok().and_then(|v| v.split(';').next()).map(str::trim);
+    let media_type = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
     media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json"))
 }
 
 /// The body, at most `limit` bytes; 413 before reading when the declared length is over.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         drain(body).await;
         return Err(Refusal::public(PublicCode::PayloadTooLarge));
@@ -285,7 +311,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 /// Reads and drops up to [`DRAIN_LIMIT`] more bytes for up to [`DRAIN_TIME`].
 async fn drain(body: Body) {
     let mut limited = Limited::new(body, DRAIN_LIMIT);
-    let _ = tokio::time::timeout(DRAIN_TIME, async { while let Some(Ok(_)) = limited.frame().await {} }).await;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(_)) = limited.frame().await {}
+    })
+    .await;
 }
 
 /// Parses into the typed struct and serializes that again: only known fields, in canonical
@@ -316,14 +345,33 @@ fn reserialize(call: FrontCall, body: &[u8]) -> Result<Vec<u8>, Refusal> {
     }
 }
 
-async fn relay(state: &AppState, call: FrontCall, body: Vec<u8>, ctx: &RequestCtx) -> Result<Response, Refusal> {
-    let reply =
-        state.front.call(call, body, ctx.client_ip.to_string(), ctx.request_id.clone()).await.map_err(|status| {
-            tracing::warn!("controller unavailable: {} {}", status.code(), status.message());
+async fn relay(
+    state: &AppState,
+    call: FrontCall,
+    body: Vec<u8>,
+    ctx: &RequestCtx,
+) -> Result<Response, Refusal> {
+    let reply = state
+        .front
+        .call(
+            call,
+            body,
+            ctx.client_ip.to_string(),
+            ctx.request_id.clone(),
+        )
+        .await
+        .map_err(|status| {
+            tracing::warn!(
+                "controller unavailable: {} {}",
+                status.code(),
+                status.message()
+            );
             Refusal::UNAVAILABLE
         })?;
-    let status =
-        u16::try_from(reply.http_status).ok().and_then(|s| StatusCode::from_u16(s).ok()).filter(|s| s.as_u16() >= 200);
+    let status = u16::try_from(reply.http_status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .filter(|s| s.as_u16() >= 200);
     let Some(status) = status else {
         tracing::error!("controller answered with HTTP status {}", reply.http_status);
         return Err(Refusal::UNAVAILABLE);
@@ -339,7 +387,8 @@ mod tests {
     use super::*;
 
     fn streamed(chunks: usize, chunk_len: usize) -> Body {
-        let frames = (0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; chunk_len]))));
+        let frames = (0..chunks)
+            .map(move |_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; chunk_len]))));
         Body::new(StreamBody::new(tokio_stream::iter(frames)))
     }
 
@@ -348,12 +397,14 @@ mod tests {
         let headers = HeaderMap::new();
         let ok = read_body(&headers, streamed(8, 1024), 8192).await.unwrap();
         assert_eq!(ok.len(), 8192);
-        let over = read_body(&headers, streamed(9, 1024), 8192).await.unwrap_err();
+        let over = read_body(&headers, streamed(9, 1024), 8192)
+            .await
+            .unwrap_err();
         assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
         // An endless stream is cut off, not read to the end.
-        let endless = Body::new(StreamBody::new(tokio_stream::iter(std::iter::repeat_with(|| {
-            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[b'x'; 1024])))
-        }))));
+        let endless = Body::new(StreamBody::new(tokio_stream::iter(std::iter::repeat_with(
+            || Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[b'x'; 1024]))),
+        ))));
         let started = std::time::Instant::now();
         let over = read_body(&headers, endless, 8192).await.unwrap_err();
         assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
@@ -363,8 +414,13 @@ mod tests {
     #[tokio::test]
     async fn declared_length_over_the_limit_is_refused_before_reading() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000000000"));
-        let over = read_body(&headers, streamed(1, 10), 8192).await.unwrap_err();
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from_static("1000000000"),
+        );
+        let over = read_body(&headers, streamed(1, 10), 8192)
+            .await
+            .unwrap_err();
         assert_eq!(over, Refusal::public(PublicCode::PayloadTooLarge));
     }
 
@@ -383,7 +439,10 @@ mod tests {
         assert!(!with(&["text/plain"]));
         assert!(!with(&["application/json-seq"]));
         assert!(!with(&["application/x-www-form-urlencoded"]));
-        assert!(!with(&["application/json", "application/json"]), "two Content-Type headers are refused");
+        assert!(
+            !with(&["application/json", "application/json"]),
+            "two Content-Type headers are refused"
+        );
     }
 
     #[test]

@@ -115,7 +115,13 @@ pub struct Ipv4 {
 impl Ipv4 {
     /// An unfragmented IPv4 header without options.
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
-        Self { src, dst, proto, option_words: 0, frag: IPV4_DONT_FRAGMENT }
+        Self {
+            src,
+            dst,
+            proto,
+            option_words: 0,
+            frag: IPV4_DONT_FRAGMENT,
+        }
     }
 
     /// The header followed by `payload`, with total length and checksum set.

@@ -60,16 +60,56 @@ pub const EXACT_OTHER_V6: u32 = 8;
 pub const WILDCARD_V6: u32 = 9;
 
 const SERVICES: [(ServiceKey, u32, u32); 10] = [
-    (ServiceKey::v4(PROTO_UDP, UDP_PORT, [0; 4]), SERVER, ANY_V4_UDP),
-    (ServiceKey::v4(PROTO_TCP, TCP_PORT, [0; 4]), SERVER, ANY_V4_TCP),
-    (ServiceKey::v6(PROTO_UDP, UDP_PORT, [0; 16]), SERVER, ANY_V6_UDP),
-    (ServiceKey::v6(PROTO_TCP, TCP_PORT, [0; 16]), SERVER, ANY_V6_TCP),
-    (ServiceKey::v4(PROTO_UDP, EXACT_PORT, LOCAL_V4.octets()), SERVER, EXACT_V4_UDP),
-    (ServiceKey::v6(PROTO_UDP, EXACT_PORT, LOCAL_V6.octets()), SERVER, EXACT_V6_UDP),
-    (ServiceKey::v4(PROTO_TCP, SHARED_PORT, LOCAL_V4.octets()), OTHER_SERVER, EXACT_OTHER_V4),
-    (ServiceKey::v4(PROTO_TCP, SHARED_PORT, [0; 4]), SERVER, WILDCARD_V4),
-    (ServiceKey::v6(PROTO_TCP, SHARED_PORT, LOCAL_V6.octets()), OTHER_SERVER, EXACT_OTHER_V6),
-    (ServiceKey::v6(PROTO_TCP, SHARED_PORT, [0; 16]), SERVER, WILDCARD_V6),
+    (
+        ServiceKey::v4(PROTO_UDP, UDP_PORT, [0; 4]),
+        SERVER,
+        ANY_V4_UDP,
+    ),
+    (
+        ServiceKey::v4(PROTO_TCP, TCP_PORT, [0; 4]),
+        SERVER,
+        ANY_V4_TCP,
+    ),
+    (
+        ServiceKey::v6(PROTO_UDP, UDP_PORT, [0; 16]),
+        SERVER,
+        ANY_V6_UDP,
+    ),
+    (
+        ServiceKey::v6(PROTO_TCP, TCP_PORT, [0; 16]),
+        SERVER,
+        ANY_V6_TCP,
+    ),
+    (
+        ServiceKey::v4(PROTO_UDP, EXACT_PORT, LOCAL_V4.octets()),
+        SERVER,
+        EXACT_V4_UDP,
+    ),
+    (
+        ServiceKey::v6(PROTO_UDP, EXACT_PORT, LOCAL_V6.octets()),
+        SERVER,
+        EXACT_V6_UDP,
+    ),
+    (
+        ServiceKey::v4(PROTO_TCP, SHARED_PORT, LOCAL_V4.octets()),
+        OTHER_SERVER,
+        EXACT_OTHER_V4,
+    ),
+    (
+        ServiceKey::v4(PROTO_TCP, SHARED_PORT, [0; 4]),
+        SERVER,
+        WILDCARD_V4,
+    ),
+    (
+        ServiceKey::v6(PROTO_TCP, SHARED_PORT, LOCAL_V6.octets()),
+        OTHER_SERVER,
+        EXACT_OTHER_V6,
+    ),
+    (
+        ServiceKey::v6(PROTO_TCP, SHARED_PORT, [0; 16]),
+        SERVER,
+        WILDCARD_V6,
+    ),
 ];
 
 /// The entries of the fixed service table that `keep` accepts.
@@ -79,7 +119,10 @@ fn services_where(keep: impl Fn(&ServiceKey) -> bool) -> Vec<KernelService> {
         .filter(|(key, _, _)| keep(key))
         .map(|(key, server_id, stats_index)| KernelService {
             key: *key,
-            value: ServiceValue { server_id: *server_id, stats_index: *stats_index },
+            value: ServiceValue {
+                server_id: *server_id,
+                stats_index: *stats_index,
+            },
         })
         .collect()
 }
@@ -134,7 +177,10 @@ impl Counters {
     }
 
     fn global(&self, counter: GlobalCounter) -> u64 {
-        self.global.iter().find(|(which, _)| *which == counter).map_or(0, |(_, value)| *value)
+        self.global
+            .iter()
+            .find(|(which, _)| *which == counter)
+            .map_or(0, |(_, value)| *value)
     }
 
     fn service(&mut self, slot: u32) -> &mut ServiceStats {
@@ -172,22 +218,28 @@ impl Gate {
         let mut ebpf = load_isolated();
         let mut maps =
             GateMaps::take(&mut ebpf).unwrap_or_else(|e| panic!("taking the gate maps: {e}"));
-        maps.sync_services(&services_where(|_| true)).unwrap_or_else(|e| panic!("installing services: {e}"));
+        maps.sync_services(&services_where(|_| true))
+            .unwrap_or_else(|e| panic!("installing services: {e}"));
         Gate { ebpf, maps }
     }
 
     /// Re-syncs the kernel with only the services of the fixed table that `keep` accepts,
     /// as a controller restarted with a smaller configuration would.
     pub fn resync(&mut self, keep: impl Fn(&ServiceKey) -> bool) {
-        self.maps.sync_services(&services_where(keep)).unwrap_or_else(|e| panic!("re-syncing services: {e}"));
+        self.maps
+            .sync_services(&services_where(keep))
+            .unwrap_or_else(|e| panic!("re-syncing services: {e}"));
     }
 
     /// Runs the program once on `frame`; `Err` if the kernel refused to run it.
     pub fn try_run(&mut self, frame: &[u8]) -> Result<Verdict, ProgramError> {
         let xdp = loader::program(&mut self.ebpf)
             .unwrap_or_else(|e| panic!("the loaded object lost its program: {e}"));
-        let result =
-            xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })?;
+        let result = xdp.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
         match result.return_value {
             XDP_DROP => Ok(Verdict::Drop),
             XDP_PASS => Ok(Verdict::Pass),
@@ -209,7 +261,11 @@ impl Gate {
         let got = self.run(frame);
         assert_eq!(got, verdict, "{what}: verdict on {}", hex(frame));
         let after = self.counters();
-        assert_eq!(after, before.after(effect), "{what}: counters after {effect:?}");
+        assert_eq!(
+            after,
+            before.after(effect),
+            "{what}: counters after {effect:?}"
+        );
     }
 
     /// Runs `frame` and asserts the parse path dropped it: DROP, exactly one global counter up
@@ -220,7 +276,10 @@ impl Gate {
         let got = self.run(frame);
         assert_eq!(got, Verdict::Drop, "{what}: verdict on {}", hex(frame));
         let after = self.counters();
-        assert_eq!(after.services, before.services, "{what}: a service counter moved");
+        assert_eq!(
+            after.services, before.services,
+            "{what}: a service counter moved"
+        );
         let moved: Vec<GlobalCounter> = GlobalCounter::ALL
             .into_iter()
             .filter(|counter| after.global(*counter) != before.global(*counter))
@@ -245,8 +304,10 @@ impl Gate {
                 (*slot, stats)
             })
             .collect();
-        let global =
-            self.maps.global_counters().unwrap_or_else(|e| panic!("reading global counters: {e}"));
+        let global = self
+            .maps
+            .global_counters()
+            .unwrap_or_else(|e| panic!("reading global counters: {e}"));
         Counters { services, global }
     }
 
@@ -255,7 +316,10 @@ impl Gate {
         self.put_opening(
             server_id,
             client,
-            Opening { expires_at_ns: mono_ns() + OPEN_FOR_NS, last_seen_ns: 0 },
+            Opening {
+                expires_at_ns: mono_ns() + OPEN_FOR_NS,
+                last_seen_ns: 0,
+            },
         );
     }
 

@@ -15,7 +15,9 @@ use std::{
 };
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use xdpgate_tests::openvpn::{INIT_DONE, OpenVpn, TUNNEL_SERVER, VPN_PORT, start_gateway, wait_for, wait_for_log};
+use xdpgate_tests::openvpn::{
+    INIT_DONE, OpenVpn, TUNNEL_SERVER, VPN_PORT, start_gateway, wait_for, wait_for_log,
+};
 use xdpgate_tests::{NetNs, UdpEcho, VethLink, require_root, udp_roundtrip, xdpgate_bin};
 
 const WEB_PORT: u16 = 8443;
@@ -46,7 +48,11 @@ fn step(text: &str) -> Result<(), String> {
 
 fn main() {
     require_root();
-    let action = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         if let Err(err) = unsafe { sigaction(signal, &action) } {
@@ -60,11 +66,18 @@ fn main() {
             report(info);
         }
     }));
-    let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| Err("failed (see above)".to_owned()));
+    let outcome =
+        std::panic::catch_unwind(run).unwrap_or_else(|_| Err("failed (see above)".to_owned()));
     match outcome {
-        Ok(()) => println!("\nDemo done; namespaces, processes, tun interface, pinned maps and temporary folders removed."),
+        Ok(()) => println!(
+            "\nDemo done; namespaces, processes, tun interface, pinned maps and temporary folders removed."
+        ),
         Err(reason) => {
-            let reason = if interrupted() { "interrupted" } else { reason.as_str() };
+            let reason = if interrupted() {
+                "interrupted"
+            } else {
+                reason.as_str()
+            };
             println!("\nDemo {reason}; everything it created was removed.");
             std::process::exit(if interrupted() { 130 } else { 1 });
         }
@@ -86,7 +99,10 @@ fn run() -> Result<(), String> {
     let vpn = OpenVpn::generate();
     let (gateway, tun) = start_gateway(&vpn, &gateway_ns, &[&link.b.ifname], gw, WEB_PORT);
     let _server = vpn.start_server(&gateway_ns, &tun.name, &gateway);
-    let echo = UdpEcho::start(&gateway_ns, SocketAddr::new(TUNNEL_SERVER.into(), ECHO_PORT));
+    let echo = UdpEcho::start(
+        &gateway_ns,
+        SocketAddr::new(TUNNEL_SERVER.into(), ECHO_PORT),
+    );
     println!(
         "    OpenVPN server up, as xdpgate-vpn, on the tun interface {} ({TUNNEL_SERVER}) the controller created",
         tun.name
@@ -95,7 +111,8 @@ fn run() -> Result<(), String> {
 
     step("The client's OpenVPN tries to connect before any approval")?;
     let early = vpn.dir().join("early.auth");
-    fs::write(&early, "alice\nno-approval-yet\n").map_err(|e| format!("writing {}: {e}", early.display()))?;
+    fs::write(&early, "alice\nno-approval-yet\n")
+        .map_err(|e| format!("writing {}: {e}", early.display()))?;
     attempt(&vpn, &client, gw, &early, "early");
     print!("{}", indent(&dropped(&gateway.cli(&["status"]))));
 
@@ -103,24 +120,54 @@ fn run() -> Result<(), String> {
     println!("    $ xdpgate clients add alice --server vpn1");
     let added = gateway.cli(&["clients", "add", "alice", "--server", "vpn1"]);
     print!("{}", indent(&added));
-    let enroll_link = added.lines().find(|l| l.starts_with("https://")).ok_or(format!("no link in: {added}"))?;
+    let enroll_link = added
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .ok_or(format!("no link in: {added}"))?;
     let profile = vpn.dir().join("alice.profile.json").display().to_string();
     println!("    $ xdpgate client enroll LINK --profile {profile}");
-    print!("{}", indent(&xdpgate(&client, &["client", "enroll", enroll_link, "--profile", &profile])?));
+    print!(
+        "{}",
+        indent(&xdpgate(
+            &client,
+            &["client", "enroll", enroll_link, "--profile", &profile]
+        )?)
+    );
     let auth = vpn.dir().join("alice.auth").display().to_string();
-    println!("    $ xdpgate client connect --profile {profile} --server vpn1 --openvpn-auth {auth}");
-    let args = ["client", "connect", "--profile", &profile, "--server", "vpn1", "--openvpn-auth", &auth];
+    println!(
+        "    $ xdpgate client connect --profile {profile} --server vpn1 --openvpn-auth {auth}"
+    );
+    let args = [
+        "client",
+        "connect",
+        "--profile",
+        &profile,
+        "--server",
+        "vpn1",
+        "--openvpn-auth",
+        &auth,
+    ];
     print!("{}", indent(&xdpgate(&client, &args)?));
 
     step("OpenVPN connects with the approval's one-time token")?;
     let (mut session, log) = vpn.start_client(&client, gw, Path::new(&auth), "alice");
-    if !wait_for(TUNNEL_UP, || interrupted() || xdpgate_tests::openvpn::read(&log).contains(INIT_DONE)) || interrupted() {
-        return Err(format!("failed: OpenVPN did not come up within {TUNNEL_UP:?}"));
+    if !wait_for(TUNNEL_UP, || {
+        interrupted() || xdpgate_tests::openvpn::read(&log).contains(INIT_DONE)
+    }) || interrupted()
+    {
+        return Err(format!(
+            "failed: OpenVPN did not come up within {TUNNEL_UP:?}"
+        ));
     }
     println!("    client: {INIT_DONE}");
-    let answered =
-        wait_for(Duration::from_secs(5), || interrupted() || udp_roundtrip(&client, None, echo.local_addr(), Duration::from_millis(500)));
-    println!("    UDP echo to {} through the tunnel: {}", echo.local_addr(), if answered { "answered" } else { "no answer" });
+    let answered = wait_for(Duration::from_secs(5), || {
+        interrupted() || udp_roundtrip(&client, None, echo.local_addr(), Duration::from_millis(500))
+    });
+    println!(
+        "    UDP echo to {} through the tunnel: {}",
+        echo.local_addr(),
+        if answered { "answered" } else { "no answer" }
+    );
     print!("{}", indent(&gateway.cli(&["openings", "list"])));
 
     step("The client disconnects; the port closes again")?;
@@ -128,7 +175,9 @@ fn run() -> Result<(), String> {
         return Err("failed: the OpenVPN client did not exit on SIGTERM".to_owned());
     }
     drop(session);
-    wait_for(Duration::from_secs(10), || interrupted() || gateway.cli(&["openings", "list"]) == "no openings\n");
+    wait_for(Duration::from_secs(10), || {
+        interrupted() || gateway.cli(&["openings", "list"]) == "no openings\n"
+    });
     print!("{}", indent(&gateway.cli(&["openings", "list"])));
     attempt(&vpn, &client, gw, Path::new(&auth), "again");
     print!("{}", indent(&dropped(&gateway.cli(&["status"]))));
@@ -143,7 +192,10 @@ fn attempt(vpn: &OpenVpn, ns: &NetNs, gw: Ipv4Addr, auth: &Path, name: &str) {
     if answered {
         println!("    OpenVPN got an answer from the server (the gate let it through)");
     } else {
-        println!("    OpenVPN did not complete within {}s: no answer from {gw}:{VPN_PORT}", ATTEMPT.as_secs());
+        println!(
+            "    OpenVPN did not complete within {}s: no answer from {gw}:{VPN_PORT}",
+            ATTEMPT.as_secs()
+        );
     }
 }
 
@@ -154,14 +206,30 @@ fn xdpgate(ns: &NetNs, args: &[&str]) -> Result<String, String> {
         .args(args)
         .output()
         .map_err(|e| format!("running xdpgate {args:?}: {e}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    if out.status.success() { Ok(text) } else { Err(format!("failed: xdpgate {} said: {text}", args.join(" "))) }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("failed: xdpgate {} said: {text}", args.join(" ")))
+    }
 }
 
 /// The lines of `xdpgate status` with the gate's dropped counters.
 fn dropped(status: &str) -> String {
-    let lines: String = status.lines().filter(|l| l.contains("dropped")).map(|l| format!("xdpgate status: {}\n", l.trim())).collect();
-    if lines.is_empty() { status.to_owned() } else { lines }
+    let lines: String = status
+        .lines()
+        .filter(|l| l.contains("dropped"))
+        .map(|l| format!("xdpgate status: {}\n", l.trim()))
+        .collect();
+    if lines.is_empty() {
+        status.to_owned()
+    } else {
+        lines
+    }
 }
 
 fn indent(text: &str) -> String {

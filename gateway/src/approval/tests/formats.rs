@@ -265,7 +265,11 @@ fn pkcs1_der(n: &[u8], e: &[u8]) -> Vec<u8> {
         if len < 0x80 {
             out.push(len as u8);
         } else {
-            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -309,9 +313,15 @@ fn rsa_public_keys_are_checked_exactly() {
     for bits in [4089, 4094, 4095] {
         let der = pkcs1_der(&modulus_of_bits(bits), &f4);
         let got = ClientRsaPublicKey::from_pkcs1_der(&der);
-        assert!(matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits), "{bits}: {got:?}");
+        assert!(
+            matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits),
+            "{bits}: {got:?}"
+        );
         let got = ClientRsaPublicKey::from_pem(&pem_of(&der));
-        assert!(matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits), "{bits} (PEM): {got:?}");
+        assert!(
+            matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits),
+            "{bits} (PEM): {got:?}"
+        );
     }
     for bits in [4096, 6000, 8192] {
         let der = pkcs1_der(&modulus_of_bits(bits), &f4);
@@ -322,9 +332,15 @@ fn rsa_public_keys_are_checked_exactly() {
     for e in [&[0x03][..], &[0x01, 0x00, 0x03], &[0x01, 0x00, 0x00, 0x01]] {
         let der = pkcs1_der(&modulus_of_bits(4096), e);
         let got = ClientRsaPublicKey::from_pkcs1_der(&der);
-        assert!(matches!(got, Err(KeyError::RsaExponent)), "e = {e:02x?}: {got:?}");
+        assert!(
+            matches!(got, Err(KeyError::RsaExponent)),
+            "e = {e:02x?}: {got:?}"
+        );
         let got = ClientRsaPublicKey::from_pem(&pem_of(&der));
-        assert!(matches!(got, Err(KeyError::RsaExponent)), "e = {e:02x?} (PEM): {got:?}");
+        assert!(
+            matches!(got, Err(KeyError::RsaExponent)),
+            "e = {e:02x?} (PEM): {got:?}"
+        );
     }
     // Past the verifier's limit.
     let der = pkcs1_der(&modulus_of_bits(8200), &f4);
@@ -357,6 +373,9 @@ fn weak_one_time_box_keys_are_recognised() {
     }
     for seed in 0..32u8 {
         let key = crypto_box::SecretKey::from_bytes([seed; 32]).public_key();
-        assert!(BoxPublicKey::from_bytes(key.to_bytes()).is_strong(), "seed {seed}");
+        assert!(
+            BoxPublicKey::from_bytes(key.to_bytes()).is_strong(),
+            "seed {seed}"
+        );
     }
 }

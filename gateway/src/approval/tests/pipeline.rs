@@ -240,8 +240,15 @@ fn small_order_and_non_canonical_one_time_keys_are_denied() {
             "key {i}: the box is sealed under the constant"
         );
         let state = state();
-        let err = validate(&r, &state, &server_keys(), remote(), NOW, &ValidationConfig::default())
-            .unwrap_err();
+        let err = validate(
+            &r,
+            &state,
+            &server_keys(),
+            remote(),
+            NOW,
+            &ValidationConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.public_code(), PublicCode::Denied, "key {i}: {err}");
         assert_eq!(err.reason().kind(), "weak_box_key", "key {i}: {err}");
         assert_eq!(err.stage(), Stage::BoxOpen, "key {i}");

@@ -47,7 +47,10 @@ fn round_trip_client_validate_seal_open() {
 
     // Sealing with the box key kept from opening the request is the same to the client.
     let reused = approved.seal(&payload).unwrap();
-    assert_ne!(reused.box_nonce, response.box_nonce, "a fresh box nonce per answer");
+    assert_ne!(
+        reused.box_nonce, response.box_nonce,
+        "a fresh box nonce per answer"
+    );
     let opened = open_response(&creds, &pending, &reused.to_json().unwrap()).unwrap();
     assert_eq!(opened, payload);
 }

@@ -2,9 +2,9 @@
 //! `docs/address-policy-test-vectors.json` (§7) with the implementation.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use super::*;
 use crate::approval::address::{CheckedReported, Reported, check_reported};
 use crate::approval::validate::refuse_gateway_addresses;
-use super::*;
 
 const KEY_RULES: &str = include_str!("../../../../docs/key-rules-test-vectors.json");
 const ADDRESS_POLICY: &str = include_str!("../../../../docs/address-policy-test-vectors.json");
@@ -33,9 +33,14 @@ fn key_rule_vectors() {
             }
             Some("rsa_size") => {
                 let bits = usize::try_from(case["bits"].as_u64().unwrap()).unwrap();
-                assert!(matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits), "{name}: {got:?}");
+                assert!(
+                    matches!(got, Err(KeyError::RsaSize { bits: b }) if b == bits),
+                    "{name}: {got:?}"
+                );
             }
-            Some("rsa_exponent") => assert!(matches!(got, Err(KeyError::RsaExponent)), "{name}: {got:?}"),
+            Some("rsa_exponent") => {
+                assert!(matches!(got, Err(KeyError::RsaExponent)), "{name}: {got:?}")
+            }
             Some(other) => panic!("{name}: unknown error {other}"),
         }
     }
@@ -65,8 +70,12 @@ fn address_policy_vectors() {
         });
         match case["error"].as_str() {
             None => {
-                let want: Vec<IpAddr> =
-                    case["open"].as_array().unwrap().iter().map(|a| ip(a.as_str().unwrap())).collect();
+                let want: Vec<IpAddr> = case["open"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| ip(a.as_str().unwrap()))
+                    .collect();
                 assert_eq!(decided, Ok(want), "{name}");
             }
             Some(kind) => {
