@@ -162,6 +162,8 @@ struct RawWeb {
     source_prefix_v4: Spanned<u8>,
     #[serde(default = "defaults::source_prefix_v6")]
     source_prefix_v6: Spanned<u8>,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[notices]`: the self-shutdown notice server this controller polls.
@@ -232,6 +234,8 @@ struct RawController {
     sweep_interval_ms: Spanned<u64>,
     #[serde(default = "defaults::max_openings")]
     max_openings: Spanned<u32>,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,18 +417,29 @@ pub enum AddressPolicySetting {
 impl Config {
     /// Settings that are valid but weaken the gate, one sentence each, for `check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        self.servers
-            .iter()
-            .filter(|s| s.address_policy == AddressPolicySetting::OpenAll)
-            .map(|s| {
-                format!(
+        let mut out = Vec::new();
+        for server in &self.servers {
+            if server.address_policy == AddressPolicySetting::OpenAll {
+                out.push(format!(
                     "server {:?}: address_policy = \"open_all\" opens whatever address a request comes from and \
                      every address the client reports: a relayed request opens the relayer, and a client can open \
                      third-party addresses (the default, \"require_match\", opens only proven addresses)",
-                    s.name
-                )
-            })
-            .collect()
+                    server.name
+                ));
+            }
+            for service in &server.services {
+                if let Some(address) = service.address {
+                    out.push(format!(
+                        "server {:?} guards {}/{} only on destination {address}: the same port on this host's \
+                         other addresses (other subnets, broadcast, multicast) is not guarded",
+                        server.name,
+                        service.protocol.name(),
+                        service.port
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -486,6 +501,8 @@ pub struct WebConfig {
     pub request_timeout: Duration,
     /// Unprivileged user for `xdpgate run`.
     pub user: String,
+    /// Prometheus metrics listener (`GET /metrics`); off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Peers that must start every connection with a PROXY protocol v2 header (each must
     /// also be in `trusted_proxies`); no other peer's bytes are ever parsed as PROXY.
     pub proxy_protocol_peers: Vec<IpNet>,
@@ -596,6 +613,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Capacity of each openings map.
     pub max_openings: u32,
+    /// Prometheus metrics listener (`GET /metrics`); off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Guarded servers.
     pub servers: Vec<ServerConfig>,
     /// Approval settings.
@@ -803,6 +822,7 @@ impl Validator<'_> {
                 ));
             }
         }
+        let metrics_listen = self.metrics_listen(controller.metrics_listen.as_ref())?;
         let mut approvals = self.approvals(raw.approvals, &controller.state_dir)?;
         let web = raw.web.map(|web| self.web(web)).transpose()?;
         let cluster = raw
@@ -829,8 +849,24 @@ impl Validator<'_> {
             control_socket: controller.control_socket,
             sweep_interval: Duration::from_millis(sweep_ms),
             max_openings,
+            metrics_listen,
             servers,
         })
+    }
+
+    fn metrics_listen(
+        &self,
+        raw: Option<&Spanned<String>>,
+    ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        raw.map(|listen| {
+            listen.get_ref().parse().map_err(|_| {
+                self.fail(
+                    listen.span(),
+                    "metrics_listen must be ADDRESS:PORT, e.g. 127.0.0.1:9477",
+                )
+            })
+        })
+        .transpose()
     }
 
     fn servers(&self, raw: Vec<Spanned<RawServer>>) -> Result<Vec<ServerConfig>, ConfigError> {
@@ -1230,7 +1266,9 @@ impl Validator<'_> {
             .cluster
             .map(|cluster| self.web_cluster(cluster))
             .transpose()?;
+        let metrics_listen = self.metrics_listen(raw.metrics_listen.as_ref())?;
         Ok(WebConfig {
+            metrics_listen,
             listen,
             cert: raw.cert,
             key: raw.key,
@@ -1534,14 +1572,23 @@ address = "192.0.2.1"
             config.approvals.client_approvals_per_minute,
             defaults::CLIENT_APPROVALS_PER_MINUTE
         );
-        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        assert!(
+            !config.warnings().iter().any(|w| w.contains("open_all")),
+            "{:?}",
+            config.warnings()
+        );
         let proven = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"proven\"\n");
         assert_eq!(
             parse(&proven).unwrap().servers[0].address_policy,
             AddressPolicySetting::RequireMatch
         );
         let open_all = GOOD.replace("id = 1\n", "id = 1\naddress_policy = \"open_all\"\n");
-        let warnings = parse(&open_all).unwrap().warnings();
+        let warnings: Vec<String> = parse(&open_all)
+            .unwrap()
+            .warnings()
+            .into_iter()
+            .filter(|w| w.contains("open_all"))
+            .collect();
         assert_eq!(warnings.len(), 1);
         assert!(
             warnings[0].contains("vpn1") && warnings[0].contains("relayed request"),
@@ -1551,6 +1598,21 @@ address = "192.0.2.1"
         let (line, reason) = invalid_line(&capped);
         assert_eq!(line, line_of(&capped, "max_addresses_per_client"));
         assert!(reason.contains("between 1 and 1024"), "{reason}");
+    }
+
+    #[test]
+    fn a_service_bound_to_one_destination_is_warned_about() {
+        // GOOD guards tcp/443 on 192.0.2.1 only.
+        let warnings = parse(GOOD).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("tcp/443")
+                && warnings[0].contains("192.0.2.1")
+                && warnings[0].contains("not guarded"),
+            "{warnings:?}"
+        );
+        let unbound = GOOD.replace("address = \"192.0.2.1\"\n", "");
+        assert!(parse(&unbound).unwrap().warnings().is_empty());
     }
 
     #[test]

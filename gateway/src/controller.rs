@@ -13,10 +13,7 @@ use crate::{
     },
     config::{Config, ServiceConfig},
     control,
-    gate::{
-        self, GateError, GateHandle, GateMaps, KernelService,
-        loader::{self, Attachment},
-    },
+    gate::{self, GateError, GateHandle, GateMaps, KernelService, guard::LinkGuard, loader},
     openings::{Openings, OpeningsError},
     shutdown::{self, Shutdown},
     store::{Store, StoreError},
@@ -46,6 +43,9 @@ pub enum ControllerError {
     /// The cluster API could not start.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A VPN server's persistent tun interface could not be made.
     #[error(transparent)]
     Tun(#[from] crate::vpn::tun::TunError),
@@ -91,8 +91,8 @@ pub struct Controller {
     pub shutdown: Arc<Shutdown>,
     /// Services written to the kernel, with their counter slots.
     pub services: Vec<PlannedService>,
-    /// Interfaces the gate is attached to.
-    pub attachments: Vec<Attachment>,
+    /// The gate's links: what the kernel has attached now, repaired when removed from outside.
+    pub links: LinkGuard,
     /// Start time, for uptime.
     pub started: Instant,
 }
@@ -132,6 +132,18 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         let notices = controller.config.notices.clone().map(|notices| {
             tokio::spawn(shutdown::poll_forever(controller.shutdown.clone(), notices))
         });
+        let link_watch = tokio::spawn(controller.links.clone().watch());
+        let metrics_listener = match controller.config.metrics_listen {
+            Some(addr) => {
+                let for_scrape = controller.clone();
+                let scrape = crate::metrics::scrape(move || {
+                    let controller = for_scrape.clone();
+                    async move { metrics_snapshot(&controller).await.registry() }
+                });
+                Some(crate::metrics::serve(addr, scrape).await?)
+            }
+            None => None,
+        };
         let vpn_followers = crate::vpn::openvpn::start_all(
             &controller.config.servers,
             &controller.openings,
@@ -163,12 +175,26 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
             ),
             None => None,
         };
+        let watchdog = {
+            let controller = controller.clone();
+            crate::service::spawn_watchdog(move || {
+                let gate = controller.gate.clone();
+                async move { gate.run(|_| ()).await.is_ok() }
+            })
+        };
+        crate::service::ready("controller serving");
         let served = control::serve(controller.clone(), &socket, shutdown_signal()).await;
+        crate::service::stopping();
+        watchdog.iter().for_each(tokio::task::JoinHandle::abort);
         cluster.iter().for_each(tokio::task::JoinHandle::abort);
         let _ = stop_front.send(());
         let front_result = front.await;
         sweeper.abort();
         notices.iter().for_each(tokio::task::JoinHandle::abort);
+        link_watch.abort();
+        metrics_listener
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         vpn_followers
             .iter()
             .for_each(tokio::task::JoinHandle::abort);
@@ -198,6 +224,9 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         "store open, program loaded"
     );
     let mut maps = GateMaps::take(&mut ebpf)?;
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let services = plan_services(&config);
     let kernel_services: Vec<KernelService> = services
         .iter()
@@ -231,13 +260,18 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
     if let Err(err) = shutdown.enforce().await {
         error!(error = %err, "closing openings for the vpn shutdown failed; the sweeper retries");
     }
-    let attachments = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
+    let attached = loader::attach_all(&mut ebpf, &pin_dir, &config.interfaces, config.xdp_mode)?;
+    let attachments: Vec<_> = attached
+        .iter()
+        .map(|(attachment, _)| attachment.clone())
+        .collect();
     info!(
         ?attachments,
         services = services.len(),
         start_ms = started.elapsed().as_millis(),
         "gate ready"
     );
+    let links = LinkGuard::new(ebpf, pin_dir, config.xdp_mode, attached)?;
     Ok(Controller {
         config,
         openings,
@@ -245,7 +279,7 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         gate,
         shutdown,
         services,
-        attachments,
+        links,
         started: Instant::now(),
     })
 }
@@ -270,7 +304,10 @@ async fn sweep_forever(controller: Arc<Controller>) {
         if let Err(err) = controller.shutdown.enforce().await {
             error!(error = %err, "enforcing the vpn shutdown failed");
         }
-        match controller.openings.sweep().await {
+        let sweep_started = Instant::now();
+        let swept = controller.openings.sweep().await;
+        crate::metrics::observe_since(&crate::metrics::latencies().sweep, sweep_started);
+        match swept {
             Ok(report) if report.closed + report.stale_removed > 0 => {
                 info!(?report, "sweep closed openings");
             }
@@ -278,6 +315,76 @@ async fn sweep_forever(controller: Arc<Controller>) {
             Err(err) => error!(error = %err, "sweep failed"),
         }
     }
+}
+
+/// What a metrics scrape reports: kernel counters read now, openings, outcomes, interfaces.
+pub async fn metrics_snapshot(controller: &Controller) -> crate::metrics::ControllerSnapshot {
+    let indexes: Vec<u32> = controller.services.iter().map(|s| s.stats_index).collect();
+    let kernel = controller
+        .gate
+        .run(move |maps| -> Result<_, GateError> {
+            let stats = indexes
+                .into_iter()
+                .map(|i| maps.service_stats(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((stats, maps.global_counters()?, maps.openings()?))
+        })
+        .await;
+    let mut snapshot = crate::metrics::ControllerSnapshot::default();
+    match kernel {
+        Ok(Ok((stats, counters, openings))) => {
+            for (planned, stat) in controller.services.iter().zip(stats) {
+                let server = controller
+                    .config
+                    .servers
+                    .iter()
+                    .find(|s| s.id == planned.server_id);
+                let labels = vec![
+                    ("server", server.map(|s| s.name.clone()).unwrap_or_default()),
+                    ("protocol", planned.service.protocol.name().to_owned()),
+                    ("port", planned.service.port.to_string()),
+                    (
+                        "address",
+                        planned
+                            .service
+                            .address
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                    ),
+                ];
+                snapshot.services.push((labels, stat.passed, stat.dropped));
+            }
+            snapshot.parse_drops = counters
+                .into_iter()
+                .map(|(c, v)| (c.name().to_owned(), v))
+                .collect();
+            for server in &controller.config.servers {
+                let count = openings.iter().filter(|o| o.server_id == server.id).count();
+                snapshot.openings.push((
+                    server.name.clone(),
+                    i64::try_from(count).unwrap_or(i64::MAX),
+                ));
+            }
+            let v4 = openings.iter().filter(|o| o.addr.is_ipv4()).count();
+            let max = f64::from(controller.config.max_openings.max(1));
+            #[allow(clippy::cast_precision_loss)]
+            let fill = |n: usize| n as f64 / max;
+            snapshot.map_fill = [fill(v4), fill(openings.len() - v4)];
+        }
+        Ok(Err(err)) | Err(err) => {
+            warn!(error = %err, "metrics: reading the kernel counters failed")
+        }
+    }
+    snapshot.outcomes = controller.approvals.metrics();
+    let links = controller.links.clone();
+    let interfaces = tokio::task::spawn_blocking(move || links.check())
+        .await
+        .unwrap_or_default();
+    snapshot.interfaces = interfaces
+        .into_iter()
+        .map(|i| (i.interface, i.serving))
+        .collect();
+    snapshot
 }
 
 async fn shutdown_signal() {

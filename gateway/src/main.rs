@@ -1,13 +1,13 @@
 //! The `xdpgate` binary: controller, admin CLI (and, later, web front and client).
 mod cli;
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use cli::{
-    AuditCommand, Cli, ClientCommand, ClientsCommand, Command, NoticesCommand, OpeningsCommand,
-    ServersCommand, admin,
+    AuditCommand, Cli, ClientCommand, ClientsCommand, Command, LogFormat, NoticesCommand,
+    OpeningsCommand, ServersCommand, admin,
 };
 use xdpgate::{
     client,
@@ -19,7 +19,7 @@ use xdpgate::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    init_tracing(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,7 +30,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, &cli.log)) {
+    if let Command::Health = cli.command {
+        let health = runtime.block_on(admin::health(&cli.socket));
+        print!("{}", health.line);
+        return ExitCode::from(health.code);
+    }
+    match runtime.block_on(dispatch(cli.command, &cli.socket, &cli.log, cli.log_format)) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
@@ -42,19 +47,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+/// Writes man pages (`man1/`) and shell completions (`completions/`) from the clap definitions.
+fn generate_docs(out: &Path) -> anyhow::Result<String> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell;
+    let man = out.join("man1");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man).context("writing man pages")?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "xdpgate", &completions)
+            .with_context(|| format!("writing the {shell} completion"))?;
+    }
+    Ok(format!(
+        "wrote man pages to {} and completions to {}\n",
+        man.display(),
+        completions.display()
+    ))
 }
 
-async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> {
+/// Logs go to stderr: text with ANSI colours only when stderr is a terminal, or JSON lines
+/// whose keys are the event's and its spans' fields.
+fn init_tracing(filter: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+}
+
+async fn dispatch(
+    command: Command,
+    socket: &Path,
+    log_filter: &str,
+    log_format: LogFormat,
+) -> anyhow::Result<String> {
     match command {
         Command::Controller { config } => {
             let config = Config::load(&config)?;
@@ -62,7 +101,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             Ok(String::new())
         }
         Command::Run { config } => {
-            xdpgate::supervisor::run(&config, log_filter).await?;
+            xdpgate::supervisor::run(&config, log_filter, log_format.as_str()).await?;
             Ok(String::new())
         }
         Command::Detach { config } => {
@@ -89,43 +128,35 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
         }
         Command::Cluster { command } => cli::cluster::run(command).await,
         Command::Servers {
-            command: ServersCommand::List { target },
-        } => admin::servers_list(&target.socket).await,
+            command: ServersCommand::List,
+        } => admin::servers_list(socket).await,
         Command::Openings { command } => match command {
-            OpeningsCommand::Add {
-                target,
-                server,
-                ip,
-                ttl,
-            } => admin::openings_add(&target.socket, &server, ip, ttl).await,
-            OpeningsCommand::List { target, server } => {
-                admin::openings_list(&target.socket, server.as_deref()).await
+            OpeningsCommand::Add { server, ip, ttl } => {
+                admin::openings_add(socket, &server, ip, ttl).await
             }
-            OpeningsCommand::Revoke { target, server, ip } => {
-                admin::openings_revoke(&target.socket, server.as_deref(), ip).await
+            OpeningsCommand::List { server } => {
+                admin::openings_list(socket, server.as_deref()).await
+            }
+            OpeningsCommand::Revoke { server, ip } => {
+                admin::openings_revoke(socket, server.as_deref(), ip).await
             }
         },
         Command::Clients { command } => match command {
-            ClientsCommand::Add {
-                target,
-                name,
-                servers,
-            } => admin::clients_add(&target.socket, &name, &servers).await,
-            ClientsCommand::List { target } => admin::clients_list(&target.socket).await,
-            ClientsCommand::Disable { target, name } => {
-                admin::clients_set_enabled(&target.socket, &name, false).await
+            ClientsCommand::Add { name, servers } => {
+                admin::clients_add(socket, &name, &servers).await
             }
-            ClientsCommand::Enable { target, name } => {
-                admin::clients_set_enabled(&target.socket, &name, true).await
+            ClientsCommand::List => admin::clients_list(socket).await,
+            ClientsCommand::Disable { name } => {
+                admin::clients_set_enabled(socket, &name, false).await
             }
-            ClientsCommand::Remove { target, name } => {
-                admin::clients_remove(&target.socket, &name).await
+            ClientsCommand::Enable { name } => {
+                admin::clients_set_enabled(socket, &name, true).await
             }
+            ClientsCommand::Remove { name } => admin::clients_remove(socket, &name).await,
         },
         Command::Audit {
             command:
                 AuditCommand::Tail {
-                    target,
                     count,
                     all,
                     before,
@@ -139,7 +170,7 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
                 samples: unauthenticated,
                 json,
             };
-            admin::audit_tail(&target.socket, &query).await
+            admin::audit_tail(socket, &query).await
         }
         Command::Web { config } => {
             web::run(WebConfig::load(&config)?).await?;
@@ -187,12 +218,13 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             Ok(client::connect_with(&options, openvpn_auth.as_deref()).await?)
         }
         Command::Notices {
-            command: NoticesCommand::Status { target },
-        } => admin::notices(&target.socket, false).await,
+            command: NoticesCommand::Status,
+        } => admin::notices(socket, false).await,
         Command::Notices {
-            command: NoticesCommand::Clear { target },
-        } => admin::notices(&target.socket, true).await,
-        Command::Status { target } => admin::status(&target.socket).await,
-        Command::Health { target } => admin::health(&target.socket).await,
+            command: NoticesCommand::Clear,
+        } => admin::notices(socket, true).await,
+        Command::GenerateDocs { out } => generate_docs(&out),
+        Command::Status => admin::status(socket).await,
+        Command::Health => Ok(admin::health(socket).await.line),
     }
 }

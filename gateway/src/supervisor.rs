@@ -40,7 +40,7 @@ pub enum RunError {
 }
 
 /// Runs controller and web front until SIGINT/SIGTERM.
-pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
+pub async fn run(config_path: &Path, log_filter: &str, log_format: &str) -> Result<(), RunError> {
     let config = Config::load(config_path)?;
     let web = config
         .web
@@ -57,7 +57,7 @@ pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
     let supervisor = tokio::spawn(supervise_web(
         exe,
         config_path.to_owned(),
-        log_filter.to_owned(),
+        [log_filter.to_owned(), log_format.to_owned()],
         stopped,
     ));
     let result = controller::run(config).await;
@@ -71,13 +71,21 @@ pub async fn run(config_path: &Path, log_filter: &str) -> Result<(), RunError> {
 async fn supervise_web(
     exe: PathBuf,
     config: PathBuf,
-    log_filter: String,
+    log: [String; 2],
     mut stop: watch::Receiver<bool>,
 ) {
+    let [log_filter, log_format] = log;
     loop {
         let mut command = Command::new(&exe);
         command
-            .args(["--log", &log_filter, "web", "--config"])
+            .args([
+                "--log",
+                &log_filter,
+                "--log-format",
+                &log_format,
+                "web",
+                "--config",
+            ])
             .arg(&config)
             .kill_on_drop(true);
         // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is

@@ -330,6 +330,7 @@ impl Harness {
             proxy_protocol_peers: Vec::new(),
             cluster: None,
             connections: xdpgate::config::ConnectionLimits::default(),
+            metrics_listen: None,
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();

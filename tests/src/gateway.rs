@@ -29,6 +29,8 @@ pub struct Gateway {
     web: Option<Child>,
     /// `controller`, or `run` (controller plus a supervised, unprivileged web front).
     role: &'static str,
+    /// `--log-format` of the controller (`text` unless a test asks for `json`).
+    log_format: &'static str,
 }
 
 impl Gateway {
@@ -98,6 +100,7 @@ impl Gateway {
             child: None,
             web: None,
             role,
+            log_format: "text",
         };
         gateway.launch();
         gateway
@@ -116,7 +119,13 @@ impl Gateway {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(xdpgate_bin())
-            .args(["--log", "info,xdpgate=debug", self.role, "--config"])
+            .args([
+                "--log",
+                "info,xdpgate=debug",
+                "--log-format",
+                self.log_format,
+            ])
+            .args([self.role, "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log)
@@ -193,6 +202,17 @@ impl Gateway {
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();
+    }
+
+    /// Starts the controller again writing `format` (`text` or `json`) log lines.
+    pub fn restart_with_log_format(&mut self, format: &'static str) {
+        self.log_format = format;
+        self.restart();
+    }
+
+    /// The controller's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Runs an admin command against this controller; panics with stderr if it fails.

@@ -4,13 +4,14 @@
 //! missing and is a no-op on a machine that has everything.
 
 mod fuzz;
+mod package;
 mod run;
 mod setup;
 mod workspace;
 
 use std::process::{Command, ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::run::{exit_code, run_checked, run_status};
@@ -35,7 +36,7 @@ enum Task {
     ///
     /// Steps: Rust nightly with rust-src; Debian packages (llvm-<N>-dev matching nightly
     /// rustc's LLVM, nftables, iptables, ipset, iproute2, protobuf-compiler, openvpn, haproxy,
-    /// netcat-openbsd, tcpdump, ethtool); bpf-linker built against that same LLVM; bpffs
+    /// netcat-openbsd, tcpdump, ethtool, systemd, util-linux, prometheus); bpf-linker built against that same LLVM; bpffs
     /// mounted at /sys/fs/bpf; a check for kernel BTF.
     Setup,
     /// Setup, then build the gateway and its XDP object (`cargo build --release -p xdpgate`).
@@ -47,6 +48,10 @@ enum Task {
     /// Without a filter it then runs every fuzz target for a few seconds (see `fuzz`), and
     /// fails if one finds a crash.
     Test(TestArgs),
+    /// Setup, build, then make a Debian package (`<target>/package/xdpgate_<version>_<arch>.deb`)
+    /// with the binary, systemd units, sysusers.d, tmpfiles.d, the conffile, man pages and
+    /// shell completions.
+    Package,
     /// Setup, build, then run the narrated demo in network namespaces.
     Demo,
     /// Setup, build, then measure: program cost, live packet ladder (XDP gate vs nftables vs
@@ -114,6 +119,12 @@ fn run_task(task: Task) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&args),
+        Task::Package => {
+            setup::setup()?;
+            build_gateway()?;
+            package::package(&workspace::xdpgate_bin()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Demo => demo(),
         Task::Bench(args) => bench(&args),
         Task::Fuzz(args) => fuzz_task(&args),
@@ -127,6 +138,11 @@ fn build_gateway() -> Result<()> {
 
 fn test(args: &TestArgs) -> Result<ExitCode> {
     setup::setup()?;
+    // The whole run starts with the lints (cheap, and a red lint fails the run before the
+    // long part); a filtered run is for iterating and skips them.
+    if args.test_args.is_empty() && args.packages.is_empty() {
+        lint()?;
+    }
     // The eBPF crate cannot link for the host; gateway's build.rs builds it for BPF.
     // --all-targets builds with the test targets' feature set, so `cargo test` reuses it all.
     run_checked(
@@ -135,6 +151,8 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
             .args(["--exclude", "gateway-ebpf"]),
     )?;
     let bin = workspace::xdpgate_bin()?;
+    // The appliance test installs this package.
+    let deb = package::package(&bin)?;
 
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--no-fail-fast"]);
@@ -147,7 +165,7 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     }
     // One test at a time: the end-to-end tests attach XDP programs and pin maps in bpffs.
     cmd.args(["--", "--test-threads=1"]).args(&args.test_args);
-    cmd.env("XDPGATE_BIN", &bin);
+    cmd.env("XDPGATE_BIN", &bin).env("XDPGATE_DEB", &deb);
     let status = run_status(&mut cmd)?;
     // A few seconds of every fuzz target (seed corpus first), unless only some tests were
     // asked for; a crash fails the run.
@@ -157,6 +175,25 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
         fuzz::report(&fuzz::run(&target_dir, &all, fuzz::SMOKE_SECONDS)?)?;
     }
     Ok(exit_code(status))
+}
+
+/// `cargo fmt --check` and `cargo clippy --all-targets -D warnings` over the workspace (the
+/// eBPF crate is linted by its own build; clippy cannot check it for the host).
+fn lint() -> Result<()> {
+    run_checked(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("cargo fmt --check: run `cargo fmt --all`")?;
+    run_checked(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "gateway-ebpf",
+                "--all-targets",
+            ])
+            .args(["--", "-D", "warnings"]),
+    )
+    .context("cargo clippy found warnings")
 }
 
 fn fuzz_task(args: &FuzzArgs) -> Result<ExitCode> {

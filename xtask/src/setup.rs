@@ -23,6 +23,11 @@ const APT_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "tcpdump",
     "ethtool",
+    // The appliance test: systemd-analyze/sysusers/tmpfiles, setpriv, a real Prometheus.
+    "systemd",
+    "util-linux",
+    "prometheus",
+    "curl",
 ];
 
 /// Written next to bpf-linker after setup builds it: the LLVM major it was built against.

@@ -220,6 +220,13 @@ impl Approvals {
     /// an approval's record and answer commit with its opening, a refusal's record with its
     /// nonce. Resending the exact bytes of an approved request returns that approval.
     pub async fn submit(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
+        let started = std::time::Instant::now();
+        let answer = self.submit_timed(body, remote, request_id).await;
+        crate::metrics::observe_since(&crate::metrics::latencies().approval, started);
+        answer
+    }
+
+    async fn submit_timed(&self, body: Vec<u8>, remote: IpAddr, request_id: &str) -> FrontAnswer {
         if let Some(refusal) = self.shut_down(true, remote, request_id) {
             return refusal;
         }

@@ -82,7 +82,21 @@ pub async fn status(socket: &Path) -> anyhow::Result<String> {
     let status = client.status(pb::StatusRequest {}).await?.into_inner();
     let mut out = String::new();
     for interface in &status.interfaces {
-        let _ = writeln!(out, "interface {} ({})", interface.name, interface.mode);
+        let state = if interface.serving {
+            "serving"
+        } else {
+            "NOT SERVING"
+        };
+        let _ = write!(
+            out,
+            "interface {} ({}): {state}; kernel: {}",
+            interface.name, interface.mode, interface.kernel
+        );
+        let _ = if interface.note.is_empty() {
+            writeln!(out)
+        } else {
+            writeln!(out, "; {}", interface.note)
+        };
     }
     let _ = writeln!(
         out,
@@ -103,14 +117,59 @@ pub async fn status(socket: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `xdpgate health`.
-pub async fn health(socket: &Path) -> anyhow::Result<String> {
-    let mut client = control::connect(socket).await?;
-    let health = client.health(pb::HealthRequest {}).await?.into_inner();
-    Ok(format!(
-        "{} (version {}, up {}s)\n",
-        health.status, health.version, health.uptime_secs
-    ))
+/// What `xdpgate health` found: its line and its exit code.
+pub struct Health {
+    /// The line to print.
+    pub line: String,
+    /// 0 serving, 1 not serving, 2 the controller cannot be reached.
+    pub code: u8,
+}
+
+/// How long `health` waits for the controller before calling it unreachable.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `xdpgate health`: exit 0 only when serving, 1 when not serving, 2 when unreachable.
+pub async fn health(socket: &Path) -> Health {
+    let asked = tokio::time::timeout(HEALTH_TIMEOUT, async {
+        let mut client = control::connect(socket).await?;
+        anyhow::Ok(client.health(pb::HealthRequest {}).await?.into_inner())
+    })
+    .await;
+    match asked {
+        Ok(Ok(health)) if health.status == "serving" => Health {
+            line: format!(
+                "serving (version {}, up {}s)\n",
+                health.version, health.uptime_secs
+            ),
+            code: 0,
+        },
+        Ok(Ok(health)) => Health {
+            line: format!(
+                "{}: {} (version {}, up {}s)\n",
+                health.status,
+                if health.reason.is_empty() {
+                    "no reason given"
+                } else {
+                    &health.reason
+                },
+                health.version,
+                health.uptime_secs
+            ),
+            code: 1,
+        },
+        Ok(Err(err)) => Health {
+            line: format!("unreachable: {err:#}\n"),
+            code: 2,
+        },
+        Err(_) => Health {
+            line: format!(
+                "unreachable: {} did not answer within {}s\n",
+                socket.display(),
+                HEALTH_TIMEOUT.as_secs()
+            ),
+            code: 2,
+        },
+    }
 }
 
 /// `xdpgate clients add`.

@@ -16,21 +16,40 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `xdpgate=debug`.
     #[arg(long, global = true, env = "XDPGATE_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text` (ANSI colours only when writing to a terminal) or `json`
+    /// (one object per line, span fields as keys).
+    #[arg(long, global = true, env = "XDPGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The controller's control socket (admin commands); before or after the subcommand.
+    #[arg(
+        long,
+        global = true,
+        env = "XDPGATE_SOCKET",
+        default_value = "/run/xdpgate/control.sock"
+    )]
+    pub socket: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Where the admin commands find the controller.
-#[derive(Debug, clap::Args)]
-pub struct ControlTarget {
-    /// The controller's control socket.
-    #[arg(
-        long,
-        env = "XDPGATE_SOCKET",
-        default_value = "/run/xdpgate/control.sock"
-    )]
-    pub socket: PathBuf,
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value, for passing on to child processes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// Top-level commands.
@@ -103,14 +122,15 @@ pub enum Command {
         command: NoticesCommand,
     },
     /// Interfaces, openings and packet counters per service.
-    Status {
-        #[command(flatten)]
-        target: ControlTarget,
-    },
-    /// Is the controller serving?
-    Health {
-        #[command(flatten)]
-        target: ControlTarget,
+    Status,
+    /// Is the controller serving? Exit 0 serving, 1 not serving, 2 unreachable; says why.
+    Health,
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output folder (gets `man1/` and `completions/`).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -118,10 +138,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ServersCommand {
     /// List servers and their guarded services.
-    List {
-        #[command(flatten)]
-        target: ControlTarget,
-    },
+    List,
 }
 
 /// `xdpgate openings ...`
@@ -129,8 +146,6 @@ pub enum ServersCommand {
 pub enum OpeningsCommand {
     /// Open a server to one source address.
     Add {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Server name.
         #[arg(long)]
         server: String,
@@ -143,16 +158,12 @@ pub enum OpeningsCommand {
     },
     /// List openings.
     List {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Only this server.
         #[arg(long)]
         server: Option<String>,
     },
     /// Close the openings of an address at once.
     Revoke {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Only on this server (default: every server).
         #[arg(long)]
         server: Option<String>,
@@ -167,8 +178,6 @@ pub enum OpeningsCommand {
 pub enum ClientsCommand {
     /// Create a client and print its single-use enrollment link.
     Add {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Client name (its id).
         name: String,
         /// Server the client may use (repeat for several).
@@ -176,28 +185,19 @@ pub enum ClientsCommand {
         servers: Vec<String>,
     },
     /// List clients.
-    List {
-        #[command(flatten)]
-        target: ControlTarget,
-    },
+    List,
     /// Disable a client: its requests are denied and its openings close at once.
     Disable {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Client name.
         name: String,
     },
     /// Enable a disabled client.
     Enable {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Client name.
         name: String,
     },
     /// Remove a client and close its openings.
     Remove {
-        #[command(flatten)]
-        target: ControlTarget,
         /// Client name.
         name: String,
     },
@@ -207,15 +207,9 @@ pub enum ClientsCommand {
 #[derive(Debug, Subcommand)]
 pub enum NoticesCommand {
     /// Show which parts are shut down, the last notice and when it was fetched.
-    Status {
-        #[command(flatten)]
-        target: ControlTarget,
-    },
+    Status,
     /// Lift every self-shutdown (audited); only a newer notice shuts down again.
-    Clear {
-        #[command(flatten)]
-        target: ControlTarget,
-    },
+    Clear,
 }
 
 /// `xdpgate audit ...`
@@ -224,8 +218,6 @@ pub enum AuditCommand {
     /// Print the newest events (oldest of them first), paging through the whole log if asked;
     /// says where it stopped when older events remain.
     Tail {
-        #[command(flatten)]
-        target: ControlTarget,
         /// How many events.
         #[arg(short = 'n', long, default_value_t = 20, conflicts_with = "all")]
         count: u64,

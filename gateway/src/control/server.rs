@@ -232,6 +232,26 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    /// Every guarded interface as the kernel has it now (checked and repaired first).
+    async fn interfaces_now(&self) -> Vec<pb::Interface> {
+        let links = self.controller.links.clone();
+        let statuses = tokio::task::spawn_blocking(move || links.check())
+            .await
+            .unwrap_or_default();
+        statuses
+            .into_iter()
+            .map(|s| pb::Interface {
+                name: s.interface,
+                mode: s.mode,
+                serving: s.serving,
+                kernel: s.kernel.to_string(),
+                note: s.note,
+            })
+            .collect()
+    }
+}
+
 fn secs(duration: Duration) -> u32 {
     u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }
@@ -340,15 +360,7 @@ impl pb::control_server::Control for ControlService {
                     value,
                 })
                 .collect(),
-            interfaces: self
-                .controller
-                .attachments
-                .iter()
-                .map(|a| pb::Interface {
-                    name: a.interface.clone(),
-                    mode: a.mode.clone(),
-                })
-                .collect(),
+            interfaces: self.interfaces_now().await,
             openings_v4: u32::try_from(openings_v4).unwrap_or(u32::MAX),
             openings_v6: u32::try_from(openings.len() - openings_v4).unwrap_or(u32::MAX),
             approval_counters: self
@@ -366,10 +378,36 @@ impl pb::control_server::Control for ControlService {
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         let owner_ok = self.controller.gate.run(|_| ()).await.is_ok();
+        let mut reasons: Vec<String> = self
+            .interfaces_now()
+            .await
+            .into_iter()
+            .filter(|i| !i.serving)
+            .map(|i| {
+                format!(
+                    "{}: {}",
+                    i.name,
+                    if i.note.is_empty() {
+                        &i.kernel
+                    } else {
+                        &i.note
+                    }
+                )
+            })
+            .collect();
+        if !owner_ok {
+            reasons.push("the map owner does not answer".to_owned());
+        }
         Ok(Response::new(pb::HealthResponse {
-            status: if owner_ok { "serving" } else { "not_serving" }.to_owned(),
+            status: if reasons.is_empty() {
+                "serving"
+            } else {
+                "not_serving"
+            }
+            .to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.controller.started.elapsed().as_secs(),
+            reason: reasons.join("; "),
         }))
     }
 

@@ -172,13 +172,15 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), GateError> {
 }
 
 /// Attaches the loaded program to every interface, pinning each link. An interface whose
-/// link is already pinned gets the new program swapped in without detaching.
+/// link is already pinned gets the new program swapped in without detaching. Each link's
+/// file descriptor is returned with it: while the caller holds it, removing the pin from
+/// outside does not detach the gate (see `guard`).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     pin_dir: &Path,
     interfaces: &[String],
     mode: XdpModeSetting,
-) -> Result<Vec<Attachment>, GateError> {
+) -> Result<Vec<(Attachment, FdLink)>, GateError> {
     let xdp = program(ebpf)?;
     let mut out = Vec::with_capacity(interfaces.len());
     for interface in interfaces {
@@ -186,42 +188,78 @@ pub fn attach_all(
         let kept = if pin.exists() {
             replace_in_pinned_link(xdp, &pin, interface)?
         } else {
-            false
+            None
         };
-        let mode_name = if kept {
-            "kept"
-        } else {
-            attach_and_pin(xdp, &pin, interface, mode)?
+        let (mode_name, link) = match kept {
+            Some(link) => ("kept", link),
+            None => attach_and_pin(xdp, &pin, interface, mode)?,
         };
-        out.push(Attachment {
-            interface: interface.clone(),
-            mode: mode_name.to_owned(),
-        });
+        out.push((
+            Attachment {
+                interface: interface.clone(),
+                mode: mode_name.to_owned(),
+            },
+            link,
+        ));
     }
     detach_unlisted(pin_dir, interfaces)?;
     Ok(out)
 }
 
-/// Swaps `xdp` into the link pinned at `pin`. `Ok(false)` if the link is defunct (its
-/// interface went away) and was removed, so the caller attaches afresh.
-fn replace_in_pinned_link(xdp: &mut Xdp, pin: &Path, interface: &str) -> Result<bool, GateError> {
+/// Swaps `xdp` into the link pinned at `pin` and returns that link. `Ok(None)` if the link is
+/// defunct (its interface went away) and was removed, so the caller attaches afresh.
+fn replace_in_pinned_link(
+    xdp: &mut Xdp,
+    pin: &Path,
+    interface: &str,
+) -> Result<Option<FdLink>, GateError> {
     let pinned = PinnedLink::from_pin(pin)?;
     // `From<PinnedLink> for FdLink` keeps the pin file: the link stays attached throughout.
     let link = XdpLink::try_from(FdLink::from(pinned))?;
     match xdp.attach_to_link(link) {
-        Ok(_) => {
+        Ok(id) => {
             info!(
                 interface,
                 "reused pinned XDP link; program replaced atomically"
             );
-            Ok(true)
+            Ok(Some(FdLink::try_from(xdp.take_link(id)?)?))
         }
         Err(err) => {
             warn!(interface, error = %err, "pinned XDP link is defunct; attaching afresh");
             remove_pin(pin)?;
-            Ok(false)
+            Ok(None)
         }
     }
+}
+
+/// The pin file of `interface`'s link.
+pub fn link_pin_path(pin_dir: &Path, interface: &str) -> PathBuf {
+    link_pin(pin_dir, interface)
+}
+
+/// Attaches `xdp` to `interface` afresh (replacing a stale pin) and pins the new link.
+pub fn attach_fresh(
+    xdp: &mut Xdp,
+    pin_dir: &Path,
+    interface: &str,
+    mode: XdpModeSetting,
+) -> Result<(&'static str, FdLink), GateError> {
+    fs::create_dir_all(pin_dir).map_err(|source| GateError::Io {
+        what: format!("creating {}", pin_dir.display()),
+        source,
+    })?;
+    let pin = link_pin(pin_dir, interface);
+    remove_pin(&pin)?;
+    attach_and_pin(xdp, &pin, interface, mode)
+}
+
+/// Pins a link the controller holds again (after its pin file was removed from outside).
+pub fn repin(link: FdLink, pin_dir: &Path, interface: &str) -> Result<FdLink, GateError> {
+    fs::create_dir_all(pin_dir).map_err(|source| GateError::Io {
+        what: format!("creating {}", pin_dir.display()),
+        source,
+    })?;
+    Ok(FdLink::from(link.pin(link_pin(pin_dir, interface))?))
 }
 
 fn attach_and_pin(
@@ -229,7 +267,7 @@ fn attach_and_pin(
     pin: &Path,
     interface: &str,
     mode: XdpModeSetting,
-) -> Result<&'static str, GateError> {
+) -> Result<(&'static str, FdLink), GateError> {
     let (link_id, mode_name) = match mode {
         XdpModeSetting::Native => (xdp.attach(interface, XdpMode::Driver)?, "native"),
         XdpModeSetting::Generic => (xdp.attach(interface, XdpMode::Skb)?, "generic"),
@@ -242,13 +280,13 @@ fn attach_and_pin(
         },
     };
     let link = FdLink::try_from(xdp.take_link(link_id)?)?;
-    link.pin(pin)?;
+    let pinned = link.pin(pin)?;
     info!(
         interface,
         mode = mode_name,
         "attached XDP gate and pinned its link"
     );
-    Ok(mode_name)
+    Ok((mode_name, FdLink::from(pinned)))
 }
 
 /// Removes links pinned for interfaces no longer configured.

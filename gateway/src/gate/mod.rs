@@ -1,6 +1,9 @@
 //! The kernel side of the gate as the controller sees it: loading and attaching the XDP
 //! program (`loader`), typed map access (`maps`), the prefilter bits beside the openings
-//! maps (`prefilter`) and the one thread that owns the maps (`owner`).
+//! maps (`prefilter`), the one thread that owns the maps (`owner`), the check that the
+//! program is still attached (`guard`) and what the kernel has attached now (`kernel_xdp`).
+pub mod guard;
+pub mod kernel_xdp;
 pub mod loader;
 pub mod maps;
 pub mod owner;

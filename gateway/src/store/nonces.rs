@@ -117,9 +117,11 @@ impl Store {
         &self,
         write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         let nonces = self.write_unwritten_nonces(&txn)?;
         let committed = write(&txn).and_then(|()| txn.commit().map_err(StoreError::from));
+        crate::metrics::observe_since(&crate::metrics::latencies().commit, started);
         if committed.is_err() {
             self.requeue_nonces(nonces);
         }

@@ -55,6 +55,9 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 /// The web front could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -116,9 +119,26 @@ pub async fn run(config: WebConfig) -> Result<(), WebError> {
         })?;
     let loaded = load_tls(&config)?;
     raise_fd_limit(config.connections.max_connections);
+    let stats = Arc::<ConnectionStats>::default();
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let for_scrape = stats.clone();
+            let scrape = crate::metrics::scrape(move || {
+                let registry = crate::metrics::web_registry(&for_scrape);
+                async move { registry }
+            });
+            Some(AbortOnDrop(crate::metrics::serve(addr, scrape).await?))
+        }
+        None => None,
+    };
     let uid = privileges::drop_to(&config.user)?;
     tracing::info!(uid = uid.as_raw(), user = %config.user, "web front runs unprivileged");
-    serve_loaded(config, listener, loaded, Arc::default(), shutdown_signal()).await
+    crate::service::ready("web front serving");
+    let watchdog = crate::service::spawn_watchdog(|| async { true });
+    let served = serve_loaded(config, listener, loaded, stats, shutdown_signal()).await;
+    crate::service::stopping();
+    watchdog.iter().for_each(tokio::task::JoinHandle::abort);
+    served
 }
 
 /// Raises the soft descriptor limit to the hard one (while still root, the hard one too when
