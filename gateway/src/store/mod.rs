@@ -5,6 +5,7 @@
 mod answers;
 mod audit;
 mod clients;
+mod meta;
 mod nonces;
 mod notices;
 mod openings;
@@ -12,10 +13,11 @@ mod openings;
 pub use answers::StoredAnswer;
 pub use audit::{AuditEvent, AuditKind, AuditPage, AuditTable, Journal};
 pub use clients::{Enrollment, EnrollmentToken, StoredClient};
+pub use meta::SCHEMA_VERSION;
 pub use notices::NoticeRecord;
 use std::{
     fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -64,6 +66,19 @@ pub enum StoreError {
     /// The record to create exists already.
     #[error("{0} exists already")]
     Exists(String),
+    /// The file was written by a newer xdpgate.
+    #[error(
+        "{path} has schema version {found}, newer than this xdpgate understands ({supported}): \
+         run the newer xdpgate, or restore a backup made for this one"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: u64,
+        /// The newest this binary reads.
+        supported: u64,
+    },
 }
 
 /// Decodes a JSON value stored under `key`.
@@ -107,16 +122,50 @@ impl Store {
             .map_err(folder_err)?;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(folder_err)?;
         let path = state_dir.join(Self::FILE_NAME);
-        let db = redb::Builder::new()
-            .set_cache_size(Self::CACHE_BYTES)
-            .create(&path)?;
+        let existed = path.exists();
+        let open = || {
+            redb::Builder::new()
+                .set_cache_size(Self::CACHE_BYTES)
+                .create(&path)
+        };
+        // The version is read without writing to the file, so a file refused as too new, or
+        // backed up before a migration, is exactly as the other release left it. A file that
+        // needs repair (after a crash) cannot be opened read-only: the writable open repairs
+        // it first.
+        let found = if existed {
+            match redb::Builder::new().open_read_only(&path) {
+                Ok(read_only) => meta::read_version(&read_only)?,
+                Err(_) => meta::read_version(&open()?)?,
+            }
+        } else {
+            SCHEMA_VERSION
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            // A copy of the closed file first, so the copy is consistent.
+            let backup = state_dir.join(format!("{}.v{found}.bak", Self::FILE_NAME));
+            copy_private(&path, &backup)?;
+            tracing::warn!(
+                from = found,
+                to = SCHEMA_VERSION,
+                backup = %backup.display(),
+                "migrating the state file"
+            );
+        }
+        let db = open()?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
             StoreError::Folder {
                 path: path.clone(),
                 source,
             }
         })?;
-        create_tables(&db)?;
+        create_tables(&db, found)?;
         let nonces = std::sync::Mutex::new(nonces::NonceCache::load(&db)?);
         Ok(Self { db, nonces })
     }
@@ -130,8 +179,29 @@ impl Drop for Store {
     }
 }
 
-fn create_tables(db: &Database) -> Result<(), StoreError> {
+/// Copies `from` to `to` with mode 0600 (it holds client secrets).
+fn copy_private(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Folder {
+        path: to.to_owned(),
+        source,
+    };
+    let mut source = fs::File::open(from).map_err(err)?;
+    let mut target = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(err)?;
+    std::io::copy(&mut source, &mut target).map_err(err)?;
+    target.sync_all().map_err(err)
+}
+
+/// Creates missing tables and, in the same transaction, migrates a file of schema version
+/// `found` (a new file counts as the current version) and records the version.
+fn create_tables(db: &Database, found: u64) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
+    meta::migrate(&txn, found)?;
     txn.open_table(openings::TABLE)?;
     txn.open_table(clients::CLIENTS)?;
     txn.open_table(clients::ENROLLMENTS)?;
@@ -184,5 +254,71 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    fn set_version(state: &Path, version: Option<u64>) {
+        let db = Database::open(state.join(Store::FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        match version {
+            Some(v) => {
+                txn.open_table(meta::META)
+                    .unwrap()
+                    .insert("schema_version", v)
+                    .unwrap();
+            }
+            None => {
+                txn.delete_table(meta::META).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_file_records_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(meta::read_version(&store.db).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_file_without_a_version_is_migrated_after_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = sample("10.0.0.2");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_openings(&[&a], &[]).unwrap();
+        }
+        set_version(dir.path(), None);
+        let before = fs::read(dir.path().join(Store::FILE_NAME)).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(meta::read_version(&store.db).unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.load_openings().unwrap(), vec![a], "data kept");
+        let backup = dir.path().join(format!("{}.v1.bak", Store::FILE_NAME));
+        assert_eq!(
+            fs::read(&backup).unwrap(),
+            before,
+            "the backup is the untouched file"
+        );
+        let mode = fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        set_version(dir.path(), Some(SCHEMA_VERSION + 1));
+        let before = fs::read(dir.path().join(Store::FILE_NAME)).unwrap();
+        let err = Store::open(dir.path()).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, StoreError::TooNew { found, .. } if found == SCHEMA_VERSION + 1),
+            "{text}"
+        );
+        assert!(
+            text.contains("newer than this xdpgate understands"),
+            "{text}"
+        );
+        assert_eq!(fs::read(dir.path().join(Store::FILE_NAME)).unwrap(), before);
     }
 }
