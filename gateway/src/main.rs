@@ -145,6 +145,7 @@ async fn dispatch(
             ClientsCommand::Add { name, servers } => {
                 admin::clients_add(socket, &name, &servers).await
             }
+            ClientsCommand::Reenroll { name } => admin::clients_reenroll(socket, &name).await,
             ClientsCommand::List => admin::clients_list(socket).await,
             ClientsCommand::Disable { name } => {
                 admin::clients_set_enabled(socket, &name, false).await

@@ -1162,3 +1162,119 @@ fn a_passcode_server_opens_only_for_a_right_unused_passcode_and_locks_out_guesse
     assert!(audit.contains("locked out"), "{audit}");
     assert!(audit.contains("was used by `pat` already"), "{audit}");
 }
+
+/// `clients reenroll NAME` issues a new link for an existing client; the old keys work until
+/// it is redeemed, then stop at once with their openings closed; the id, servers and audit
+/// history stay; only the newest link of a client enrolls.
+#[test]
+fn reenrollment_replaces_the_keys_and_keeps_the_client() {
+    let lab = ApprovalLab::new(56);
+    let (c4, g4) = lab.v4_pair();
+    let connect_with = |profile: &std::path::Path| {
+        let out = lab.client_cmd(&[
+            "client",
+            "connect",
+            "--profile",
+            &profile.display().to_string(),
+            "--server",
+            "vpn1",
+        ]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, output) = connect_with(&lab.profile);
+    assert!(ok, "{output}");
+    assert_eq!(
+        lab.guarded(c4, g4),
+        (true, true),
+        "approved under the first keys"
+    );
+
+    let unknown = lab.gateway.try_cli(&["clients", "reenroll", "mallory"]);
+    assert!(!unknown.status.success(), "an unknown client gets no link");
+
+    let link_of = |out: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in: {out}"))
+            .to_owned()
+    };
+    let voided = link_of(&lab.gateway.cli(&["clients", "reenroll", "alice"]));
+    let newest = link_of(&lab.gateway.cli(&["clients", "reenroll", "alice"]));
+    assert_ne!(voided, newest);
+    let (ok, output) = connect_with(&lab.profile);
+    assert!(ok, "the old keys work until a link is redeemed: {output}");
+
+    let enroll = |link: &str, profile: &std::path::Path| {
+        lab.client_cmd(&[
+            "client",
+            "enroll",
+            link,
+            "--profile",
+            &profile.display().to_string(),
+            "--device-name",
+            "new-laptop",
+        ])
+    };
+    let second = lab.gateway.dir().join("alice-2.profile.json");
+    let out = enroll(&voided, &second);
+    assert!(
+        !out.status.success() && !second.exists(),
+        "an older link is void once a newer one is issued: {out:?}"
+    );
+    let out = enroll(&newest, &second);
+    assert!(out.status.success(), "re-enroll: {out:?}");
+
+    assert_eq!(
+        lab.guarded(c4, g4),
+        (false, false),
+        "openings made with the old keys close at once"
+    );
+    let (ok, output) = connect_with(&lab.profile);
+    assert!(
+        !ok && output.contains("denied"),
+        "old keys refused: {output}"
+    );
+    assert_eq!(lab.guarded(c4, g4), (false, false), "and open nothing");
+    let (ok, output) = connect_with(&second);
+    assert!(ok, "the new keys are approved: {output}");
+    assert_eq!(lab.guarded(c4, g4), (true, true));
+    let out = enroll(&newest, &lab.gateway.dir().join("alice-3.profile.json"));
+    assert!(!out.status.success(), "a re-enrollment link is single use");
+
+    let old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lab.profile).unwrap()).unwrap();
+    let new: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&second).unwrap()).unwrap();
+    assert_eq!(old["client_id"], new["client_id"], "same client id");
+    assert_eq!(old["servers"], new["servers"], "same servers");
+    assert_ne!(old["hmac_secret"], new["hmac_secret"], "a new secret");
+    assert_ne!(
+        old["rsa_private_key_pem"], new["rsa_private_key_pem"],
+        "a new RSA key"
+    );
+
+    let clients = lab.gateway.cli(&["clients", "list"]);
+    assert!(
+        clients.contains("alice") && clients.contains("new-laptop"),
+        "{clients}"
+    );
+    let audit = lab.gateway.cli(&["audit", "tail", "--all"]);
+    assert!(audit.contains("reenroll_issued"), "{audit}");
+    assert!(
+        audit.contains("re-enrolled")
+            && audit.contains("opening(s) made with them closed")
+            && !audit.contains(" 0 opening(s) made with them closed"),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("\"test-laptop\""),
+        "the first enrollment stays in the history: {audit}"
+    );
+}

@@ -92,6 +92,20 @@ pub enum ClientAdminError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Why redeeming an enrollment token did not enroll anyone.
+#[derive(Debug, thiserror::Error)]
+enum RedeemError {
+    /// Unknown, used or expired token (the client sees `denied`).
+    #[error("unknown, used or expired enrollment token")]
+    NotRedeemed,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Closing the openings of the replaced keys failed.
+    #[error(transparent)]
+    Openings(#[from] crate::openings::OpeningsError),
+}
+
 /// Who a request came from, for the audit trail.
 struct Origin<'a> {
     remote: IpAddr,
@@ -792,14 +806,9 @@ impl Approvals {
             totp_secret_b32: Some(totp.to_base32().to_string()),
         };
         let digest = token_digest(&request.token);
-        let store = self.store.clone();
-        let now = unix_secs();
-        let redeemed = tokio::task::spawn_blocking(move || {
-            store.redeem_enrollment_token(&digest, now, enrollment)
-        })
-        .await;
+        let redeemed = self.redeem(digest, unix_secs(), enrollment).await;
         match redeemed {
-            Ok(Ok(Some(client))) => {
+            Ok(Some((client, replaced))) => {
                 let totp_servers: Vec<String> = client
                     .servers
                     .iter()
@@ -826,12 +835,14 @@ impl Approvals {
                 };
                 match opened.seal(&answer).and_then(|sealed| sealed.to_json()) {
                     Ok(body) => {
-                        audit(
-                            &client.client_id,
-                            "enrolled",
-                            "",
-                            format!("device {:?}", request.device_name),
-                        );
+                        let reason = match replaced {
+                            Some(closed) => format!(
+                                "device {:?} re-enrolled: the previous keys are replaced, {closed} opening(s) made with them closed",
+                                request.device_name
+                            ),
+                            None => format!("device {:?}", request.device_name),
+                        };
+                        audit(&client.client_id, "enrolled", "", reason);
                         FrontAnswer { status: 200, body }
                     }
                     Err(err) => {
@@ -840,7 +851,7 @@ impl Approvals {
                     }
                 }
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 audit(
                     "",
                     "rejected",
@@ -849,15 +860,112 @@ impl Approvals {
                 );
                 FrontAnswer::error(PublicCode::Denied.as_str(), 403)
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 error!(error = %err, "redeeming an enrollment token failed");
                 FrontAnswer::unavailable()
             }
-            Err(err) => {
-                error!(error = %err, "enrollment task failed");
-                FrontAnswer::unavailable()
-            }
         }
+    }
+
+    /// Consumes the token `digest` and stores `enrollment` for its client. When the client
+    /// was enrolled already (a re-enrollment link), the store write runs under the openings
+    /// lock with the client's generation bumped, so the old keys stop at once: approvals in
+    /// flight under them are refused and their openings close. Returns the client and, for a
+    /// re-enrollment, how many openings closed.
+    async fn redeem(
+        &self,
+        digest: String,
+        now: u64,
+        enrollment: Enrollment,
+    ) -> Result<Option<(StoredClient, Option<usize>)>, RedeemError> {
+        let join = |e| RedeemError::Openings(crate::openings::OpeningsError::Join(e));
+        let store = self.store.clone();
+        let peek = digest.clone();
+        let enrolled =
+            tokio::task::spawn_blocking(move || -> Result<Option<String>, StoreError> {
+                let Some(token) = store.enrollment_token(&peek)? else {
+                    return Ok(None);
+                };
+                Ok(store
+                    .client(&token.client_id)?
+                    .filter(|client| client.enrollment.is_some())
+                    .map(|client| client.client_id))
+            })
+            .await
+            .map_err(join)??;
+        let store = self.store.clone();
+        let Some(client_id) = enrolled else {
+            let client = tokio::task::spawn_blocking(move || {
+                store.redeem_enrollment_token(&digest, now, enrollment)
+            })
+            .await
+            .map_err(join)??;
+            return Ok(client.map(|client| (client, None)));
+        };
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let filled = slot.clone();
+        let closed = self
+            .openings
+            .revoke_origin_with(&client_id, move || {
+                let client = store
+                    .redeem_enrollment_token(&digest, now, enrollment)?
+                    .ok_or(RedeemError::NotRedeemed)?;
+                if let Ok(mut slot) = filled.lock() {
+                    *slot = Some(client);
+                }
+                Ok(())
+            })
+            .await;
+        match closed {
+            Ok(closed) => {
+                self.vpn_tokens.revoke_client(&client_id);
+                let client = slot.lock().ok().and_then(|mut slot| slot.take());
+                Ok(client.map(|client| (client, Some(closed))))
+            }
+            Err(RedeemError::NotRedeemed) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Issues a new single-use enrollment link for the existing client `name` and voids its
+    /// older links. Redeeming it replaces the client's keys (see [`Approvals::enroll`]).
+    pub async fn reenroll_client(
+        &self,
+        name: &str,
+    ) -> Result<(EnrollmentLink, u64), ClientAdminError> {
+        let base_url = self.public_url.clone().ok_or_else(|| {
+            ClientAdminError::Invalid(
+                "set approvals.public_url (the HTTPS address clients use) first".into(),
+            )
+        })?;
+        let cert_sha256 = self.web_cert_pin()?;
+        let token = random_token().map_err(ClientAdminError::Invalid)?;
+        let expires_unix = unix_secs() + self.enrollment_ttl.as_secs();
+        let pending = EnrollmentToken {
+            client_id: name.to_owned(),
+            expires_unix,
+        };
+        let digest = token_digest(&token);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.reissue_enrollment_token(&digest, &pending))
+            .await??;
+        self.operator_audit(
+            name,
+            "reenroll_issued",
+            format!(
+                "re-enrollment link expires at {expires_unix}; older links voided; the keys stay valid until it is redeemed"
+            ),
+        );
+        Ok((
+            EnrollmentLink {
+                base_url,
+                token,
+                cert_sha256,
+                controller_box_key: self.box_keys.public_key(),
+                controller: self.node_name.clone(),
+            },
+            expires_unix,
+        ))
     }
 
     /// Creates a client allowed on `servers` and returns its single-use enrollment link.

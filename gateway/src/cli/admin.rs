@@ -187,6 +187,21 @@ pub async fn clients_add(socket: &Path, name: &str, servers: &[String]) -> anyho
     ))
 }
 
+/// `xdpgate clients reenroll`.
+pub async fn clients_reenroll(socket: &Path, name: &str) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let request = pb::ReenrollClientRequest {
+        name: name.to_owned(),
+    };
+    let answer = client.reenroll_client(request).await?.into_inner();
+    Ok(format!(
+        "re-enrollment link for client {name} (single use, expires {}; redeeming it replaces the \
+         client's keys and the old ones stop at once):\n{}\n",
+        format_unix_ms(answer.expires_unix.saturating_mul(1000)),
+        answer.enrollment_link
+    ))
+}
+
 /// `xdpgate clients list`.
 pub async fn clients_list(socket: &Path) -> anyhow::Result<String> {
     let mut client = control::connect(socket).await?;

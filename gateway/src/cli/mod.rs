@@ -184,6 +184,13 @@ pub enum ClientsCommand {
         #[arg(long = "server", required = true)]
         servers: Vec<String>,
     },
+    /// Issue a new single-use enrollment link for an existing client (a lost or replaced
+    /// device): redeeming it replaces the client's keys, closes the openings made with the
+    /// old ones and keeps its id, servers and audit history.
+    Reenroll {
+        /// Client name.
+        name: String,
+    },
     /// List clients.
     List,
     /// Disable a client: its requests are denied and its openings close at once.

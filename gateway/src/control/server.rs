@@ -429,6 +429,24 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn reenroll_client(
+        &self,
+        request: Request<pb::ReenrollClientRequest>,
+    ) -> Result<Response<pb::AddClientResponse>, Status> {
+        let request = request.into_inner();
+        let (link, expires_unix) = self
+            .controller
+            .approvals
+            .reenroll_client(&request.name)
+            .await
+            .map_err(admin_status)?;
+        info!(client_id = %request.name, "re-enrollment link issued");
+        Ok(Response::new(pb::AddClientResponse {
+            enrollment_link: link.to_string(),
+            expires_unix,
+        }))
+    }
+
     async fn list_clients(
         &self,
         _request: Request<pb::ListClientsRequest>,

@@ -159,6 +159,56 @@ impl Store {
         Ok(())
     }
 
+    /// The token stored under `digest_hex`, if any (used or not, expired or not).
+    pub fn enrollment_token(
+        &self,
+        digest_hex: &str,
+    ) -> Result<Option<EnrollmentToken>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENROLLMENTS)?;
+        let Some(value) = table.get(digest_hex)? else {
+            return Ok(None);
+        };
+        decode(digest_hex, value.value()).map(Some)
+    }
+
+    /// Stores a new token for an existing client and removes every other token of that
+    /// client, in one transaction: only the newest link of a client can enroll.
+    pub fn reissue_enrollment_token(
+        &self,
+        digest_hex: &str,
+        token: &EnrollmentToken,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            if txn
+                .open_table(CLIENTS)?
+                .get(token.client_id.as_str())?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!(
+                    "client {:?}",
+                    token.client_id
+                )));
+            }
+            let mut tokens = txn.open_table(ENROLLMENTS)?;
+            let mut stale = Vec::new();
+            for entry in tokens.iter()? {
+                let (key, value) = entry?;
+                let old: EnrollmentToken = decode(key.value(), value.value())?;
+                if old.client_id == token.client_id {
+                    stale.push(key.value().to_owned());
+                }
+            }
+            for key in stale {
+                tokens.remove(key.as_str())?;
+            }
+            tokens.insert(digest_hex, encode(token)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Consumes a token and records the client's enrollment, atomically: a token enrolls at
     /// most once. Returns `Ok(None)` if the token is unknown, used or expired.
     pub fn redeem_enrollment_token(
