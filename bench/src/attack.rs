@@ -28,7 +28,7 @@ use xdpgate::{
     client::https,
     tls,
 };
-use xdpgate_tests::{Flood, FloodSpec, Gateway, NetNs, VethLink, start_web_node};
+use xdpgate_tests::{Flood, FloodSpec, Gateway, NetNs, VethLink, start_web_node_logging};
 
 use crate::{Opts, percentile, progress, report::Report};
 
@@ -109,9 +109,17 @@ struct Web(Child);
 
 impl Web {
     fn start(ns: &NetNs, config: &Path, listen: SocketAddr, log: &Path) -> Result<Self> {
-        start_web_node(ns.name(), config, listen, log, Duration::from_secs(20))
-            .map(Web)
-            .map_err(anyhow::Error::msg)
+        // The production default log level: what the front costs as operators run it.
+        start_web_node_logging(
+            ns.name(),
+            config,
+            listen,
+            log,
+            Duration::from_secs(20),
+            "info",
+        )
+        .map(Web)
+        .map_err(anyhow::Error::msg)
     }
 
     fn pid(&self) -> u32 {
@@ -385,9 +393,11 @@ pub fn run(report: &mut Report, opts: &Opts) -> Result<()> {
     let gateway_ns = NetNs::new_unique("xkgw");
     let client_side = VethLink::new(&client, &gateway_ns, CLIENT_SUBNET);
     let attacker_side = VethLink::new(&attacker, &gateway_ns, ATTACKER_SUBNET);
-    let gateway = Gateway::start_with(&gateway_ns, &[&client_side.b.ifname], |dir| {
+    let mut gateway = Gateway::start_with(&gateway_ns, &[&client_side.b.ifname], |dir| {
         controller_sections(&client_side, dir)
     });
+    // Measured at the production default log level, like the web front.
+    gateway.restart_with_log_filter("info");
     let dir = gateway.dir().to_owned();
     let listen = SocketAddr::new(IpAddr::V4(client_side.b.v4), WEB_PORT);
     // The valid client's rate fits the limits of every phase; the open config lets every

@@ -20,10 +20,18 @@ use xdpgate::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The web front runs on one thread: each request crosses several tasks (connection, the
+    // gRPC client's buffer, the HTTP/2 connection), and on a multi-thread runtime every
+    // crossing can be a futex wake of another worker, the largest cost per request in its
+    // profile. One front process per core scales it out (the cluster design).
+    // (attack bench, garbage flood: 56-68 µs of front CPU per request on one thread, 83-104
+    // on the multi-thread runtime.)
+    let mut builder = if matches!(cli.command, Command::Web { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("xdpgate: cannot start the async runtime: {err}");

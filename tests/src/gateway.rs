@@ -31,7 +31,13 @@ pub struct Gateway {
     role: &'static str,
     /// `--log-format` of the controller (`text` unless a test asks for `json`).
     log_format: &'static str,
+    /// `--log` of the controller ([`TEST_LOG`] unless a benchmark asks for the default).
+    log_filter: &'static str,
 }
+
+/// The log filter of the processes tests start: the controller's and web front's debug
+/// lines help when a test fails. Benchmarks measure at the production default, `info`.
+pub const TEST_LOG: &str = "info,xdpgate=debug";
 
 impl Gateway {
     /// Writes a config guarding `interfaces` of `ns` with the given `[[server]]` TOML
@@ -101,6 +107,7 @@ impl Gateway {
             web: None,
             role,
             log_format: "text",
+            log_filter: TEST_LOG,
         };
         gateway.launch();
         gateway
@@ -119,12 +126,7 @@ impl Gateway {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(xdpgate_bin())
-            .args([
-                "--log",
-                "info,xdpgate=debug",
-                "--log-format",
-                self.log_format,
-            ])
+            .args(["--log", self.log_filter, "--log-format", self.log_format])
             .args([self.role, "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -202,6 +204,13 @@ impl Gateway {
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();
+    }
+
+    /// Starts the controller again with log filter `filter` (e.g. `info`, the production
+    /// default, for a benchmark).
+    pub fn restart_with_log_filter(&mut self, filter: &'static str) {
+        self.log_filter = filter;
+        self.restart();
     }
 
     /// Starts the controller again writing `format` (`text` or `json`) log lines.
@@ -297,15 +306,28 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts `xdpgate web --config CONFIG` in the namespace named `ns` (debug log to `log`) and
-/// waits up to `limit` until it accepts TCP on `listen`. nsenter execs the program, so the
-/// child's pid is the web front's. On failure the child is killed and the error carries its log.
+/// Starts `xdpgate web --config CONFIG` in the namespace named `ns` (log filter [`TEST_LOG`]
+/// to `log`) and waits up to `limit` until it accepts TCP on `listen`. nsenter execs the
+/// program, so the child's pid is the web front's. On failure the child is killed and the
+/// error carries its log.
 pub fn start_web_node(
     ns: &str,
     config: &Path,
     listen: std::net::SocketAddr,
     log: &Path,
     limit: Duration,
+) -> Result<Child, String> {
+    start_web_node_logging(ns, config, listen, log, limit, TEST_LOG)
+}
+
+/// [`start_web_node`] with log filter `filter`.
+pub fn start_web_node_logging(
+    ns: &str,
+    config: &Path,
+    listen: std::net::SocketAddr,
+    log: &Path,
+    limit: Duration,
+    filter: &str,
 ) -> Result<Child, String> {
     let out = fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
     let err = out
@@ -314,7 +336,7 @@ pub fn start_web_node(
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ns}"))
         .arg(xdpgate_bin())
-        .args(["--log", "info,xdpgate=debug", "web", "--config"])
+        .args(["--log", filter, "web", "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(out)

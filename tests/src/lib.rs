@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use flood::{Flood, FloodReport, FloodSpec, connect_from};
-pub use gateway::{Gateway, start_web_node};
+pub use gateway::{Gateway, TEST_LOG, start_web_node, start_web_node_logging};
 pub use netns::{NetNs, in_netns};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use process::{Proc, wait_for};

@@ -133,12 +133,26 @@ fn route_name(path: &str) -> &'static str {
     }
 }
 
-/// Random 128-bit request id, hex.
+/// A 128-bit request id, hex: a random prefix drawn once per process and a counter, so ids
+/// are unique across restarts and nodes without a system call per request (the id only
+/// correlates log lines of the front and the controller; it is not a secret).
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    // The id only correlates logs; should the OS generator ever fail, a zero id still works.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    crate::tls::to_hex(&bytes)
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // Should the OS generator ever fail, a zero prefix still gives ids unique per run.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        u64::from_ne_bytes(bytes)
+    });
+    format!(
+        "{prefix:016x}{:016x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Admission for every request: client address, request id and span (the rate limit is
@@ -171,8 +185,16 @@ async fn admit(State(state): State<AppState>, mut request: Request, next: Next) 
                     next.run(request).await
                 }
             };
-        tracing::Span::current().record("status", response.status().as_u16());
-        tracing::info!("answered");
+        let status = response.status();
+        tracing::Span::current().record("status", status.as_u16());
+        // No line per answered request at the default level: under a flood it would cost
+        // the front a formatted write per request and fill the disk. The metrics and the
+        // controller's audit log count them; `--log xdpgate=debug` shows each.
+        if status.is_server_error() {
+            tracing::info!("answered");
+        } else {
+            tracing::debug!("answered");
+        }
         response
     }
     .instrument(span)
@@ -323,7 +345,7 @@ fn reserialize(call: FrontCall, body: &[u8]) -> Result<Vec<u8>, Refusal> {
     match call {
         FrontCall::Approval => {
             let request = approval::parse_request(body).map_err(|rejection| {
-                tracing::info!("malformed approval request: {rejection}");
+                tracing::debug!("malformed approval request: {rejection}");
                 Refusal::public(rejection.public_code())
             })?;
             request.to_json().map_err(|err| {
@@ -334,7 +356,7 @@ fn reserialize(call: FrontCall, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         FrontCall::Enroll => {
             // Sealed: the front checks the envelope's shape and relays ciphertext it cannot read.
             let request = enrollment::SealedEnrollRequest::parse(body).map_err(|err| {
-                tracing::info!("{err}");
+                tracing::debug!("{err}");
                 Refusal::public(PublicCode::Malformed)
             })?;
             request.to_json().map_err(|err| {
