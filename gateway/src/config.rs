@@ -249,6 +249,8 @@ struct RawServer {
     max_addresses_per_client: Option<Spanned<u32>>,
     #[serde(default)]
     second_factor: SecondFactor,
+    #[serde(default)]
+    device_auth: crate::device::DeviceAuth,
     #[serde(default = "defaults::connect_window_secs")]
     connect_window_secs: Spanned<u32>,
     #[serde(default = "defaults::idle_timeout_secs")]
@@ -646,6 +648,8 @@ pub struct ServerConfig {
     pub max_addresses_per_client: usize,
     /// The second factor approvals of this server need.
     pub second_factor: SecondFactor,
+    /// Whether approvals need a signature by an approved device (`docs/PROTOCOL.md` §15).
+    pub device_auth: crate::device::DeviceAuth,
     /// The public IPv4 address clients are told to connect to.
     pub public_ipv4: Option<std::net::Ipv4Addr>,
     /// The public IPv6 address clients are told to connect to.
@@ -895,6 +899,7 @@ impl Validator<'_> {
                 address_policy: server.address_policy,
                 max_addresses_per_client,
                 second_factor: server.second_factor,
+                device_auth: server.device_auth,
                 public_ipv4,
                 public_ipv6,
                 openvpn,

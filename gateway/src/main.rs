@@ -88,6 +88,10 @@ async fn dispatch(command: Command, log_filter: &str) -> anyhow::Result<String> 
             Ok(out)
         }
         Command::Cluster { command } => cli::cluster::run(command).await,
+        Command::Devices { command } => cli::devices::run(command).await,
+        Command::Client {
+            command: ClientCommand::Device { command },
+        } => cli::devices::run_client(command),
         Command::Servers {
             command: ServersCommand::List { target },
         } => admin::servers_list(&target.socket).await,

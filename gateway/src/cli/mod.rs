@@ -1,6 +1,7 @@
 //! Command-line interface of the `xdpgate` binary.
 pub mod admin;
 pub mod cluster;
+pub mod devices;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -91,6 +92,11 @@ pub enum Command {
     Clients {
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// Device authentication: pending devices, approving them with their PIN, removing them.
+    Devices {
+        #[command(subcommand)]
+        command: devices::DevicesCommand,
     },
     /// The audit trail (every decision with its precise reason).
     Audit {
@@ -289,5 +295,11 @@ pub enum ClientCommand {
         /// (mode 0600), for OpenVPN's `--auth-user-pass FILE`.
         #[arg(long, value_name = "FILE")]
         openvpn_auth: Option<PathBuf>,
+    },
+    /// This device's TPM key (device authentication): show its fingerprint and PIN, or make
+    /// a profile sign with it.
+    Device {
+        #[command(subcommand)]
+        command: devices::ClientDeviceCommand,
     },
 }

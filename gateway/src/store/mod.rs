@@ -5,6 +5,7 @@
 mod answers;
 mod audit;
 mod clients;
+pub mod devices;
 mod nonces;
 mod notices;
 mod openings;
@@ -140,6 +141,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(audit::SAMPLES)?;
     txn.open_table(answers::TABLE)?;
     txn.open_table(notices::TABLE)?;
+    txn.open_table(devices::TABLE)?;
+    txn.open_table(devices::SETTINGS)?;
     txn.commit()?;
     Ok(())
 }
@@ -160,6 +163,7 @@ mod tests {
             granted_ms: 1,
             connect_until_ms: 2,
             deadline_ms: 3,
+            device: None,
         };
         OpeningRecord::new(id, 1000, holder)
     }
