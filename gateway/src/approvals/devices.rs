@@ -18,7 +18,7 @@ use crate::{
     device::{DeviceAuth, Fingerprint, pin_matches},
     openings::OpeningsError,
     store::{
-        AuditEvent, AuditKind, StoreError,
+        AuditEvent, AuditKind, Journal, StoreError,
         devices::{DeviceOverride, DeviceRecord, DeviceSighting, DeviceState},
     },
 };
@@ -157,7 +157,8 @@ impl Approvals {
                     "auto_approved",
                     &remote,
                     "approved automatically: the override window is open",
-                );
+                )
+                .await;
                 Ok(Some(device.fingerprint))
             }
             DeviceSighting::Pending {
@@ -175,7 +176,8 @@ impl Approvals {
                             "pending registration removed: {} newer device(s) are pending",
                             crate::device::MAX_PENDING_PER_CLIENT
                         ),
-                    );
+                    )
+                    .await;
                 }
                 let (verdict, detail) = if new {
                     self.metrics.count("device.pending");
@@ -184,7 +186,8 @@ impl Approvals {
                     self.metrics.count("device.pending_again");
                     ("pending_again", " (asked again; same entry)".to_owned())
                 };
-                self.device_audit(&device, verdict, &remote, "waiting for an operator");
+                self.device_audit(&device, verdict, &remote, "waiting for an operator")
+                    .await;
                 Err(Some(Reason::DevicePending {
                     client_id,
                     device: device.name,
@@ -232,7 +235,8 @@ impl Approvals {
                 client,
                 "pin_locked",
                 &format!("approve {selector:?} refused: too many wrong PINs"),
-            );
+            )
+            .await;
             return Err(DeviceAdminError::PinLocked {
                 client: client.to_owned(),
                 seconds_left: left.as_secs().max(1),
@@ -257,7 +261,8 @@ impl Approvals {
                 "pin_wrong",
                 &source,
                 &format!("operator gave a wrong PIN; nothing approved ({left} attempt(s) left)"),
-            );
+            )
+            .await;
             return Err(DeviceAdminError::WrongPin {
                 client: client.to_owned(),
                 device: device.name,
@@ -280,7 +285,8 @@ impl Approvals {
             "approved",
             &source,
             "approved by the operator with its PIN",
-        );
+        )
+        .await;
         Ok(device)
     }
 
@@ -326,7 +332,8 @@ impl Approvals {
                 "removed by the operator (was {}); {closed} opening(s) closed",
                 device.state.as_str()
             ),
-        );
+        )
+        .await;
         Ok((device, closed))
     }
 
@@ -352,7 +359,8 @@ impl Approvals {
                 "new devices are approved without a PIN for {hours} h (until {} ms)",
                 value.until_unix_ms
             ),
-        );
+        )
+        .await;
         Ok(value)
     }
 
@@ -368,7 +376,8 @@ impl Approvals {
             "",
             "override_off",
             "new devices need the operator's approval with their PIN again",
-        );
+        )
+        .await;
         Ok(value)
     }
 
@@ -425,9 +434,10 @@ impl Approvals {
         }
     }
 
-    /// Audits a device event: client, device name, fingerprint and source address.
-    fn device_audit(&self, device: &DeviceRecord, verdict: &str, source: &str, what: &str) {
-        self.audit.record(AuditEvent {
+    /// Audits a device event (client, device name, fingerprint and source address), durably:
+    /// it is on disk before the request or the command is answered.
+    async fn device_audit(&self, device: &DeviceRecord, verdict: &str, source: &str, what: &str) {
+        self.commit_events(vec![AuditEvent {
             unix_ms: unix_ms(),
             kind: AuditKind::Device,
             client_id: device.client_id.clone(),
@@ -441,11 +451,12 @@ impl Approvals {
                 device.fingerprint,
                 device.state.as_str()
             ),
-        });
+        }])
+        .await;
     }
 
-    fn operator_device_audit(&self, client: &str, verdict: &str, what: &str) {
-        self.audit.record(AuditEvent {
+    async fn operator_device_audit(&self, client: &str, verdict: &str, what: &str) {
+        self.commit_events(vec![AuditEvent {
             unix_ms: unix_ms(),
             kind: AuditKind::Device,
             client_id: client.to_owned(),
@@ -454,6 +465,25 @@ impl Approvals {
             verdict: verdict.to_owned(),
             code: String::new(),
             reason: what.to_owned(),
-        });
+        }])
+        .await;
+    }
+
+    /// Commits audit events in one durable transaction; a failure is logged (the device
+    /// change itself is already committed).
+    async fn commit_events(&self, events: Vec<AuditEvent>) {
+        for event in &events {
+            super::audit::log(event);
+        }
+        let store = self.store.clone();
+        let journal = Journal {
+            audit: events,
+            answers: Vec::new(),
+        };
+        match tokio::task::spawn_blocking(move || store.commit_journal(&journal)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!(error = %err, "writing a device audit event failed"),
+            Err(err) => error!(error = %err, "device audit task failed"),
+        }
     }
 }

@@ -143,7 +143,23 @@ impl Store {
                 Some(v) => Some(decode(&k, v.value())?),
                 None => None,
             };
+            let over: DeviceOverride = match settings.get(OVERRIDE_KEY)? {
+                Some(v) => decode(OVERRIDE_KEY, v.value())?,
+                None => DeviceOverride::default(),
+            };
+            let auto = over.active(now_ms);
             match existing {
+                // A pending registration asking again while the window is open is approved
+                // like a new one (a removed device never is).
+                Some(mut device) if auto && device.state == DeviceState::Pending => {
+                    device.last_seen_unix_ms = now_ms;
+                    device.source = source.to_owned();
+                    device.state = DeviceState::Approved;
+                    device.changed_unix_ms = now_ms;
+                    device.approved_by = "override".into();
+                    table.insert(k.as_str(), encode(&device)?.as_slice())?;
+                    DeviceSighting::AutoApproved(device)
+                }
                 Some(mut device) => {
                     device.last_seen_unix_ms = now_ms;
                     device.source = source.to_owned();
@@ -159,16 +175,11 @@ impl Store {
                     }
                 }
                 None => {
-                    let over: DeviceOverride = match settings.get(OVERRIDE_KEY)? {
-                        Some(v) => decode(OVERRIDE_KEY, v.value())?,
-                        None => DeviceOverride::default(),
-                    };
                     let sequence = match settings.get(SEQUENCE_KEY)? {
                         Some(v) => decode::<u64>(SEQUENCE_KEY, v.value())?,
                         None => 0,
                     } + 1;
                     settings.insert(SEQUENCE_KEY, encode(&sequence)?.as_slice())?;
-                    let auto = over.active(now_ms);
                     let device = DeviceRecord {
                         client_id: client_id.to_owned(),
                         fingerprint: fingerprint.clone(),
