@@ -492,3 +492,161 @@ fn devices_are_pending_until_approved_with_their_pin_and_removal_closes_their_op
     lab.audited(&["pin_locked", "alice"]);
     assert!(lab.gateway.cli(&["status"]).contains("device.pin_locked"));
 }
+
+/// Sends `body` to the web front from the client namespace over pinned HTTPS.
+fn post(
+    lab: &DeviceLab,
+    profile: &xdpgate::approval::ClientProfile,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    use xdpgate::{client::https, tls};
+    let endpoint = https::Endpoint::parse(&profile.web_endpoint).unwrap_or_else(|e| panic!("{e}"));
+    let pins = tls::pins_from_anchor_pem(&profile.tls_anchor_pem).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
+    lab.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply = runtime
+            .block_on(https::send(
+                &endpoint,
+                config,
+                https::HttpsRequest::post_json("/v1/approvals", body),
+                Duration::from_secs(10),
+                64 * 1024,
+            ))
+            .unwrap_or_else(|e| panic!("HTTPS exchange failed: {e}"));
+        (reply.status, reply.body.to_vec())
+    })
+}
+
+/// Signs with `sign`'s key but claims `public`'s (a signature that does not match the key).
+struct Mismatched {
+    public: xdpgate::device::DevicePublicKey,
+    sign: xdpgate::device::SoftwareDeviceKey,
+}
+
+impl xdpgate::device::DeviceSigner for Mismatched {
+    fn public_key(&self) -> &xdpgate::device::DevicePublicKey {
+        &self.public
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<[u8; 64], xdpgate::device::DeviceSignError> {
+        self.sign.sign(message)
+    }
+}
+
+/// How a crafted request is changed after it is built.
+#[derive(Clone, Copy, Debug)]
+enum Craft {
+    /// Built with the TPM key, unchanged.
+    Genuine,
+    /// No device key and no device signature.
+    NoDevice,
+    /// The TPM key in the box, the signature removed (and the request re-MACed).
+    StripSignature,
+    /// One bit of the device signature flipped (re-MACed).
+    FlipSignature,
+    /// The TPM's public key in the box, signed by another key.
+    OtherKeySigns,
+}
+
+#[test]
+fn bad_device_signatures_over_https_are_refused_with_their_code_and_open_nothing() {
+    use xdpgate::approval::{self, ClientProfile, RequestParams};
+    use xdpgate::device::{DeviceSigner as _, SoftwareDeviceKey};
+    let lab = DeviceLab::new(92);
+    let tpm = Swtpm::start(&lab.client, TPM_PORTS[0]);
+    lab.enroll();
+    let out = lab.client_cmd(
+        &[
+            "client",
+            "device",
+            "enable",
+            "--profile",
+            &lab.profile.display().to_string(),
+            "--tcti",
+            &tpm.tcti(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (fp, pin) = lab.show(&tpm.tcti());
+    assert!(!lab.connect("dev1", "laptop", None).ok, "pending first");
+    lab.devices(&["approve", "alice", "laptop", "--pin", &pin]);
+    let profile =
+        ClientProfile::from_json(&std::fs::read_to_string(&lab.profile).unwrap()).unwrap();
+    let v4 = lab.link.a.v4;
+    let tcti = tpm.tcti();
+    // Builds one request in the client namespace (where the swtpm listens), with the TPM.
+    let craft = |how: Craft| -> (Vec<u8>, approval::PendingApproval) {
+        let profile = profile.clone();
+        let tcti = tcti.clone();
+        lab.client.run(move || {
+            let creds = profile.credentials().unwrap();
+            let params = RequestParams {
+                server: "dev1".into(),
+                public_ipv4: Some(v4),
+                public_ipv6: None,
+                client_version: "device-table/1".into(),
+                device_name: "laptop".into(),
+                passcode: None,
+            };
+            let mut tpm_key = xdpgate::client::tpm::TpmDeviceKey::open(&tcti).unwrap();
+            let mut other = Mismatched {
+                public: tpm_key.public_key().clone(),
+                sign: SoftwareDeviceKey::generate().unwrap(),
+            };
+            let device: Option<&mut dyn xdpgate::device::DeviceSigner> = match how {
+                Craft::NoDevice => None,
+                Craft::OtherKeySigns => Some(&mut other),
+                _ => Some(&mut tpm_key),
+            };
+            let (mut request, pending) = approval::build_request_with_device(
+                &creds,
+                &params,
+                xdpgate::clock::unix_secs(),
+                device,
+            )
+            .unwrap();
+            match how {
+                Craft::StripSignature => request.device_signature = None,
+                Craft::FlipSignature => {
+                    if let Some(sig) = request.device_signature.as_mut() {
+                        sig[10] ^= 0x01;
+                    }
+                }
+                _ => {}
+            }
+            request.hmac = creds
+                .hmac_secret()
+                .sign(&approval::request_mac_input(&request));
+            (request.to_json().unwrap(), pending)
+        })
+    };
+    let creds = profile.credentials().unwrap();
+    for (how, status, code) in [
+        (Craft::NoDevice, 401, "device_required"),
+        (Craft::StripSignature, 401, "device_required"),
+        (Craft::FlipSignature, 403, "denied"),
+        (Craft::OtherKeySigns, 403, "denied"),
+    ] {
+        let (body, pending) = craft(how);
+        let (got, answer) = post(&lab, &profile, body);
+        assert_eq!(got, status, "{how:?}: {}", String::from_utf8_lossy(&answer));
+        // A sealed denial: the client can tell it is the server's real answer.
+        let sealed = approval::open_denial(&creds, &pending, &answer)
+            .unwrap_or_else(|e| panic!("{how:?}: not a sealed denial: {e}"));
+        assert_eq!(sealed.as_str(), code, "{how:?}");
+        assert!(!lab.guarded_open(GUARDED), "{how:?} opened the port");
+    }
+    lab.audited(&["rejected denied", "does not verify with device key", &fp]);
+    lab.audited(&["rejected device_required", "lacks a device signature", "alice"]);
+    // The same path with nothing changed is approved: the refusals above were for their flaw.
+    let (body, pending) = craft(Craft::Genuine);
+    let (got, answer) = post(&lab, &profile, body);
+    assert_eq!(got, 200, "{}", String::from_utf8_lossy(&answer));
+    approval::open_response(&creds, &pending, &answer).unwrap();
+    assert!(lab.guarded_open(GUARDED));
+}
