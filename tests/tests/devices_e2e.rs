@@ -642,7 +642,11 @@ fn bad_device_signatures_over_https_are_refused_with_their_code_and_open_nothing
         assert!(!lab.guarded_open(GUARDED), "{how:?} opened the port");
     }
     lab.audited(&["rejected denied", "does not verify with device key", &fp]);
-    lab.audited(&["rejected device_required", "lacks a device signature", "alice"]);
+    lab.audited(&[
+        "rejected device_required",
+        "lacks a device signature",
+        "alice",
+    ]);
     // The same path with nothing changed is approved: the refusals above were for their flaw.
     let (body, pending) = craft(Craft::Genuine);
     let (got, answer) = post(&lab, &profile, body);

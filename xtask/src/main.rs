@@ -48,7 +48,7 @@ enum Task {
     /// fails if one finds a crash.
     Test(TestArgs),
     /// Setup, build, then run the narrated demo in network namespaces.
-    Demo,
+    Demo(DemoArgs),
     /// Setup, build, then measure: program cost, live packet ladder (XDP gate vs nftables vs
     /// iptables+ipset vs nothing on veth), approval crypto rates, controller restart.
     ///
@@ -85,6 +85,14 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct DemoArgs {
+    /// Also show device authentication: the client's key in a software TPM (swtpm), its first
+    /// request pending with a PIN, the operator approving it, then the connection.
+    #[arg(long)]
+    device_auth: bool,
+}
+
+#[derive(Args)]
 struct TestArgs {
     /// Test only this package (repeatable); default: the workspace except the eBPF crate.
     #[arg(short, long = "package", value_name = "SPEC")]
@@ -114,7 +122,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Test(args) => test(&args),
-        Task::Demo => demo(),
+        Task::Demo(args) => demo(&args),
         Task::Bench(args) => bench(&args),
         Task::Fuzz(args) => fuzz_task(&args),
     }
@@ -171,7 +179,7 @@ fn fuzz_task(args: &FuzzArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo() -> Result<ExitCode> {
+fn demo(args: &DemoArgs) -> Result<ExitCode> {
     setup::setup()?;
     run_checked(cargo().args([
         "build",
@@ -184,7 +192,12 @@ fn demo() -> Result<ExitCode> {
     ]))?;
     let bin = workspace::xdpgate_bin()?;
     let demo = bin.with_file_name("xdpgate-demo");
-    let status = run_status(Command::new(&demo).env("XDPGATE_BIN", &bin))?;
+    let mut command = Command::new(&demo);
+    command.env("XDPGATE_BIN", &bin);
+    if args.device_auth {
+        command.arg("--device-auth");
+    }
+    let status = run_status(&mut command)?;
     Ok(exit_code(status))
 }
 
