@@ -193,3 +193,106 @@ impl Drop for TpmDeviceKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A swtpm on two free loopback ports with its own state, killed on drop.
+    struct TestTpm {
+        child: std::process::Child,
+        port: u16,
+        _state: tempfile::TempDir,
+    }
+
+    impl TestTpm {
+        fn start() -> TestTpm {
+            let state = tempfile::tempdir().unwrap();
+            let port = (0..50)
+                .find_map(|_| {
+                    let a = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                    let port = a.local_addr().ok()?.port();
+                    let _b =
+                        std::net::TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+                    Some(port)
+                })
+                .expect("two free loopback ports");
+            let child = std::process::Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state.path().display()))
+                .args([
+                    "--server",
+                    &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+                ])
+                .args([
+                    "--ctrl",
+                    &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
+                ])
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start swtpm ({e}): apt-get install swtpm (cargo xtask setup)")
+                });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "swtpm did not listen");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            TestTpm {
+                child,
+                port,
+                _state: state,
+            }
+        }
+
+        fn tcti(&self) -> String {
+            format!("swtpm:host=127.0.0.1,port={}", self.port)
+        }
+    }
+
+    impl Drop for TestTpm {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn the_tpm_makes_the_same_key_again_and_its_signatures_verify() {
+        let tpm = TestTpm::start();
+        let mut key = TpmDeviceKey::open(&tpm.tcti()).unwrap();
+        let public = key.public_key().clone();
+        let signature = key.sign(b"transcript D").unwrap();
+        drop(key);
+        assert!(public.verify(b"transcript D", &signature));
+        assert!(!public.verify(b"transcript E", &signature));
+        let ring_key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            public.as_bytes(),
+        );
+        assert!(ring_key.verify(b"transcript D", &signature).is_ok());
+        // Made again from the template: the same key (nothing was stored).
+        let again = TpmDeviceKey::open(&tpm.tcti()).unwrap();
+        assert_eq!(again.public_key(), &public);
+        // Another TPM (other seeds): another key.
+        let other = TestTpm::start();
+        let theirs = TpmDeviceKey::open(&other.tcti()).unwrap();
+        assert_ne!(theirs.public_key(), &public);
+    }
+
+    #[test]
+    fn a_bad_tcti_or_an_absent_tpm_is_an_error() {
+        assert!(matches!(
+            TpmDeviceKey::open("nonsense:x"),
+            Err(TpmError::Tcti { .. })
+        ));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(TpmDeviceKey::open(&format!("swtpm:host=127.0.0.1,port={port}")).is_err());
+    }
+}
