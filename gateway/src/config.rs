@@ -1609,6 +1609,33 @@ address = "192.0.2.1"
     }
 
     #[test]
+    fn device_auth_is_off_by_default_and_read_strictly() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(
+            config.servers[0].device_auth,
+            crate::device::DeviceAuth::Off
+        );
+        let on = GOOD.replacen(
+            "name = \"vpn1\"",
+            "name = \"vpn1\"\ndevice_auth = \"required\"",
+            1,
+        );
+        assert_eq!(
+            parse(&on).unwrap().servers[0].device_auth,
+            crate::device::DeviceAuth::Required
+        );
+        let bad = GOOD.replacen(
+            "name = \"vpn1\"",
+            "name = \"vpn1\"\ndevice_auth = \"maybe\"",
+            1,
+        );
+        assert!(
+            parse(&bad).is_err(),
+            "an unknown device_auth value is refused"
+        );
+    }
+
+    #[test]
     fn example_config_in_the_repo_is_valid() {
         let text = include_str!("../../config/example.toml");
         let config = parse(text).unwrap();

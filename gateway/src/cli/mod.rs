@@ -15,7 +15,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "xdpgate", version, about)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `xdpgate=debug`.
-    #[arg(long, global = true, env = "XDPGATE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "XDPGATE_LOG",
+        default_value = "info,tss_esapi=warn"
+    )]
     pub log: String,
     /// What to do.
     #[command(subcommand)]
