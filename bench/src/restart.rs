@@ -44,6 +44,7 @@ pub fn bench_openings(count: u32) -> Vec<OpeningRecord> {
                     granted_ms: now,
                     connect_until_ms: now + 3_600_000,
                     deadline_ms: now + 86_400_000,
+                    device: None,
                 },
             )
         })

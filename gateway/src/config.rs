@@ -253,6 +253,8 @@ struct RawServer {
     max_addresses_per_client: Option<Spanned<u32>>,
     #[serde(default)]
     second_factor: SecondFactor,
+    #[serde(default)]
+    device_auth: crate::device::DeviceAuth,
     #[serde(default = "defaults::connect_window_secs")]
     connect_window_secs: Spanned<u32>,
     #[serde(default = "defaults::idle_timeout_secs")]
@@ -665,6 +667,8 @@ pub struct ServerConfig {
     pub max_addresses_per_client: usize,
     /// The second factor approvals of this server need.
     pub second_factor: SecondFactor,
+    /// Whether approvals need a signature by an approved device (`docs/PROTOCOL.md` §15).
+    pub device_auth: crate::device::DeviceAuth,
     /// The public IPv4 address clients are told to connect to.
     pub public_ipv4: Option<std::net::Ipv4Addr>,
     /// The public IPv6 address clients are told to connect to.
@@ -931,6 +935,7 @@ impl Validator<'_> {
                 address_policy: server.address_policy,
                 max_addresses_per_client,
                 second_factor: server.second_factor,
+                device_auth: server.device_auth,
                 public_ipv4,
                 public_ipv6,
                 openvpn,
@@ -1663,6 +1668,33 @@ address = "192.0.2.1"
         assert!(reason.contains("max_lifetime_secs"), "{reason}");
         let (_, reason) = invalid_line(&GOOD.replace("port = 1194", "port = 0"));
         assert!(reason.contains("port 0"), "{reason}");
+    }
+
+    #[test]
+    fn device_auth_is_off_by_default_and_read_strictly() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(
+            config.servers[0].device_auth,
+            crate::device::DeviceAuth::Off
+        );
+        let on = GOOD.replacen(
+            "name = \"vpn1\"",
+            "name = \"vpn1\"\ndevice_auth = \"required\"",
+            1,
+        );
+        assert_eq!(
+            parse(&on).unwrap().servers[0].device_auth,
+            crate::device::DeviceAuth::Required
+        );
+        let bad = GOOD.replacen(
+            "name = \"vpn1\"",
+            "name = \"vpn1\"\ndevice_auth = \"maybe\"",
+            1,
+        );
+        assert!(
+            parse(&bad).is_err(),
+            "an unknown device_auth value is refused"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod controller;
+pub mod device;
 pub mod enrollment;
 pub mod gate;
 pub mod metrics;

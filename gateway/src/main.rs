@@ -135,6 +135,10 @@ async fn dispatch(
             Ok(out)
         }
         Command::Cluster { command } => cli::cluster::run(command).await,
+        Command::Devices { command } => cli::devices::run(socket, command).await,
+        Command::Client {
+            command: ClientCommand::Device { command },
+        } => cli::devices::run_client(command),
         Command::Servers {
             command: ServersCommand::List,
         } => admin::servers_list(socket).await,

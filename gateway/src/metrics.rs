@@ -143,6 +143,7 @@ impl ControllerSnapshot {
         );
         let approvals = Family::<Vec<(&'static str, String)>, Counter>::default();
         let enrollments = Family::<Vec<(&'static str, String)>, Counter>::default();
+        let devices = Family::<Vec<(&'static str, String)>, Counter>::default();
         for (name, value) in self.outcomes {
             if let Some(code) = name.strip_prefix("approval.") {
                 approvals
@@ -151,6 +152,10 @@ impl ControllerSnapshot {
             } else if let Some(code) = name.strip_prefix("enrollment.") {
                 enrollments
                     .get_or_create(&vec![("code", code.to_owned())])
+                    .inc_by(value);
+            } else if let Some(event) = name.strip_prefix("device.") {
+                devices
+                    .get_or_create(&vec![("event", event.to_owned())])
                     .inc_by(value);
             }
         }
@@ -163,6 +168,11 @@ impl ControllerSnapshot {
             "xdpgate_enrollments",
             "Enrollments by outcome code",
             enrollments,
+        );
+        registry.register(
+            "xdpgate_devices",
+            "Device authentication events (pending, approved, auto_approved, removed, ...)",
+            devices,
         );
         let serving = Family::<Vec<(&'static str, String)>, Gauge>::default();
         for (interface, up) in self.interfaces {
@@ -319,6 +329,7 @@ mod tests {
             outcomes: vec![
                 ("approval.approved".to_owned(), 7),
                 ("enrollment.enrolled".to_owned(), 1),
+                ("device.pending".to_owned(), 2),
             ],
             interfaces: vec![("eth0".to_owned(), true)],
         };
@@ -332,6 +343,7 @@ mod tests {
             r#"xdpgate_openings_map_fill_ratio{family="ipv4"} 0.5"#,
             r#"xdpgate_approvals_total{code="approved"} 7"#,
             r#"xdpgate_enrollments_total{code="enrolled"} 1"#,
+            r#"xdpgate_devices_total{event="pending"} 2"#,
             r#"xdpgate_gate_serving{interface="eth0"} 1"#,
             "# TYPE xdpgate_approval_duration_seconds histogram",
         ] {

@@ -285,7 +285,7 @@ impl Gateway {
 fn admin_words(args: &[&str]) -> usize {
     match args.first() {
         Some(&"openings") | Some(&"servers") | Some(&"clients") | Some(&"audit")
-        | Some(&"notices") => 2,
+        | Some(&"notices") | Some(&"devices") => 2,
         _ => 1,
     }
 }

@@ -27,6 +27,7 @@ pub mod openvpn;
 mod probe;
 mod process;
 pub mod relay;
+mod swtpm;
 mod veth;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use gateway::{Gateway, TEST_LOG, start_web_node, start_web_node_logging};
 pub use netns::{NetNs, in_netns};
 pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
 pub use process::{Proc, wait_for};
+pub use swtpm::Swtpm;
 pub use veth::{VethEnd, VethLink};
 
 /// The web front's and the VPN server's system users (`cargo xtask setup` creates them too).

@@ -182,13 +182,26 @@ pub fn start_gateway(
     gw: Ipv4Addr,
     web_port: u16,
 ) -> (Gateway, TunGuard) {
+    start_gateway_with(vpn, gw_ns, interfaces, gw, web_port, |toml| toml)
+}
+
+/// [`start_gateway`] with the configuration text passed through `edit` first (e.g. to turn
+/// on `device_auth` for vpn1).
+pub fn start_gateway_with(
+    vpn: &OpenVpn,
+    gw_ns: &NetNs,
+    interfaces: &[&str],
+    gw: Ipv4Addr,
+    web_port: u16,
+    edit: impl Fn(String) -> String,
+) -> (Gateway, TunGuard) {
     let tun = TunGuard {
         ns: gw_ns.name().to_owned(),
         name: unique_name("xgt"),
     };
     let socket = vpn.management_socket();
     let mut gateway = Gateway::start_with(gw_ns, interfaces, |gdir| {
-        gateway_sections(gw, web_port, gdir, &socket, &tun.name)
+        edit(gateway_sections(gw, web_port, gdir, &socket, &tun.name))
     });
     gateway.start_web(SocketAddr::new(gw.into(), web_port));
     (gateway, tun)

@@ -53,7 +53,7 @@ enum Task {
     /// shell completions.
     Package,
     /// Setup, build, then run the narrated demo in network namespaces.
-    Demo,
+    Demo(DemoArgs),
     /// Setup, build, then measure: program cost, live packet ladder (XDP gate vs nftables vs
     /// iptables+ipset vs nothing on veth), approval crypto rates, controller restart.
     ///
@@ -87,6 +87,14 @@ struct BenchArgs {
     /// More arguments for the bench binary, e.g. `-- --only program`.
     #[arg(last = true, value_name = "BENCH_ARGS")]
     bench_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Also show device authentication: the client's key in a software TPM (swtpm), its first
+    /// request pending with a PIN, the operator approving it, then the connection.
+    #[arg(long)]
+    device_auth: bool,
 }
 
 #[derive(Args)]
@@ -125,7 +133,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
             package::package(&workspace::xdpgate_bin()?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Task::Demo => demo(),
+        Task::Demo(args) => demo(&args),
         Task::Bench(args) => bench(&args),
         Task::Fuzz(args) => fuzz_task(&args),
     }
@@ -208,7 +216,7 @@ fn fuzz_task(args: &FuzzArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo() -> Result<ExitCode> {
+fn demo(args: &DemoArgs) -> Result<ExitCode> {
     setup::setup()?;
     run_checked(cargo().args([
         "build",
@@ -221,7 +229,12 @@ fn demo() -> Result<ExitCode> {
     ]))?;
     let bin = workspace::xdpgate_bin()?;
     let demo = bin.with_file_name("xdpgate-demo");
-    let status = run_status(Command::new(&demo).env("XDPGATE_BIN", &bin))?;
+    let mut command = Command::new(&demo);
+    command.env("XDPGATE_BIN", &bin);
+    if args.device_auth {
+        command.arg("--device-auth");
+    }
+    let status = run_status(&mut command)?;
     Ok(exit_code(status))
 }
 

@@ -28,6 +28,12 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "curl",
+    // Device authentication: tss-esapi links Debian's libtss2 (found with pkg-config); the
+    // tests and the demo run one software TPM per client device.
+    "pkg-config",
+    "libtss2-dev",
+    "swtpm",
+    "swtpm-tools",
 ];
 
 /// Written next to bpf-linker after setup builds it: the LLVM major it was built against.

@@ -21,6 +21,8 @@ pub const ADDRESS_PATH: &str = "/v1/address";
 pub const REQUEST_MAC_TAG: &str = "xdpgate-approval-request-mac";
 /// Domain-separation tag of the request signature transcript.
 pub const REQUEST_SIGNATURE_TAG: &str = "xdpgate-approval-request-signature";
+/// Domain-separation tag of the device signature transcript (`docs/PROTOCOL.md` §15.3).
+pub const REQUEST_DEVICE_SIGNATURE_TAG: &str = "xdpgate-approval-device-signature";
 /// Domain-separation tag of the response MAC transcript.
 pub const RESPONSE_MAC_TAG: &str = "xdpgate-approval-response-mac";
 
@@ -80,10 +82,22 @@ pub fn request_signature_input(r: &ApprovalRequest) -> Vec<u8> {
     t.finish()
 }
 
+/// The message `D` the device key signs (ECDSA P-256, SHA-256): the items of `M` under its
+/// own tag, `field(REQUEST_DEVICE_SIGNATURE_TAG) ‖ u16be(1) ‖ field(client_id) ‖
+/// u64be(timestamp) ‖ field(server) ‖ field(nonce) ‖ field(box_public_key) ‖
+/// field(box_nonce) ‖ field(box_ciphertext)`. The device public key is inside the box, so
+/// `D` (like `M`) covers it.
+pub fn request_device_signature_input(r: &ApprovalRequest) -> Vec<u8> {
+    let mut t = Transcript::new(REQUEST_DEVICE_SIGNATURE_TAG, 256 + r.box_ciphertext.len());
+    envelope_items(&mut t, r);
+    t.finish()
+}
+
 /// The message HMAC-SHA512'd with the client secret:
 /// `field(REQUEST_MAC_TAG) ‖ u16be(1) ‖ field("POST") ‖ field("/v1/approvals") ‖
 /// field(client_id) ‖ u64be(timestamp) ‖ field(server) ‖ field(nonce) ‖
-/// field(box_public_key) ‖ field(box_nonce) ‖ field(box_ciphertext) ‖ field(signature)`.
+/// field(box_public_key) ‖ field(box_nonce) ‖ field(box_ciphertext) ‖ field(signature)`,
+/// followed by `field(device_signature)` when the request carries one.
 pub fn request_mac_input(r: &ApprovalRequest) -> Vec<u8> {
     let mut t = Transcript::new(
         REQUEST_MAC_TAG,
@@ -93,6 +107,9 @@ pub fn request_mac_input(r: &ApprovalRequest) -> Vec<u8> {
         .field(REQUEST_PATH.as_bytes());
     envelope_items(&mut t, r);
     t.field(&r.signature);
+    if let Some(device_signature) = &r.device_signature {
+        t.field(device_signature);
+    }
     t.finish()
 }
 

@@ -7,7 +7,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crypto_box::aead::Aead as _;
 use zeroize::Zeroizing;
 
-use super::canonical::{request_mac_input, request_signature_input, response_mac_input};
+use super::canonical::{
+    request_device_signature_input, request_mac_input, request_signature_input, response_mac_input,
+};
 use super::error::{PublicCode, Reason, escape_for_log};
 use super::keys::{BoxPublicKey, ClientRsaKey, ClientRsaPublicKey, HmacSecret, KeyError};
 use super::response::{OpenError, ResponseBinding, ResponsePayload, ResponsePlaintextJson};
@@ -16,6 +18,7 @@ use super::wire::{
     ApprovalRequest, BOX_NONCE_LEN, BOX_TAG_LEN, CLIENT_ID_MAX, NONCE_LEN, REQUEST_CIPHERTEXT_MAX,
     RequestPayload, check_identifier, parse_response,
 };
+use crate::device::{DeviceSignError, DeviceSigner};
 
 /// A client-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum ClientError {
     /// The response plaintext answers another request or server.
     #[error("response is not bound to this request")]
     ResponseNotBound,
+    /// The device key could not sign.
+    #[error("device key: {0}")]
+    Device(#[from] DeviceSignError),
 }
 
 /// What a client signs with: its id, HMAC secret and RSA key, and the server's box public
@@ -178,17 +184,31 @@ pub fn build_request(
     params: &RequestParams,
     now_unix: u64,
 ) -> Result<(ApprovalRequest, PendingApproval), ClientError> {
-    build_request_with(creds, params, now_unix, &RequestEntropy::random()?)
+    build_request_with(creds, params, now_unix, &RequestEntropy::random()?, None)
 }
 
-/// [`build_request`] with caller-supplied randomness (the PSS salt stays random).
+/// [`build_request`] that also signs with a device key (`docs/PROTOCOL.md` §15): its public
+/// key goes inside the box, its signature over the device transcript into the envelope
+/// (covered by the HMAC).
+pub fn build_request_with_device(
+    creds: &ClientCredentials,
+    params: &RequestParams,
+    now_unix: u64,
+    device: Option<&mut dyn DeviceSigner>,
+) -> Result<(ApprovalRequest, PendingApproval), ClientError> {
+    build_request_with(creds, params, now_unix, &RequestEntropy::random()?, device)
+}
+
+/// [`build_request_with_device`] with caller-supplied randomness (the PSS salt stays random).
 pub(crate) fn build_request_with(
     creds: &ClientCredentials,
     params: &RequestParams,
     now_unix: u64,
     entropy: &RequestEntropy,
+    mut device: Option<&mut dyn DeviceSigner>,
 ) -> Result<(ApprovalRequest, PendingApproval), ClientError> {
-    let plaintext = payload_plaintext(params, now_unix, entropy.payload_nonce)?;
+    let device_key = device.as_ref().map(|d| *d.public_key().as_bytes());
+    let plaintext = payload_plaintext(params, now_unix, entropy.payload_nonce, device_key)?;
     let one_time_secret = crypto_box::SecretKey::from_bytes(*entropy.one_time_secret);
     let box_ciphertext = crypto_box::SalsaBox::new(
         &creds.server_box_public_key.to_crypto_box(),
@@ -205,11 +225,15 @@ pub(crate) fn build_request_with(
         box_nonce: entropy.box_nonce,
         box_ciphertext,
         signature: Vec::new(),
+        device_signature: None,
         hmac: [0; 64],
     };
     request.signature = creds
         .rsa_key
         .sign_pss_sha512(&request_signature_input(&request))?;
+    if let Some(device) = device.as_mut() {
+        request.device_signature = Some(device.sign(&request_device_signature_input(&request))?);
+    }
     request.hmac = creds.hmac_secret.sign(&request_mac_input(&request));
     let binding = ResponseBinding::new(
         request.nonce,
@@ -230,6 +254,7 @@ pub(crate) fn payload_plaintext(
     params: &RequestParams,
     now_unix: u64,
     payload_nonce: [u8; NONCE_LEN],
+    device_public_key: Option<[u8; crate::device::DEVICE_PUBLIC_KEY_LEN]>,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let payload = RequestPayload {
         server: params.server.clone(),
@@ -240,6 +265,7 @@ pub(crate) fn payload_plaintext(
         timestamp: now_unix,
         nonce: payload_nonce,
         passcode: params.passcode.clone(),
+        device_public_key,
     };
     payload.check_fields().map_err(ClientError::InvalidParams)?;
     let plaintext = Zeroizing::new(serde_json::to_vec(&payload.to_json())?);

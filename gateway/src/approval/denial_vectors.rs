@@ -20,7 +20,7 @@ const SEED: u8 = 0x41;
 fn request() -> (ApprovalRequest, PendingApproval) {
     let mut params = params();
     params.server = SERVER_FORBIDDEN.to_owned();
-    build_request_with(&creds_a(), &params, NOW, &entropy(SEED)).unwrap()
+    build_request_with(&creds_a(), &params, NOW, &entropy(SEED), None).unwrap()
 }
 
 /// The vectors for `request` (the published request, or a fresh one when regenerating: its
@@ -87,7 +87,8 @@ fn published_denial_opens_for_its_request_only_and_only_unchanged() {
         PublicCode::Denied
     );
     // Another request's pending state: not bound to it.
-    let (_, other) = build_request_with(&creds_a(), &params(), NOW, &entropy(SEED + 9)).unwrap();
+    let (_, other) =
+        build_request_with(&creds_a(), &params(), NOW, &entropy(SEED + 9), None).unwrap();
     assert!(open_denial(&creds_a(), &other, body.as_bytes()).is_err());
     // A forged clear code.
     let relabelled = body.replacen("\"error\":\"denied\"", "\"error\":\"replay\"", 1);

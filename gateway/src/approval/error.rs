@@ -40,6 +40,8 @@ pub enum Stage {
     PayloadNonce,
     /// The client may use the server.
     ClientAllowed,
+    /// The device signature, for a server with `device_auth = "required"` (§15).
+    Device,
     /// The addresses to open.
     Addresses,
     /// After validation, in the controller: revocation in flight, per-client rate and cap, map
@@ -49,7 +51,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 16] = [
+    pub const ALL: [Stage; 17] = [
         Stage::Admission,
         Stage::Shape,
         Stage::Timestamp,
@@ -64,6 +66,7 @@ impl Stage {
         Stage::PayloadTimestamp,
         Stage::PayloadNonce,
         Stage::ClientAllowed,
+        Stage::Device,
         Stage::Addresses,
         Stage::Grant,
     ];
@@ -85,6 +88,7 @@ impl Stage {
             Stage::PayloadTimestamp => "payload_timestamp",
             Stage::PayloadNonce => "payload_nonce",
             Stage::ClientAllowed => "client_allowed",
+            Stage::Device => "device",
             Stage::Addresses => "addresses",
             Stage::Grant => "grant",
         }
@@ -139,11 +143,15 @@ pub enum PublicCode {
     PasscodeInvalid,
     /// Too many wrong passcodes: the client is locked out for a while (§7.4).
     PasscodeLocked,
+    /// The server needs a device signature and the request carried none (§15).
+    DeviceRequired,
+    /// The device is not approved yet: it waits for an operator (§15).
+    DevicePending,
 }
 
 impl PublicCode {
     /// Every public code.
-    pub const ALL: [PublicCode; 17] = [
+    pub const ALL: [PublicCode; 19] = [
         PublicCode::Malformed,
         PublicCode::PayloadTooLarge,
         PublicCode::ClockSkew,
@@ -161,6 +169,8 @@ impl PublicCode {
         PublicCode::PasscodeRequired,
         PublicCode::PasscodeInvalid,
         PublicCode::PasscodeLocked,
+        PublicCode::DeviceRequired,
+        PublicCode::DevicePending,
     ];
 
     /// The stable snake_case string sent to the client.
@@ -183,6 +193,8 @@ impl PublicCode {
             PublicCode::PasscodeRequired => "passcode_required",
             PublicCode::PasscodeInvalid => "passcode_invalid",
             PublicCode::PasscodeLocked => "passcode_locked",
+            PublicCode::DeviceRequired => "device_required",
+            PublicCode::DevicePending => "device_pending",
         }
     }
 
@@ -190,14 +202,16 @@ impl PublicCode {
     pub const fn http_status(self) -> u16 {
         match self {
             PublicCode::Malformed | PublicCode::ClockSkew => 400,
-            PublicCode::Denied => 403,
+            PublicCode::Denied | PublicCode::DevicePending => 403,
             PublicCode::UnknownServer => 404,
             PublicCode::Replay => 409,
             PublicCode::PayloadTooLarge => 413,
             PublicCode::ServerNotHere => 421,
             PublicCode::InvalidAddress => 422,
             PublicCode::RateLimited | PublicCode::PasscodeLocked => 429,
-            PublicCode::PasscodeRequired | PublicCode::PasscodeInvalid => 401,
+            PublicCode::PasscodeRequired
+            | PublicCode::PasscodeInvalid
+            | PublicCode::DeviceRequired => 401,
             PublicCode::NotFound => 404,
             PublicCode::MethodNotAllowed => 405,
             PublicCode::UnsupportedMediaType => 415,
@@ -431,6 +445,53 @@ pub enum Reason {
         /// Seconds until the lockout ends.
         seconds_left: u64,
     },
+    /// The server needs a device signature; the request lacks the device key or the
+    /// signature (or both).
+    #[error("server needs a device signature and the request of `{client_id}` lacks {missing}")]
+    DeviceMissing {
+        /// The client id.
+        client_id: String,
+        /// What is missing.
+        missing: &'static str,
+    },
+    /// The device public key is not an uncompressed point on P-256.
+    #[error("device key of `{client_id}` refused: {problem}")]
+    DeviceKeyInvalid {
+        /// The client id.
+        client_id: String,
+        /// What is wrong with it.
+        problem: crate::device::DeviceKeyError,
+    },
+    /// The device signature does not verify with the device key in the box.
+    #[error("device signature of `{client_id}` does not verify with device key {fingerprint}")]
+    DeviceSignatureInvalid {
+        /// The client id.
+        client_id: String,
+        /// The device key's fingerprint.
+        fingerprint: String,
+    },
+    /// The device is not approved (it is now pending, or still is).
+    #[error("device {device:?} ({fingerprint}) of `{client_id}` is pending approval{detail}")]
+    DevicePending {
+        /// The client id.
+        client_id: String,
+        /// The device name.
+        device: String,
+        /// The device key's fingerprint.
+        fingerprint: String,
+        /// What happened (new, seen again, an older pending device evicted).
+        detail: String,
+    },
+    /// The operator removed this device.
+    #[error("device {device:?} ({fingerprint}) of `{client_id}` was removed by the operator")]
+    DeviceRemoved {
+        /// The client id.
+        client_id: String,
+        /// The device name.
+        device: String,
+        /// The device key's fingerprint.
+        fingerprint: String,
+    },
 }
 
 impl Reason {
@@ -444,7 +505,8 @@ impl Reason {
             | Reason::FieldEncoding { .. }
             | Reason::FieldCharset { .. }
             | Reason::PayloadMalformed(_)
-            | Reason::PayloadServerMismatch { .. } => PublicCode::Malformed,
+            | Reason::PayloadServerMismatch { .. }
+            | Reason::DeviceKeyInvalid { .. } => PublicCode::Malformed,
             Reason::ClockSkew { .. } | Reason::PayloadClockSkew { .. } => PublicCode::ClockSkew,
             Reason::RequestNonceReplayed | Reason::PayloadNonceReplayed => PublicCode::Replay,
             Reason::UnknownServer { .. } => PublicCode::UnknownServer,
@@ -461,7 +523,11 @@ impl Reason {
             | Reason::SignatureInvalid { .. }
             | Reason::BoxOpenFailed
             | Reason::WeakBoxKey
-            | Reason::ClientNotAllowed { .. } => PublicCode::Denied,
+            | Reason::ClientNotAllowed { .. }
+            | Reason::DeviceSignatureInvalid { .. }
+            | Reason::DeviceRemoved { .. } => PublicCode::Denied,
+            Reason::DeviceMissing { .. } => PublicCode::DeviceRequired,
+            Reason::DevicePending { .. } => PublicCode::DevicePending,
             Reason::PasscodeMissing { .. } | Reason::PasscodeNotEnrolled { .. } => {
                 PublicCode::PasscodeRequired
             }
@@ -507,6 +573,11 @@ impl Reason {
             Reason::PasscodeWrong { .. } => "passcode_wrong",
             Reason::PasscodeReused { .. } => "passcode_reused",
             Reason::PasscodeLockedOut { .. } => "passcode_locked_out",
+            Reason::DeviceMissing { .. } => "device_missing",
+            Reason::DeviceKeyInvalid { .. } => "device_key_invalid",
+            Reason::DeviceSignatureInvalid { .. } => "device_signature_invalid",
+            Reason::DevicePending { .. } => "device_pending",
+            Reason::DeviceRemoved { .. } => "device_removed",
         }
     }
 }

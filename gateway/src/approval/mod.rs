@@ -28,6 +28,8 @@ mod wire;
 #[cfg(test)]
 mod denial_vectors;
 #[cfg(test)]
+mod device_vectors;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
@@ -36,13 +38,13 @@ mod vectors;
 
 pub use address::{AddressPolicy, AddressProblem, AddressSource, check_openable, select_addresses};
 pub use canonical::{
-    ADDRESS_PATH, PROTOCOL_VERSION, REQUEST_MAC_TAG, REQUEST_METHOD, REQUEST_PATH,
-    REQUEST_SIGNATURE_TAG, RESPONSE_MAC_TAG, request_mac_input, request_signature_input,
-    response_mac_input,
+    ADDRESS_PATH, PROTOCOL_VERSION, REQUEST_DEVICE_SIGNATURE_TAG, REQUEST_MAC_TAG, REQUEST_METHOD,
+    REQUEST_PATH, REQUEST_SIGNATURE_TAG, RESPONSE_MAC_TAG, request_device_signature_input,
+    request_mac_input, request_signature_input, response_mac_input,
 };
 pub use client::{
-    ClientCredentials, ClientError, PendingApproval, RequestParams, build_request, open_denial,
-    open_response,
+    ClientCredentials, ClientError, PendingApproval, RequestParams, build_request,
+    build_request_with_device, open_denial, open_response,
 };
 pub use error::{PublicCode, Reason, Rejection, Stage};
 pub use keys::{

@@ -76,6 +76,11 @@ pub struct ClientProfile {
     /// it lives in the user's authenticator app).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passcode_servers: Vec<String>,
+    /// With a value, every approval request is also signed by the device key in the TPM this
+    /// TCTI names (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`;
+    /// `docs/PROTOCOL.md` §15). The key itself is not kept here: the TPM regenerates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_tcti: Option<String>,
 }
 
 impl ClientProfile {
@@ -99,6 +104,7 @@ impl ClientProfile {
             tls_anchor_pem: tls_anchor_pem.to_owned(),
             servers,
             passcode_servers: Vec::new(),
+            device_tcti: None,
         };
         profile.check()?;
         Ok(profile)

@@ -85,6 +85,13 @@ pub trait ApprovalState {
     /// configured public address): such an address is never opened (`docs/PROTOCOL.md` §7).
     fn is_gateway_address(&self, addr: IpAddr) -> bool;
 
+    /// Whether the server wants a device signature (`docs/PROTOCOL.md` §15). The default:
+    /// no server does.
+    fn device_auth(&self, server: &str) -> crate::device::DeviceAuth {
+        let _ = server;
+        crate::device::DeviceAuth::Off
+    }
+
     /// Called as the pipeline enters each stage, before its work. For metrics and tests; the
     /// default does nothing.
     fn entering(&self, stage: Stage) {
@@ -102,6 +109,7 @@ pub struct MemoryState {
     trace: Mutex<Vec<Stage>>,
     nonce_calls: Mutex<usize>,
     gateway_addresses: HashSet<IpAddr>,
+    device_servers: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +147,11 @@ impl MemoryState {
     /// Declares an address as the gateway's own (never opened).
     pub fn add_gateway_address(&mut self, addr: IpAddr) {
         self.gateway_addresses.insert(addr.to_canonical());
+    }
+
+    /// Makes a server want device signatures (`device_auth = "required"`).
+    pub fn require_device(&mut self, server: &str) {
+        self.device_servers.insert(server.to_owned());
     }
 
     /// Forgets nonces whose keep-until time is before `now_unix`.
@@ -202,6 +215,14 @@ impl ApprovalState for MemoryState {
 
     fn is_gateway_address(&self, addr: IpAddr) -> bool {
         self.gateway_addresses.contains(&addr.to_canonical())
+    }
+
+    fn device_auth(&self, server: &str) -> crate::device::DeviceAuth {
+        if self.device_servers.contains(server) {
+            crate::device::DeviceAuth::Required
+        } else {
+            crate::device::DeviceAuth::Off
+        }
     }
 
     fn entering(&self, stage: Stage) {

@@ -183,6 +183,7 @@ impl Forge {
             box_nonce: self.entropy.box_nonce,
             box_ciphertext: sealed,
             signature: Vec::new(),
+            device_signature: None,
             hmac: [0; 64],
         };
         resign(&mut r, self.rsa, &self.secret);

@@ -1,6 +1,6 @@
 //! The validation pipeline, cheapest check first: shape → timestamp → client → HMAC → request
 //! nonce → client enabled → server → RSA signature → box → payload → payload timestamp → payload nonce →
-//! client allowed → addresses.
+//! client allowed → device signature → addresses.
 //!
 //! Nothing past the HMAC runs for a request whose HMAC is wrong: no nonce is recorded and no
 //! RSA or X25519 work is done, so unauthenticated traffic costs one HMAC and cannot fill the
@@ -15,7 +15,9 @@ use zeroize::Zeroizing;
 use super::address::{
     AddressProblem, AddressSource, CheckedReported, Reported, check_reported, select_addresses,
 };
-use super::canonical::{request_mac_input, request_signature_input};
+use super::canonical::{
+    request_device_signature_input, request_mac_input, request_signature_input,
+};
 use super::error::{Reason, Rejection, Stage};
 use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
 use super::response::{ResponseBinding, ResponsePayload, SealError, seal_response_in_box};
@@ -23,6 +25,7 @@ use super::state::{
     ApprovalState, ClientRecord, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
 };
 use super::wire::{ApprovalRequest, ApprovalResponse, NONCE_LEN, RequestPayload};
+use crate::device::{DeviceAuth, DevicePublicKey};
 
 /// Default accepted clock skew, each way.
 pub const DEFAULT_TIMESTAMP_WINDOW_SECS: u64 = 300;
@@ -74,6 +77,9 @@ pub struct ApprovedRequest {
     /// The passcode inside the box, if any (checked by the controller for servers with a
     /// second factor, `docs/PROTOCOL.md` §7.4).
     pub passcode: Option<crate::passcode::Passcode>,
+    /// The device key whose signature verified, for a server with `device_auth =
+    /// "required"` (the controller then checks that the device is approved).
+    pub device: Option<DevicePublicKey>,
     /// What [`super::seal_response`] needs to answer this request.
     pub binding: ResponseBinding,
     client_hmac_secret: HmacSecret,
@@ -152,7 +158,7 @@ pub fn validate<S: ApprovalState + ?Sized>(
     };
     let client = run.authenticate()?;
     let (policy, payload, response_box) = run.open(&client, server_keys)?;
-    let (reported, open) = run.authorize(&client, policy, &payload, remote)?;
+    let (reported, open, device) = run.authorize(&client, policy, &payload, remote)?;
     let binding = run.binding.take().unwrap_or_else(|| run.new_binding());
     let ClientRecord {
         client_id,
@@ -170,6 +176,7 @@ pub fn validate<S: ApprovalState + ?Sized>(
         client_version: payload.client_version,
         device_name: payload.device_name,
         passcode: payload.passcode.map(crate::passcode::Passcode::new),
+        device,
         binding,
         client_hmac_secret: hmac_secret,
         response_box: SharedBox(Arc::new(response_box)),
@@ -279,14 +286,15 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
         Ok((policy, payload, shared))
     }
 
-    /// Stages client allowed → addresses.
+    /// Stages client allowed → device signature → addresses.
+    #[allow(clippy::type_complexity)]
     fn authorize(
         &self,
         client: &ClientRecord,
         policy: ServerPolicy,
         payload: &RequestPayload,
         remote: IpAddr,
-    ) -> Result<(CheckedReported, Vec<IpAddr>), Rejection> {
+    ) -> Result<(CheckedReported, Vec<IpAddr>, Option<DevicePublicKey>), Rejection> {
         let server = &self.request.server;
         self.stage(Stage::ClientAllowed, || {
             if self.state.client_allowed(&client.client_id, server) {
@@ -298,6 +306,12 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
                 })
             }
         })?;
+        let device = self.stage(Stage::Device, || match self.state.device_auth(server) {
+            DeviceAuth::Off => Ok(None),
+            DeviceAuth::Required => {
+                check_device(&client.client_id, payload, self.request).map(Some)
+            }
+        })?;
         self.stage(Stage::Addresses, || {
             let reported = check_reported(Reported {
                 ipv4: payload.public_ipv4.as_deref(),
@@ -306,7 +320,7 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
             let open =
                 select_addresses(policy.address_policy, remote, reported.ipv4, reported.ipv6)?;
             refuse_gateway_addresses(self.state, &reported, &open)?;
-            Ok((reported, open))
+            Ok((reported, open, device))
         })
     }
 
@@ -440,6 +454,37 @@ fn verify_signature(client: &ClientRecord, request: &ApprovalRequest) -> Result<
     } else {
         Err(Reason::SignatureInvalid {
             client_id: client.client_id.clone(),
+        })
+    }
+}
+
+/// The device stage (§15.4): the key in the box and the signature in the envelope are both
+/// there, the key is a P-256 point, and the signature verifies over the device transcript.
+fn check_device(
+    client_id: &str,
+    payload: &RequestPayload,
+    request: &ApprovalRequest,
+) -> Result<DevicePublicKey, Reason> {
+    let missing = |missing| Reason::DeviceMissing {
+        client_id: client_id.to_owned(),
+        missing,
+    };
+    let (key, signature) = match (&payload.device_public_key, &request.device_signature) {
+        (Some(key), Some(signature)) => (key, signature),
+        (None, Some(_)) => return Err(missing("a device key")),
+        (Some(_), None) => return Err(missing("a device signature")),
+        (None, None) => return Err(missing("a device key and signature")),
+    };
+    let key = DevicePublicKey::from_sec1(key).map_err(|problem| Reason::DeviceKeyInvalid {
+        client_id: client_id.to_owned(),
+        problem,
+    })?;
+    if key.verify(&request_device_signature_input(request), signature) {
+        Ok(key)
+    } else {
+        Err(Reason::DeviceSignatureInvalid {
+            client_id: client_id.to_owned(),
+            fingerprint: key.fingerprint().to_hex(),
         })
     }
 }

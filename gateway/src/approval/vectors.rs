@@ -22,29 +22,29 @@ const VECTORS_JSON: &str = include_str!("../../../docs/approval-test-vectors.jso
 const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
 /// Bytes `start, start+1, …` of length `N`.
-fn counting<const N: usize>(start: u8) -> [u8; N] {
+pub(super) fn counting<const N: usize>(start: u8) -> [u8; N] {
     std::array::from_fn(|i| start.wrapping_add(i as u8))
 }
 
 /// The fixed inputs of the vectors.
-struct Inputs {
-    client_id: &'static str,
-    hmac_secret: [u8; 64],
-    server_box_secret: [u8; 32],
-    one_time_secret: [u8; 32],
-    request_nonce: [u8; 32],
-    payload_nonce: [u8; 32],
-    request_box_nonce: [u8; 24],
-    response_box_nonce: [u8; 24],
-    timestamp: u64,
-    now: u64,
-    remote: &'static str,
-    params: RequestParams,
-    connect: ConnectTarget,
-    expires: u64,
+pub(super) struct Inputs {
+    pub(super) client_id: &'static str,
+    pub(super) hmac_secret: [u8; 64],
+    pub(super) server_box_secret: [u8; 32],
+    pub(super) one_time_secret: [u8; 32],
+    pub(super) request_nonce: [u8; 32],
+    pub(super) payload_nonce: [u8; 32],
+    pub(super) request_box_nonce: [u8; 24],
+    pub(super) response_box_nonce: [u8; 24],
+    pub(super) timestamp: u64,
+    pub(super) now: u64,
+    pub(super) remote: &'static str,
+    pub(super) params: RequestParams,
+    pub(super) connect: ConnectTarget,
+    pub(super) expires: u64,
 }
 
-fn inputs() -> Inputs {
+pub(super) fn inputs() -> Inputs {
     Inputs {
         client_id: "client-0001",
         hmac_secret: counting(0x00),
@@ -76,7 +76,7 @@ fn inputs() -> Inputs {
 }
 
 impl Inputs {
-    fn entropy(&self) -> RequestEntropy {
+    pub(super) fn entropy(&self) -> RequestEntropy {
         RequestEntropy {
             request_nonce: self.request_nonce,
             payload_nonce: self.payload_nonce,
@@ -85,15 +85,15 @@ impl Inputs {
         }
     }
 
-    fn secret(&self) -> HmacSecret {
+    pub(super) fn secret(&self) -> HmacSecret {
         HmacSecret::from_bytes(&self.hmac_secret).unwrap()
     }
 
-    fn server_keys(&self) -> ServerBoxKeys {
+    pub(super) fn server_keys(&self) -> ServerBoxKeys {
         ServerBoxKeys::from_secret_bytes(self.server_box_secret)
     }
 
-    fn creds(&self) -> ClientCredentials {
+    pub(super) fn creds(&self) -> ClientCredentials {
         ClientCredentials::new(
             self.client_id.into(),
             self.secret(),
@@ -103,7 +103,7 @@ impl Inputs {
         .unwrap()
     }
 
-    fn state(&self) -> MemoryState {
+    pub(super) fn state(&self) -> MemoryState {
         let mut s = MemoryState::new();
         s.add_client(ClientRecord {
             client_id: self.client_id.into(),
@@ -127,12 +127,12 @@ fn compute(signature: Option<Vec<u8>>) -> Value {
     let i = inputs();
     let creds = i.creds();
     let (mut request, _) =
-        build_request_with(&creds, &i.params, i.timestamp, &i.entropy()).unwrap();
+        build_request_with(&creds, &i.params, i.timestamp, &i.entropy(), None).unwrap();
     if let Some(sig) = signature {
         request.signature = sig;
         request.hmac = i.secret().sign(&request_mac_input(&request));
     }
-    let plaintext = payload_plaintext(&i.params, i.timestamp, i.payload_nonce).unwrap();
+    let plaintext = payload_plaintext(&i.params, i.timestamp, i.payload_nonce, None).unwrap();
     let remote: IpAddr = i.remote.parse().unwrap();
     let approved = validate(
         &request,
@@ -256,7 +256,7 @@ fn signature_from_the_rsa_crate_verifies_with_ours() {
     use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
     let i = inputs();
     let (request, _) =
-        build_request_with(&i.creds(), &i.params, i.timestamp, &i.entropy()).unwrap();
+        build_request_with(&i.creds(), &i.params, i.timestamp, &i.entropy(), None).unwrap();
     let message = request_signature_input(&request);
     let key = rsa::PrivateKey::from_pkcs8_pem(CLIENT_A_PEM).unwrap();
     let signer = rsa::pss::SigningKey::<rsa::sha2::Sha512>::new(key);
@@ -291,7 +291,7 @@ fn published_request_body_parses_validates_and_the_response_opens() {
     );
 
     let (_, pending) =
-        build_request_with(&i.creds(), &i.params, i.timestamp, &i.entropy()).unwrap();
+        build_request_with(&i.creds(), &i.params, i.timestamp, &i.entropy(), None).unwrap();
     let opened = open_response(
         &i.creds(),
         &pending,

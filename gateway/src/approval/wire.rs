@@ -10,6 +10,7 @@ use super::b64;
 use super::canonical::PROTOCOL_VERSION;
 use super::error::{Reason, Rejection, Stage, escape_for_log};
 use super::keys::{RSA_MAX_BITS, RSA_MIN_BITS};
+use crate::device::{DEVICE_PUBLIC_KEY_LEN, DEVICE_SIGNATURE_LEN};
 
 /// Largest accepted request body.
 pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024;
@@ -69,6 +70,9 @@ pub struct ApprovalRequest {
     pub box_ciphertext: Vec<u8>,
     /// RSASSA-PSS-SHA512 signature over [`super::request_signature_input`].
     pub signature: Vec<u8>,
+    /// ECDSA P-256 signature by the device key over
+    /// [`super::request_device_signature_input`] (`docs/PROTOCOL.md` §15); optional.
+    pub device_signature: Option<[u8; DEVICE_SIGNATURE_LEN]>,
     /// HMAC-SHA512 over [`super::request_mac_input`].
     pub hmac: [u8; HMAC_LEN],
 }
@@ -86,6 +90,8 @@ struct RequestJson {
     box_nonce: String,
     box_ciphertext: String,
     signature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_signature: Option<String>,
     hmac: String,
 }
 
@@ -101,6 +107,7 @@ impl Serialize for ApprovalRequest {
             box_nonce: b64::encode(&self.box_nonce),
             box_ciphertext: b64::encode(&self.box_ciphertext),
             signature: b64::encode(&self.signature),
+            device_signature: self.device_signature.map(|s| b64::encode(&s)),
             hmac: b64::encode(&self.hmac),
         }
         .serialize(s)
@@ -158,6 +165,11 @@ fn parse_request_reason(body: &[u8]) -> Result<ApprovalRequest, Reason> {
             REQUEST_CIPHERTEXT_MAX,
         )?,
         signature: decode_vec("signature", &j.signature, SIGNATURE_MIN, SIGNATURE_MAX)?,
+        device_signature: j
+            .device_signature
+            .as_deref()
+            .map(|text| decode_array("device_signature", text))
+            .transpose()?,
         hmac: decode_array("hmac", &j.hmac)?,
     };
     request.check_shape()?;
@@ -246,6 +258,8 @@ pub(crate) struct PayloadJson {
     pub(crate) nonce: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) passcode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) device_public_key: Option<String>,
 }
 
 /// The plaintext inside the request box, checked. Reported addresses stay text until the
@@ -261,6 +275,8 @@ pub(crate) struct RequestPayload {
     pub(crate) nonce: [u8; NONCE_LEN],
     /// The second factor's passcode, checked by the controller at the grant stage.
     pub(crate) passcode: Option<String>,
+    /// The device public key (65 bytes; checked as a P-256 point at the device stage).
+    pub(crate) device_public_key: Option<[u8; DEVICE_PUBLIC_KEY_LEN]>,
 }
 
 impl RequestPayload {
@@ -277,6 +293,11 @@ impl RequestPayload {
             device_name: j.device_name,
             timestamp: j.timestamp,
             passcode: j.passcode,
+            device_public_key: j
+                .device_public_key
+                .as_deref()
+                .map(|text| decode_array("payload.device_public_key", text))
+                .transpose()?,
         };
         payload.check_fields()?;
         Ok(payload)
@@ -337,6 +358,7 @@ impl RequestPayload {
             timestamp: self.timestamp,
             nonce: b64::encode(&self.nonce),
             passcode: self.passcode.clone(),
+            device_public_key: self.device_public_key.map(|k| b64::encode(&k)),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the gate, seal the answer), redeem enrollments, manage clients, and audit all of it.
 pub mod audit;
 pub mod box_key;
+pub mod devices;
 pub mod metrics;
 mod rate;
 pub mod state;
@@ -135,6 +136,8 @@ pub struct Approvals {
     /// How passcodes are checked, and wrong passcodes per client.
     passcode_rules: crate::passcode::PasscodeRules,
     passcode_failures: crate::passcode::Failures,
+    /// Wrong device PINs per client (`devices approve`).
+    device_pins: devices::PinGuesses,
     notices: tokio::sync::watch::Receiver<NoticeRecord>,
 }
 
@@ -168,6 +171,7 @@ impl Approvals {
             client_rate: rate::ClientRate::new(approvals.client_approvals_per_minute),
             passcode_rules: approvals.passcode,
             passcode_failures: crate::passcode::Failures::default(),
+            device_pins: devices::PinGuesses::default(),
             notices,
         }
     }
@@ -464,6 +468,17 @@ impl Approvals {
             return FrontAnswer::unavailable();
         };
         let (client_id, server_name) = (approved.client_id.as_str(), server.name.as_str());
+        // Device authentication first (docs/PROTOCOL.md §15): a pending device spends no
+        // approval budget and no passcode step.
+        let device = match self.check_device(origin, &approved, server).await {
+            Ok(device) => device,
+            Err(Some(reason)) => {
+                return self
+                    .refuse_grant(origin, &approved, server_name, reason)
+                    .await;
+            }
+            Err(None) => return FrontAnswer::unavailable(),
+        };
         if !self.client_rate.admit(client_id) {
             let reason = approval::Reason::ClientRateExceeded {
                 client_id: client_id.to_owned(),
@@ -506,11 +521,15 @@ impl Approvals {
             verdict: "approved".into(),
             code: approval::APPROVED_REASON.to_owned(),
             reason: format!(
-                "[{}] opened {:?} until {expires} ({}s); device {:?}, client {:?}",
+                "[{}] opened {:?} until {expires} ({}s); device {:?}{}, client {:?}",
                 origin.request_id,
                 opened,
                 server.connect_window.as_secs(),
                 approved.device_name,
+                device
+                    .as_deref()
+                    .map(|fp| format!(" fingerprint {fp}"))
+                    .unwrap_or_default(),
                 approved.client_version
             ),
         };
@@ -533,10 +552,11 @@ impl Approvals {
         };
         let granted = self
             .openings
-            .grant_all(
+            .grant_all_for_device(
                 server,
                 &opened,
                 client_id,
+                device.as_deref(),
                 server.connect_window,
                 Some(check),
                 journal,
@@ -1096,7 +1116,12 @@ impl Approvals {
         let closed = self
             .openings
             .revoke_origin_with(name, move || {
-                store.remove_client(&id).map_err(ClientAdminError::from)
+                store.remove_client(&id)?;
+                // Its devices go too: a client added again under this name starts afresh.
+                store
+                    .remove_devices(&id)
+                    .map(|_| ())
+                    .map_err(ClientAdminError::from)
             })
             .await?;
         self.vpn_tokens.revoke_client(name);

@@ -38,6 +38,8 @@ pub struct StoreState {
     /// entry is never used.
     parsed_keys: Mutex<HashMap<String, (String, ClientRsaPublicKey)>>,
     gateway_addresses: GatewayAddresses,
+    /// Servers with `device_auth = "required"`.
+    device_servers: std::collections::HashSet<String>,
 }
 
 /// How long a reading of the interfaces' addresses is used before it is read again.
@@ -127,9 +129,15 @@ impl StoreState {
                 )
             })
             .collect();
+        let device_servers = servers
+            .iter()
+            .filter(|s| s.device_auth == crate::device::DeviceAuth::Required)
+            .map(|s| s.name.clone())
+            .collect();
         Self {
             store,
             servers: policies,
+            device_servers,
             parsed_keys: Mutex::new(HashMap::new()),
             gateway_addresses: GatewayAddresses::new(servers),
         }
@@ -205,5 +213,13 @@ impl ApprovalState for StoreState {
 
     fn is_gateway_address(&self, addr: IpAddr) -> bool {
         self.gateway_addresses.contains(addr)
+    }
+
+    fn device_auth(&self, server: &str) -> crate::device::DeviceAuth {
+        if self.device_servers.contains(server) {
+            crate::device::DeviceAuth::Required
+        } else {
+            crate::device::DeviceAuth::Off
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface of the `xdpgate` binary.
 pub mod admin;
 pub mod cluster;
+pub mod devices;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -14,7 +15,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "xdpgate", version, about)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `xdpgate=debug`.
-    #[arg(long, global = true, env = "XDPGATE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "XDPGATE_LOG",
+        default_value = "info,tss_esapi=warn"
+    )]
     pub log: String,
     /// Log line format: `text` (ANSI colours only when writing to a terminal) or `json`
     /// (one object per line, span fields as keys).
@@ -110,6 +116,11 @@ pub enum Command {
     Clients {
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// Device authentication: pending devices, approving them with their PIN, removing them.
+    Devices {
+        #[command(subcommand)]
+        command: devices::DevicesCommand,
     },
     /// The audit trail (every decision with its precise reason).
     Audit {
@@ -288,5 +299,11 @@ pub enum ClientCommand {
         /// (mode 0600), for OpenVPN's `--auth-user-pass FILE`.
         #[arg(long, value_name = "FILE")]
         openvpn_auth: Option<PathBuf>,
+    },
+    /// This device's TPM key (device authentication): show its fingerprint and PIN, or make
+    /// a profile sign with it.
+    Device {
+        #[command(subcommand)]
+        command: devices::ClientDeviceCommand,
     },
 }

@@ -5,7 +5,9 @@
 //! Every HTTPS exchange is pinned: to the link's certificate hash at enrollment, then to the
 //! certificate stored in the profile's `tls_anchor_pem`.
 
+pub mod device;
 pub mod https;
+pub mod tpm;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -102,6 +104,26 @@ pub enum ClientCommandError {
         /// `: <message>` of a self-shutdown answer, control characters removed; or empty.
         detail: String,
     },
+    /// The TPM that holds the device key failed.
+    #[error("device key: {0}")]
+    Tpm(#[from] tpm::TpmError),
+    /// The server (authenticated) says this device waits for the operator's approval.
+    #[error(
+        "this device is not approved yet: ask your administrator to approve device {device:?} with PIN {pin} (fingerprint {fingerprint})"
+    )]
+    DevicePending {
+        /// The device name sent.
+        device: String,
+        /// The device key's PIN.
+        pin: String,
+        /// The device key's fingerprint.
+        fingerprint: String,
+    },
+    /// The server (authenticated) wants a device signature and the profile signs with none.
+    #[error(
+        "the server requires device authentication (device_required): run `xdpgate client device enable --profile PROFILE` on this device first"
+    )]
+    DeviceRequired,
     /// The answer is neither a valid sealed response nor an error body.
     #[error("the server's answer (HTTP {status}) cannot be trusted: {detail}")]
     BadAnswer {
@@ -120,6 +142,8 @@ impl ClientCommandError {
             | Self::Refused { code, .. }
             | Self::EnrollFailed { code, .. } => PublicCode::from_str_code(code),
             Self::EnrollDenied => Some(PublicCode::Denied),
+            Self::DevicePending { .. } => Some(PublicCode::DevicePending),
+            Self::DeviceRequired => Some(PublicCode::DeviceRequired),
             _ => None,
         }
     }
@@ -254,7 +278,7 @@ fn error_code(body: &[u8]) -> String {
 
 /// Writes the profile with mode 0600: a new file, or with `force` a temporary file renamed
 /// over the old one (so an old file's looser mode is not kept).
-fn write_profile(
+pub(crate) fn write_profile(
     path: &Path,
     json: &Zeroizing<String>,
     force: bool,
@@ -483,7 +507,21 @@ pub async fn request_approval(
         passcode: passcode_for(&profile, &server, options.passcode)?,
     };
     let now = crate::clock::unix_secs();
-    let (request, pending) = approval::build_request(&credentials, &params, now)?;
+    // The TPM signs (blocking, a few ms); the key is made again from its template each time.
+    let mut device_key = device::profile_device_key(&profile)?;
+    let (request, pending) = approval::build_request_with_device(
+        &credentials,
+        &params,
+        now,
+        device_key
+            .as_mut()
+            .map(|k| k as &mut dyn crate::device::DeviceSigner),
+    )?;
+    let device_print = device_key.as_ref().map(|k| {
+        use crate::device::DeviceSigner as _;
+        k.public_key().fingerprint()
+    });
+    drop(device_key);
     let body = request.to_json().map_err(approval::ClientError::from)?;
     let reply = https::send(
         &endpoint,
@@ -496,13 +534,27 @@ pub async fn request_approval(
     let payload = match approval::open_response(&credentials, &pending, &reply.body) {
         Ok(payload) => payload,
         Err(sealed_err) => {
-            return Err(refusal(
+            let refused = refusal(
                 &credentials,
                 &pending,
                 reply.status,
                 &reply.body,
                 &sealed_err,
-            ));
+            );
+            // Only an authenticated (sealed) answer says pending or required.
+            return Err(match (refused, device_print) {
+                (ClientCommandError::Denied { code }, Some(fp)) if code == "device_pending" => {
+                    ClientCommandError::DevicePending {
+                        device: params.device_name.clone(),
+                        pin: fp.pin(),
+                        fingerprint: fp.to_hex(),
+                    }
+                }
+                (ClientCommandError::Denied { code }, _) if code == "device_required" => {
+                    ClientCommandError::DeviceRequired
+                }
+                (other, _) => other,
+            });
         }
     };
     let openvpn = OpenVpnCredentials {
@@ -649,7 +701,7 @@ fn approval_from(
     }
 }
 
-fn read_profile(path: &Path) -> Result<ClientProfile, ClientCommandError> {
+pub(crate) fn read_profile(path: &Path) -> Result<ClientProfile, ClientCommandError> {
     let io = |source| ClientCommandError::ProfileIo {
         path: path.to_owned(),
         source,

@@ -535,6 +535,7 @@ impl pb::control_server::Control for ControlService {
                     AuditKind::Enrollment => "enrollment",
                     AuditKind::Client => "client",
                     AuditKind::Notice => "notice",
+                    AuditKind::Device => "device",
                 }
                 .to_owned(),
                 client_id: e.client_id,
@@ -584,5 +585,14 @@ impl pb::control_server::Control for ControlService {
         })?;
         info!("operator cleared the self-shutdown state");
         Ok(Response::new(self.notices_response(&record)?))
+    }
+
+    async fn devices(
+        &self,
+        request: Request<pb::DevicesRequest>,
+    ) -> Result<Response<pb::DevicesResponse>, Status> {
+        super::devices::handle(&self.controller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -117,6 +117,8 @@ struct PendingGrant {
     idle_timeout: Duration,
     max_lifetime: Duration,
     origin: String,
+    /// The approving device's fingerprint, if the approval needed one.
+    device: Option<String>,
     connect_window: Duration,
     check: Option<GrantCheck>,
     /// The [`Openings::grant_all`] call this grant belongs to: its grants pass their checks
@@ -346,6 +348,23 @@ impl Openings {
         check: Option<GrantCheck>,
         journal: Journal,
     ) -> Result<Vec<OpeningRecord>, OpeningsError> {
+        self.grant_all_for_device(server, addrs, origin, None, connect_window, check, journal)
+            .await
+    }
+
+    /// [`Openings::grant_all`] for an approval signed by `device` (a fingerprint): its
+    /// holders carry it, so [`Openings::revoke_device_with`] closes them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn grant_all_for_device(
+        self: &Arc<Self>,
+        server: &ServerConfig,
+        addrs: &[IpAddr],
+        origin: &str,
+        device: Option<&str>,
+        connect_window: Duration,
+        check: Option<GrantCheck>,
+        journal: Journal,
+    ) -> Result<Vec<OpeningRecord>, OpeningsError> {
         if let Some(bad) = addrs.iter().find(|a| !is_openable(**a)) {
             return Err(OpeningsError::BadAddress(*bad));
         }
@@ -369,6 +388,7 @@ impl Openings {
                     idle_timeout: server.idle_timeout,
                     max_lifetime: server.max_lifetime,
                     origin: origin.to_owned(),
+                    device: device.map(str::to_owned),
                     connect_window,
                     check,
                     call,
@@ -460,6 +480,7 @@ impl Openings {
                     self.next_holder.fetch_add(1, Ordering::Relaxed)
                 ),
                 origin: grant.origin.clone(),
+                device: grant.device.clone(),
                 granted_ms: clocks.boot_ms,
                 connect_until_ms: clocks.boot_ms.saturating_add(millis(grant.connect_window)),
                 deadline_ms: clocks.boot_ms.saturating_add(millis(grant.max_lifetime)),
@@ -655,6 +676,56 @@ impl Openings {
             this.revoke_origin_locked(&mut records, &origin)
                 .await
                 .map_err(E::from)
+        });
+        task.await.map_err(|e| E::from(OpeningsError::Join(e)))?
+    }
+
+    /// Revokes what `origin` holds through `device` (a fingerprint), atomically with the
+    /// origin's approvals in flight, like [`Openings::revoke_origin_with`]: the origin's
+    /// generation is bumped (an approval of the client validated before this point, by any
+    /// of its devices, is refused), `before` runs (the store write that removes the device),
+    /// then the device's holders go. Returns how many openings closed.
+    pub async fn revoke_device_with<F, E>(
+        self: &Arc<Self>,
+        origin: &str,
+        device: &str,
+        before: F,
+    ) -> Result<usize, E>
+    where
+        F: FnOnce() -> Result<(), E> + Send + 'static,
+        E: From<OpeningsError> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        let origin = origin.to_owned();
+        let device = device.to_owned();
+        let task = tokio::spawn(async move {
+            let mut records = this.records.lock().await;
+            *this.generations_lock().entry(origin.clone()).or_default() += 1;
+            tokio::task::spawn_blocking(before)
+                .await
+                .map_err(|e| E::from(OpeningsError::Join(e)))??;
+            let mut emptied = Vec::new();
+            let mut changed = Vec::new();
+            for record in records.values() {
+                let mut updated = record.clone();
+                if updated.remove_device(&origin, &device) == 0 {
+                    continue;
+                }
+                if updated.is_empty() {
+                    emptied.push(updated.id)
+                } else {
+                    changed.push(updated)
+                }
+            }
+            let count = emptied.len();
+            this.persist(changed.clone(), Vec::new())
+                .await
+                .map_err(E::from)?;
+            for record in changed {
+                records.insert(record.id, record);
+            }
+            this.close(&mut records, emptied).await.map_err(E::from)?;
+            Ok(count)
         });
         task.await.map_err(|e| E::from(OpeningsError::Join(e)))?
     }
@@ -915,6 +986,7 @@ mod tests {
             granted_ms: boot_ms,
             connect_until_ms: boot_ms + 60_000,
             deadline_ms: boot_ms + HOUR_MS,
+            device: None,
         };
         OpeningRecord::new(id, 30_000, holder)
     }

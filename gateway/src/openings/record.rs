@@ -29,6 +29,10 @@ pub struct Holder {
     /// Hard end of the grant, however busy the address is (boot clock, ms).
     #[serde(default)]
     pub deadline_ms: u64,
+    /// The fingerprint of the device whose approval this is (`device_auth = "required"`),
+    /// so removing the device closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Identifies an opening: server and source address.
@@ -152,6 +156,14 @@ impl OpeningRecord {
         before - self.holders.len()
     }
 
+    /// Drops the holders granted to `origin` by `device`; returns how many were dropped.
+    pub fn remove_device(&mut self, origin: &str, device: &str) -> usize {
+        let before = self.holders.len();
+        self.holders
+            .retain(|h| !(h.origin == origin && h.device.as_deref() == Some(device)));
+        before - self.holders.len()
+    }
+
     /// True when no holder is left and the opening must close.
     pub fn is_empty(&self) -> bool {
         self.holders.is_empty()
@@ -171,6 +183,7 @@ mod tests {
             granted_ms: granted,
             connect_until_ms: granted + connect,
             deadline_ms: granted + deadline,
+            device: None,
         }
     }
 

@@ -31,6 +31,9 @@ pub enum AuditKind {
     Client,
     /// A self-shutdown notice was acted on, or the operator cleared one.
     Notice,
+    /// A device was seen, became pending, was approved (by PIN or automatically), refused a
+    /// PIN, or was removed (`docs/PROTOCOL.md` §15).
+    Device,
 }
 
 /// One audit event.

@@ -5,6 +5,7 @@
 mod answers;
 mod audit;
 mod clients;
+pub mod devices;
 mod meta;
 mod nonces;
 mod notices;
@@ -210,6 +211,8 @@ fn create_tables(db: &Database, found: u64) -> Result<(), StoreError> {
     txn.open_table(audit::SAMPLES)?;
     txn.open_table(answers::TABLE)?;
     txn.open_table(notices::TABLE)?;
+    txn.open_table(devices::TABLE)?;
+    txn.open_table(devices::SETTINGS)?;
     txn.commit()?;
     Ok(())
 }
@@ -230,6 +233,7 @@ mod tests {
             granted_ms: 1,
             connect_until_ms: 2,
             deadline_ms: 3,
+            device: None,
         };
         OpeningRecord::new(id, 1000, holder)
     }

@@ -4,7 +4,10 @@
 //! (controller and web front, embedded redb, XDP on the gateway's interface) with an OpenVPN
 //! 2.6 server on the guarded UDP port 1194, and shows: the client's OpenVPN gets nothing back,
 //! the client enrolls and asks for approval, OpenVPN connects and carries traffic, and after
-//! the disconnect the port is closed again. Everything it creates (namespaces, processes, tun
+//! the disconnect the port is closed again. With `--device-auth` (`cargo xtask demo
+//! --device-auth`) vpn1 also requires device authentication: the client signs with a key in
+//! a software TPM (swtpm), its first request is pending with a PIN, the operator approves it
+//! with that PIN, and then it connects. Everything it creates (namespaces, processes, tun
 //! interface, pinned maps, temporary folders) is removed at the end, also on Ctrl-C.
 use std::{
     fs,
@@ -16,9 +19,9 @@ use std::{
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use xdpgate_tests::openvpn::{
-    INIT_DONE, OpenVpn, TUNNEL_SERVER, VPN_PORT, start_gateway, wait_for, wait_for_log,
+    INIT_DONE, OpenVpn, TUNNEL_SERVER, VPN_PORT, start_gateway_with, wait_for, wait_for_log,
 };
-use xdpgate_tests::{NetNs, UdpEcho, VethLink, require_root, udp_roundtrip, xdpgate_bin};
+use xdpgate_tests::{NetNs, Swtpm, UdpEcho, VethLink, require_root, udp_roundtrip, xdpgate_bin};
 
 const WEB_PORT: u16 = 8443;
 const ECHO_PORT: u16 = 7777;
@@ -66,8 +69,9 @@ fn main() {
             report(info);
         }
     }));
-    let outcome =
-        std::panic::catch_unwind(run).unwrap_or_else(|_| Err("failed (see above)".to_owned()));
+    let device_auth = std::env::args().skip(1).any(|a| a == "--device-auth");
+    let outcome = std::panic::catch_unwind(|| run(device_auth))
+        .unwrap_or_else(|_| Err("failed (see above)".to_owned()));
     match outcome {
         Ok(()) => println!(
             "\nDemo done; namespaces, processes, tun interface, pinned maps and temporary folders removed."
@@ -84,7 +88,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run(device_auth: bool) -> Result<(), String> {
     step("Creating a client namespace and a gateway namespace joined by a veth pair")?;
     let client = NetNs::new_unique("democl");
     let gateway_ns = NetNs::new_unique("demogw");
@@ -97,7 +101,21 @@ fn run() -> Result<(), String> {
         link.b.ifname
     ))?;
     let vpn = OpenVpn::generate();
-    let (gateway, tun) = start_gateway(&vpn, &gateway_ns, &[&link.b.ifname], gw, WEB_PORT);
+    let (gateway, tun) =
+        start_gateway_with(&vpn, &gateway_ns, &[&link.b.ifname], gw, WEB_PORT, |toml| {
+            if device_auth {
+                toml.replacen(
+                    "name = \"vpn1\"\n",
+                    "name = \"vpn1\"\ndevice_auth = \"required\"\n",
+                    1,
+                )
+            } else {
+                toml
+            }
+        });
+    if device_auth {
+        println!("    vpn1 has device_auth = \"required\"");
+    }
     let _server = vpn.start_server(&gateway_ns, &tun.name, &gateway);
     let echo = UdpEcho::start(
         &gateway_ns,
@@ -134,6 +152,12 @@ fn run() -> Result<(), String> {
         )?)
     );
     let auth = vpn.dir().join("alice.auth").display().to_string();
+    // Kept until the end: the TPM must outlive every `client connect`.
+    let _tpm = if device_auth {
+        Some(device_step(&client, &gateway, &profile, &auth)?)
+    } else {
+        None
+    };
     println!(
         "    $ xdpgate client connect --profile {profile} --server vpn1 --openvpn-auth {auth}"
     );
@@ -182,6 +206,82 @@ fn run() -> Result<(), String> {
     attempt(&vpn, &client, gw, Path::new(&auth), "again");
     print!("{}", indent(&dropped(&gateway.cli(&["status"]))));
     Ok(())
+}
+
+/// `--device-auth`: the device key is made in a software TPM, the first request is pending
+/// with a PIN, and the operator approves the device with it.
+fn device_step(
+    client: &NetNs,
+    gateway: &xdpgate_tests::Gateway,
+    profile: &str,
+    auth: &str,
+) -> Result<Swtpm, String> {
+    step("Device authentication: the client's key lives in a TPM (swtpm here)")?;
+    let tpm = Swtpm::start(client, 23400);
+    println!(
+        "    $ xdpgate client device enable --profile {profile} --tcti {}",
+        tpm.tcti()
+    );
+    let enabled = xdpgate(
+        client,
+        &[
+            "client",
+            "device",
+            "enable",
+            "--profile",
+            profile,
+            "--tcti",
+            &tpm.tcti(),
+        ],
+    )?;
+    print!("{}", indent(&enabled));
+    let pin = enabled
+        .lines()
+        .find_map(|l| l.strip_prefix("PIN "))
+        .ok_or(format!("no PIN in: {enabled}"))?
+        .trim()
+        .to_owned();
+    step("The device's first request is refused: pending, with the PIN to read to the operator")?;
+    println!(
+        "    $ xdpgate client connect --profile {profile} --server vpn1 --device-name alice-laptop"
+    );
+    let out = client
+        .command(&xdpgate_bin().display().to_string())
+        .args([
+            "client",
+            "connect",
+            "--profile",
+            profile,
+            "--server",
+            "vpn1",
+            "--device-name",
+            "alice-laptop",
+            "--openvpn-auth",
+            auth,
+        ])
+        .env("XDPGATE_LOG", "warn")
+        .output()
+        .map_err(|e| format!("running xdpgate client connect: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() || !said.contains("ask your administrator") {
+        return Err(format!("failed: expected a pending device, got: {said}"));
+    }
+    print!("{}", indent(&said));
+    println!("    $ xdpgate devices pending");
+    print!("{}", indent(&gateway.cli(&["devices", "pending"])));
+    step(&format!(
+        "The operator approves the device with its PIN {pin}"
+    ))?;
+    println!("    $ xdpgate devices approve alice alice-laptop --pin {pin}");
+    print!(
+        "{}",
+        indent(&gateway.cli(&["devices", "approve", "alice", "alice-laptop", "--pin", &pin]))
+    );
+    Ok(tpm)
 }
 
 /// Starts an OpenVPN client that should get nothing back, watches it for [`ATTEMPT`] and says

@@ -153,8 +153,8 @@ fn seal_refuses_inconsistent_payloads() {
 #[test]
 fn build_request_is_randomised_but_deterministic_given_entropy() {
     let creds = creds_a();
-    let (a, _) = build_request_with(&creds, &params(), NOW, &entropy(1)).unwrap();
-    let (b, _) = build_request_with(&creds, &params(), NOW, &entropy(1)).unwrap();
+    let (a, _) = build_request_with(&creds, &params(), NOW, &entropy(1), None).unwrap();
+    let (b, _) = build_request_with(&creds, &params(), NOW, &entropy(1), None).unwrap();
     assert_eq!(a.box_ciphertext, b.box_ciphertext);
     assert_ne!(a.signature, b.signature, "PSS salts are random");
     let (c, _) = build_request(&creds, &params(), NOW).unwrap();
