@@ -516,12 +516,19 @@ fn prometheus_scrapes_drops_openings_and_approvals() {
         r#"xdpgate_enrollments_total{code="enrolled"}"#,
     );
     assert_eq!(enrollments, Some(1.0), "one enrollment");
-    let accepted = prom_value(
-        &server_ns,
-        prom,
-        &format!(r#"up{{instance="{web_metrics}"}}"#),
+    let web_up = format!(r#"up{{instance="{web_metrics}"}}"#);
+    let scraped = wait_for(Duration::from_secs(10), || {
+        prom_value(&server_ns, prom, &web_up) == Some(1.0)
+    });
+    assert!(
+        scraped,
+        "the web front is scraped too: {:?}\n{}\n{}",
+        prom_value(&server_ns, prom, &web_up),
+        server_ns
+            .run(|| http_get(web_metrics, "/metrics"))
+            .unwrap_or_else(|| "no answer on the web front's metrics listener".into()),
+        gateway.web_log()
     );
-    assert_eq!(accepted, Some(1.0), "the web front is scraped too");
     let refused = prom_value(
         &server_ns,
         prom,

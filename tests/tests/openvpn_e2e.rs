@@ -315,7 +315,7 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
         ],
     );
     assert!(ok, "second approval failed: {out}");
-    let (_client, log) = lab.start_client(&lab.c1, &auth, "alice-again");
+    let (cut_client, log) = lab.start_client(&lab.c1, &auth, "alice-again");
     assert!(
         wait_for_log(&log, INIT_DONE, Duration::from_secs(20)),
         "second tunnel not up:\n{}",
@@ -365,6 +365,9 @@ fn openvpn_connects_only_after_approval_with_its_one_time_token() {
     //    vanishes without a word (SIGKILL, no exit notify). The restarted controller has no
     //    session to release, yet the opening closes once the address has been idle for
     //    idle_timeout_secs (10 s), before OpenVPN's own ping-restart (20 s) could report it.
+    // The client cut off in step 6 keeps retrying from the same address; its packets would
+    // keep the opening below alive (and it is no part of this step), so it goes first.
+    drop(cut_client);
     lab.gateway.cli(&["clients", "enable", "alice"]);
     let (ok, out) = lab.xdpgate(
         &lab.c1,
