@@ -953,19 +953,12 @@ impl Approvals {
         &self,
         name: &str,
     ) -> Result<(EnrollmentLink, u64), ClientAdminError> {
-        let base_url = self.public_url.clone().ok_or_else(|| {
-            ClientAdminError::Invalid(
-                "set approvals.public_url (the HTTPS address clients use) first".into(),
-            )
-        })?;
-        let cert_sha256 = self.web_cert_pin()?;
-        let token = random_token().map_err(ClientAdminError::Invalid)?;
-        let expires_unix = unix_secs() + self.enrollment_ttl.as_secs();
+        let (link, expires_unix) = self.new_link()?;
         let pending = EnrollmentToken {
             client_id: name.to_owned(),
             expires_unix,
         };
-        let digest = token_digest(&token);
+        let digest = token_digest(&link.token);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.reissue_enrollment_token(&digest, &pending))
             .await??;
@@ -976,16 +969,7 @@ impl Approvals {
                 "re-enrollment link expires at {expires_unix}; older links voided; the keys stay valid until it is redeemed"
             ),
         );
-        Ok((
-            EnrollmentLink {
-                base_url,
-                token,
-                cert_sha256,
-                controller_box_key: self.box_keys.public_key(),
-                controller: self.node_name.clone(),
-            },
-            expires_unix,
-        ))
+        Ok((link, expires_unix))
     }
 
     /// Creates a client allowed on `servers` and returns its single-use enrollment link.
@@ -1017,14 +1001,7 @@ impl Approvals {
                 "no server named {unknown:?}"
             )));
         }
-        let base_url = self.public_url.clone().ok_or_else(|| {
-            ClientAdminError::Invalid(
-                "set approvals.public_url (the HTTPS address clients use) first".into(),
-            )
-        })?;
-        let cert_sha256 = self.web_cert_pin()?;
-        let token = random_token().map_err(ClientAdminError::Invalid)?;
-        let expires_unix = unix_secs() + self.enrollment_ttl.as_secs();
+        let (link, expires_unix) = self.new_link()?;
         let client = StoredClient {
             client_id: name.to_owned(),
             servers: servers.to_vec(),
@@ -1036,7 +1013,7 @@ impl Approvals {
             client_id: name.to_owned(),
             expires_unix,
         };
-        let digest = token_digest(&token);
+        let digest = token_digest(&link.token);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             store.create_client(&client)?;
@@ -1048,16 +1025,25 @@ impl Approvals {
             "added",
             format!("servers {servers:?}; enrollment link expires at {expires_unix}"),
         );
-        Ok((
-            EnrollmentLink {
-                base_url,
-                token,
-                cert_sha256,
-                controller_box_key: self.box_keys.public_key(),
-                controller: self.node_name.clone(),
-            },
-            expires_unix,
-        ))
+        Ok((link, expires_unix))
+    }
+
+    /// A fresh single-use enrollment link of this controller and when it expires; the
+    /// caller stores the token's digest.
+    fn new_link(&self) -> Result<(EnrollmentLink, u64), ClientAdminError> {
+        let base_url = self.public_url.clone().ok_or_else(|| {
+            ClientAdminError::Invalid(
+                "set approvals.public_url (the HTTPS address clients use) first".into(),
+            )
+        })?;
+        let link = EnrollmentLink {
+            base_url,
+            token: random_token().map_err(ClientAdminError::Invalid)?,
+            cert_sha256: self.web_cert_pin()?,
+            controller_box_key: self.box_keys.public_key(),
+            controller: self.node_name.clone(),
+        };
+        Ok((link, unix_secs() + self.enrollment_ttl.as_secs()))
     }
 
     fn web_cert_pin(&self) -> Result<String, ClientAdminError> {
