@@ -35,6 +35,17 @@ struct Lab {
     profile: PathBuf,
     notices: NoticeServer,
     _echo: UdpEcho,
+    /// The notice server's folder (its certificate), removed after the server stops.
+    _notice_dir: RemoveOnDrop,
+}
+
+/// Removes a folder the test created, however the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn sections(link: &VethLink, dir: &Path, notices: &NoticeServer) -> String {
@@ -137,6 +148,7 @@ impl Lab {
             profile,
             notices,
             _echo: echo,
+            _notice_dir: RemoveOnDrop(dir),
         };
         let added = lab
             .gateway
