@@ -40,8 +40,15 @@ struct Installed;
 impl Drop for Installed {
     fn drop(&mut self) {
         let _ = run("dpkg", &["--purge", "xdpgate"]);
+        for log in [CONTROLLER_LOG, WEB_LOG] {
+            let _ = fs::remove_file(log);
+        }
     }
 }
+
+/// Logs of the processes run as the units say (removed with the package).
+const CONTROLLER_LOG: &str = "/tmp/xdpgate-pkgtest-controller.log";
+const WEB_LOG: &str = "/tmp/xdpgate-pkgtest-web.log";
 
 /// `Key=` values of a unit file (every occurrence, in order).
 fn unit_values(unit: &str, key: &str) -> Vec<String> {
@@ -273,7 +280,7 @@ fn run_as_the_units_say(controller_unit: &Path, web_unit: &Path) {
             .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         (Proc(child), argv)
     };
-    let controller_log = "/tmp/xdpgate-pkgtest-controller.log";
+    let controller_log = CONTROLLER_LOG;
     let (mut controller, argv) = spawn(controller_unit, controller_log);
     let healthy = wait_for(Duration::from_secs(20), || {
         run("/usr/bin/xdpgate", &["health"]).status.success()
@@ -309,7 +316,7 @@ fn run_as_the_units_say(controller_unit: &Path, web_unit: &Path) {
         "opened with only the unit's capabilities"
     );
 
-    let web_log = "/tmp/xdpgate-pkgtest-web.log";
+    let web_log = WEB_LOG;
     let (mut web, argv) = spawn(web_unit, web_log);
     let listen = SocketAddr::new(IpAddr::V4(link.b.v4), 8443);
     let up = wait_for(Duration::from_secs(20), || {
