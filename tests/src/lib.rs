@@ -150,6 +150,37 @@ fn base36(mut value: u32, width: usize) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// POSTs `body` as an approval request to the web front of `profile`, from namespace `ns`,
+/// over HTTPS pinned as the profile says; the status and the body. Panics if the exchange
+/// fails (tests of crafted requests, which the client would refuse to build).
+pub fn post_approval(
+    ns: &NetNs,
+    profile: &xdpgate::approval::ClientProfile,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    use xdpgate::{client::https, tls};
+    let endpoint = https::Endpoint::parse(&profile.web_endpoint).unwrap_or_else(|e| panic!("{e}"));
+    let pins = tls::pins_from_anchor_pem(&profile.tls_anchor_pem).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply = runtime
+            .block_on(https::send(
+                &endpoint,
+                config,
+                https::HttpsRequest::post_json("/v1/approvals", body),
+                std::time::Duration::from_secs(10),
+                64 * 1024,
+            ))
+            .unwrap_or_else(|e| panic!("HTTPS exchange failed: {e}"));
+        (reply.status, reply.body.to_vec())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

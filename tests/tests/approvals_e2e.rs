@@ -343,30 +343,8 @@ fn post(
     profile: &xdpgate::approval::ClientProfile,
     body: Vec<u8>,
 ) -> (u16, String) {
-    use xdpgate::{client::https, tls};
-    let endpoint = https::Endpoint::parse(&profile.web_endpoint).unwrap_or_else(|e| panic!("{e}"));
-    let pins = tls::pins_from_anchor_pem(&profile.tls_anchor_pem).unwrap_or_else(|e| panic!("{e}"));
-    let config =
-        std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
-    lab.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let reply = runtime
-            .block_on(https::send(
-                &endpoint,
-                config,
-                https::HttpsRequest::post_json("/v1/approvals", body),
-                Duration::from_secs(10),
-                64 * 1024,
-            ))
-            .unwrap_or_else(|e| panic!("HTTPS exchange failed: {e}"));
-        (
-            reply.status,
-            String::from_utf8_lossy(&reply.body).into_owned(),
-        )
-    })
+    let (status, body) = xdpgate_tests::post_approval(&lab.client, profile, body);
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn load_profile(path: &std::path::Path) -> xdpgate::approval::ClientProfile {

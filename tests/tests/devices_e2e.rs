@@ -499,27 +499,7 @@ fn post(
     profile: &xdpgate::approval::ClientProfile,
     body: Vec<u8>,
 ) -> (u16, Vec<u8>) {
-    use xdpgate::{client::https, tls};
-    let endpoint = https::Endpoint::parse(&profile.web_endpoint).unwrap_or_else(|e| panic!("{e}"));
-    let pins = tls::pins_from_anchor_pem(&profile.tls_anchor_pem).unwrap_or_else(|e| panic!("{e}"));
-    let config =
-        std::sync::Arc::new(tls::pinned_client_config(pins).unwrap_or_else(|e| panic!("{e}")));
-    lab.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let reply = runtime
-            .block_on(https::send(
-                &endpoint,
-                config,
-                https::HttpsRequest::post_json("/v1/approvals", body),
-                Duration::from_secs(10),
-                64 * 1024,
-            ))
-            .unwrap_or_else(|e| panic!("HTTPS exchange failed: {e}"));
-        (reply.status, reply.body.to_vec())
-    })
+    xdpgate_tests::post_approval(&lab.client, profile, body)
 }
 
 /// Signs with `sign`'s key but claims `public`'s (a signature that does not match the key).
