@@ -1,6 +1,12 @@
 //! The privileged controller process: loads and owns the gate, keeps openings in line with
 //! the store, and serves the control API.
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Instant,
+};
 
 use gateway_common::{ServiceKey, ServiceValue};
 
@@ -11,10 +17,11 @@ use crate::{
         Approvals,
         box_key::{self, BoxKeyError},
     },
-    config::{Config, ServiceConfig},
+    config::{Config, ServerConfig, ServiceConfig},
     control,
     gate::{self, GateError, GateHandle, GateMaps, KernelService, guard::LinkGuard, loader},
     openings::{Openings, OpeningsError},
+    reload::{self, ReloadError, ReloadReport},
     shutdown::{self, Shutdown},
     store::{Store, StoreError},
 };
@@ -77,10 +84,24 @@ impl PlannedService {
     }
 }
 
-/// Everything the running controller shares with its API handlers.
-pub struct Controller {
+/// The configuration in force and the kernel services planned from it, replaced as a whole
+/// by a reload.
+pub struct Live {
     /// Validated configuration.
     pub config: Config,
+    /// Services written to the kernel, with their counter slots.
+    pub services: Vec<PlannedService>,
+}
+
+/// Everything the running controller shares with its API handlers.
+pub struct Controller {
+    live: RwLock<Arc<Live>>,
+    /// The file the configuration came from (read again on reload).
+    config_path: Option<PathBuf>,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The OpenVPN follower of each server that has one, by server id.
+    followers: Mutex<HashMap<u32, (ServerConfig, tokio::task::JoinHandle<()>)>>,
     /// Opening manager.
     pub openings: Arc<Openings>,
     /// Approval service (front API and client administration).
@@ -89,12 +110,130 @@ pub struct Controller {
     pub gate: GateHandle,
     /// Self-shutdown state (signed notices).
     pub shutdown: Arc<Shutdown>,
-    /// Services written to the kernel, with their counter slots.
-    pub services: Vec<PlannedService>,
     /// The gate's links: what the kernel has attached now, repaired when removed from outside.
     pub links: LinkGuard,
     /// Start time, for uptime.
     pub started: Instant,
+}
+
+impl Controller {
+    /// The configuration and services in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the configuration file again and applies it (`SIGHUP`, `xdpgate reload`).
+    ///
+    /// Refused, changing nothing: an invalid file, or a change to a setting only a restart
+    /// applies. Otherwise, in this order: the new services are written to the kernel (a new
+    /// port is guarded before anything else happens; a removed one is unguarded last), the
+    /// approval settings are swapped (new approvals use the new servers, timings, limits and
+    /// address policies), openings of removed servers are closed, and OpenVPN followers of
+    /// added, changed or removed servers are started, restarted or stopped. Openings of the
+    /// servers that remain are untouched.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let new = Config::load(path)?;
+        let old = self.live();
+        let refused = reload::restart_needed(&old.config, &new);
+        if !refused.is_empty() {
+            return Err(ReloadError::NeedsRestart(refused));
+        }
+        let (added, removed, changed) = reload::server_changes(&old.config.servers, &new.servers);
+        let services = reload::plan_services_keeping(&new, &old.services);
+        let reassigned = reload::reassigned_slots(&old.services, &services);
+        let kernel_services: Vec<KernelService> = services
+            .iter()
+            .flat_map(PlannedService::kernel_entries)
+            .collect();
+        self.gate
+            .run(move |maps| -> Result<(), GateError> {
+                for slot in reassigned {
+                    maps.reset_service_stats(slot)?;
+                }
+                maps.sync_services(&kernel_services)
+            })
+            .await
+            .and_then(|written| written)
+            .map_err(|err| ReloadError::Gate(err.to_string()))?;
+        self.approvals.reconfigure(&new);
+        let mut closed_openings = 0;
+        for server in old
+            .config
+            .servers
+            .iter()
+            .filter(|s| new.server_by_id(s.id).is_none())
+        {
+            match self.openings.revoke_server(server.id).await {
+                Ok(closed) => closed_openings += closed,
+                Err(err) => {
+                    error!(server = %server.name, error = %err, "closing the openings of a removed server failed; they expire on their own");
+                }
+            }
+        }
+        self.follow_vpns(&new.servers);
+        for warning in new.warnings() {
+            warn!("{warning}");
+        }
+        let report = ReloadReport {
+            added,
+            removed,
+            changed,
+            services: services.len(),
+            closed_openings,
+        };
+        debug!(keys = ?reload::keys(&services), "services after reload");
+        *self.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Live {
+            config: new,
+            services,
+        });
+        info!(%report, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// Makes the OpenVPN followers match `servers`: one per server with `[server.openvpn]`,
+    /// restarted when its server's settings changed, stopped when the server is gone.
+    fn follow_vpns(&self, servers: &[ServerConfig]) {
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        followers.retain(|id, (config, task)| {
+            let keep = servers.iter().any(|s| s.id == *id && s == config);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for server in servers {
+            if followers.contains_key(&server.id) {
+                continue;
+            }
+            match crate::vpn::openvpn::start(server, &self.openings, &self.approvals.vpn_tokens()) {
+                Ok(Some(task)) => {
+                    followers.insert(server.id, (server.clone(), task));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    error!(server = %server.name, error = %err, "cannot start following the OpenVPN server");
+                }
+            }
+        }
+    }
+
+    fn stop_following(&self) {
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (_, (_, task)) in followers.drain() {
+            task.abort();
+        }
+    }
 }
 
 /// The kernel services for a configuration: counter slots in configuration order.
@@ -123,17 +262,20 @@ pub fn plan_services(config: &Config) -> Vec<PlannedService> {
     planned
 }
 
-/// Starts the controller and runs until SIGINT/SIGTERM. The gate stays attached afterwards.
-pub async fn run(config: Config) -> Result<(), ControllerError> {
+/// Starts the controller and runs until SIGINT/SIGTERM; `SIGHUP` reloads `config_path`. The
+/// gate stays attached afterwards.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ControllerError> {
     let span = info_span!("controller", interfaces = ?config.interfaces);
     async move {
-        let controller = Arc::new(start(config).await?);
+        let controller = Arc::new(start(config, config_path).await?);
+        let live = controller.live();
         let sweeper = tokio::spawn(sweep_forever(controller.clone()));
-        let notices = controller.config.notices.clone().map(|notices| {
+        let reloader = tokio::spawn(reload_on_sighup(controller.clone()));
+        let notices = live.config.notices.clone().map(|notices| {
             tokio::spawn(shutdown::poll_forever(controller.shutdown.clone(), notices))
         });
         let link_watch = tokio::spawn(controller.links.clone().watch());
-        let metrics_listener = match controller.config.metrics_listen {
+        let metrics_listener = match live.config.metrics_listen {
             Some(addr) => {
                 let for_scrape = controller.clone();
                 let scrape = crate::metrics::scrape(move || {
@@ -144,14 +286,9 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
             }
             None => None,
         };
-        let vpn_followers = crate::vpn::openvpn::start_all(
-            &controller.config.servers,
-            &controller.openings,
-            &controller.approvals.vpn_tokens(),
-        )?;
-        let socket = controller.config.control_socket.clone();
-        let front_socket = controller.config.approvals.front_socket.clone();
-        let front_owner = controller.config.approvals.front_socket_user.clone();
+        let socket = live.config.control_socket.clone();
+        let front_socket = live.config.approvals.front_socket.clone();
+        let front_owner = live.config.approvals.front_socket_user.clone();
         let (stop_front, front_stopped) = tokio::sync::oneshot::channel::<()>();
         let front = {
             let approvals = controller.approvals.clone();
@@ -164,17 +301,13 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
                     .await
             })
         };
-        let cluster = match &controller.config.cluster {
-            Some(cluster) => Some(
-                crate::cluster::server::spawn(
-                    cluster,
-                    controller.approvals.clone(),
-                    &controller.config.servers,
-                )
-                .await?,
-            ),
+        let cluster = match &live.config.cluster {
+            Some(cluster) => {
+                Some(crate::cluster::server::spawn(cluster, controller.approvals.clone()).await?)
+            }
             None => None,
         };
+        drop(live);
         let watchdog = {
             let controller = controller.clone();
             crate::service::spawn_watchdog(move || {
@@ -190,14 +323,13 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         let _ = stop_front.send(());
         let front_result = front.await;
         sweeper.abort();
+        reloader.abort();
         notices.iter().for_each(tokio::task::JoinHandle::abort);
         link_watch.abort();
         metrics_listener
             .iter()
             .for_each(tokio::task::JoinHandle::abort);
-        vpn_followers
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
+        controller.stop_following();
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&front_socket);
         info!("controller stopped; the gate stays attached and keeps enforcing");
@@ -212,7 +344,10 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
 }
 
 /// Loads (or reuses) the gate, syncs services, reconciles openings, then attaches.
-async fn start(config: Config) -> Result<Controller, ControllerError> {
+async fn start(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<Controller, ControllerError> {
     let started = Instant::now();
     let store = Arc::new(Store::open(&config.state_dir)?);
     let store_ms = started.elapsed().as_millis();
@@ -272,23 +407,48 @@ async fn start(config: Config) -> Result<Controller, ControllerError> {
         "gate ready"
     );
     let links = LinkGuard::new(ebpf, pin_dir, config.xdp_mode, attached)?;
+    let mut followers = HashMap::new();
+    for server in &config.servers {
+        if let Some(task) = crate::vpn::openvpn::start(server, &openings, &approvals.vpn_tokens())?
+        {
+            followers.insert(server.id, (server.clone(), task));
+        }
+    }
     Ok(Controller {
-        config,
+        live: RwLock::new(Arc::new(Live { config, services })),
+        config_path,
+        reload_lock: tokio::sync::Mutex::new(()),
+        followers: Mutex::new(followers),
         openings,
         approvals,
         gate,
         shutdown,
-        services,
         links,
         started: Instant::now(),
     })
+}
+
+/// Reloads the configuration on every `SIGHUP`; a refused reload is logged and changes
+/// nothing.
+async fn reload_on_sighup(controller: Arc<Controller>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; use `xdpgate reload`");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        info!("SIGHUP received: reloading the configuration");
+        if let Err(err) = controller.reload().await {
+            error!(error = %err, "reload refused");
+        }
+    }
 }
 
 /// How often expired nonces are deleted from the store.
 const NONCE_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn sweep_forever(controller: Arc<Controller>) {
-    let mut ticker = tokio::time::interval(controller.config.sweep_interval);
+    let mut ticker = tokio::time::interval(controller.live().config.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = Instant::now();
     loop {
@@ -319,7 +479,8 @@ async fn sweep_forever(controller: Arc<Controller>) {
 
 /// What a metrics scrape reports: kernel counters read now, openings, outcomes, interfaces.
 pub async fn metrics_snapshot(controller: &Controller) -> crate::metrics::ControllerSnapshot {
-    let indexes: Vec<u32> = controller.services.iter().map(|s| s.stats_index).collect();
+    let live = controller.live();
+    let indexes: Vec<u32> = live.services.iter().map(|s| s.stats_index).collect();
     let kernel = controller
         .gate
         .run(move |maps| -> Result<_, GateError> {
@@ -333,8 +494,8 @@ pub async fn metrics_snapshot(controller: &Controller) -> crate::metrics::Contro
     let mut snapshot = crate::metrics::ControllerSnapshot::default();
     match kernel {
         Ok(Ok((stats, counters, openings))) => {
-            for (planned, stat) in controller.services.iter().zip(stats) {
-                let server = controller
+            for (planned, stat) in live.services.iter().zip(stats) {
+                let server = live
                     .config
                     .servers
                     .iter()
@@ -358,7 +519,7 @@ pub async fn metrics_snapshot(controller: &Controller) -> crate::metrics::Contro
                 .into_iter()
                 .map(|(c, v)| (c.name().to_owned(), v))
                 .collect();
-            for server in &controller.config.servers {
+            for server in &live.config.servers {
                 let count = openings.iter().filter(|o| o.server_id == server.id).count();
                 snapshot.openings.push((
                     server.name.clone(),
@@ -366,7 +527,7 @@ pub async fn metrics_snapshot(controller: &Controller) -> crate::metrics::Contro
                 ));
             }
             let v4 = openings.iter().filter(|o| o.addr.is_ipv4()).count();
-            let max = f64::from(controller.config.max_openings.max(1));
+            let max = f64::from(live.config.max_openings.max(1));
             #[allow(clippy::cast_precision_loss)]
             let fill = |n: usize| n as f64 / max;
             snapshot.map_fill = [fill(v4), fill(openings.len() - v4)];

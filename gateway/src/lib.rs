@@ -16,6 +16,7 @@ pub mod gate;
 pub mod metrics;
 pub mod openings;
 pub mod passcode;
+pub mod reload;
 pub mod service;
 pub mod shutdown;
 pub mod signed_notice;

@@ -104,8 +104,8 @@ async fn dispatch(
 ) -> anyhow::Result<String> {
     match command {
         Command::Controller { config } => {
-            let config = Config::load(&config)?;
-            controller::run(config).await?;
+            let loaded = Config::load(&config)?;
+            controller::run(loaded, Some(config)).await?;
             Ok(String::new())
         }
         Command::Run { config } => {
@@ -239,5 +239,6 @@ async fn dispatch(
         Command::GenerateDocs { out } => generate_docs(&out),
         Command::Status => admin::status(socket).await,
         Command::Health => Ok(admin::health(socket).await.line),
+        Command::Reload => admin::reload(socket).await,
     }
 }

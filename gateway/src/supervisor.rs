@@ -60,7 +60,7 @@ pub async fn run(config_path: &Path, log_filter: &str, log_format: &str) -> Resu
         [log_filter.to_owned(), log_format.to_owned()],
         stopped,
     ));
-    let result = controller::run(config).await;
+    let result = controller::run(config, Some(config_path.to_owned())).await;
     let _ = stop.send(true);
     if let Err(err) = supervisor.await {
         error!(error = %err, "web front supervisor failed");

@@ -116,29 +116,55 @@ struct Origin<'a> {
 /// The approval service.
 pub struct Approvals {
     store: Arc<Store>,
-    state: Arc<StoreState>,
+    /// What a configuration reload replaces ([`Approvals::reconfigure`]).
+    settings: std::sync::RwLock<Arc<Settings>>,
     box_keys: Arc<ServerBoxKeys>,
     openings: Arc<Openings>,
-    servers: Vec<ServerConfig>,
-    validation: ValidationConfig,
-    enrollment_ttl: Duration,
-    public_url: Option<String>,
-    web_cert: Option<PathBuf>,
     /// This controller's cluster node name, written into enrollment links.
     node_name: Option<String>,
     audit: AuditLog,
-    audit_max_age: Duration,
     metrics: metrics::Metrics,
     vpn_tokens: Arc<VpnTokens>,
     /// Approvals per client per minute (after validation: only the client itself can use
     /// up its budget).
     client_rate: rate::ClientRate,
-    /// How passcodes are checked, and wrong passcodes per client.
-    passcode_rules: crate::passcode::PasscodeRules,
+    /// Wrong passcodes per client.
     passcode_failures: crate::passcode::Failures,
     /// Wrong device PINs per client (`devices approve`).
     device_pins: devices::PinGuesses,
     notices: tokio::sync::watch::Receiver<NoticeRecord>,
+}
+
+/// The parts of the configuration approvals read, replaced as a whole on reload: a request
+/// sees either the old settings or the new ones, never a mix.
+struct Settings {
+    state: Arc<StoreState>,
+    servers: Vec<ServerConfig>,
+    validation: ValidationConfig,
+    enrollment_ttl: Duration,
+    public_url: Option<String>,
+    web_cert: Option<PathBuf>,
+    /// How passcodes are checked.
+    passcode_rules: crate::passcode::PasscodeRules,
+    audit_max_age: Duration,
+}
+
+impl Settings {
+    fn of(config: &Config, store: &Arc<Store>) -> Self {
+        let approvals = &config.approvals;
+        Self {
+            state: Arc::new(StoreState::new(store.clone(), &config.servers)),
+            servers: config.servers.clone(),
+            validation: ValidationConfig {
+                timestamp_window_secs: approvals.timestamp_window_secs,
+            },
+            enrollment_ttl: approvals.enrollment_ttl,
+            public_url: approvals.public_url.clone(),
+            web_cert: approvals.web_cert.clone(),
+            passcode_rules: approvals.passcode,
+            audit_max_age: approvals.audit_max_age,
+        }
+    }
 }
 
 impl Approvals {
@@ -152,28 +178,45 @@ impl Approvals {
     ) -> Self {
         let approvals = &config.approvals;
         Self {
-            state: Arc::new(StoreState::new(store.clone(), &config.servers)),
+            settings: std::sync::RwLock::new(Arc::new(Settings::of(config, &store))),
             audit: AuditLog::start(store.clone(), approvals.audit_retention),
-            audit_max_age: approvals.audit_max_age,
             store,
             box_keys: Arc::new(box_keys),
             openings,
-            servers: config.servers.clone(),
-            validation: ValidationConfig {
-                timestamp_window_secs: approvals.timestamp_window_secs,
-            },
-            enrollment_ttl: approvals.enrollment_ttl,
-            public_url: approvals.public_url.clone(),
-            web_cert: approvals.web_cert.clone(),
             node_name: config.cluster.as_ref().map(|c| c.node.clone()),
             metrics: metrics::Metrics::default(),
             vpn_tokens: Arc::new(VpnTokens::new()),
             client_rate: rate::ClientRate::new(approvals.client_approvals_per_minute),
-            passcode_rules: approvals.passcode,
             passcode_failures: crate::passcode::Failures::default(),
             device_pins: devices::PinGuesses::default(),
             notices,
         }
+    }
+
+    /// The settings in force now.
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies a reloaded configuration to new requests: servers, their address policies,
+    /// limits and second factors, the timestamp window, enrollment settings and the client
+    /// budget. Requests already being decided finish under the settings they started with.
+    pub fn reconfigure(&self, config: &Config) {
+        let settings = Arc::new(Settings::of(config, &self.store));
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+        self.client_rate
+            .set_per_minute(config.approvals.client_approvals_per_minute);
+    }
+
+    /// The servers approvals are decided for now.
+    pub fn servers(&self) -> Vec<ServerConfig> {
+        self.settings().servers.clone()
     }
 
     /// One-time OpenVPN tokens of approvals on servers with `[server.openvpn]`.
@@ -259,12 +302,15 @@ impl Approvals {
         let now = unix_secs();
         // The stages up to the HMAC run here (one HMAC, no side effect): a request failing
         // them, i.e. every garbage request, costs no hop to a blocking thread.
-        if let Err(rejection) = approval::precheck(&request, &*self.state, now, &self.validation) {
+        let settings = self.settings();
+        if let Err(rejection) =
+            approval::precheck(&request, &*settings.state, now, &settings.validation)
+        {
             return self.unauthenticated(&origin, &request.client_id, &request.server, &rejection);
         }
-        let state = self.state.clone();
+        let state = settings.state.clone();
         let keys = self.box_keys.clone();
-        let validation = self.validation;
+        let validation = settings.validation;
         let decided = tokio::task::spawn_blocking(move || {
             let decided = approval::validate(&request, &*state, &keys, remote, now, &validation);
             (request, decided)
@@ -361,7 +407,7 @@ impl Approvals {
         let Some(binding) = rejection.binding().cloned() else {
             return FrontAnswer::error(code.as_str(), code.http_status());
         };
-        let state = self.state.clone();
+        let state = self.settings().state.clone();
         let keys = self.box_keys.clone();
         let client_id = client_id.to_owned();
         let sealed = tokio::task::spawn_blocking(move || {
@@ -404,7 +450,7 @@ impl Approvals {
         };
         let key = state::nonce_key(NonceScope::Request, binding.request_nonce());
         let store = self.store.clone();
-        let state = self.state.clone();
+        let state = self.settings().state.clone();
         let keys = self.box_keys.clone();
         let wanted = client_id.to_owned();
         let sealing = binding.clone();
@@ -460,7 +506,8 @@ impl Approvals {
         digest: String,
         generation: u64,
     ) -> FrontAnswer {
-        let Some(server) = self.servers.iter().find(|s| s.name == approved.server) else {
+        let settings = self.settings();
+        let Some(server) = settings.servers.iter().find(|s| s.name == approved.server) else {
             return FrontAnswer::error(PublicCode::UnknownServer.as_str(), 404);
         };
         let Some(target) = connect_target(server) else {
@@ -539,7 +586,7 @@ impl Approvals {
             connect: target,
             opened: opened.clone(),
             expires_unix: expires,
-            keep_until_unix: self.validation.nonce_keep_until(unix_secs()),
+            keep_until_unix: self.settings().validation.nonce_keep_until(unix_secs()),
         };
         let key = state::nonce_key(NonceScope::Request, approved.binding.request_nonce()).to_vec();
         let journal = Journal {
@@ -636,7 +683,7 @@ impl Approvals {
         approved: &ApprovedRequest,
     ) -> Result<(), Option<approval::Reason>> {
         let client_id = approved.client_id.clone();
-        let rules = self.passcode_rules;
+        let rules = self.settings().passcode_rules;
         let started = std::time::Instant::now();
         if let Some(left) = self.passcode_failures.locked(&client_id, started) {
             return Err(Some(approval::Reason::PasscodeLockedOut {
@@ -829,17 +876,19 @@ impl Approvals {
         let redeemed = self.redeem(digest, unix_secs(), enrollment).await;
         match redeemed {
             Ok(Some((client, replaced))) => {
+                let settings = self.settings();
                 let totp_servers: Vec<String> = client
                     .servers
                     .iter()
                     .filter(|name| {
-                        self.servers
+                        settings
+                            .servers
                             .iter()
                             .any(|s| &s.name == *name && s.second_factor == SecondFactor::Totp)
                     })
                     .cloned()
                     .collect();
-                let rules = self.passcode_rules;
+                let rules = settings.passcode_rules;
                 let answer = EnrollResponse {
                     request_sha256: opened.request_sha256().to_owned(),
                     client_id: client.client_id.clone(),
@@ -995,7 +1044,7 @@ impl Approvals {
         }
         if let Some(unknown) = servers
             .iter()
-            .find(|s| !self.servers.iter().any(|c| &c.name == *s))
+            .find(|s| !self.settings().servers.iter().any(|c| &c.name == *s))
         {
             return Err(ClientAdminError::Invalid(format!(
                 "no server named {unknown:?}"
@@ -1031,7 +1080,8 @@ impl Approvals {
     /// A fresh single-use enrollment link of this controller and when it expires; the
     /// caller stores the token's digest.
     fn new_link(&self) -> Result<(EnrollmentLink, u64), ClientAdminError> {
-        let base_url = self.public_url.clone().ok_or_else(|| {
+        let settings = self.settings();
+        let base_url = settings.public_url.clone().ok_or_else(|| {
             ClientAdminError::Invalid(
                 "set approvals.public_url (the HTTPS address clients use) first".into(),
             )
@@ -1043,11 +1093,12 @@ impl Approvals {
             controller_box_key: self.box_keys.public_key(),
             controller: self.node_name.clone(),
         };
-        Ok((link, unix_secs() + self.enrollment_ttl.as_secs()))
+        Ok((link, unix_secs() + settings.enrollment_ttl.as_secs()))
     }
 
     fn web_cert_pin(&self) -> Result<String, ClientAdminError> {
-        let path = self
+        let settings = self.settings();
+        let path = settings
             .web_cert
             .as_ref()
             .ok_or_else(|| ClientAdminError::Invalid("set approvals.web_cert".into()))?;
@@ -1119,8 +1170,9 @@ impl Approvals {
     pub async fn purge_nonces(&self) -> Result<usize, ClientAdminError> {
         let store = self.store.clone();
         let now = unix_secs();
-        let cutoff_ms = unix_ms()
-            .saturating_sub(u64::try_from(self.audit_max_age.as_millis()).unwrap_or(u64::MAX));
+        let cutoff_ms = unix_ms().saturating_sub(
+            u64::try_from(self.settings().audit_max_age.as_millis()).unwrap_or(u64::MAX),
+        );
         Ok(
             tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
                 let purged = store.purge_nonces(now)?;

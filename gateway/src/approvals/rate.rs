@@ -2,13 +2,16 @@
 //! `per_minute` tokens a minute, holding at most `per_minute`.
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Instant,
 };
 
 /// Approvals per client per minute.
 pub(crate) struct ClientRate {
-    per_minute: u32,
+    per_minute: AtomicU32,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -19,14 +22,19 @@ impl ClientRate {
     /// A budget of `per_minute` approvals per client (0: unlimited).
     pub(crate) fn new(per_minute: u32) -> Self {
         Self {
-            per_minute,
+            per_minute: AtomicU32::new(per_minute),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// The configured budget.
     pub(crate) fn per_minute(&self) -> u32 {
-        self.per_minute
+        self.per_minute.load(Ordering::Relaxed)
+    }
+
+    /// A new budget (a reload); buckets keep their tokens, capped at the new budget.
+    pub(crate) fn set_per_minute(&self, per_minute: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
     }
 
     /// Takes one token from `client_id`'s bucket; false when it is empty.
@@ -35,10 +43,11 @@ impl ClientRate {
     }
 
     fn admit_at(&self, client_id: &str, now: Instant) -> bool {
-        if self.per_minute == 0 {
+        let per_minute = self.per_minute();
+        if per_minute == 0 {
             return true;
         }
-        let capacity = f64::from(self.per_minute);
+        let capacity = f64::from(per_minute);
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(client_id) {

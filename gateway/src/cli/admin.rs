@@ -22,6 +22,17 @@ pub async fn servers_list(socket: &Path) -> anyhow::Result<String> {
     Ok(render_servers(&servers))
 }
 
+/// `xdpgate reload`.
+pub async fn reload(socket: &Path) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let report = client
+        .reload(pb::ReloadRequest {})
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    Ok(format!("{}\n", report.summary))
+}
+
 /// `xdpgate openings add`.
 pub async fn openings_add(
     socket: &Path,

@@ -136,6 +136,11 @@ pub enum Command {
     Status,
     /// Is the controller serving? Exit 0 serving, 1 not serving, 2 unreachable; says why.
     Health,
+    /// Makes the running controller read its configuration file again (as SIGHUP does).
+    /// Servers and services added, removed or changed apply at once, openings of remaining
+    /// servers are kept; an invalid file, or a change only a restart applies, is refused and
+    /// changes nothing.
+    Reload,
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenerateDocs {

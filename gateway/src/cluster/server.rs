@@ -17,7 +17,6 @@ use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
 use super::mtls::{self, NamePattern, PeerInfo, PeerStream};
 use super::{ClusterConfig, ClusterError};
 use crate::approvals::{Approvals, FrontAnswer};
-use crate::config::ServerConfig;
 
 /// Deadline of the TLS handshake of a cluster connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,16 +26,26 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Implementation of `xdpgate.cluster.v1.Cluster`.
 pub struct ClusterService {
     approvals: Arc<Approvals>,
-    ownership: pb::ServerOwnership,
+    node: String,
 }
 
 impl ClusterService {
-    /// The service of controller `node` owning `servers`.
-    pub fn new(approvals: Arc<Approvals>, node: &str, servers: &[ServerConfig]) -> Self {
-        let ownership = pb::ServerOwnership {
+    /// The service of controller `node`; the servers it owns are the approvals' servers of
+    /// the moment (a reload changes them).
+    pub fn new(approvals: Arc<Approvals>, node: &str) -> Self {
+        Self {
+            approvals,
             node: node.to_owned(),
+        }
+    }
+
+    fn ownership(&self) -> pb::ServerOwnership {
+        pb::ServerOwnership {
+            node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            servers: servers
+            servers: self
+                .approvals
+                .servers()
                 .iter()
                 .map(|s| pb::OwnedServer {
                     name: s.name.clone(),
@@ -44,10 +53,6 @@ impl ClusterService {
                     public_ipv6: s.public_ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
                 })
                 .collect(),
-        };
-        Self {
-            approvals,
-            ownership,
         }
     }
 }
@@ -80,7 +85,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ServerOwnership>, Status> {
-        Ok(Response::new(self.ownership.clone()))
+        Ok(Response::new(self.ownership()))
     }
 
     async fn submit_approval(
@@ -216,7 +221,6 @@ async fn handshake(
 pub async fn spawn(
     config: &ClusterConfig,
     approvals: Arc<Approvals>,
-    servers: &[ServerConfig],
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
     // Fail early on unusable files rather than in the task.
     mtls::server_config(&config.tls)?;
@@ -226,7 +230,7 @@ pub async fn spawn(
             addr: config.listen,
             source,
         })?;
-    let service = ClusterService::new(approvals, &config.node, servers);
+    let service = ClusterService::new(approvals, &config.node);
     let config = config.clone();
     Ok(tokio::spawn(
         async move {

@@ -125,6 +125,7 @@ impl ControlService {
             .collect();
         let url = self
             .controller
+            .live()
             .config
             .notices
             .as_ref()
@@ -142,6 +143,7 @@ impl ControlService {
             return Ok(None);
         }
         self.controller
+            .live()
             .config
             .server(name)
             .map(|s| Some(s.id))
@@ -152,6 +154,7 @@ impl ControlService {
         let record = &view.record;
         let server = self
             .controller
+            .live()
             .config
             .server_by_id(record.id.server_id)
             .map_or_else(|| format!("#{}", record.id.server_id), |s| s.name.clone());
@@ -181,12 +184,8 @@ impl ControlService {
     }
 
     async fn servers_with_stats(&self) -> Result<Vec<pb::Server>, Status> {
-        let indexes: Vec<u32> = self
-            .controller
-            .services
-            .iter()
-            .map(|s| s.stats_index)
-            .collect();
+        let live = self.controller.live();
+        let indexes: Vec<u32> = live.services.iter().map(|s| s.stats_index).collect();
         let stats = self
             .controller
             .gate
@@ -200,9 +199,8 @@ impl ControlService {
             .map_err(gate_status)?
             .map_err(gate_status)?;
         let mut servers = Vec::new();
-        for server in &self.controller.config.servers {
-            let services = self
-                .controller
+        for server in &live.config.servers {
+            let services = live
                 .services
                 .iter()
                 .zip(&stats)
@@ -263,8 +261,8 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::AddOpeningRequest>,
     ) -> Result<Response<pb::AddOpeningResponse>, Status> {
         let request = request.into_inner();
-        let server = self
-            .controller
+        let live = self.controller.live();
+        let server = live
             .config
             .server(&request.server)
             .ok_or_else(|| Status::not_found(format!("no server named {:?}", request.server)))?;
@@ -371,6 +369,26 @@ impl pb::control_server::Control for ControlService {
                 .map(|(name, value)| pb::Counter { name, value })
                 .collect(),
         }))
+    }
+
+    async fn reload(
+        &self,
+        _request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        match self.controller.reload().await {
+            Ok(report) => Ok(Response::new(pb::ReloadResponse {
+                summary: report.to_string(),
+                services: u32::try_from(report.services).unwrap_or(u32::MAX),
+                closed_openings: u32::try_from(report.closed_openings).unwrap_or(u32::MAX),
+                added_servers: report.added,
+                removed_servers: report.removed,
+                changed_servers: report.changed,
+            })),
+            Err(err) => {
+                warn!(error = %err, "reload refused");
+                Err(Status::failed_precondition(err.to_string()))
+            }
+        }
     }
 
     async fn health(

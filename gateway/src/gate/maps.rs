@@ -469,6 +469,20 @@ impl GateMaps {
             }))
     }
 
+    /// Sets the counters of one service slot to zero on every CPU (a slot given to another
+    /// service by a reload).
+    pub fn reset_service_stats(&mut self, index: u32) -> Result<(), GateError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| GateError::Cpus(err))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
+            .map_err(GateError::Cpus)?;
+        self.svc_stats
+            .set(index, zeros, 0)
+            .map_err(|source| GateError::Map {
+                name: map_names::SVC_STATS,
+                source,
+            })
+    }
+
     /// Every global counter, summed over CPUs.
     pub fn global_counters(&self) -> Result<Vec<(GlobalCounter, u64)>, GateError> {
         GlobalCounter::ALL

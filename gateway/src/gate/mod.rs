@@ -37,6 +37,9 @@ pub enum GateError {
         /// Underlying error.
         source: aya::maps::MapError,
     },
+    /// The per-CPU counters could not be sized (`/sys/devices/system/cpu/possible`).
+    #[error("counting CPUs: {0}")]
+    Cpus(std::io::Error),
     /// An openings map is at capacity.
     #[error("map {0} is full; raise controller.max_openings")]
     OpeningsFull(&'static str),

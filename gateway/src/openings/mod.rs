@@ -622,6 +622,18 @@ impl Openings {
         self.close(&mut records, ids).await
     }
 
+    /// Closes every opening of server `server_id` (a server removed by a reload); returns
+    /// how many.
+    pub async fn revoke_server(&self, server_id: u32) -> Result<usize, OpeningsError> {
+        let mut records = self.records.lock().await;
+        let ids: Vec<OpeningId> = records
+            .keys()
+            .filter(|id| id.server_id == server_id)
+            .copied()
+            .collect();
+        self.close(&mut records, ids).await
+    }
+
     /// Closes openings of `addr` (on `server_id`, or on every server); returns how many.
     ///
     /// Like [`Openings::grant`], the work runs in its own task: a caller that goes away never

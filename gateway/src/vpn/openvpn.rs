@@ -72,33 +72,31 @@ pub struct Follower {
     sessions: Arc<Mutex<Sessions>>,
 }
 
-/// Makes the persistent tun interfaces of every server with `[server.openvpn]`, then starts
-/// one follower per server. The handles are the followers' tasks.
-pub fn start_all(
-    servers: &[ServerConfig],
+/// Starts following `server`'s OpenVPN server, if it has `[server.openvpn]` (making its
+/// persistent tun first); `None` when it has none.
+pub fn start(
+    server: &ServerConfig,
     openings: &Arc<Openings>,
     tokens: &Arc<VpnTokens>,
-) -> Result<Vec<JoinHandle<()>>, TunError> {
-    let mut tasks = Vec::new();
-    for server in servers {
-        let Some(vpn) = &server.openvpn else { continue };
-        if let Some(tun_config) = &vpn.tun {
-            tun::ensure_persistent(tun_config)?;
-        }
-        let follower = Follower {
-            server: server.clone(),
-            socket: vpn.management_socket.clone(),
-            vpn_user: vpn.tun.as_ref().map(|t| t.owner.clone()),
-            grace: vpn.disconnect_grace,
-            openings: openings.clone(),
-            tokens: tokens.clone(),
-            sessions: Arc::default(),
-        };
-        let span =
-            info_span!("openvpn", server = %server.name, socket = %vpn.management_socket.display());
-        tasks.push(tokio::spawn(follower.run().instrument(span)));
+) -> Result<Option<JoinHandle<()>>, TunError> {
+    let Some(vpn) = &server.openvpn else {
+        return Ok(None);
+    };
+    if let Some(tun_config) = &vpn.tun {
+        tun::ensure_persistent(tun_config)?;
     }
-    Ok(tasks)
+    let follower = Follower {
+        server: server.clone(),
+        socket: vpn.management_socket.clone(),
+        vpn_user: vpn.tun.as_ref().map(|t| t.owner.clone()),
+        grace: vpn.disconnect_grace,
+        openings: openings.clone(),
+        tokens: tokens.clone(),
+        sessions: Arc::default(),
+    };
+    let span =
+        info_span!("openvpn", server = %server.name, socket = %vpn.management_socket.display());
+    Ok(Some(tokio::spawn(follower.run().instrument(span))))
 }
 
 impl Follower {
