@@ -182,13 +182,14 @@ pub fn attach_all(
     mode: XdpModeSetting,
 ) -> Result<Vec<(Attachment, FdLink)>, GateError> {
     let xdp = program(ebpf)?;
+    let older = older_layouts(pin_dir);
     let mut out = Vec::with_capacity(interfaces.len());
     for interface in interfaces {
         let pin = link_pin(pin_dir, interface);
         let kept = if pin.exists() {
             replace_in_pinned_link(xdp, &pin, interface)?
         } else {
-            None
+            migrate_link(xdp, &older, pin_dir, interface)?
         };
         let (mode_name, link) = match kept {
             Some(link) => ("kept", link),
@@ -203,7 +204,86 @@ pub fn attach_all(
         ));
     }
     detach_unlisted(pin_dir, interfaces)?;
+    retire_layouts(&older)?;
     Ok(out)
+}
+
+/// The pin folders of other map layout versions beside `pin_dir` (`v1`, ... under the same
+/// bpffs folder): what an older (or newer) release left.
+fn older_layouts(pin_dir: &Path) -> Vec<PathBuf> {
+    let (Some(parent), Some(own)) = (pin_dir.parent(), pin_dir.file_name()) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name() != own)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix('v')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Moves `interface`'s link from an older layout's folder into `pin_dir` without detaching:
+/// the new program is swapped into the old link (atomically, as on every restart), the link is
+/// pinned in the new folder, then its old pin goes. `Ok(None)`: no older link to take over.
+fn migrate_link(
+    xdp: &mut Xdp,
+    older: &[PathBuf],
+    pin_dir: &Path,
+    interface: &str,
+) -> Result<Option<FdLink>, GateError> {
+    for dir in older {
+        let old_pin = link_pin(dir, interface);
+        if !old_pin.exists() {
+            continue;
+        }
+        let Some(link) = replace_in_pinned_link(xdp, &old_pin, interface)? else {
+            continue;
+        };
+        fs::create_dir_all(pin_dir).map_err(|source| GateError::Io {
+            what: format!("creating {}", pin_dir.display()),
+            source,
+        })?;
+        let pinned = link.pin(link_pin(pin_dir, interface))?;
+        remove_pin(&old_pin)?;
+        info!(
+            interface,
+            from = %dir.display(),
+            to = %pin_dir.display(),
+            "took over the gate's link from an older map layout without detaching"
+        );
+        return Ok(Some(FdLink::from(pinned)));
+    }
+    Ok(None)
+}
+
+/// Removes what other layout versions left once every configured interface runs the new
+/// program: their remaining pins (maps, and links of interfaces no longer configured, which
+/// detaches those) and their folders.
+fn retire_layouts(older: &[PathBuf]) -> Result<(), GateError> {
+    for dir in older {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            remove_pin(&entry.path())?;
+        }
+        fs::remove_dir(dir).map_err(|source| GateError::Io {
+            what: format!("removing {}", dir.display()),
+            source,
+        })?;
+        info!(folder = %dir.display(), "removed the pins of an older map layout");
+    }
+    Ok(())
 }
 
 /// Swaps `xdp` into the link pinned at `pin` and returns that link. `Ok(None)` if the link is
