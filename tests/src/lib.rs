@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use flood::{Flood, FloodReport, FloodSpec, connect_from};
 pub use gateway::{Gateway, TEST_LOG, start_web_node, start_web_node_logging};
 pub use netns::{NetNs, in_netns};
-pub use probe::{Echoes, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large};
+pub use probe::{
+    Echoes, ProbeLoop, TcpEcho, UdpEcho, tcp_connects, udp_roundtrip, udp_roundtrip_large,
+};
 pub use process::{Proc, wait_for};
 pub use swtpm::Swtpm;
 pub use veth::{VethEnd, VethLink};

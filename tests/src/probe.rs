@@ -416,3 +416,68 @@ fn stop_and_join(stop: &AtomicBool, thread: Option<JoinHandle<()>>) {
         let _ = thread.join();
     }
 }
+
+/// UDP round trips from `from` in a namespace to `to`, one after another in a thread, counted,
+/// while a test changes the gateway (a reload, a restart). Bounded by `deadline`; stopped and
+/// joined by [`ProbeLoop::finish`] or when dropped (also on a failed assertion, so the thread's
+/// handle on the namespace never outlives the test).
+pub struct ProbeLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<[std::sync::atomic::AtomicU32; 2]>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeLoop {
+    /// Starts probing with `timeout` per probe and `pause` between probes, for at most
+    /// `deadline`.
+    pub fn start(
+        ns: std::sync::Arc<NetNs>,
+        from: IpAddr,
+        to: SocketAddr,
+        timeout: Duration,
+        pause: Duration,
+        deadline: Duration,
+    ) -> ProbeLoop {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let counts = std::sync::Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let thread = {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            let until = std::time::Instant::now() + deadline;
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    counts[0].fetch_add(1, Ordering::Relaxed);
+                    if udp_roundtrip(&ns, Some(from), to, timeout) {
+                        counts[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(pause);
+                }
+            })
+        };
+        ProbeLoop {
+            stop,
+            counts,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop and returns (probes sent, probes answered).
+    pub fn finish(mut self) -> (u32, u32) {
+        self.halt();
+        let load = |i: usize| self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
+        (load(0), load(1))
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ProbeLoop {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

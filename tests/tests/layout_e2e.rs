@@ -5,16 +5,13 @@
 //! unapproved source never gets through, and an approved one is back within the start-up.
 #![allow(clippy::expect_used)] // test helpers outside #[test] functions
 use std::{
-    net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
+    net::IpAddr,
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
-use xdpgate_tests::{Echoes, Gateway, NetNs, VethLink, require_root, udp_roundtrip};
+use xdpgate_tests::{Echoes, Gateway, NetNs, ProbeLoop, VethLink, require_root, udp_roundtrip};
 
 const SERVER: &str = r#"
 [[server]]
@@ -29,60 +26,6 @@ port = 1194
 "#;
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-
-/// Probes from a stranger while the controller restarts; stopped and joined when dropped.
-struct StrangerProbe {
-    stop: Arc<AtomicBool>,
-    passed: Arc<AtomicU32>,
-    sent: Arc<AtomicU32>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl StrangerProbe {
-    fn start(ns: Arc<NetNs>, from: IpAddr, to: SocketAddr) -> StrangerProbe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (passed, sent) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let thread = {
-            let (stop, passed, sent) = (stop.clone(), passed.clone(), sent.clone());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if udp_roundtrip(&ns, Some(from), to, Duration::from_millis(100)) {
-                        passed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
-        StrangerProbe {
-            stop,
-            passed,
-            sent,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the loop; (probes sent, probes answered).
-    fn finish(mut self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.passed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for StrangerProbe {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 #[test]
 fn an_older_layouts_link_is_taken_over_without_a_moment_with_no_gate() {
@@ -131,7 +74,14 @@ fn an_older_layouts_link_is_taken_over_without_a_moment_with_no_gate() {
         "the old link keeps gating while no controller runs"
     );
 
-    let probe = StrangerProbe::start(client.clone(), stranger, guarded);
+    let probe = ProbeLoop::start(
+        client.clone(),
+        stranger,
+        guarded,
+        Duration::from_millis(100),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
     gateway.restart();
     // The approved client is back once the openings are restored from the store.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,15 +4,12 @@
 #![allow(clippy::expect_used)] // test helpers outside #[test] functions
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
-use xdpgate_tests::{Echoes, Gateway, NetNs, VethLink, require_root, udp_roundtrip};
+use xdpgate_tests::{Echoes, Gateway, NetNs, ProbeLoop, VethLink, require_root, udp_roundtrip};
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
@@ -82,22 +79,6 @@ impl Lab {
     }
 }
 
-/// The kept client's probe loop; stopped and joined when dropped (also on a failed
-/// assertion, so its handle on the namespace never outlives the test).
-struct Flow {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -143,29 +124,14 @@ fn reload_adds_and_removes_servers_while_a_kept_client_flows_and_bad_files_chang
     assert!(lab.udp(me, 1194), "the opened client reaches keep");
 
     // The kept client's traffic runs through every reload below, counted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, lost) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-    let mut flow = Flow {
-        stop: stop.clone(),
-        thread: None,
-    };
-    flow.thread = Some({
-        let (stop, sent, lost) = (stop.clone(), sent.clone(), lost.clone());
-        let (ns, to) = (
-            lab.client.clone(),
-            SocketAddr::new(IpAddr::V4(lab.link.b.v4), 1194),
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !udp_roundtrip(&ns, Some(me), to, PROBE_TIMEOUT) {
-                    lost.fetch_add(1, Ordering::Relaxed);
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    });
+    let flow = ProbeLoop::start(
+        lab.client.clone(),
+        me,
+        SocketAddr::new(IpAddr::V4(lab.link.b.v4), 1194),
+        PROBE_TIMEOUT,
+        Duration::from_millis(20),
+        Duration::from_secs(120),
+    );
 
     // 1. `xdpgate reload`: `gone` leaves, `added` arrives.
     let original = lab.config();
@@ -263,8 +229,8 @@ fn reload_adds_and_removes_servers_while_a_kept_client_flows_and_bad_files_chang
         "{listed}"
     );
 
-    drop(flow);
-    let (sent, lost) = (sent.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
+    let (sent, answered) = flow.finish();
+    let lost = sent - answered;
     assert!(sent >= 20, "the kept client's flow ran ({sent} probes)");
     assert_eq!(
         lost, 0,
