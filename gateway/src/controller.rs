@@ -2,23 +2,20 @@
 //! the store, and serves the control API.
 use std::{
     collections::HashMap,
-    net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Instant,
 };
 
-use gateway_common::{ServiceKey, ServiceValue};
-
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::{
-    approvals::{
+    config::{Config, ServerConfig},
+    control,
+    decisions::{
         Approvals,
         box_key::{self, BoxKeyError},
     },
-    config::{Config, ServerConfig, ServiceConfig},
-    control,
     gate::{self, GateError, GateHandle, GateMaps, KernelService, guard::LinkGuard, loader},
     openings::{Openings, OpeningsError},
     reload::{self, ReloadError, ReloadReport},
@@ -58,31 +55,7 @@ pub enum ControllerError {
     Tun(#[from] crate::vpn::tun::TunError),
 }
 
-/// A guarded service as planned for the kernel.
-#[derive(Clone, Debug)]
-pub struct PlannedService {
-    /// Owning server id.
-    pub server_id: u32,
-    /// The configured service.
-    pub service: ServiceConfig,
-    /// Its counter slot in `SVC_STATS`.
-    pub stats_index: u32,
-    /// Its kernel keys: one, or two (IPv4 and IPv6) for an any-address service.
-    pub keys: Vec<ServiceKey>,
-}
-
-impl PlannedService {
-    /// The kernel entries of this service.
-    pub fn kernel_entries(&self) -> impl Iterator<Item = KernelService> + '_ {
-        let value = ServiceValue {
-            server_id: self.server_id,
-            stats_index: self.stats_index,
-        };
-        self.keys
-            .iter()
-            .map(move |key| KernelService { key: *key, value })
-    }
-}
+pub use crate::gate::plan::{PlannedService, plan_services};
 
 /// The configuration in force and the kernel services planned from it, replaced as a whole
 /// by a reload.
@@ -234,32 +207,6 @@ impl Controller {
             task.abort();
         }
     }
-}
-
-/// The kernel services for a configuration: counter slots in configuration order.
-pub fn plan_services(config: &Config) -> Vec<PlannedService> {
-    let mut planned = Vec::new();
-    for server in &config.servers {
-        for service in &server.services {
-            let proto = service.protocol.number();
-            let keys = match service.address {
-                None => vec![
-                    ServiceKey::v4(proto, service.port, [0; 4]),
-                    ServiceKey::v6(proto, service.port, [0; 16]),
-                ],
-                Some(IpAddr::V4(v4)) => vec![ServiceKey::v4(proto, service.port, v4.octets())],
-                Some(IpAddr::V6(v6)) => vec![ServiceKey::v6(proto, service.port, v6.octets())],
-            };
-            let stats_index = u32::try_from(planned.len()).unwrap_or(u32::MAX);
-            planned.push(PlannedService {
-                server_id: server.id,
-                service: *service,
-                stats_index,
-                keys,
-            });
-        }
-    }
-    planned
 }
 
 /// Starts the controller and runs until SIGINT/SIGTERM; `SIGHUP` reloads `config_path`. The

@@ -3,17 +3,18 @@
 //!
 //! The `xdpgate` binary (`main.rs`) is a thin CLI over these modules.
 pub mod approval;
-pub mod approvals;
 pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod controller;
+pub mod decisions;
 pub mod device;
 pub mod enrollment;
 pub mod gate;
 pub mod metrics;
+pub mod opening_record;
 pub mod openings;
 pub mod passcode;
 pub mod reload;

@@ -7,7 +7,7 @@ use gateway_common::ServiceKey;
 
 use crate::{
     config::{Config, ConfigError, ServerConfig, ServiceConfig},
-    controller::PlannedService,
+    gate::plan::{PlannedService, plan_services},
 };
 
 /// Why a reload was refused; the running configuration stays in force.
@@ -143,7 +143,7 @@ pub fn server_changes(
 /// The kernel services of `config`, each (server, service) that `previous` had keeping its
 /// counter slot (so its counters go on), new ones in the lowest free slots.
 pub fn plan_services_keeping(config: &Config, previous: &[PlannedService]) -> Vec<PlannedService> {
-    let fresh = crate::controller::plan_services(config);
+    let fresh = plan_services(config);
     let kept: HashMap<(u32, ServiceConfig), u32> = previous
         .iter()
         .map(|p| ((p.server_id, p.service), p.stats_index))
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn kept_services_keep_their_slots_and_new_ones_take_free_ones() {
         let old = config(&format!("{A}{B}"));
-        let before = crate::controller::plan_services(&old);
+        let before = plan_services(&old);
         let new = config(&format!("{B}{C}"));
         let after = plan_services_keeping(&new, &before);
         let slot = |plan: &[PlannedService], id: u32| {

@@ -8,10 +8,10 @@ use tokio::sync::watch;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::{
-    approvals::AuditLog,
     client::https::{self, Endpoint, HttpsRequest},
     clock::unix_ms,
     config::NoticesConfig,
+    decisions::AuditLog,
     openings::Openings,
     signed_notice::{self, MAX_NOTICE_BYTES, Notice, Version},
     store::{AuditEvent, AuditKind, NoticeRecord, Store, StoreError},

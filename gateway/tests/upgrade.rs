@@ -87,7 +87,7 @@ fn a_version_1_state_folder_is_migrated_with_everything_in_it() {
     fs::remove_file(&backup).expect("remove backup");
     drop(Store::open(dir.path()).expect("reopen"));
     assert!(!backup.exists(), "a current file is not migrated again");
-    let keys = xdpgate::approvals::box_key::load_or_create(&dir.path().join("box.key"))
+    let keys = xdpgate::decisions::box_key::load_or_create(&dir.path().join("box.key"))
         .expect("the server key of the old release loads");
     assert_eq!(
         fs::read(dir.path().join("box.key")).expect("key"),

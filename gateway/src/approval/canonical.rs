@@ -8,8 +8,7 @@
 
 use super::wire::{ApprovalRequest, ApprovalResponse};
 
-/// The protocol version carried on the wire and in every transcript.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub use super::limits::PROTOCOL_VERSION;
 /// The HTTP method of an approval request, bound into the request MAC.
 pub const REQUEST_METHOD: &str = "POST";
 /// The HTTP path of an approval request, bound into the request MAC.

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use super::address::{AddressProblem, AddressSource};
-use super::response::ResponseBinding;
+use super::address_kind::{AddressProblem, AddressSource};
+use super::binding::ResponseBinding;
 
 /// The pipeline stage at which a request was rejected, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -12,13 +12,10 @@ use rsa::traits::PublicKeyParts as _;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::b64;
+use super::limits::{BOX_PUBLIC_KEY_LEN, HMAC_LEN};
+pub use super::limits::{RSA_MAX_BITS, RSA_MIN_BITS};
 use super::rng::{self, RngError, RsaRng};
-use super::wire::{BOX_PUBLIC_KEY_LEN, HMAC_LEN};
 
-/// Smallest accepted RSA modulus. The protocol uses RSA-4096.
-pub const RSA_MIN_BITS: usize = 4096;
-/// Largest accepted RSA modulus (the verifier's limit).
-pub const RSA_MAX_BITS: usize = 8192;
 /// Modulus size of generated client keys.
 pub const RSA_GENERATED_BITS: usize = 4096;
 /// The only accepted RSA public exponent (F4).

@@ -11,13 +11,16 @@
 //! Client side: [`build_request`] → (HTTP) → [`open_response`].
 
 mod address;
+mod address_kind;
 mod b64;
+mod binding;
 mod canonical;
 mod client;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod keys;
+mod limits;
 mod profile;
 mod response;
 mod rng;

@@ -8,14 +8,12 @@ use crypto_box::aead::Aead as _;
 use serde::{Deserialize, Serialize};
 
 use super::b64;
+pub use super::binding::ResponseBinding;
 use super::canonical::response_mac_input;
 use super::error::{PublicCode, escape_for_log};
 use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
 use super::rng::{self, RngError};
-use super::wire::{
-    ApprovalResponse, BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, BOX_TAG_LEN, NONCE_LEN,
-    RESPONSE_CIPHERTEXT_MAX,
-};
+use super::wire::{ApprovalResponse, BOX_NONCE_LEN, BOX_TAG_LEN, RESPONSE_CIPHERTEXT_MAX};
 
 /// The reason code of an approval.
 pub const APPROVED_REASON: &str = "approved";
@@ -64,44 +62,6 @@ pub(crate) fn denial_body(
         error: code.as_str(),
         sealed,
     })?)
-}
-
-/// What ties a response to the request it answers. Comes from [`super::ApprovedRequest`] or,
-/// for a request whose HMAC verified, from [`super::Rejection::binding`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseBinding {
-    request_nonce: [u8; NONCE_LEN],
-    client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
-    server: String,
-}
-
-impl ResponseBinding {
-    pub(crate) fn new(
-        request_nonce: [u8; NONCE_LEN],
-        client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
-        server: String,
-    ) -> Self {
-        Self {
-            request_nonce,
-            client_box_public_key,
-            server,
-        }
-    }
-
-    /// The request's nonce, echoed in the response plaintext and bound into its MAC.
-    pub fn request_nonce(&self) -> &[u8; NONCE_LEN] {
-        &self.request_nonce
-    }
-
-    /// The request's one-time box public key, which the response is boxed to.
-    pub fn client_box_public_key(&self) -> &[u8; BOX_PUBLIC_KEY_LEN] {
-        &self.client_box_public_key
-    }
-
-    /// The server name from the request envelope, echoed in the response.
-    pub fn server(&self) -> &str {
-        &self.server
-    }
 }
 
 /// Allow or deny.

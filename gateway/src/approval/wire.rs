@@ -7,25 +7,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::b64;
-use super::canonical::PROTOCOL_VERSION;
 use super::error::{Reason, Rejection, Stage, escape_for_log};
-use super::keys::{RSA_MAX_BITS, RSA_MIN_BITS};
+use super::limits::{PROTOCOL_VERSION, RSA_MAX_BITS, RSA_MIN_BITS};
 use crate::device::{DEVICE_PUBLIC_KEY_LEN, DEVICE_SIGNATURE_LEN};
 
-/// Largest accepted request body.
-pub const MAX_REQUEST_BODY_BYTES: usize = 8 * 1024;
-/// Largest accepted response body.
-pub const MAX_RESPONSE_BODY_BYTES: usize = 8 * 1024;
-/// Length of request and payload nonces.
-pub const NONCE_LEN: usize = 32;
-/// Length of an X25519 public key.
-pub const BOX_PUBLIC_KEY_LEN: usize = 32;
-/// Length of a NaCl box (XSalsa20) nonce.
-pub const BOX_NONCE_LEN: usize = 24;
-/// Length of an HMAC-SHA512 tag.
-pub const HMAC_LEN: usize = 64;
-/// Poly1305 tag prepended to every box ciphertext.
-pub(crate) const BOX_TAG_LEN: usize = 16;
+pub(crate) use super::limits::BOX_TAG_LEN;
+pub use super::limits::{
+    BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, HMAC_LEN, MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES,
+    NONCE_LEN,
+};
 
 /// Longest client id.
 pub(crate) const CLIENT_ID_MAX: usize = 128;

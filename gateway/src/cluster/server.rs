@@ -16,7 +16,7 @@ use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
 
 use super::mtls::{self, NamePattern, PeerInfo, PeerStream};
 use super::{ClusterConfig, ClusterError};
-use crate::approvals::{Approvals, FrontAnswer};
+use crate::decisions::{Approvals, FrontAnswer};
 
 /// Deadline of the TLS handshake of a cluster connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

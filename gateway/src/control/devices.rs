@@ -4,7 +4,7 @@ use tracing::{info, warn};
 use xdpgate_proto::control::v1 as pb;
 
 use crate::{
-    approvals::devices::DeviceAdminError, controller::Controller, store::devices::DeviceRecord,
+    controller::Controller, decisions::devices::DeviceAdminError, store::devices::DeviceRecord,
 };
 
 /// Maps the device commands' errors to gRPC statuses, in one place.

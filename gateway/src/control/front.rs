@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info, info_span, warn};
 use xdpgate_proto::front::v1::{self as pb, front_server::FrontServer};
 
-use crate::approvals::{Approvals, FrontAnswer};
+use crate::decisions::{Approvals, FrontAnswer};
 
 /// Implementation of `xdpgate.front.v1.Front`.
 pub struct FrontService {

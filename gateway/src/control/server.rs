@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use xdpgate_proto::control::v1::{self as pb, control_server::ControlServer};
 
 use crate::{
-    approvals::ClientAdminError,
     controller::Controller,
+    decisions::ClientAdminError,
     gate::GateError,
     openings::{OpeningView, OpeningsError},
     store::{AuditKind, AuditTable, StoreError},

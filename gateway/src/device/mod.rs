@@ -6,7 +6,7 @@
 //! This module is pure: the key format and its strict checks, the fingerprint and PIN, the
 //! verification of a device signature, and a software key (for test vectors and tests). The
 //! registry of devices lives in the store (`crate::store::devices`), the flow in
-//! `crate::approvals`.
+//! `crate::decisions`.
 
 use std::fmt;
 

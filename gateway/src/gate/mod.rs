@@ -7,6 +7,7 @@ pub mod kernel_xdp;
 pub mod loader;
 pub mod maps;
 pub mod owner;
+pub mod plan;
 pub mod prefilter;
 
 use std::path::PathBuf;

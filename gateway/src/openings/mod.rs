@@ -1,7 +1,6 @@
 //! Openings: who may reach which server, until when. The store (redb) is the source of
 //! truth and is always written first; the kernel maps follow it, and the sweeper and the
 //! start-up reconciliation bring them back in line after any crash.
-mod record;
 
 use std::{
     collections::HashMap,
@@ -13,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-pub use record::{Holder, OpeningId, OpeningRecord};
+pub use crate::opening_record::{Holder, OpeningId, OpeningRecord};
 use tokio::sync::{Mutex, oneshot};
 use tracing::{debug, info, warn};
 

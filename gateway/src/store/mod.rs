@@ -220,7 +220,7 @@ fn create_tables(db: &Database, found: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openings::{Holder, OpeningId, OpeningRecord};
+    use crate::opening_record::{Holder, OpeningId, OpeningRecord};
 
     fn sample(addr: &str) -> OpeningRecord {
         let id = OpeningId {

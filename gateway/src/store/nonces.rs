@@ -169,7 +169,7 @@ mod tests {
             store
                 .save_openings(
                     &[],
-                    &[crate::openings::OpeningId {
+                    &[crate::opening_record::OpeningId {
                         server_id: 1,
                         addr: "10.0.0.2".parse().unwrap(),
                     }],

@@ -2,7 +2,7 @@
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use super::{Journal, Store, StoreError, decode, encode};
-use crate::openings::{OpeningId, OpeningRecord};
+use crate::opening_record::{OpeningId, OpeningRecord};
 
 /// Openings by `OpeningId::store_key`, JSON values.
 pub(super) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("openings");

@@ -22,7 +22,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::{
     management::{self, ClientEvent, ClientEventKind, Parser},
-    tokens::{Redemption, VpnTokens},
+    redemption::{Redemption, VpnTokens},
     tun::{self, TunError},
 };
 use crate::{config::ServerConfig, openings::Openings};
@@ -188,7 +188,9 @@ impl Follower {
             .lock()
             .by_cid
             .iter()
-            .filter(|(_, s)| client_id == super::tokens::EVERY_CLIENT || s.client_id == client_id)
+            .filter(|(_, s)| {
+                client_id == super::redemption::EVERY_CLIENT || s.client_id == client_id
+            })
             .map(|(cid, _)| *cid)
             .collect();
         if cids.is_empty() {
