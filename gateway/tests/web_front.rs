@@ -24,7 +24,8 @@ use xdpgate::client::https::{self, Endpoint, HttpsReply, HttpsRequest};
 use xdpgate::client::{self, ClientCommandError, ConnectOptions, EnrollOptions};
 use xdpgate::config::{IpNet, WebConfig};
 use xdpgate::enrollment::{
-    self, EnrollRequest, EnrollResponse, EnrollmentLink, SealedEnrollRequest,
+    self, EnrollRequest, EnrollResponse, EnrollmentLink, OpenSealedRequest as _,
+    SealedEnrollRequest,
 };
 use xdpgate::{tls, web};
 use xdpgate_proto::front::v1::front_server::{Front, FrontServer};

@@ -11,22 +11,18 @@
 //! Client side: [`build_request`] → (HTTP) → [`open_response`].
 
 mod address;
-mod address_kind;
-mod b64;
-mod binding;
-mod canonical;
+// The wire half of the protocol lives in the key-free `xdpgate-protocol` crate; these names
+// keep `super::wire` and the like working for the modules here.
+use xdpgate_protocol::{address_kind, b64, binding, canonical, error, limits, wire};
 mod client;
-mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod keys;
-mod limits;
 mod profile;
 mod response;
 mod rng;
 mod state;
 mod validate;
-mod wire;
 
 #[cfg(test)]
 mod denial_vectors;

@@ -85,16 +85,7 @@ pub struct NodeFiles {
     pub ca: PathBuf,
 }
 
-/// Whether `name` is usable as a node name (a DNS name, so webpki can check it).
-pub fn valid_node_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.'])
-        && !name.contains("..")
-}
+pub use xdpgate_protocol::node_name::valid_node_name;
 
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();

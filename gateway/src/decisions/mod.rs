@@ -24,7 +24,10 @@ use crate::{
     },
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, SecondFactor, ServerConfig},
-    enrollment::{self, EnrollResponse, EnrollmentError, EnrollmentLink, SealedEnrollRequest},
+    enrollment::{
+        self, EnrollResponse, EnrollmentError, EnrollmentLink, OpenSealedRequest as _,
+        SealedEnrollRequest,
+    },
     openings::{GrantCheck, Openings, OpeningsError},
     store::{
         AuditEvent, AuditKind, AuditPage, AuditTable, Enrollment, EnrollmentToken, Journal,

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use super::address_kind::{AddressProblem, AddressSource};
-use super::binding::ResponseBinding;
+use crate::address_kind::{AddressProblem, AddressSource};
+use crate::binding::ResponseBinding;
 
 /// The pipeline stage at which a request was rejected, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,7 +111,7 @@ impl fmt::Display for Stage {
 pub enum PublicCode {
     /// The request is not a well-formed approval request.
     Malformed,
-    /// The request body is over [`super::MAX_REQUEST_BODY_BYTES`].
+    /// The request body is over [`crate::MAX_REQUEST_BODY_BYTES`].
     PayloadTooLarge,
     /// A timestamp is outside the accepted window.
     ClockSkew,
@@ -460,7 +460,7 @@ pub enum Reason {
         /// The client id.
         client_id: String,
         /// What is wrong with it.
-        problem: crate::device::DeviceKeyError,
+        problem: crate::device_key::DeviceKeyError,
     },
     /// The device signature does not verify with the device key in the box.
     #[error("device signature of `{client_id}` does not verify with device key {fingerprint}")]
@@ -600,7 +600,7 @@ struct RejectionInner {
 
 impl Rejection {
     /// A rejection at `stage` for `reason`, without a response binding.
-    pub(crate) fn new(stage: Stage, reason: Reason) -> Self {
+    pub fn new(stage: Stage, reason: Reason) -> Self {
         Self(Box::new(RejectionInner {
             stage,
             reason,
@@ -609,7 +609,7 @@ impl Rejection {
     }
 
     /// Attaches what is needed to seal a response (only once the HMAC verified).
-    pub(crate) fn with_binding(mut self, binding: ResponseBinding) -> Self {
+    pub fn with_binding(mut self, binding: ResponseBinding) -> Self {
         self.0.binding = Some(binding);
         self
     }
@@ -640,14 +640,14 @@ impl Rejection {
     }
 
     /// Present when the request's HMAC verified: lets the caller seal a signed denial with
-    /// [`super::seal_response`] and [`super::ResponsePayload::deny`].
+    /// [`crate::seal_response`] and [`crate::ResponsePayload::deny`].
     pub fn binding(&self) -> Option<&ResponseBinding> {
         self.0.binding.as_ref()
     }
 
     /// The JSON body for an unsealed error answer: `{"error":"<public code>"}`.
-    pub fn public_body(&self) -> super::ErrorBody {
-        super::ErrorBody {
+    pub fn public_body(&self) -> crate::ErrorBody {
+        crate::ErrorBody {
             error: self.public_code().as_str().to_owned(),
             message: None,
         }
@@ -655,7 +655,7 @@ impl Rejection {
 }
 
 /// Truncates and escapes untrusted text so it is safe in an audit line.
-pub(crate) fn escape_for_log(text: &str, max_chars: usize) -> String {
+pub fn escape_for_log(text: &str, max_chars: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max_chars)

@@ -1,18 +1,18 @@
 //! What ties a response to the request it answers (nonce, one-time box key, server): made by
 //! validation, carried by a rejection, used by sealing.
-use super::limits::{BOX_PUBLIC_KEY_LEN, NONCE_LEN};
+use crate::limits::{BOX_PUBLIC_KEY_LEN, NONCE_LEN};
 
-/// What ties a response to the request it answers. Comes from [`super::ApprovedRequest`] or,
-/// for a request whose HMAC verified, from [`super::Rejection::binding`].
+/// What ties a response to the request it answers. Comes from [`crate::ApprovedRequest`] or,
+/// for a request whose HMAC verified, from [`crate::Rejection::binding`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseBinding {
-    pub(super) request_nonce: [u8; NONCE_LEN],
-    pub(super) client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
-    pub(super) server: String,
+    pub request_nonce: [u8; NONCE_LEN],
+    pub client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
+    pub server: String,
 }
 
 impl ResponseBinding {
-    pub(crate) fn new(
+    pub fn new(
         request_nonce: [u8; NONCE_LEN],
         client_box_public_key: [u8; BOX_PUBLIC_KEY_LEN],
         server: String,

@@ -6,41 +6,41 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::b64;
-use super::error::{Reason, Rejection, Stage, escape_for_log};
-use super::limits::{PROTOCOL_VERSION, RSA_MAX_BITS, RSA_MIN_BITS};
-use crate::device::{DEVICE_PUBLIC_KEY_LEN, DEVICE_SIGNATURE_LEN};
+use crate::b64;
+use crate::device_key::{DEVICE_PUBLIC_KEY_LEN, DEVICE_SIGNATURE_LEN};
+use crate::error::{Reason, Rejection, Stage, escape_for_log};
+use crate::limits::{PROTOCOL_VERSION, RSA_MAX_BITS, RSA_MIN_BITS};
 
-pub(crate) use super::limits::BOX_TAG_LEN;
-pub use super::limits::{
+pub use crate::limits::BOX_TAG_LEN;
+pub use crate::limits::{
     BOX_NONCE_LEN, BOX_PUBLIC_KEY_LEN, HMAC_LEN, MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES,
     NONCE_LEN,
 };
 
 /// Longest client id.
-pub(crate) const CLIENT_ID_MAX: usize = 128;
+pub const CLIENT_ID_MAX: usize = 128;
 /// Longest server name.
-pub(crate) const SERVER_NAME_MAX: usize = 64;
+pub const SERVER_NAME_MAX: usize = 64;
 /// Longest request box ciphertext (tag included).
-pub(crate) const REQUEST_CIPHERTEXT_MAX: usize = 2048;
+pub const REQUEST_CIPHERTEXT_MAX: usize = 2048;
 /// Longest response box ciphertext (tag included).
-pub(crate) const RESPONSE_CIPHERTEXT_MAX: usize = 4096;
+pub const RESPONSE_CIPHERTEXT_MAX: usize = 4096;
 /// Shortest box ciphertext: the tag and `{}`.
-pub(crate) const CIPHERTEXT_MIN: usize = BOX_TAG_LEN + 2;
+pub const CIPHERTEXT_MIN: usize = BOX_TAG_LEN + 2;
 /// Signature lengths follow the accepted RSA modulus sizes.
-pub(crate) const SIGNATURE_MIN: usize = RSA_MIN_BITS / 8;
+pub const SIGNATURE_MIN: usize = RSA_MIN_BITS / 8;
 /// See [`SIGNATURE_MIN`].
-pub(crate) const SIGNATURE_MAX: usize = RSA_MAX_BITS / 8;
+pub const SIGNATURE_MAX: usize = RSA_MAX_BITS / 8;
 /// Longest client version string.
-pub(crate) const CLIENT_VERSION_MAX: usize = 64;
+pub const CLIENT_VERSION_MAX: usize = 64;
 /// Longest device name.
-pub(crate) const DEVICE_NAME_MAX: usize = 128;
+pub const DEVICE_NAME_MAX: usize = 128;
 /// Longest reported address text.
-pub(crate) const ADDRESS_TEXT_MAX: usize = 64;
+pub const ADDRESS_TEXT_MAX: usize = 64;
 
 /// An approval request (`POST /v1/approvals`), with binary fields decoded.
 ///
-/// Obtain one from [`parse_request`] or [`super::build_request`]; serialise it with serde
+/// Obtain one from [`parse_request`] or [`crate::build_request`]; serialise it with serde
 /// (it writes the wire JSON).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRequest {
@@ -58,12 +58,12 @@ pub struct ApprovalRequest {
     pub box_nonce: [u8; BOX_NONCE_LEN],
     /// The boxed payload (Poly1305 tag ‖ XSalsa20 ciphertext).
     pub box_ciphertext: Vec<u8>,
-    /// RSASSA-PSS-SHA512 signature over [`super::request_signature_input`].
+    /// RSASSA-PSS-SHA512 signature over [`crate::request_signature_input`].
     pub signature: Vec<u8>,
     /// ECDSA P-256 signature by the device key over
-    /// [`super::request_device_signature_input`] (`docs/PROTOCOL.md` §15); optional.
+    /// [`crate::request_device_signature_input`] (`docs/PROTOCOL.md` §15); optional.
     pub device_signature: Option<[u8; DEVICE_SIGNATURE_LEN]>,
-    /// HMAC-SHA512 over [`super::request_mac_input`].
+    /// HMAC-SHA512 over [`crate::request_mac_input`].
     pub hmac: [u8; HMAC_LEN],
 }
 
@@ -106,7 +106,7 @@ impl Serialize for ApprovalRequest {
 
 impl ApprovalRequest {
     /// Checks the lengths and character sets of the variable-size fields. [`parse_request`]
-    /// runs it; [`super::validate`] runs it again so a hand-built value is held to the same
+    /// runs it; [`crate::validate`] runs it again so a hand-built value is held to the same
     /// limits.
     pub fn check_shape(&self) -> Result<(), Reason> {
         check_identifier("client_id", &self.client_id, CLIENT_ID_MAX)?;
@@ -174,7 +174,7 @@ pub struct ApprovalResponse {
     /// The boxed response payload, from the server's long-term key to the request's one-time
     /// key.
     pub box_ciphertext: Vec<u8>,
-    /// HMAC-SHA512 over [`super::response_mac_input`] with the client's secret.
+    /// HMAC-SHA512 over [`crate::response_mac_input`] with the client's secret.
     pub hmac: [u8; HMAC_LEN],
 }
 
@@ -228,7 +228,7 @@ pub fn parse_response(body: &[u8]) -> Result<ApprovalResponse, Reason> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// A [`super::PublicCode`] string.
+    /// A [`crate::PublicCode`] string.
     pub error: String,
     /// With `shutdown`: the self-shutdown notice's message (§14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,40 +238,40 @@ pub struct ErrorBody {
 /// The plaintext inside the request box, as JSON.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PayloadJson {
-    pub(crate) server: String,
-    pub(crate) public_ipv4: Option<String>,
-    pub(crate) public_ipv6: Option<String>,
-    pub(crate) client_version: String,
-    pub(crate) device_name: String,
-    pub(crate) timestamp: u64,
-    pub(crate) nonce: String,
+pub struct PayloadJson {
+    pub server: String,
+    pub public_ipv4: Option<String>,
+    pub public_ipv6: Option<String>,
+    pub client_version: String,
+    pub device_name: String,
+    pub timestamp: u64,
+    pub nonce: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) passcode: Option<String>,
+    pub passcode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) device_public_key: Option<String>,
+    pub device_public_key: Option<String>,
 }
 
 /// The plaintext inside the request box, checked. Reported addresses stay text until the
 /// address stage, which owns their errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RequestPayload {
-    pub(crate) server: String,
-    pub(crate) public_ipv4: Option<String>,
-    pub(crate) public_ipv6: Option<String>,
-    pub(crate) client_version: String,
-    pub(crate) device_name: String,
-    pub(crate) timestamp: u64,
-    pub(crate) nonce: [u8; NONCE_LEN],
+pub struct RequestPayload {
+    pub server: String,
+    pub public_ipv4: Option<String>,
+    pub public_ipv6: Option<String>,
+    pub client_version: String,
+    pub device_name: String,
+    pub timestamp: u64,
+    pub nonce: [u8; NONCE_LEN],
     /// The second factor's passcode, checked by the controller at the grant stage.
-    pub(crate) passcode: Option<String>,
+    pub passcode: Option<String>,
     /// The device public key (65 bytes; checked as a P-256 point at the device stage).
-    pub(crate) device_public_key: Option<[u8; DEVICE_PUBLIC_KEY_LEN]>,
+    pub device_public_key: Option<[u8; DEVICE_PUBLIC_KEY_LEN]>,
 }
 
 impl RequestPayload {
     /// Parses and checks the opened box plaintext.
-    pub(crate) fn parse(plaintext: &[u8]) -> Result<Self, Reason> {
+    pub fn parse(plaintext: &[u8]) -> Result<Self, Reason> {
         let j: PayloadJson = serde_json::from_slice(plaintext)
             .map_err(|e| Reason::PayloadMalformed(escape_for_log(&e.to_string(), 160)))?;
         let payload = Self {
@@ -294,7 +294,7 @@ impl RequestPayload {
     }
 
     /// Field limits, shared by the client (before sealing) and the server (after opening).
-    pub(crate) fn check_fields(&self) -> Result<(), Reason> {
+    pub fn check_fields(&self) -> Result<(), Reason> {
         check_identifier("payload.server", &self.server, SERVER_NAME_MAX)?;
         check_len(
             "payload.client_version",
@@ -338,7 +338,7 @@ impl RequestPayload {
     }
 
     /// The JSON form, for sealing.
-    pub(crate) fn to_json(&self) -> PayloadJson {
+    pub fn to_json(&self) -> PayloadJson {
         PayloadJson {
             server: self.server.clone(),
             public_ipv4: self.public_ipv4.clone(),
@@ -388,7 +388,7 @@ fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<
 }
 
 /// Client ids and server names: 1..=max bytes of `[A-Za-z0-9._-]`.
-pub(crate) fn check_identifier(field: &'static str, value: &str, max: usize) -> Result<(), Reason> {
+pub fn check_identifier(field: &'static str, value: &str, max: usize) -> Result<(), Reason> {
     check_len(field, value.len(), 1, max)?;
     if !value
         .bytes()

@@ -6,9 +6,9 @@
 //! (decoded) bytes, never their base64 text. Every item has a fixed place, so no two distinct
 //! messages share a transcript.
 
-use super::wire::{ApprovalRequest, ApprovalResponse};
+use crate::wire::{ApprovalRequest, ApprovalResponse};
 
-pub use super::limits::PROTOCOL_VERSION;
+pub use crate::limits::PROTOCOL_VERSION;
 /// The HTTP method of an approval request, bound into the request MAC.
 pub const REQUEST_METHOD: &str = "POST";
 /// The HTTP path of an approval request, bound into the request MAC.

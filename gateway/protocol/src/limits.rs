@@ -20,4 +20,4 @@ pub const BOX_NONCE_LEN: usize = 24;
 /// Length of an HMAC-SHA512 tag.
 pub const HMAC_LEN: usize = 64;
 /// Poly1305 tag prepended to every box ciphertext.
-pub(crate) const BOX_TAG_LEN: usize = 16;
+pub const BOX_TAG_LEN: usize = 16;

@@ -1,5 +1,5 @@
 //! Where an address in a request came from and why it cannot be opened: the terms both the
-//! address rules ([`super::address`]) and the failure reasons ([`super::error`]) use.
+//! address rules ([`crate::address`]) and the failure reasons ([`crate::error`]) use.
 use std::fmt;
 
 /// Where an address came from.
