@@ -12,37 +12,9 @@ use std::{
 
 use serde::Deserialize;
 use toml::Spanned;
-
-/// Why a configuration file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// File that failed.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// TOML syntax, an unknown key or a wrongly typed value.
-    #[error("{path}: {message}")]
-    Syntax {
-        /// File that failed.
-        path: PathBuf,
-        /// The parser's message, which names line and column.
-        message: String,
-    },
-    /// A value that parses but makes no sense.
-    #[error("{path}:{line}: {reason}")]
-    Invalid {
-        /// File that failed.
-        path: PathBuf,
-        /// 1-based line of the offending value.
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use xdpgate_web::config::{
+    ConfigError, ConnectionLimits, IpNet, RawWeb, SourceText, WebConfig,
+};
 
 /// The XDP attach mode asked for.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -131,41 +103,6 @@ struct RawApprovals {
     passcode_lockout_secs: Option<Spanned<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWeb {
-    #[serde(default = "defaults::web_listen")]
-    listen: Spanned<String>,
-    cert: PathBuf,
-    key: PathBuf,
-    #[serde(default = "defaults::front_socket")]
-    front_socket: PathBuf,
-    #[serde(default)]
-    trusted_proxies: Vec<Spanned<String>>,
-    #[serde(default = "defaults::rate_limit_per_minute")]
-    rate_limit_per_minute: Spanned<u32>,
-    #[serde(default = "defaults::rate_limit_burst")]
-    rate_limit_burst: Spanned<u32>,
-    #[serde(default = "defaults::request_timeout_ms")]
-    request_timeout_ms: Spanned<u64>,
-    #[serde(default = "defaults::web_user")]
-    user: String,
-    #[serde(default)]
-    proxy_protocol_peers: Vec<Spanned<String>>,
-    #[serde(default)]
-    cluster: Option<Spanned<RawWebCluster>>,
-    #[serde(default = "defaults::max_connections")]
-    max_connections: Spanned<u32>,
-    #[serde(default = "defaults::max_connections_per_source")]
-    max_connections_per_source: Spanned<u32>,
-    #[serde(default = "defaults::source_prefix_v4")]
-    source_prefix_v4: Spanned<u8>,
-    #[serde(default = "defaults::source_prefix_v6")]
-    source_prefix_v6: Spanned<u8>,
-    #[serde(default)]
-    metrics_listen: Option<Spanned<String>>,
-}
-
 /// `[notices]`: the self-shutdown notice server this controller polls.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,27 +132,6 @@ struct RawCluster {
     crl: Option<PathBuf>,
     #[serde(default)]
     allowed_peers: Option<Spanned<Vec<String>>>,
-}
-
-/// `[web.cluster]`: this web node forwards to controllers over the cluster API.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebCluster {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    #[serde(default)]
-    crl: Option<PathBuf>,
-    #[serde(default)]
-    refresh_ms: Option<Spanned<u64>>,
-    controllers: Vec<Spanned<RawControllerAddr>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawControllerAddr {
-    name: Spanned<String>,
-    address: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,7 +214,7 @@ pub mod defaults {
 
     use toml::Spanned;
 
-    use super::ConnectionLimits;
+    pub use xdpgate_web::config::defaults::*;
 
     /// Where redb files live.
     pub fn state_dir() -> PathBuf {
@@ -351,47 +267,6 @@ pub mod defaults {
     pub const NOTICE_TIMEOUT_MS: u64 = 10_000;
     /// The system's trusted certificates (Debian's ca-certificates).
     pub const NOTICE_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
-    /// The controller's socket for the web front.
-    pub fn front_socket() -> PathBuf {
-        PathBuf::from("/run/xdpgate/front.sock")
-    }
-    /// Where the web front listens.
-    pub fn web_listen() -> Spanned<String> {
-        Spanned::new(0..0, "[::]:8443".to_owned())
-    }
-    /// Requests per source address per minute.
-    pub fn rate_limit_per_minute() -> Spanned<u32> {
-        Spanned::new(0..0, 120)
-    }
-    /// Burst allowance per source address.
-    pub fn rate_limit_burst() -> Spanned<u32> {
-        Spanned::new(0..0, 20)
-    }
-    /// Deadline of one request through the web front, ms.
-    pub fn request_timeout_ms() -> Spanned<u64> {
-        Spanned::new(0..0, 5_000)
-    }
-    /// Connections the web front holds open at once.
-    pub fn max_connections() -> Spanned<u32> {
-        Spanned::new(0..0, ConnectionLimits::DEFAULT.max_connections)
-    }
-    /// Connections one source (see `source_prefix_v4`/`_v6`) may hold open at once.
-    pub fn max_connections_per_source() -> Spanned<u32> {
-        Spanned::new(0..0, ConnectionLimits::DEFAULT.max_per_source)
-    }
-    /// IPv4 addresses sharing one connection budget: a /32 each.
-    pub fn source_prefix_v4() -> Spanned<u8> {
-        Spanned::new(0..0, ConnectionLimits::DEFAULT.source_prefix_v4)
-    }
-    /// IPv6 addresses sharing one connection budget: a /64 each.
-    pub fn source_prefix_v6() -> Spanned<u8> {
-        Spanned::new(0..0, ConnectionLimits::DEFAULT.source_prefix_v6)
-    }
-    /// Unprivileged user the web front runs as under `xdpgate run` (its own system user, not
-    /// `nobody`, which other daemons share).
-    pub fn web_user() -> String {
-        "xdpgate-web".to_owned()
-    }
     /// How long an OpenVPN client's opening survives its disconnect, ms.
     pub fn disconnect_grace_ms() -> Spanned<u64> {
         Spanned::new(0..0, 5_000)
@@ -480,122 +355,6 @@ pub enum SecondFactor {
     Off,
     /// A single-use TOTP passcode (RFC 6238) inside the request box (`docs/PROTOCOL.md` §7.4).
     Totp,
-}
-
-/// The web front's settings (`[web]`).
-#[derive(Clone, Debug)]
-pub struct WebConfig {
-    /// Listen address.
-    pub listen: std::net::SocketAddr,
-    /// TLS certificate chain (PEM).
-    pub cert: PathBuf,
-    /// TLS private key (PEM).
-    pub key: PathBuf,
-    /// The controller's front socket.
-    pub front_socket: PathBuf,
-    /// Peers whose PROXY/X-Forwarded-For client address is believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Requests per source address per minute.
-    pub rate_limit_per_minute: u32,
-    /// Burst allowance per source address.
-    pub rate_limit_burst: u32,
-    /// Deadline of one request.
-    pub request_timeout: Duration,
-    /// Unprivileged user for `xdpgate run`.
-    pub user: String,
-    /// Prometheus metrics listener (`GET /metrics`); off when unset.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Peers that must start every connection with a PROXY protocol v2 header (each must
-    /// also be in `trusted_proxies`); no other peer's bytes are ever parsed as PROXY.
-    pub proxy_protocol_peers: Vec<IpNet>,
-    /// Forward to controllers over the cluster API instead of the local front socket.
-    pub cluster: Option<crate::cluster::WebClusterConfig>,
-    /// Connection budgets (global and per source).
-    pub connections: ConnectionLimits,
-}
-
-/// How many connections the web front holds, in all and per source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Connections open at once; near it, connections that have not sent a first request
-    /// are reclaimed (oldest first) before anyone is refused.
-    pub max_connections: u32,
-    /// Connections one source may hold open at once.
-    pub max_per_source: u32,
-    /// IPv4 prefix length that makes one source (32: each address).
-    pub source_prefix_v4: u8,
-    /// IPv6 prefix length that makes one source (64: a subscriber's usual allocation).
-    pub source_prefix_v6: u8,
-}
-
-impl ConnectionLimits {
-    /// 4096 connections, 256 per IPv4 address or IPv6 /64 (room for a carrier-grade NAT).
-    pub const DEFAULT: Self = Self {
-        max_connections: 4096,
-        max_per_source: 256,
-        source_prefix_v4: 32,
-        source_prefix_v6: 64,
-    };
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-/// An IP network (address and prefix length).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    /// Network address.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl IpNet {
-    /// Whether `ip` lies in this network (families must match).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{text:?} is not an address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
 }
 
 /// Validated controller configuration.
@@ -746,23 +505,6 @@ fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     })
 }
 
-impl WebConfig {
-    /// Reads the `[web]` section of a config file (other sections are checked for syntax
-    /// only), for `xdpgate web` on a host without a controller.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let raw = parse_raw(&text, path)?;
-        let validator = Validator { text: &text, path };
-        let web = raw
-            .web
-            .ok_or_else(|| validator.fail(0..0, "missing [web] section"))?;
-        validator.web(web)
-    }
-}
-
 struct Validator<'a> {
     text: &'a str,
     path: &'a Path,
@@ -770,14 +512,14 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn fail(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
-        let line = self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            line,
-            reason: reason.into(),
+        self.source().fail(span, reason)
+    }
+
+    /// The same file, for the `[web]` rules in `xdpgate-web`.
+    fn source(&self) -> SourceText<'_> {
+        SourceText {
+            text: self.text,
+            path: self.path,
         }
     }
 
@@ -826,9 +568,11 @@ impl Validator<'_> {
                 ));
             }
         }
-        let metrics_listen = self.metrics_listen(controller.metrics_listen.as_ref())?;
+        let metrics_listen = self
+            .source()
+            .metrics_listen(controller.metrics_listen.as_ref())?;
         let mut approvals = self.approvals(raw.approvals, &controller.state_dir)?;
-        let web = raw.web.map(|web| self.web(web)).transpose()?;
+        let web = raw.web.map(|web| self.source().web(web)).transpose()?;
         let cluster = raw
             .cluster
             .map(|cluster| self.cluster(cluster))
@@ -856,21 +600,6 @@ impl Validator<'_> {
             metrics_listen,
             servers,
         })
-    }
-
-    fn metrics_listen(
-        &self,
-        raw: Option<&Spanned<String>>,
-    ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        raw.map(|listen| {
-            listen.get_ref().parse().map_err(|_| {
-                self.fail(
-                    listen.span(),
-                    "metrics_listen must be ADDRESS:PORT, e.g. 127.0.0.1:9477",
-                )
-            })
-        })
-        .transpose()
     }
 
     fn servers(&self, raw: Vec<Spanned<RawServer>>) -> Result<Vec<ServerConfig>, ConfigError> {
@@ -1172,157 +901,6 @@ impl Validator<'_> {
                 crl: raw.crl,
             },
             allowed_peers,
-        })
-    }
-
-    fn web_cluster(
-        &self,
-        raw: Spanned<RawWebCluster>,
-    ) -> Result<crate::cluster::WebClusterConfig, ConfigError> {
-        let span = raw.span();
-        let raw = raw.into_inner();
-        if raw.controllers.is_empty() {
-            return Err(self.fail(span, "[web.cluster] needs at least one controller"));
-        }
-        let mut controllers = Vec::with_capacity(raw.controllers.len());
-        let mut names = HashSet::new();
-        for controller in raw.controllers {
-            let controller = controller.into_inner();
-            let name = controller.name.get_ref();
-            if !crate::cluster::ca::valid_node_name(name) || !names.insert(name.clone()) {
-                return Err(self.fail(
-                    controller.name.span(),
-                    format!("controller name {name:?} is not a DNS name or is repeated"),
-                ));
-            }
-            let address = controller.address.get_ref().parse().map_err(|_| {
-                self.fail(controller.address.span(), "address must be ADDRESS:PORT")
-            })?;
-            controllers.push(crate::cluster::ControllerAddr {
-                name: name.clone(),
-                address,
-            });
-        }
-        let refresh = match raw.refresh_ms {
-            None => crate::cluster::DEFAULT_REFRESH,
-            Some(ms) if (100..=600_000).contains(ms.get_ref()) => {
-                Duration::from_millis(*ms.get_ref())
-            }
-            Some(ms) => {
-                return Err(self.fail(ms.span(), "refresh_ms must be between 100 and 600000"));
-            }
-        };
-        Ok(crate::cluster::WebClusterConfig {
-            tls: crate::cluster::NodeTls {
-                ca: raw.ca,
-                cert: raw.cert,
-                key: raw.key,
-                crl: raw.crl,
-            },
-            controllers,
-            refresh,
-        })
-    }
-
-    fn web(&self, raw: RawWeb) -> Result<WebConfig, ConfigError> {
-        let listen = raw.listen.get_ref().parse().map_err(|_| {
-            self.fail(
-                raw.listen.span(),
-                "listen must be ADDRESS:PORT, e.g. [::]:8443",
-            )
-        })?;
-        let mut trusted_proxies = Vec::new();
-        for net in &raw.trusted_proxies {
-            trusted_proxies.push(
-                net.get_ref()
-                    .parse::<IpNet>()
-                    .map_err(|reason| self.fail(net.span(), reason))?,
-            );
-        }
-        if *raw.rate_limit_per_minute.get_ref() == 0 || *raw.rate_limit_burst.get_ref() == 0 {
-            return Err(self.fail(raw.rate_limit_per_minute.span(), "rate limits must be > 0"));
-        }
-        let timeout = *raw.request_timeout_ms.get_ref();
-        if !(100..=60_000).contains(&timeout) {
-            return Err(self.fail(
-                raw.request_timeout_ms.span(),
-                "request_timeout_ms must be between 100 and 60000",
-            ));
-        }
-        let mut proxy_protocol_peers = Vec::new();
-        for net in &raw.proxy_protocol_peers {
-            let parsed = net
-                .get_ref()
-                .parse::<IpNet>()
-                .map_err(|reason| self.fail(net.span(), reason))?;
-            let covered = trusted_proxies
-                .iter()
-                .any(|t| t.prefix <= parsed.prefix && t.contains(parsed.addr));
-            if !covered {
-                return Err(self.fail(
-                    net.span(),
-                    "every proxy_protocol_peers network must lie in trusted_proxies",
-                ));
-            }
-            proxy_protocol_peers.push(parsed);
-        }
-        let connections = self.connection_limits(&raw)?;
-        let cluster = raw
-            .cluster
-            .map(|cluster| self.web_cluster(cluster))
-            .transpose()?;
-        let metrics_listen = self.metrics_listen(raw.metrics_listen.as_ref())?;
-        Ok(WebConfig {
-            metrics_listen,
-            listen,
-            cert: raw.cert,
-            key: raw.key,
-            front_socket: raw.front_socket,
-            trusted_proxies,
-            rate_limit_per_minute: *raw.rate_limit_per_minute.get_ref(),
-            rate_limit_burst: *raw.rate_limit_burst.get_ref(),
-            request_timeout: Duration::from_millis(timeout),
-            user: raw.user,
-            proxy_protocol_peers,
-            cluster,
-            connections,
-        })
-    }
-
-    fn connection_limits(&self, raw: &RawWeb) -> Result<ConnectionLimits, ConfigError> {
-        let max_connections = *raw.max_connections.get_ref();
-        if !(16..=1_000_000).contains(&max_connections) {
-            return Err(self.fail(
-                raw.max_connections.span(),
-                "max_connections must be between 16 and 1000000",
-            ));
-        }
-        let max_per_source = *raw.max_connections_per_source.get_ref();
-        if max_per_source == 0 || max_per_source > max_connections {
-            return Err(self.fail(
-                raw.max_connections_per_source.span(),
-                "max_connections_per_source must be between 1 and max_connections",
-            ));
-        }
-        let source_prefix_v4 = *raw.source_prefix_v4.get_ref();
-        if !(8..=32).contains(&source_prefix_v4) {
-            return Err(self.fail(
-                raw.source_prefix_v4.span(),
-                "source_prefix_v4 must be between 8 and 32",
-            ));
-        }
-        let source_prefix_v6 = *raw.source_prefix_v6.get_ref();
-        if !(16..=128).contains(&source_prefix_v6) {
-            return Err(self.fail(
-                raw.source_prefix_v6.span(),
-                "source_prefix_v6 must be between 16 and 128",
-            ));
-        }
-        Ok(ConnectionLimits {
-            max_connections,
-            max_per_source,
-            source_prefix_v4,
-            source_prefix_v6,
         })
     }
 

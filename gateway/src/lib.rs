@@ -18,11 +18,13 @@ pub mod opening_record;
 pub mod openings;
 pub mod passcode;
 pub mod reload;
-pub mod service;
 pub mod shutdown;
 pub mod signed_notice;
 pub mod store;
 pub mod supervisor;
-pub mod tls;
 pub mod vpn;
-pub mod web;
+
+// The web front and what it shares with the controller (TLS, sd_notify, the metrics
+// listener, the cluster client side) are the `xdpgate-web` crate, which cannot reach keys,
+// maps or state; these names keep the paths users and tests know.
+pub use xdpgate_web::{self as web, service, tls};

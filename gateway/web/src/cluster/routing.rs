@@ -213,7 +213,7 @@ impl ClusterRoutes {
     /// Offers an enrollment to each controller in turn; the first 2xx answer wins. If none
     /// accepts, the first refusal is returned; if none answered, `unavailable`.
     pub async fn enroll(&self, request: FrontRequest) -> Result<FrontReply, Status> {
-        let issuer = crate::enrollment::SealedEnrollRequest::parse(&request.body)
+        let issuer = xdpgate_protocol::enrollment::SealedEnrollRequest::parse(&request.body)
             .ok()
             .and_then(|sealed| sealed.controller);
         if let Some(issuer) = issuer {

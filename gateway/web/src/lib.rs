@@ -6,6 +6,12 @@
 //! key and connects to the front socket. Following the dual web server design, no request
 //! bytes and no headers reach the controller, only values that parsed.
 
+pub mod cluster;
+pub mod config;
+pub mod metrics;
+pub mod service;
+pub mod tls;
+
 mod client_addr;
 pub mod connections;
 mod front;
@@ -33,7 +39,7 @@ pub use rate_limit::{DEFAULT_MAX_SOURCES, RateLimiter};
 pub use routes::{AppState, router};
 
 use crate::config::{IpNet, WebConfig};
-use crate::tls::{self, TlsError};
+use crate::tls::TlsError;
 
 /// Deadline of the TLS handshake (under pressure
 /// [`connections::PRESSURE_PENDING_TIMEOUT`] from accept to the first request's headers).
@@ -444,7 +450,7 @@ struct Admission {
 
 /// The body of every 429 (checked against [`PublicCode::RateLimited`] by a test).
 ///
-/// [`PublicCode::RateLimited`]: crate::approval::PublicCode::RateLimited
+/// [`PublicCode::RateLimited`]: xdpgate_protocol::PublicCode::RateLimited
 const RATE_LIMITED_BODY: &str = r#"{"error":"rate_limited"}"#;
 
 impl Admission {
@@ -609,8 +615,8 @@ mod tests {
 
     #[test]
     fn the_front_429_is_the_public_rate_limited_answer() {
-        let code = crate::approval::PublicCode::RateLimited;
-        let body: crate::approval::ErrorBody = serde_json::from_str(RATE_LIMITED_BODY).unwrap();
+        let code = xdpgate_protocol::PublicCode::RateLimited;
+        let body: xdpgate_protocol::ErrorBody = serde_json::from_str(RATE_LIMITED_BODY).unwrap();
         assert_eq!(body.error, code.as_str());
         assert_eq!(
             rate_limited_response().status().as_u16(),

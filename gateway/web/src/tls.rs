@@ -158,7 +158,7 @@ pub fn ensure_self_signed(
 }
 
 /// Creates `path` (never overwriting) with `mode`, creating a missing folder 0700.
-pub(crate) fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let io = |source| TlsError::Io {
         path: path.to_owned(),
         source,

@@ -18,9 +18,9 @@ use tracing::{Instrument as _, field};
 
 use super::client_addr::{ConnInfo, client_ip};
 use super::front::{FrontCall, FrontHandle};
-use crate::approval::{self, PublicCode};
 use crate::config::IpNet;
-use crate::enrollment;
+use xdpgate_protocol::enrollment;
+use xdpgate_protocol::{self as approval, PublicCode};
 
 /// How much of an oversized body is read and dropped before answering 413, so the client
 /// sees the answer instead of a connection reset.

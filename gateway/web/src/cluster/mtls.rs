@@ -135,7 +135,7 @@ impl std::str::FromStr for NamePattern {
         let bad =
             || format!("{text:?} is not a name pattern (a DNS name, optionally with one `*`)");
         match text.split_once('*') {
-            None if crate::cluster::ca::valid_node_name(text) => Ok(Self {
+            None if xdpgate_protocol::node_name::valid_node_name(text) => Ok(Self {
                 prefix: text.to_owned(),
                 suffix: None,
             }),
@@ -285,116 +285,5 @@ mod tests {
         let names = vec!["x".to_owned(), "web-3".to_owned()];
         assert_eq!(allowed_name(&names, &[p("web-*")]), Some("web-3"));
         assert_eq!(allowed_name(&names, &[p("gw-*")]), None);
-    }
-}
-
-#[cfg(test)]
-mod role_tests {
-    //! Handshakes in memory between the real configurations: roles and revocation hold.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use std::path::Path;
-
-    use rustls::pki_types::ServerName;
-    use rustls::{ClientConnection, ServerConnection};
-
-    use super::{NodeTls, client_config, server_config};
-    use crate::cluster::ca::{self, NodeRole};
-
-    fn node(ca_dir: &Path, dir: &Path, name: &str, role: NodeRole) -> NodeTls {
-        let files = ca::issue(ca_dir, name, role, 30, &dir.join(name)).unwrap();
-        NodeTls {
-            ca: files.ca,
-            cert: files.cert,
-            key: files.key,
-            crl: None,
-        }
-    }
-
-    /// Moves what `from` has to send into `to`; false when `to` refuses it.
-    fn pump(
-        from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
-        to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
-    ) -> bool {
-        let mut buf = Vec::new();
-        while from.wants_write() {
-            from.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            to.read_tls(&mut buf.as_slice()).unwrap();
-            if to.process_new_packets().is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Runs a TLS 1.3 handshake between `client` (calling `server_name`) and `server`; true
-    /// when both sides complete it.
-    fn handshake(client: &NodeTls, server: &NodeTls, server_name: &str) -> bool {
-        let mut c = ClientConnection::new(
-            std::sync::Arc::new(client_config(client).unwrap()),
-            ServerName::try_from(server_name.to_owned()).unwrap(),
-        )
-        .unwrap();
-        let mut s =
-            ServerConnection::new(std::sync::Arc::new(server_config(server).unwrap())).unwrap();
-        for _ in 0..10 {
-            if !pump(&mut c, &mut s) || !pump(&mut s, &mut c) {
-                return false;
-            }
-            if !c.is_handshaking() && !s.is_handshaking() {
-                // The server's verdict on the client certificate arrives with its next flight.
-                return pump(&mut c, &mut s);
-            }
-        }
-        false
-    }
-
-    #[test]
-    fn each_certificate_works_only_in_its_role_and_revoked_ones_not_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_dir = dir.path().join("ca");
-        ca::init(&ca_dir).unwrap();
-        let gw = node(&ca_dir, dir.path(), "gw-a", NodeRole::Controller);
-        let web = node(&ca_dir, dir.path(), "web-1", NodeRole::Web);
-        let gw2 = node(&ca_dir, dir.path(), "gw-b", NodeRole::Controller);
-        let web2 = node(&ca_dir, dir.path(), "web-2", NodeRole::Web);
-        assert!(
-            handshake(&web, &gw, "gw-a"),
-            "a web node calls a controller"
-        );
-        assert!(
-            !handshake(&web, &web2, "web-2"),
-            "a web certificate cannot serve as a controller"
-        );
-        assert!(
-            !handshake(&gw2, &gw, "gw-a"),
-            "a controller certificate cannot call as a web node"
-        );
-
-        let (crl, serial) = ca::revoke(&ca_dir, &web2.cert).unwrap();
-        assert_eq!(serial.len(), 32, "a 16-byte serial: {serial}");
-        let (crl_again, _) = ca::revoke(&ca_dir, &gw2.cert).unwrap();
-        assert_eq!(crl, crl_again);
-        let with_crl = |n: &NodeTls| NodeTls {
-            crl: Some(crl.clone()),
-            ..n.clone()
-        };
-        assert!(
-            handshake(&with_crl(&web), &with_crl(&gw), "gw-a"),
-            "unrevoked pairs still work with the CRL"
-        );
-        assert!(
-            !handshake(&web2, &with_crl(&gw), "gw-a"),
-            "a revoked web certificate is refused by the controller"
-        );
-        assert!(
-            !handshake(&with_crl(&web), &gw2, "gw-b"),
-            "a revoked controller certificate is refused by the web node"
-        );
-        assert!(
-            handshake(&web2, &gw, "gw-a"),
-            "without the CRL the same pair would pass (the CRL is what refuses it)"
-        );
     }
 }

@@ -139,7 +139,7 @@ async fn cluster_call(
 ) -> Result<FrontReply, tonic::Status> {
     match call {
         FrontCall::Approval => {
-            let server = crate::approval::parse_request(&request.body)
+            let server = xdpgate_protocol::parse_request(&request.body)
                 .map_err(|_| {
                     tonic::Status::internal("re-serialized approval request does not parse")
                 })?
