@@ -320,7 +320,7 @@ async fn start(
         Arc::new(Openings::new(gate.clone(), store.clone()).with_map_capacity(config.max_openings));
     // The maps are right before the program is (re)attached.
     openings.reconcile().await?;
-    let box_keys = box_key::load_or_create(&config.state_dir.join("box.key"))?;
+    let box_keys = box_key::load_ring(&config.state_dir, crate::clock::unix_secs())?;
     let (notice_state, notice_sender) = shutdown::load(&store)?;
     let approvals = Arc::new(Approvals::new(
         &config,

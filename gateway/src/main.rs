@@ -6,8 +6,8 @@ use std::{path::Path, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use cli::{
-    AuditCommand, Cli, ClientCommand, ClientsCommand, Command, LogFormat, NoticesCommand,
-    OpeningsCommand, ServersCommand, admin,
+    AuditCommand, Cli, ClientCommand, ClientsCommand, Command, KeysCommand, LogFormat,
+    NoticesCommand, OpeningsCommand, ServersCommand, admin,
 };
 use xdpgate::{
     client,
@@ -240,5 +240,17 @@ async fn dispatch(
         Command::Status => admin::status(socket).await,
         Command::Health => Ok(admin::health(socket).await.line),
         Command::Reload => admin::reload(socket).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { overlap_days },
+        } => {
+            anyhow::ensure!(
+                overlap_days.is_finite() && overlap_days > 0.0,
+                "--overlap-days must be a positive number"
+            );
+            // Whole seconds; the controller refuses what is out of range.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let overlap_secs = (overlap_days * 86_400.0).round() as u64;
+            admin::keys_rotate(socket, overlap_secs).await
+        }
     }
 }

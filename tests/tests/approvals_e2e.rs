@@ -1256,3 +1256,109 @@ fn reenrollment_replaces_the_keys_and_keeps_the_client() {
         "the first enrollment stays in the history: {audit}"
     );
 }
+
+/// `client connect --json` for vpn1 with `profile`: success and everything printed.
+fn connect_profile(lab: &ApprovalLab, profile: &std::path::Path) -> (bool, String) {
+    let out = lab.client_cmd(&[
+        "client",
+        "connect",
+        "--profile",
+        &profile.display().to_string(),
+        "--server",
+        "vpn1",
+        "--json",
+    ]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `keys rotate` (PROTOCOL §16): during the overlap a profile with the old key is approved and
+/// its answer moves it to the new key; a link issued after the rotation carries the new key;
+/// after the overlap only updated profiles are approved.
+#[test]
+fn a_rotated_box_key_reaches_clients_in_their_answers_and_the_old_key_ends_with_its_overlap() {
+    let mut lab = ApprovalLab::new(59);
+    let key_of = |profile: &std::path::Path| -> String {
+        let text = std::fs::read_to_string(profile).expect("reading a profile");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("a profile is JSON");
+        json["server_box_public_key"]
+            .as_str()
+            .expect("server_box_public_key")
+            .to_owned()
+    };
+    let old_key = key_of(&lab.profile);
+    // A copy of alice's profile that does not connect during the overlap.
+    let stale = lab.gateway.dir().join("alice.stale.json");
+    std::fs::copy(&lab.profile, &stale).expect("copying the profile");
+    let (ok, said) = connect_profile(&lab, &stale);
+    assert!(ok, "before the rotation: {said}");
+
+    let said = lab
+        .gateway
+        .cli(&["keys", "rotate", "--overlap-days", "0.0001"]);
+    let new_key = said
+        .lines()
+        .find_map(|l| l.strip_prefix("new box public key "))
+        .unwrap_or_else(|| panic!("no new key in: {said}"))
+        .trim()
+        .to_owned();
+    let rotated_at = std::time::Instant::now();
+    assert_ne!(new_key, old_key);
+    let previous = lab.gateway.dir().join("state/box-previous.key");
+    let mode = std::fs::metadata(&previous)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap_or_else(|e| panic!("{}: {e}", previous.display()));
+    assert_eq!(mode, 0o600, "the previous key's file is private");
+    let again = lab.gateway.try_cli(&["keys", "rotate"]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("until"),
+        "a second rotation inside the overlap is refused: {again:?}"
+    );
+
+    // A client enrolled now gets the new key in its link and profile.
+    let bob = lab.gateway.dir().join("bob.profile.json");
+    lab.enroll("bob", &bob);
+    assert_eq!(key_of(&bob), new_key);
+
+    // Alice still boxes to the old key: approved, and the answer moves her to the new one.
+    let (ok, _, said) = lab.connect();
+    assert!(ok, "the old key opens requests during the overlap: {said}");
+    assert_eq!(
+        key_of(&lab.profile),
+        new_key,
+        "the profile took the new key"
+    );
+    assert_eq!(key_of(&stale), old_key, "the copy did not connect");
+    let (ok, _, said) = lab.connect();
+    assert!(ok, "approved with the new key: {said}");
+
+    // After the overlap: the old key opens nothing; the updated profiles keep working.
+    thread::sleep(Duration::from_millis(8640 + 1500).saturating_sub(rotated_at.elapsed()));
+    let (ok, said) = connect_profile(&lab, &stale);
+    // Refused with an identity failure the old key cannot verify (its denial is sealed from
+    // the new key): the client says it cannot trust the answer, and changes nothing.
+    assert!(
+        !ok && said.contains("403"),
+        "a profile with the old key is refused after the overlap: {said}"
+    );
+    assert_eq!(key_of(&stale), old_key, "a refusal changes no profile");
+    let (ok, _, said) = lab.connect();
+    assert!(ok, "the updated profile after the overlap: {said}");
+    let (ok, said) = connect_profile(&lab, &bob);
+    assert!(ok, "the profile enrolled after the rotation: {said}");
+
+    // A restart keeps the new key and drops the ended overlap's file.
+    lab.gateway.restart();
+    assert!(
+        !previous.exists(),
+        "the ended overlap's key file is removed"
+    );
+    let (ok, said) = connect_profile(&lab, &bob);
+    assert!(ok, "the new key survives a restart: {said}");
+}

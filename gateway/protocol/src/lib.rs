@@ -19,7 +19,7 @@ pub mod node_name;
 pub mod wire;
 
 pub use address_kind::{AddressProblem, AddressSource};
-pub use binding::ResponseBinding;
+pub use binding::{BoxKeyUpdate, ResponseBinding};
 pub use canonical::{
     ADDRESS_PATH, PROTOCOL_VERSION, REQUEST_DEVICE_SIGNATURE_TAG, REQUEST_MAC_TAG, REQUEST_METHOD,
     REQUEST_PATH, REQUEST_SIGNATURE_TAG, RESPONSE_MAC_TAG, request_device_signature_input,

@@ -305,6 +305,69 @@ impl ServerBoxKeys {
     }
 }
 
+/// The server's box keys as validation and sealing see them: the current key and, during a
+/// rotation overlap (`docs/PROTOCOL.md` §16), the previous one with its end.
+pub trait BoxKeySet: Send + Sync {
+    /// The key new profiles and links carry.
+    fn current(&self) -> &ServerBoxKeys;
+    /// The previous key and until when (Unix seconds) it still opens requests.
+    fn previous(&self) -> Option<(&ServerBoxKeys, u64)>;
+}
+
+impl BoxKeySet for ServerBoxKeys {
+    fn current(&self) -> &ServerBoxKeys {
+        self
+    }
+
+    fn previous(&self) -> Option<(&ServerBoxKeys, u64)> {
+        None
+    }
+}
+
+/// A current key and, after `xdpgate keys rotate`, the previous one until its overlap ends.
+#[derive(Clone, Debug)]
+pub struct BoxKeyRing {
+    current: ServerBoxKeys,
+    previous: Option<(ServerBoxKeys, u64)>,
+}
+
+impl BoxKeyRing {
+    /// A ring of one key.
+    pub fn new(current: ServerBoxKeys) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    /// A ring whose `previous` key opens requests until `until_unix`.
+    pub fn with_previous(current: ServerBoxKeys, previous: ServerBoxKeys, until_unix: u64) -> Self {
+        Self {
+            current,
+            previous: Some((previous, until_unix)),
+        }
+    }
+
+    /// The same ring without a previous key whose overlap has ended at `now_unix`.
+    #[must_use]
+    pub fn expired_removed(self, now_unix: u64) -> Self {
+        Self {
+            previous: self.previous.filter(|(_, until)| now_unix < *until),
+            current: self.current,
+        }
+    }
+}
+
+impl BoxKeySet for BoxKeyRing {
+    fn current(&self) -> &ServerBoxKeys {
+        &self.current
+    }
+
+    fn previous(&self) -> Option<(&ServerBoxKeys, u64)> {
+        self.previous.as_ref().map(|(keys, until)| (keys, *until))
+    }
+}
+
 impl fmt::Debug for ServerBoxKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBoxKeys")

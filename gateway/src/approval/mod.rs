@@ -29,6 +29,8 @@ mod denial_vectors;
 #[cfg(test)]
 mod device_vectors;
 #[cfg(test)]
+mod rotation_vectors;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
@@ -47,13 +49,13 @@ pub use client::{
 };
 pub use error::{PublicCode, Reason, Rejection, Stage};
 pub use keys::{
-    BoxPublicKey, ClientRsaKey, ClientRsaPublicKey, HmacSecret, KeyError, RSA_GENERATED_BITS,
-    RSA_MAX_BITS, RSA_MIN_BITS, ServerBoxKeys,
+    BoxKeyRing, BoxKeySet, BoxPublicKey, ClientRsaKey, ClientRsaPublicKey, HmacSecret, KeyError,
+    RSA_GENERATED_BITS, RSA_MAX_BITS, RSA_MIN_BITS, ServerBoxKeys,
 };
 pub use profile::{ClientProfile, PROFILE_VERSION, ProfileError};
 pub use response::{
-    APPROVED_REASON, ConnectTarget, ResponseBinding, ResponsePayload, SealError, TransportProtocol,
-    Verdict, seal_denial, seal_response,
+    APPROVED_REASON, BoxKeyUpdate, ConnectTarget, ResponseBinding, ResponsePayload, SealError,
+    TransportProtocol, Verdict, seal_denial, seal_response,
 };
 pub use rng::RngError;
 pub use state::{

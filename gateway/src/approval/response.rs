@@ -8,10 +8,10 @@ use crypto_box::aead::Aead as _;
 use serde::{Deserialize, Serialize};
 
 use super::b64;
-pub use super::binding::ResponseBinding;
+pub use super::binding::{BoxKeyUpdate, ResponseBinding};
 use super::canonical::response_mac_input;
 use super::error::{PublicCode, escape_for_log};
-use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
+use super::keys::{BoxKeySet, BoxPublicKey, HmacSecret, ServerBoxKeys};
 use super::rng::{self, RngError};
 use super::wire::{ApprovalResponse, BOX_NONCE_LEN, BOX_TAG_LEN, RESPONSE_CIPHERTEXT_MAX};
 
@@ -40,7 +40,7 @@ pub(crate) struct SealedDenialJson {
 /// [`SealedDenialBody`].
 pub fn seal_denial(
     binding: &ResponseBinding,
-    server_keys: &ServerBoxKeys,
+    server_keys: &(impl BoxKeySet + ?Sized),
     client_hmac_secret: &HmacSecret,
     code: PublicCode,
 ) -> Result<Vec<u8>, SealError> {
@@ -112,6 +112,9 @@ pub struct ResponsePayload {
     pub opened: Vec<IpAddr>,
     /// When the opening expires (Unix seconds); present exactly when allowed.
     pub expires_unix: Option<u64>,
+    /// On an opened answer: the server's current box key, when the request was boxed to its
+    /// previous one (§16). Sealing takes it from the [`ResponseBinding`] instead.
+    pub box_key_update: Option<BoxKeyUpdate>,
 }
 
 impl ResponsePayload {
@@ -123,6 +126,7 @@ impl ResponsePayload {
             connect: Some(connect),
             opened,
             expires_unix: Some(expires_unix),
+            box_key_update: None,
         }
     }
 
@@ -134,6 +138,7 @@ impl ResponsePayload {
             connect: None,
             opened: Vec::new(),
             expires_unix: None,
+            box_key_update: None,
         }
     }
 
@@ -177,6 +182,16 @@ pub(crate) struct ResponsePlaintextJson {
     pub(crate) connect: Option<ConnectTarget>,
     pub(crate) opened: Vec<IpAddr>,
     pub(crate) expires: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) box_key_update: Option<BoxKeyUpdateJson>,
+}
+
+/// `box_key_update` in a response plaintext (§16).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BoxKeyUpdateJson {
+    pub(crate) public_key: String,
+    pub(crate) previous_key_until: u64,
 }
 
 impl ResponsePlaintextJson {
@@ -189,6 +204,10 @@ impl ResponsePlaintextJson {
             connect: p.connect,
             opened: p.opened.clone(),
             expires: p.expires_unix,
+            box_key_update: binding.key_update.map(|u| BoxKeyUpdateJson {
+                public_key: b64::encode(&u.public_key),
+                previous_key_until: u.previous_key_until,
+            }),
         }
     }
 
@@ -203,12 +222,28 @@ impl ResponsePlaintextJson {
         if !nonce_ok || j.server != binding.server {
             return Err(OpenError::NotBound);
         }
+        let box_key_update = match j.box_key_update {
+            None => None,
+            Some(u) => {
+                let public_key = b64::decode(&u.public_key)
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .filter(|k| BoxPublicKey::from_bytes(*k).is_strong())
+                    .ok_or_else(|| {
+                        OpenError::Malformed("box_key_update.public_key is not a key".into())
+                    })?;
+                Some(BoxKeyUpdate {
+                    public_key,
+                    previous_key_until: u.previous_key_until,
+                })
+            }
+        };
         let payload = ResponsePayload {
             verdict: j.verdict,
             reason: j.reason,
             connect: j.connect,
             opened: j.opened,
             expires_unix: j.expires,
+            box_key_update,
         };
         payload
             .check_consistent()
@@ -254,7 +289,7 @@ pub enum SealError {
 /// under a random nonce, and the result is HMAC-signed with the client's secret.
 pub fn seal_response(
     binding: &ResponseBinding,
-    server_keys: &ServerBoxKeys,
+    server_keys: &(impl BoxKeySet + ?Sized),
     client_hmac_secret: &HmacSecret,
     payload: &ResponsePayload,
 ) -> Result<ApprovalResponse, SealError> {
@@ -265,15 +300,26 @@ pub fn seal_response(
 /// [`seal_response`] with a caller-chosen box nonce (test vectors).
 pub(crate) fn seal_response_with_nonce(
     binding: &ResponseBinding,
-    server_keys: &ServerBoxKeys,
+    server_keys: &(impl BoxKeySet + ?Sized),
     client_hmac_secret: &HmacSecret,
     payload: &ResponsePayload,
     box_nonce: [u8; BOX_NONCE_LEN],
 ) -> Result<ApprovalResponse, SealError> {
     let plaintext = response_plaintext(binding, payload)?;
     let client_pk = BoxPublicKey::from_bytes(binding.client_box_public_key).to_crypto_box();
-    let shared = crypto_box::SalsaBox::new(&client_pk, server_keys.secret());
+    let shared = crypto_box::SalsaBox::new(&client_pk, sealing_key(binding, server_keys).secret());
     seal_in_box(binding, &shared, client_hmac_secret, &plaintext, box_nonce)
+}
+
+/// The key an answer is boxed from: the one the request was boxed to (§16).
+fn sealing_key<'k>(
+    binding: &ResponseBinding,
+    keys: &'k (impl BoxKeySet + ?Sized),
+) -> &'k ServerBoxKeys {
+    match (binding.key_update, keys.previous()) {
+        (Some(_), Some((previous, _))) => previous,
+        _ => keys.current(),
+    }
 }
 
 /// [`seal_response`] with the box key shared with the request's one-time key already

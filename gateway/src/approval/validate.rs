@@ -19,8 +19,10 @@ use super::canonical::{
     request_device_signature_input, request_mac_input, request_signature_input,
 };
 use super::error::{Reason, Rejection, Stage};
-use super::keys::{BoxPublicKey, HmacSecret, ServerBoxKeys};
-use super::response::{ResponseBinding, ResponsePayload, SealError, seal_response_in_box};
+use super::keys::{BoxKeySet, BoxPublicKey, HmacSecret, ServerBoxKeys};
+use super::response::{
+    BoxKeyUpdate, ResponseBinding, ResponsePayload, SealError, seal_response_in_box,
+};
 use super::state::{
     ApprovalState, ClientRecord, NonceCheck, NonceScope, ServerLookup, ServerPolicy,
 };
@@ -132,6 +134,7 @@ pub fn precheck<S: ApprovalState + ?Sized>(
         now_unix,
         config,
         binding: None,
+        opened: None,
     };
     run.authenticate_cheaply().map(|_| ())
 }
@@ -141,10 +144,10 @@ pub fn precheck<S: ApprovalState + ?Sized>(
 /// Returns the approval, or a [`Rejection`] whose public code goes to the client and whose
 /// reason goes to the audit log. Every call that reaches the nonce stage records the request
 /// nonce, whatever happens later.
-pub fn validate<S: ApprovalState + ?Sized>(
+pub fn validate<S: ApprovalState + ?Sized, K: BoxKeySet + ?Sized>(
     request: &ApprovalRequest,
     state: &S,
-    server_keys: &ServerBoxKeys,
+    server_keys: &K,
     remote: IpAddr,
     now_unix: u64,
     config: &ValidationConfig,
@@ -155,9 +158,10 @@ pub fn validate<S: ApprovalState + ?Sized>(
         now_unix,
         config,
         binding: None,
+        opened: None,
     };
-    let client = run.authenticate()?;
-    let (policy, payload, response_box) = run.open(&client, server_keys)?;
+    let client = run.authenticate(server_keys)?;
+    let (policy, payload, response_box) = run.open(&client)?;
     let (reported, open, device) = run.authorize(&client, policy, &payload, remote)?;
     let binding = run.binding.take().unwrap_or_else(|| run.new_binding());
     let ClientRecord {
@@ -191,7 +195,13 @@ struct Run<'a, S: ?Sized> {
     now_unix: u64,
     config: &'a ValidationConfig,
     binding: Option<ResponseBinding>,
+    /// The request's box, opened right after the HMAC (to know which server key it was
+    /// boxed to, §16); its failure is reported at the box stage.
+    opened: Option<Result<OpenedBox, Reason>>,
 }
+
+/// A request box's plaintext and the box key shared with its one-time key.
+type OpenedBox = (Zeroizing<Vec<u8>>, crypto_box::SalsaBox);
 
 impl<S: ApprovalState + ?Sized> Run<'_, S> {
     /// Tells the state which stage starts, and turns a reason into a rejection at that stage
@@ -236,10 +246,21 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
 
     /// Stages shape → timestamp → client → HMAC → request nonce. Nothing here costs more than
     /// one HMAC, and the nonce store is only touched once the HMAC has verified.
-    fn authenticate(&mut self) -> Result<ClientRecord, Rejection> {
+    fn authenticate<K: BoxKeySet + ?Sized>(
+        &mut self,
+        server_keys: &K,
+    ) -> Result<ClientRecord, Rejection> {
         let r = self.request;
         let client = self.authenticate_cheaply()?;
-        self.binding = Some(self.new_binding());
+        // Which server key the request is boxed to decides which key seals every answer to
+        // it, so the box is tried here; a failure still counts at the box stage.
+        let (opened, update) = open_box_with_any(r, server_keys, self.now_unix);
+        self.opened = Some(opened);
+        let binding = self.new_binding();
+        self.binding = Some(match update {
+            Some(update) => binding.with_key_update(update),
+            None => binding,
+        });
         self.stage(Stage::RequestNonce, || {
             self.record(NonceScope::Request, &r.nonce, Reason::RequestNonceReplayed)
         })?;
@@ -259,14 +280,16 @@ impl<S: ApprovalState + ?Sized> Run<'_, S> {
 
     /// Stages server → signature → box → payload → payload timestamp → payload nonce.
     fn open(
-        &self,
+        &mut self,
         client: &ClientRecord,
-        server_keys: &ServerBoxKeys,
     ) -> Result<(ServerPolicy, RequestPayload, crypto_box::SalsaBox), Rejection> {
         let r = self.request;
         let policy = self.stage(Stage::Server, || lookup_server(self.state, &r.server))?;
         self.stage(Stage::Signature, || verify_signature(client, r))?;
-        let (plaintext, shared) = self.stage(Stage::BoxOpen, || open_box(r, server_keys))?;
+        let opened = self.opened.take();
+        let (plaintext, shared) = self.stage(Stage::BoxOpen, || {
+            opened.unwrap_or(Err(Reason::BoxOpenFailed))
+        })?;
         let payload = self.stage(Stage::Payload, || parse_payload(&plaintext, r))?;
         self.stage(Stage::PayloadTimestamp, || {
             self.check_window(payload.timestamp)
@@ -408,6 +431,32 @@ fn check_hmac(client: &ClientRecord, request: &ApprovalRequest) -> Result<(), Re
         Err(Reason::HmacMismatch {
             client_id: client.client_id.clone(),
         })
+    }
+}
+
+/// Opens the request's box with the current key or, during an overlap, the previous one; with
+/// the previous one also returns the update the answer carries (§16).
+fn open_box_with_any<K: BoxKeySet + ?Sized>(
+    request: &ApprovalRequest,
+    keys: &K,
+    now_unix: u64,
+) -> (Result<OpenedBox, Reason>, Option<BoxKeyUpdate>) {
+    let current = open_box(request, keys.current());
+    let Err(Reason::BoxOpenFailed) = current else {
+        return (current, None);
+    };
+    match keys.previous() {
+        Some((previous, until)) if now_unix < until => match open_box(request, previous) {
+            Ok(opened) => (
+                Ok(opened),
+                Some(BoxKeyUpdate {
+                    public_key: keys.current().public_key().to_bytes(),
+                    previous_key_until: until,
+                }),
+            ),
+            Err(_) => (current, None),
+        },
+        _ => (current, None),
     }
 }
 

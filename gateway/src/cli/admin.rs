@@ -33,6 +33,20 @@ pub async fn reload(socket: &Path) -> anyhow::Result<String> {
     Ok(format!("{}\n", report.summary))
 }
 
+/// `xdpgate keys rotate`.
+pub async fn keys_rotate(socket: &Path, overlap_secs: u64) -> anyhow::Result<String> {
+    let mut client = control::connect(socket).await?;
+    let rotated = client
+        .rotate_box_key(pb::RotateBoxKeyRequest { overlap_secs })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    Ok(format!(
+        "new box public key {}\nthe previous key opens requests until {} (Unix seconds); clients that ask before then learn the new key from their answer\n",
+        rotated.public_key, rotated.previous_until
+    ))
+}
+
 /// `xdpgate openings add`.
 pub async fn openings_add(
     socket: &Path,

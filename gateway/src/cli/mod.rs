@@ -141,6 +141,11 @@ pub enum Command {
     /// servers are kept; an invalid file, or a change only a restart applies, is refused and
     /// changes nothing.
     Reload,
+    /// The server's box key (`docs/PROTOCOL.md` §16).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     GenerateDocs {
@@ -310,5 +315,18 @@ pub enum ClientCommand {
     Device {
         #[command(subcommand)]
         command: devices::ClientDeviceCommand,
+    },
+}
+
+/// `xdpgate keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Makes a new box key current. The old key keeps opening requests for the overlap, and
+    /// every answer to a request boxed to it names the new key, so clients update their
+    /// profiles by connecting; after the overlap the old key is refused.
+    Rotate {
+        /// How long the old key still opens requests, in days.
+        #[arg(long, default_value_t = 30.0)]
+        overlap_days: f64,
     },
 }

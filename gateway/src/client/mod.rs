@@ -557,6 +557,9 @@ pub async fn request_approval(
             });
         }
     };
+    if let Some(update) = payload.box_key_update {
+        adopt_box_key(options.profile, profile, update)?;
+    }
     let openvpn = OpenVpnCredentials {
         username: credentials.client_id().to_owned(),
         password: crate::vpn::derive_token(
@@ -566,6 +569,27 @@ pub async fn request_approval(
         ),
     };
     approval_from(server, payload, openvpn)
+}
+
+/// The server rotated its box key (§16) and this verified answer names the new one: the
+/// profile is rewritten (0600, through a rename) to box every later request to it.
+fn adopt_box_key(
+    path: &Path,
+    mut profile: ClientProfile,
+    update: approval::BoxKeyUpdate,
+) -> Result<(), ClientCommandError> {
+    let key = approval::BoxPublicKey::from_bytes(update.public_key).to_base64();
+    if profile.server_box_public_key == key {
+        return Ok(());
+    }
+    profile.server_box_public_key = key;
+    write_profile(path, &profile.to_json()?, true)?;
+    tracing::info!(
+        profile = %path.display(),
+        previous_key_until = update.previous_key_until,
+        "the server rotated its box key; the profile now uses the new key"
+    );
+    Ok(())
 }
 
 /// The passcode to send: the one given, else (for a server that needs one) one typed at the

@@ -391,6 +391,33 @@ impl pb::control_server::Control for ControlService {
         }
     }
 
+    async fn rotate_box_key(
+        &self,
+        request: Request<pb::RotateBoxKeyRequest>,
+    ) -> Result<Response<pb::RotateBoxKeyResponse>, Status> {
+        let overlap = std::time::Duration::from_secs(request.into_inner().overlap_secs);
+        let approvals = self.controller.approvals.clone();
+        let rotated = tokio::task::spawn_blocking(move || approvals.rotate_box_key(overlap))
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?;
+        match rotated {
+            Ok((public, until)) => Ok(Response::new(pb::RotateBoxKeyResponse {
+                public_key: public.to_base64(),
+                previous_until: until,
+            })),
+            Err(err @ crate::decisions::box_key::BoxKeyError::Overlap) => {
+                Err(Status::invalid_argument(err.to_string()))
+            }
+            Err(err @ crate::decisions::box_key::BoxKeyError::RotationInProgress { .. }) => {
+                Err(Status::failed_precondition(err.to_string()))
+            }
+            Err(err) => {
+                warn!(error = %err, "box key rotation failed");
+                Err(Status::internal(err.to_string()))
+            }
+        }
+    }
+
     async fn health(
         &self,
         _request: Request<pb::HealthRequest>,

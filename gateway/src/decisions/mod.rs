@@ -18,9 +18,9 @@ use state::StoreState;
 
 use crate::{
     approval::{
-        self, ApprovalResponse, ApprovalState as _, ApprovedRequest, ClientRsaPublicKey,
-        ConnectTarget, HmacSecret, NonceScope, PublicCode, Reason, Rejection, ResponsePayload,
-        ServerBoxKeys, TransportProtocol, ValidationConfig,
+        self, ApprovalResponse, ApprovalState as _, ApprovedRequest, BoxKeyRing, BoxKeySet as _,
+        BoxPublicKey, ClientRsaPublicKey, ConnectTarget, HmacSecret, NonceScope, PublicCode,
+        Reason, Rejection, ResponsePayload, TransportProtocol, ValidationConfig,
     },
     clock::{unix_ms, unix_secs},
     config::{Config, Protocol, SecondFactor, ServerConfig},
@@ -121,7 +121,11 @@ pub struct Approvals {
     store: Arc<Store>,
     /// What a configuration reload replaces ([`Approvals::reconfigure`]).
     settings: std::sync::RwLock<Arc<Settings>>,
-    box_keys: Arc<ServerBoxKeys>,
+    /// The box keys (current, and previous during a rotation overlap), replaced as a whole
+    /// by [`Approvals::rotate_box_key`].
+    box_keys: std::sync::RwLock<Arc<BoxKeyRing>>,
+    /// The state folder holding the key files.
+    state_dir: PathBuf,
     openings: Arc<Openings>,
     /// This controller's cluster node name, written into enrollment links.
     node_name: Option<String>,
@@ -176,7 +180,7 @@ impl Approvals {
         config: &Config,
         store: Arc<Store>,
         openings: Arc<Openings>,
-        box_keys: ServerBoxKeys,
+        box_keys: BoxKeyRing,
         notices: tokio::sync::watch::Receiver<NoticeRecord>,
     ) -> Self {
         let approvals = &config.approvals;
@@ -184,7 +188,8 @@ impl Approvals {
             settings: std::sync::RwLock::new(Arc::new(Settings::of(config, &store))),
             audit: AuditLog::start(store.clone(), approvals.audit_retention),
             store,
-            box_keys: Arc::new(box_keys),
+            box_keys: std::sync::RwLock::new(Arc::new(box_keys)),
+            state_dir: config.state_dir.clone(),
             openings,
             node_name: config.cluster.as_ref().map(|c| c.node.clone()),
             metrics: metrics::Metrics::default(),
@@ -227,9 +232,41 @@ impl Approvals {
         self.vpn_tokens.clone()
     }
 
-    /// The server's box public key (goes into client profiles).
+    /// The server's current box public key (goes into client profiles).
     pub fn box_public_key(&self) -> String {
-        self.box_keys.public_key().to_base64()
+        self.box_keys().current().public_key().to_base64()
+    }
+
+    /// The box keys in force now.
+    fn box_keys(&self) -> Arc<BoxKeyRing> {
+        self.box_keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `xdpgate keys rotate`: a new current box key; the old one keeps opening requests (and
+    /// answers them with the new key, §16) for `overlap`. Blocking (writes two files).
+    pub fn rotate_box_key(
+        &self,
+        overlap: Duration,
+    ) -> Result<(BoxPublicKey, u64), box_key::BoxKeyError> {
+        let mut guard = self
+            .box_keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = unix_secs();
+        let ring = (**guard).clone().expired_removed(now);
+        let rotated = box_key::rotate(&self.state_dir, &ring, overlap, now)?;
+        let public = rotated.current().public_key();
+        let until = rotated.previous().map_or(now, |(_, until)| until);
+        *guard = Arc::new(rotated);
+        info!(
+            public_key = %public.to_base64(),
+            previous_until = until,
+            "box key rotated"
+        );
+        Ok((public, until))
     }
 
     /// The audit writer.
@@ -312,10 +349,10 @@ impl Approvals {
             return self.unauthenticated(&origin, &request.client_id, &request.server, &rejection);
         }
         let state = settings.state.clone();
-        let keys = self.box_keys.clone();
+        let keys = self.box_keys();
         let validation = settings.validation;
         let decided = tokio::task::spawn_blocking(move || {
-            let decided = approval::validate(&request, &*state, &keys, remote, now, &validation);
+            let decided = approval::validate(&request, &*state, &*keys, remote, now, &validation);
             (request, decided)
         })
         .await;
@@ -411,11 +448,11 @@ impl Approvals {
             return FrontAnswer::error(code.as_str(), code.http_status());
         };
         let state = self.settings().state.clone();
-        let keys = self.box_keys.clone();
+        let keys = self.box_keys();
         let client_id = client_id.to_owned();
         let sealed = tokio::task::spawn_blocking(move || {
             let client = state.client(&client_id).ok_or("the client is gone")?;
-            approval::seal_denial(&binding, &keys, &client.hmac_secret, code)
+            approval::seal_denial(&binding, &*keys, &client.hmac_secret, code)
                 .map_err(|_| "sealing failed")
         })
         .await;
@@ -454,7 +491,7 @@ impl Approvals {
         let key = state::nonce_key(NonceScope::Request, binding.request_nonce());
         let store = self.store.clone();
         let state = self.settings().state.clone();
-        let keys = self.box_keys.clone();
+        let keys = self.box_keys();
         let wanted = client_id.to_owned();
         let sealing = binding.clone();
         let retried =
@@ -469,7 +506,7 @@ impl Approvals {
                 };
                 let payload =
                     ResponsePayload::allow(answer.connect, answer.opened, answer.expires_unix);
-                approval::seal_response(&sealing, &keys, &client.hmac_secret, &payload)
+                approval::seal_response(&sealing, &*keys, &client.hmac_secret, &payload)
                     .map(Some)
                     .map_err(|e| e.to_string())
             })
@@ -820,8 +857,17 @@ impl Approvals {
                 _ => self.audit.record(event()),
             }
         };
-        let opened =
-            SealedEnrollRequest::parse(&body).and_then(|sealed| sealed.open(&self.box_keys));
+        let keys = self.box_keys();
+        // A link issued before a rotation carries the previous key; it opens until the
+        // overlap ends.
+        let opened = SealedEnrollRequest::parse(&body).and_then(|sealed| {
+            match (sealed.open(keys.current()), keys.previous()) {
+                (Err(EnrollmentError::BoxOpen), Some((previous, until))) if unix_secs() < until => {
+                    sealed.open(previous)
+                }
+                (result, _) => result,
+            }
+        });
         let (request, opened) = match opened {
             Ok(opened) => opened,
             Err(err @ EnrollmentError::BoxOpen) => {
@@ -1093,7 +1139,7 @@ impl Approvals {
             base_url,
             token: random_token().map_err(ClientAdminError::Invalid)?,
             cert_sha256: self.web_cert_pin()?,
-            controller_box_key: self.box_keys.public_key(),
+            controller_box_key: self.box_keys().current().public_key(),
             controller: self.node_name.clone(),
         };
         Ok((link, unix_secs() + settings.enrollment_ttl.as_secs()))
