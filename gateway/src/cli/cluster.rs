@@ -38,6 +38,27 @@ pub enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Start a CA rollover: a new CA in `--to`, and `TO/trust.pem` + `TO/trust-crl.pem`
+    /// holding both CAs and their CRLs. Give every node the bundle as `ca` and `crl`, then
+    /// renew each node's certificate with the new CA, then give every node the new CA alone.
+    Rollover {
+        /// The CA in use.
+        #[arg(long)]
+        from: PathBuf,
+        /// Folder for the new CA (created 0700).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Write `OUT/trust.pem` and `OUT/trust-crl.pem` from these CAs (after a revocation
+    /// during a rollover, to refresh the bundle).
+    Bundle {
+        /// A CA folder; give it once per CA, the newest first.
+        #[arg(long, required = true)]
+        ca: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `xdpgate cluster cert ...`
@@ -56,6 +77,22 @@ pub enum CertCommand {
         #[arg(long, value_enum)]
         role: Role,
         /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = cluster::ca::NODE_VALID_DAYS)]
+        days: i64,
+    },
+    /// Renew a node certificate before it expires (or move it to a new CA): a new key and
+    /// certificate with the same name and role, signed by `--ca`, written to `--out`.
+    Renew {
+        /// The CA folder to sign with.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's current certificate (its `node.pem`).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Output folder (must not hold a node's files yet).
         #[arg(long)]
         out: PathBuf,
         /// Validity in days.
@@ -109,6 +146,45 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<String> {
             let files = cluster::ca::issue(&ca, &name, role, days, &out)?;
             Ok(format!(
                 "issued {name}: {} {} (CA {})\n",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            ))
+        }
+        ClusterCommand::Ca {
+            command: CaCommand::Rollover { from, to },
+        } => {
+            let bundle = cluster::ca::rollover(&from, &to)?;
+            Ok(format!(
+                "new cluster CA: {}\ntrust both while nodes move: ca = {:?}, crl = {:?}\n",
+                to.join(cluster::ca::CA_CERT).display(),
+                bundle.trust,
+                bundle.crls
+            ))
+        }
+        ClusterCommand::Ca {
+            command: CaCommand::Bundle { ca, out },
+        } => {
+            let dirs: Vec<&std::path::Path> = ca.iter().map(PathBuf::as_path).collect();
+            let bundle = cluster::ca::bundle(&dirs, &out)?;
+            Ok(format!(
+                "bundle: {} {}\n",
+                bundle.trust.display(),
+                bundle.crls.display()
+            ))
+        }
+        ClusterCommand::Cert {
+            command:
+                CertCommand::Renew {
+                    ca,
+                    cert,
+                    out,
+                    days,
+                },
+        } => {
+            let files = cluster::ca::renew(&ca, &cert, days, &out)?;
+            Ok(format!(
+                "renewed: {} {} (CA {})\n",
                 files.cert.display(),
                 files.key.display(),
                 files.ca.display()

@@ -46,6 +46,9 @@ pub enum CaError {
     /// A certificate to revoke has no serial number rcgen can read.
     #[error("{0}: not a certificate with a serial number")]
     NoSerial(PathBuf),
+    /// A certificate to renew is not a node certificate (one DNS name, one role).
+    #[error("{0}: not a node certificate (one DNS name, serverAuth or clientAuth)")]
+    NotANode(PathBuf),
 }
 
 /// What a node certificate may do: one role each, as its only extended key usage, so rustls
@@ -179,14 +182,6 @@ pub fn issue(
 /// (signed by the CA). Peers configured with that CRL (`crl = ...`) refuse the certificate at
 /// the handshake. Returns the CRL's path and the revoked serial (hex).
 pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| {
-            CaError::Tls(TlsError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        })
-    };
     let der = tls::load_certs(cert)?
         .into_iter()
         .next()
@@ -214,12 +209,28 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
     if !serials.contains(&serial_hex) {
         serials.push(serial_hex.clone());
     }
+    let crl_path = write_crl(ca_dir, &serials)?;
+    Ok((crl_path, serial_hex))
+}
+
+/// Signs the CA's revocation list of `serials` (hex) and writes `ca_dir/revoked.txt` and
+/// `ca_dir/crl.pem`, each through a rename.
+fn write_crl(ca_dir: &Path, serials: &[String]) -> Result<PathBuf, CaError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| {
+            CaError::Tls(TlsError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
+    };
+    let list_path = ca_dir.join(REVOKED);
     let ca_pem = read(&ca_dir.join(CA_CERT))?;
     let ca_key_pem = Zeroizing::new(read(&ca_dir.join(CA_KEY))?);
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
     let now = time::OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::with_capacity(serials.len());
-    for hex in &serials {
+    for hex in serials {
         let bytes: Vec<u8> = (0..hex.len() / 2)
             .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
             .collect();
@@ -257,7 +268,109 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
     };
     write(&list_path, (serials.join("\n") + "\n").as_bytes())?;
     write(&crl_path, crl.pem()?.as_bytes())?;
-    Ok((crl_path, serial_hex))
+    Ok(crl_path)
+}
+
+/// The trust bundle of a CA rollover: every listed CA certificate, newest first.
+pub const TRUST_BUNDLE: &str = "trust.pem";
+/// The revocation lists of the CAs of [`TRUST_BUNDLE`], one per CA.
+pub const CRL_BUNDLE: &str = "trust-crl.pem";
+
+/// Paths written by [`bundle`].
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// Every CA certificate (a node's `ca`).
+    pub trust: PathBuf,
+    /// Every CA's CRL (a node's `crl`).
+    pub crls: PathBuf,
+}
+
+/// Writes `out/trust.pem` (the CA certificates of `ca_dirs`, in order) and `out/trust-crl.pem`
+/// (each CA's CRL; a CA without one gets an empty CRL signed now), replacing earlier bundles.
+/// During a rollover nodes name these as `ca` and `crl`, so certificates of either CA work and
+/// revocations of both hold.
+pub fn bundle(ca_dirs: &[&Path], out: &Path) -> Result<Bundle, CaError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| {
+            CaError::Tls(TlsError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        })
+    };
+    let (mut trust, mut crls) = (String::new(), String::new());
+    for dir in ca_dirs {
+        trust.push_str(&read(&dir.join(CA_CERT))?);
+        let crl_path = dir.join(CRL);
+        if !crl_path.exists() {
+            write_crl(dir, &[])?;
+        }
+        crls.push_str(&read(&crl_path)?);
+    }
+    let files = Bundle {
+        trust: out.join(TRUST_BUNDLE),
+        crls: out.join(CRL_BUNDLE),
+    };
+    replace_file(&files.trust, trust.as_bytes())?;
+    replace_file(&files.crls, crls.as_bytes())?;
+    Ok(files)
+}
+
+/// `xdpgate cluster ca rollover`: a new CA in `new_dir` and the bundle of both (new first) in
+/// it. Nodes then move one by one: trust the bundle, get a certificate of the new CA
+/// (`cluster cert renew --ca NEW`), and at last trust the new CA alone.
+pub fn rollover(old_dir: &Path, new_dir: &Path) -> Result<Bundle, CaError> {
+    if !old_dir.join(CA_CERT).exists() || !old_dir.join(CA_KEY).exists() {
+        return Err(CaError::Tls(TlsError::Pem {
+            path: old_dir.to_owned(),
+            what: "not a CA folder (ca.pem and ca.key)".into(),
+        }));
+    }
+    init(new_dir)?;
+    bundle(&[new_dir, old_dir], new_dir)
+}
+
+/// `xdpgate cluster cert renew`: a new certificate (and key) for the node of `cert`, with its
+/// name and role, signed by the CA in `ca_dir` (the same CA before expiry, or the new one in a
+/// rollover), written to `out` like [`issue`].
+pub fn renew(ca_dir: &Path, cert: &Path, days: i64, out: &Path) -> Result<NodeFiles, CaError> {
+    let der = tls::load_certs(cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::NoSerial(cert.to_owned()))?;
+    let (name, role) = name_and_role(&der).ok_or_else(|| CaError::NotANode(cert.to_owned()))?;
+    issue(ca_dir, &name, role, days, out)
+}
+
+/// The node name (its one DNS name) and role (its one extended key usage) of a node
+/// certificate.
+fn name_and_role(der: &[u8]) -> Option<(String, NodeRole)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = parsed.subject_alternative_name().ok()??;
+    let name = names.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+        _ => None,
+    })?;
+    let eku = parsed.extended_key_usage().ok()??;
+    let role = match (eku.value.server_auth, eku.value.client_auth) {
+        (true, false) => NodeRole::Controller,
+        (false, true) => NodeRole::Web,
+        _ => return None,
+    };
+    Some((name, role))
+}
+
+/// Writes `path` through a temporary file and a rename (0644).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    tls::write_new_file(&tmp, bytes, 0o644)?;
+    std::fs::rename(&tmp, path).map_err(|source| {
+        CaError::Tls(TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -104,3 +104,83 @@ fn each_certificate_works_only_in_its_role_and_revoked_ones_not_at_all() {
         "without the CRL the same pair would pass (the CRL is what refuses it)"
     );
 }
+
+/// A node's TLS files with its trust (`ca`, `crl`) replaced.
+fn trusting(node: &NodeTls, ca: &Path, crl: Option<&Path>) -> NodeTls {
+    NodeTls {
+        ca: ca.to_owned(),
+        crl: crl.map(Path::to_owned),
+        ..node.clone()
+    }
+}
+
+/// A CA rollover with two web nodes and a controller moving one at a time: at every step
+/// both web nodes reach the controller; at the end a certificate of the old CA is refused,
+/// and a revocation by the new CA holds.
+#[test]
+fn a_ca_rollover_moves_nodes_one_by_one_without_a_refused_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("ca-old");
+    ca::init(&old).unwrap();
+    let mut gw = node(&old, dir.path(), "gw-a", NodeRole::Controller);
+    let mut webs = [
+        node(&old, dir.path(), "web-1", NodeRole::Web),
+        node(&old, dir.path(), "web-2", NodeRole::Web),
+    ];
+    let all_pass = |gw: &NodeTls, webs: &[NodeTls; 2], step: &str| {
+        for web in webs {
+            assert!(handshake(web, gw, "gw-a"), "{step}: {:?} → gw-a", web.cert);
+        }
+    };
+    all_pass(&gw, &webs, "before");
+
+    let new = dir.path().join("ca-new");
+    let bundle = ca::rollover(&old, &new).unwrap();
+    // 1. Every node trusts both CAs (and both CRLs), one after the other.
+    gw = trusting(&gw, &bundle.trust, Some(&bundle.crls));
+    all_pass(&gw, &webs, "controller trusts the bundle");
+    for i in 0..2 {
+        webs[i] = trusting(&webs[i], &bundle.trust, Some(&bundle.crls));
+        all_pass(&gw, &webs, "a web node trusts the bundle");
+    }
+    // 2. Every node gets a certificate of the new CA, same name and role.
+    let renewed = |n: &NodeTls, name: &str| {
+        let files = ca::renew(&new, &n.cert, 30, &dir.path().join(format!("{name}-new"))).unwrap();
+        NodeTls {
+            cert: files.cert,
+            key: files.key,
+            ..n.clone()
+        }
+    };
+    let old_web_1 = webs[0].clone();
+    gw = renewed(&gw, "gw-a");
+    all_pass(&gw, &webs, "controller renewed");
+    webs[0] = renewed(&webs[0], "web-1");
+    all_pass(&gw, &webs, "web-1 renewed");
+    webs[1] = renewed(&webs[1], "web-2");
+    all_pass(&gw, &webs, "web-2 renewed");
+    // The renewal kept the role: the renewed web certificate still cannot serve.
+    assert!(!handshake(&gw, &webs[1], "web-2"));
+    // 3. Every node drops the old CA.
+    let new_ca = new.join(ca::CA_CERT);
+    let new_crl = new.join(ca::CRL);
+    gw = trusting(&gw, &new_ca, Some(&new_crl));
+    all_pass(&gw, &webs, "controller trusts the new CA only");
+    for i in 0..2 {
+        webs[i] = trusting(&webs[i], &new_ca, Some(&new_crl));
+        all_pass(&gw, &webs, "a web node trusts the new CA only");
+    }
+    // The old CA is gone: its certificates are refused.
+    assert!(
+        !handshake(&trusting(&old_web_1, &new_ca, None), &gw, "gw-a"),
+        "a certificate of the old CA is refused after the rollover"
+    );
+    // Revocation by the new CA holds.
+    let (crl, _) = ca::revoke(&new, &webs[1].cert).unwrap();
+    let gw_revoking = trusting(&gw, &new_ca, Some(&crl));
+    assert!(handshake(&webs[0], &gw_revoking, "gw-a"));
+    assert!(
+        !handshake(&webs[1], &gw_revoking, "gw-a"),
+        "revoked by the new CA"
+    );
+}
