@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use cli::{
     AuditCommand, Cli, ClientCommand, ClientsCommand, Command, KeysCommand, LogFormat,
-    NoticesCommand, OpeningsCommand, ServersCommand, admin,
+    NoticesCommand, OpeningsCommand, ServersCommand, WebCertCommand, admin,
 };
 use xdpgate::{
     client,
@@ -188,6 +188,17 @@ async fn dispatch(
         Command::Web { config } => {
             web::run(WebConfig::load(&config)?).await?;
             Ok(String::new())
+        }
+        Command::WebCert {
+            command: WebCertCommand::Renew { config, days },
+        } => {
+            let web = WebConfig::load(&config)?;
+            let pin = xdpgate::tls::renew_self_signed(&web.cert, &web.key, days)?;
+            Ok(format!(
+                "renewed {} (same key, valid {days} days); new enrollment links pin sha256:{}\nrestart the web front to serve it; existing profiles keep working (they trust the key)\n",
+                web.cert.display(),
+                xdpgate::tls::to_hex(&pin)
+            ))
         }
         Command::Client {
             command:

@@ -170,6 +170,14 @@ impl Gateway {
         self.web = Some(child);
     }
 
+    /// Stops the web front started by [`Gateway::start_web`] (SIGKILL) and waits for it.
+    pub fn stop_web(&mut self) {
+        if let Some(mut web) = self.web.take() {
+            let _ = web.kill();
+            let _ = web.wait();
+        }
+    }
+
     /// The pid of the web front started by [`Gateway::start_web`], if it runs.
     pub fn web_pid(&self) -> Option<u32> {
         self.web.as_ref().map(Child::id)

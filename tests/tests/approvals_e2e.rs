@@ -1362,3 +1362,51 @@ fn a_rotated_box_key_reaches_clients_in_their_answers_and_the_old_key_ends_with_
     let (ok, said) = connect_profile(&lab, &bob);
     assert!(ok, "the new key survives a restart: {said}");
 }
+
+/// `web-cert renew` (issue 14): a renewed web certificate keeps the key, so a profile enrolled
+/// before the renewal still connects; the profile is not changed; new links pin the new one.
+#[test]
+fn a_renewed_web_certificate_keeps_old_profiles_working() {
+    let mut lab = ApprovalLab::new(60);
+    let cert = lab.gateway.dir().join("web/cert.pem");
+    let before = std::fs::read(&cert).expect("reading the web certificate");
+    let profile_before = std::fs::read(&lab.profile).expect("reading the profile");
+    let said = lab.gateway.cli(&[
+        "web-cert",
+        "renew",
+        "--config",
+        &lab.gateway.config_path().display().to_string(),
+        "--days",
+        "30",
+    ]);
+    let after = std::fs::read(&cert).expect("reading the renewed certificate");
+    assert_ne!(before, after, "a new certificate was written: {said}");
+    assert!(said.contains("sha256:"), "{said}");
+    lab.gateway.stop_web();
+    lab.gateway
+        .start_web(SocketAddr::new(IpAddr::V4(lab.link.b.v4), WEB_PORT));
+
+    let (ok, _, out) = lab.connect();
+    assert!(
+        ok,
+        "the old profile connects to the renewed certificate: {out}"
+    );
+    assert_eq!(
+        std::fs::read(&lab.profile).expect("reading the profile"),
+        profile_before,
+        "the profile needed no change"
+    );
+    // A new enrollment pins the renewed certificate and works too.
+    let bob = lab.gateway.dir().join("bob.profile.json");
+    lab.enroll("bob", &bob);
+    let (ok, said) = connect_profile(&lab, &bob);
+    assert!(ok, "a profile enrolled after the renewal: {said}");
+    // A different key is not trusted: a fresh pair under the same names is refused.
+    std::fs::remove_file(&cert).expect("removing the certificate");
+    std::fs::remove_file(lab.gateway.dir().join("web/key.pem")).expect("removing the key");
+    lab.gateway.stop_web();
+    lab.gateway
+        .start_web(SocketAddr::new(IpAddr::V4(lab.link.b.v4), WEB_PORT));
+    let (ok, _, out) = lab.connect();
+    assert!(!ok, "a certificate with another key is not trusted: {out}");
+}

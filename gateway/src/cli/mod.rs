@@ -92,6 +92,11 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The web front's self-signed certificate.
+    WebCert {
+        #[command(subcommand)]
+        command: WebCertCommand,
+    },
     /// The reference client: enroll with a link, then ask for approval before connecting.
     Client {
         #[command(subcommand)]
@@ -328,5 +333,20 @@ pub enum KeysCommand {
         /// How long the old key still opens requests, in days.
         #[arg(long, default_value_t = 30.0)]
         overlap_days: f64,
+    },
+}
+
+/// `xdpgate web-cert …`.
+#[derive(Debug, Subcommand)]
+pub enum WebCertCommand {
+    /// Re-issues the `[web]` certificate for the same key, names and subject, valid from now.
+    /// Client profiles keep working (they trust the key); restart the web front to serve it.
+    Renew {
+        /// Configuration file (TOML) with a `[web]` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Days the new certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
     },
 }

@@ -486,9 +486,8 @@ pub async fn request_approval(
     let credentials = profile.credentials()?;
     let server = choose_server(&profile, options.server)?;
     let endpoint = Endpoint::parse(&profile.web_endpoint)?;
-    let tls_config = Arc::new(tls::pinned_client_config(tls::pins_from_anchor_pem(
-        &profile.tls_anchor_pem,
-    )?)?);
+    // The anchor's certificate or its key: a renewed web certificate keeps working.
+    let tls_config = Arc::new(tls::anchored_client_config(&profile.tls_anchor_pem)?);
     let (mut public_ipv4, mut public_ipv6) = (options.public_ipv4, options.public_ipv6);
     if public_ipv4.is_none() && public_ipv6.is_none() {
         // Report the address the gateway sees us from (behind NAT, our public one): under the

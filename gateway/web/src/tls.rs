@@ -63,6 +63,12 @@ pub enum TlsError {
     /// A pin is not 64 hex digits.
     #[error("a certificate pin must be 64 hex digits (SHA-256)")]
     BadPin,
+    /// A certificate does not parse as X.509.
+    #[error("{0}: the certificate does not parse")]
+    Unparsable(PathBuf),
+    /// The key file is not the certificate's key.
+    #[error("{0} is not the key of the certificate being renewed")]
+    KeyMismatch(PathBuf),
 }
 
 /// The crypto provider used everywhere in xdpgate.
@@ -250,6 +256,119 @@ pub fn pinned_client_config(pins: Vec<[u8; 32]>) -> Result<ClientConfig, TlsErro
     Ok(config)
 }
 
+/// A client config for a profile's `tls_anchor_pem`: it trusts a server certificate that is
+/// one of the anchor certificates, or that carries the public key of one (a renewal that
+/// kept the key: `xdpgate web-cert renew`, or a CA-issued certificate renewed with its key).
+pub fn anchored_client_config(anchor_pem: &str) -> Result<ClientConfig, TlsError> {
+    let certs = certs_from_pem(anchor_pem.as_bytes(), Path::new("<profile tls_anchor_pem>"))?;
+    let cert_pins = certs.iter().map(|c| cert_sha256(c)).collect();
+    let key_pins = certs
+        .iter()
+        .map(|c| {
+            spki_sha256(c).ok_or_else(|| TlsError::Unparsable("<profile tls_anchor_pem>".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let provider = provider();
+    let verifier = Arc::new(
+        PinnedCertVerifier::new(cert_pins, provider.signature_verification_algorithms)
+            .with_key_pins(key_pins),
+    );
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo (DER); `None` when it does not parse.
+pub fn spki_sha256(der: &[u8]) -> Option<[u8; 32]> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.tbs_certificate.subject_pki.raw);
+    digest.as_ref().try_into().ok()
+}
+
+/// `xdpgate web-cert renew`: a new self-signed certificate for the same key, names and
+/// subject, valid from now for `days`, written over `cert_path` through a rename (0644).
+/// Profiles keep working: they trust the key (see [`anchored_client_config`]). Returns the
+/// new certificate's SHA-256 (the pin new enrollment links carry).
+pub fn renew_self_signed(
+    cert_path: &Path,
+    key_path: &Path,
+    days: u32,
+) -> Result<[u8; 32], TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let key_pem = Zeroizing::new(String::from_utf8_lossy(&read(key_path)?).into_owned());
+    let key = rcgen::KeyPair::from_pem(&key_pem)?;
+    let old = load_certs(cert_path)?;
+    let first = old.first().ok_or_else(|| TlsError::Pem {
+        path: cert_path.to_owned(),
+        what: "no certificate".into(),
+    })?;
+    let (names, common_name) =
+        names_of(first).ok_or_else(|| TlsError::Unparsable(cert_path.to_owned()))?;
+    let mut params = rcgen::CertificateParams::new(names)?;
+    if let Some(cn) = common_name {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name = dn;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    params.serial_number = None;
+    let cert = params.self_signed(&key)?;
+    if spki_sha256(cert.der()) != spki_sha256(first) {
+        return Err(TlsError::KeyMismatch(key_path.to_owned()));
+    }
+    let tmp = cert_path.with_extension("renew.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_new_file(&tmp, cert.pem().as_bytes(), 0o644)?;
+    std::fs::rename(&tmp, cert_path).map_err(|source| TlsError::Io {
+        path: cert_path.to_owned(),
+        source,
+    })?;
+    Ok(cert_sha256(cert.der()))
+}
+
+/// The DNS names and IP addresses (subjectAltName) and the common name of a certificate.
+fn names_of(der: &[u8]) -> Option<(Vec<String>, Option<String>)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Some((names, common_name))
+}
+
 /// The pins of every certificate in a profile's `tls_anchor_pem`.
 pub fn pins_from_anchor_pem(anchor_pem: &str) -> Result<Vec<[u8; 32]>, TlsError> {
     let certs = certs_from_pem(anchor_pem.as_bytes(), Path::new("<profile tls_anchor_pem>"))?;
@@ -263,21 +382,46 @@ pub fn pins_from_anchor_pem(anchor_pem: &str) -> Result<Vec<[u8; 32]>, TlsError>
 /// verified against the pinned certificate's key, so the peer must hold its private key.
 pub struct PinnedCertVerifier {
     pins: Vec<[u8; 32]>,
+    /// SHA-256 of public keys (SubjectPublicKeyInfo) trusted in any certificate.
+    key_pins: Vec<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedCertVerifier {
     /// A verifier for `pins`, checking signatures with `algorithms`.
     pub fn new(pins: Vec<[u8; 32]>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { pins, algorithms }
+        Self {
+            pins,
+            key_pins: Vec::new(),
+            algorithms,
+        }
+    }
+
+    /// Also trusts any certificate carrying one of these public keys (SHA-256 of its
+    /// SubjectPublicKeyInfo): the handshake signature proves the peer holds that key.
+    #[must_use]
+    pub fn with_key_pins(mut self, key_pins: Vec<[u8; 32]>) -> Self {
+        self.key_pins = key_pins;
+        self
     }
 
     fn is_pinned(&self, der: &[u8]) -> bool {
         let digest = cert_sha256(der);
         // Every pin is compared, each in constant time.
-        self.pins
+        let by_cert: bool = self
+            .pins
             .iter()
             .fold(subtle::Choice::from(0), |any, pin| any | pin.ct_eq(&digest))
+            .into();
+        if by_cert || self.key_pins.is_empty() {
+            return by_cert;
+        }
+        let Some(key) = spki_sha256(der) else {
+            return false;
+        };
+        self.key_pins
+            .iter()
+            .fold(subtle::Choice::from(0), |any, pin| any | pin.ct_eq(&key))
             .into()
     }
 }
@@ -440,6 +584,38 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_key_and_names_and_a_foreign_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        ensure_self_signed(&cert, &key, &["vpn.example".into(), "10.0.0.1".into()]).unwrap();
+        let before = load_certs(&cert).unwrap().remove(0);
+        let pin = renew_self_signed(&cert, &key, 30).unwrap();
+        let after = load_certs(&cert).unwrap().remove(0);
+        assert_ne!(cert_sha256(&before), cert_sha256(&after));
+        assert_eq!(pin, cert_sha256(&after));
+        assert_eq!(spki_sha256(&before), spki_sha256(&after));
+        assert!(spki_sha256(&before).is_some());
+        assert_eq!(names_of(&before).unwrap().0, names_of(&after).unwrap().0);
+        // The anchor's key is trusted in the renewed certificate, not a foreign one.
+        let verifier = PinnedCertVerifier::new(
+            vec![cert_sha256(&before)],
+            provider().signature_verification_algorithms,
+        )
+        .with_key_pins(vec![spki_sha256(&before).unwrap()]);
+        assert!(verifier.is_pinned(&after));
+        let (other_cert, other_key) = (dir.path().join("o.pem"), dir.path().join("o.key"));
+        ensure_self_signed(&other_cert, &other_key, &["vpn.example".into()]).unwrap();
+        let foreign = load_certs(&other_cert).unwrap().remove(0);
+        assert!(!verifier.is_pinned(&foreign));
+        // Renewing with a key that is not the certificate's is refused, the file unchanged.
+        assert!(matches!(
+            renew_self_signed(&cert, &other_key, 30),
+            Err(TlsError::KeyMismatch(_))
+        ));
+        assert_eq!(load_certs(&cert).unwrap().remove(0), after);
     }
 
     #[test]
