@@ -1148,25 +1148,7 @@ fn a_passcode_server_opens_only_for_a_right_unused_passcode_and_locks_out_guesse
 fn reenrollment_replaces_the_keys_and_keeps_the_client() {
     let lab = ApprovalLab::new(56);
     let (c4, g4) = lab.v4_pair();
-    let connect_with = |profile: &std::path::Path| {
-        let out = lab.client_cmd(&[
-            "client",
-            "connect",
-            "--profile",
-            &profile.display().to_string(),
-            "--server",
-            "vpn1",
-        ]);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
-    let (ok, output) = connect_with(&lab.profile);
+    let (ok, output) = connect_profile(&lab, &lab.profile);
     assert!(ok, "{output}");
     assert_eq!(
         lab.guarded(c4, g4),
@@ -1186,7 +1168,7 @@ fn reenrollment_replaces_the_keys_and_keeps_the_client() {
     let voided = link_of(&lab.gateway.cli(&["clients", "reenroll", "alice"]));
     let newest = link_of(&lab.gateway.cli(&["clients", "reenroll", "alice"]));
     assert_ne!(voided, newest);
-    let (ok, output) = connect_with(&lab.profile);
+    let (ok, output) = connect_profile(&lab, &lab.profile);
     assert!(ok, "the old keys work until a link is redeemed: {output}");
 
     let enroll = |link: &str, profile: &std::path::Path| {
@@ -1214,13 +1196,13 @@ fn reenrollment_replaces_the_keys_and_keeps_the_client() {
         (false, false),
         "openings made with the old keys close at once"
     );
-    let (ok, output) = connect_with(&lab.profile);
+    let (ok, output) = connect_profile(&lab, &lab.profile);
     assert!(
         !ok && output.contains("denied"),
         "old keys refused: {output}"
     );
     assert_eq!(lab.guarded(c4, g4), (false, false), "and open nothing");
-    let (ok, output) = connect_with(&second);
+    let (ok, output) = connect_profile(&lab, &second);
     assert!(ok, "the new keys are approved: {output}");
     assert_eq!(lab.guarded(c4, g4), (true, true));
     let out = enroll(&newest, &lab.gateway.dir().join("alice-3.profile.json"));
@@ -1257,7 +1239,7 @@ fn reenrollment_replaces_the_keys_and_keeps_the_client() {
     );
 }
 
-/// `client connect --json` for vpn1 with `profile`: success and everything printed.
+/// `client connect` for vpn1 with `profile`: success and everything printed.
 fn connect_profile(lab: &ApprovalLab, profile: &std::path::Path) -> (bool, String) {
     let out = lab.client_cmd(&[
         "client",
@@ -1266,7 +1248,6 @@ fn connect_profile(lab: &ApprovalLab, profile: &std::path::Path) -> (bool, Strin
         &profile.display().to_string(),
         "--server",
         "vpn1",
-        "--json",
     ]);
     (
         out.status.success(),

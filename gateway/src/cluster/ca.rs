@@ -255,19 +255,8 @@ fn write_crl(ca_dir: &Path, serials: &[String]) -> Result<PathBuf, CaError> {
     let crl = params.signed_by(&issuer)?;
     let crl_path = ca_dir.join(CRL);
     // Replaced atomically: a temporary file renamed over the old list and CRL.
-    let write = |path: &Path, bytes: &[u8]| -> Result<(), CaError> {
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        tls::write_new_file(&tmp, bytes, 0o644)?;
-        std::fs::rename(&tmp, path).map_err(|source| {
-            CaError::Tls(TlsError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        })
-    };
-    write(&list_path, (serials.join("\n") + "\n").as_bytes())?;
-    write(&crl_path, crl.pem()?.as_bytes())?;
+    replace_file(&list_path, (serials.join("\n") + "\n").as_bytes())?;
+    replace_file(&crl_path, crl.pem()?.as_bytes())?;
     Ok(crl_path)
 }
 

@@ -242,11 +242,19 @@ pub fn cert_to_pem(der: &[u8]) -> String {
 /// A client config that trusts only server certificates whose DER SHA-256 is one of `pins`.
 /// TLS 1.2 and 1.3, ALPN `http/1.1`, no client certificate.
 pub fn pinned_client_config(pins: Vec<[u8; 32]>) -> Result<ClientConfig, TlsError> {
+    client_config_with(pins, Vec::new())
+}
+
+/// A client config trusting `cert_pins` (certificate SHA-256) and `key_pins` (SPKI SHA-256).
+fn client_config_with(
+    cert_pins: Vec<[u8; 32]>,
+    key_pins: Vec<[u8; 32]>,
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCertVerifier::new(
-        pins,
-        provider.signature_verification_algorithms,
-    ));
+    let verifier = Arc::new(
+        PinnedCertVerifier::new(cert_pins, provider.signature_verification_algorithms)
+            .with_key_pins(key_pins),
+    );
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
@@ -268,18 +276,7 @@ pub fn anchored_client_config(anchor_pem: &str) -> Result<ClientConfig, TlsError
             spki_sha256(c).ok_or_else(|| TlsError::Unparsable("<profile tls_anchor_pem>".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let provider = provider();
-    let verifier = Arc::new(
-        PinnedCertVerifier::new(cert_pins, provider.signature_verification_algorithms)
-            .with_key_pins(key_pins),
-    );
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(config)
+    client_config_with(cert_pins, key_pins)
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo (DER); `None` when it does not parse.
