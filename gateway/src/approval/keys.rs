@@ -312,6 +312,11 @@ pub trait BoxKeySet: Send + Sync {
     fn current(&self) -> &ServerBoxKeys;
     /// The previous key and until when (Unix seconds) it still opens requests.
     fn previous(&self) -> Option<(&ServerBoxKeys, u64)>;
+
+    /// The previous key while it still opens requests at `now_unix` (the overlap rule, §16).
+    fn previous_at(&self, now_unix: u64) -> Option<(&ServerBoxKeys, u64)> {
+        self.previous().filter(|&(_, until)| now_unix < until)
+    }
 }
 
 impl BoxKeySet for ServerBoxKeys {
@@ -345,15 +350,6 @@ impl BoxKeyRing {
         Self {
             current,
             previous: Some((previous, until_unix)),
-        }
-    }
-
-    /// The same ring without a previous key whose overlap has ended at `now_unix`.
-    #[must_use]
-    pub fn expired_removed(self, now_unix: u64) -> Self {
-        Self {
-            previous: self.previous.filter(|(_, until)| now_unix < *until),
-            current: self.current,
         }
     }
 }

@@ -445,18 +445,18 @@ fn open_box_with_any<K: BoxKeySet + ?Sized>(
     let Err(Reason::BoxOpenFailed) = current else {
         return (current, None);
     };
-    match keys.previous() {
-        Some((previous, until)) if now_unix < until => match open_box(request, previous) {
-            Ok(opened) => (
-                Ok(opened),
-                Some(BoxKeyUpdate {
-                    public_key: keys.current().public_key().to_bytes(),
-                    previous_key_until: until,
-                }),
-            ),
-            Err(_) => (current, None),
-        },
-        _ => (current, None),
+    let Some((previous, until)) = keys.previous_at(now_unix) else {
+        return (current, None);
+    };
+    match open_box(request, previous) {
+        Ok(opened) => (
+            Ok(opened),
+            Some(BoxKeyUpdate {
+                public_key: keys.current().public_key().to_bytes(),
+                previous_key_until: until,
+            }),
+        ),
+        Err(_) => (current, None),
     }
 }
 

@@ -139,18 +139,7 @@ pub fn issue(
     if !(1..=3650).contains(&days) {
         return Err(CaError::BadValidity);
     }
-    let read = |path: PathBuf| {
-        std::fs::read_to_string(&path).map_err(|source| {
-            CaError::Tls(TlsError::Io {
-                path: path.clone(),
-                source,
-            })
-        })
-    };
-    let ca_pem = read(ca_dir.join(CA_CERT))?;
-    let ca_key_pem = Zeroizing::new(read(ca_dir.join(CA_KEY))?);
-    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let (ca_pem, issuer) = ca_issuer(ca_dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![name.to_owned()])?;
     let mut dn = DistinguishedName::new();
@@ -216,18 +205,8 @@ pub fn revoke(ca_dir: &Path, cert: &Path) -> Result<(PathBuf, String), CaError> 
 /// Signs the CA's revocation list of `serials` (hex) and writes `ca_dir/revoked.txt` and
 /// `ca_dir/crl.pem`, each through a rename.
 fn write_crl(ca_dir: &Path, serials: &[String]) -> Result<PathBuf, CaError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| {
-            CaError::Tls(TlsError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        })
-    };
     let list_path = ca_dir.join(REVOKED);
-    let ca_pem = read(&ca_dir.join(CA_CERT))?;
-    let ca_key_pem = Zeroizing::new(read(&ca_dir.join(CA_KEY))?);
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
+    let (_, issuer) = ca_issuer(ca_dir)?;
     let now = time::OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::with_capacity(serials.len());
     for hex in serials {
@@ -255,8 +234,8 @@ fn write_crl(ca_dir: &Path, serials: &[String]) -> Result<PathBuf, CaError> {
     let crl = params.signed_by(&issuer)?;
     let crl_path = ca_dir.join(CRL);
     // Replaced atomically: a temporary file renamed over the old list and CRL.
-    replace_file(&list_path, (serials.join("\n") + "\n").as_bytes())?;
-    replace_file(&crl_path, crl.pem()?.as_bytes())?;
+    tls::replace_file(&list_path, (serials.join("\n") + "\n").as_bytes(), 0o644)?;
+    tls::replace_file(&crl_path, crl.pem()?.as_bytes(), 0o644)?;
     Ok(crl_path)
 }
 
@@ -279,29 +258,21 @@ pub struct Bundle {
 /// During a rollover nodes name these as `ca` and `crl`, so certificates of either CA work and
 /// revocations of both hold.
 pub fn bundle(ca_dirs: &[&Path], out: &Path) -> Result<Bundle, CaError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| {
-            CaError::Tls(TlsError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        })
-    };
     let (mut trust, mut crls) = (String::new(), String::new());
     for dir in ca_dirs {
-        trust.push_str(&read(&dir.join(CA_CERT))?);
+        trust.push_str(&read_text(&dir.join(CA_CERT))?);
         let crl_path = dir.join(CRL);
         if !crl_path.exists() {
             write_crl(dir, &[])?;
         }
-        crls.push_str(&read(&crl_path)?);
+        crls.push_str(&read_text(&crl_path)?);
     }
     let files = Bundle {
         trust: out.join(TRUST_BUNDLE),
         crls: out.join(CRL_BUNDLE),
     };
-    replace_file(&files.trust, trust.as_bytes())?;
-    replace_file(&files.crls, crls.as_bytes())?;
+    tls::replace_file(&files.trust, trust.as_bytes(), 0o644)?;
+    tls::replace_file(&files.crls, crls.as_bytes(), 0o644)?;
     Ok(files)
 }
 
@@ -349,17 +320,22 @@ fn name_and_role(der: &[u8]) -> Option<(String, NodeRole)> {
     Some((name, role))
 }
 
-/// Writes `path` through a temporary file and a rename (0644).
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    tls::write_new_file(&tmp, bytes, 0o644)?;
-    std::fs::rename(&tmp, path).map_err(|source| {
+/// A file of a CA or node folder, as text.
+fn read_text(path: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|source| {
         CaError::Tls(TlsError::Io {
             path: path.to_owned(),
             source,
         })
     })
+}
+
+/// The CA certificate (PEM) of `ca_dir` and the issuer signing with its key.
+fn ca_issuer(ca_dir: &Path) -> Result<(String, Issuer<'static, KeyPair>), CaError> {
+    let ca_pem = read_text(&ca_dir.join(CA_CERT))?;
+    let ca_key_pem = Zeroizing::new(read_text(&ca_dir.join(CA_KEY))?);
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
+    Ok((ca_pem, issuer))
 }
 
 #[cfg(test)]

@@ -57,6 +57,9 @@ pub enum BoxKeyError {
     /// The overlap asked for is out of range.
     #[error("the overlap must be between 5 s and 400 days")]
     Overlap,
+    /// Replacing a key file failed.
+    #[error("box key file {0}")]
+    Write(#[from] crate::tls::TlsError),
 }
 
 fn read_private(path: &Path) -> Result<String, BoxKeyError> {
@@ -71,30 +74,6 @@ fn read_private(path: &Path) -> Result<String, BoxKeyError> {
         return Err(BoxKeyError::Permissions(name));
     }
     Ok(text)
-}
-
-/// Writes `contents` to `path` through a 0600 temporary file and a rename, so a crash leaves
-/// the old file or the new one, never a part.
-fn replace_private(path: &Path, contents: &[u8]) -> Result<(), BoxKeyError> {
-    let io = |source| BoxKeyError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
 }
 
 /// Loads the ring of `state_dir`: the current key (created on first use) and, while its
@@ -137,10 +116,10 @@ pub fn rotate(
     if !(MIN_OVERLAP..=MAX_OVERLAP).contains(&overlap) {
         return Err(BoxKeyError::Overlap);
     }
-    if let Some((previous, until)) = ring.previous() {
+    if let Some((previous, until)) = ring.previous_at(now_unix) {
         // A rotation cut short after its first write has previous == current: finish it.
         let unfinished = previous.public_key().to_bytes() == ring.current().public_key().to_bytes();
-        if now_unix < until && !unfinished {
+        if !unfinished {
             return Err(BoxKeyError::RotationInProgress { until });
         }
     }
@@ -153,8 +132,8 @@ pub fn rotate(
     let old = ring.current().clone();
     let previous_text =
         zeroize::Zeroizing::new(format!("{}\nuntil={until}\n", old.to_base64().as_str()));
-    replace_private(&path_of(PREVIOUS_FILE), previous_text.as_bytes())?;
-    replace_private(&path_of(CURRENT_FILE), fresh.to_base64().as_bytes())?;
+    crate::tls::replace_file(&path_of(PREVIOUS_FILE), previous_text.as_bytes(), 0o600)?;
+    crate::tls::replace_file(&path_of(CURRENT_FILE), fresh.to_base64().as_bytes(), 0o600)?;
     Ok(BoxKeyRing::with_previous(fresh, old, until))
 }
 
@@ -165,16 +144,10 @@ pub fn load_or_create(path: &Path) -> Result<ServerBoxKeys, BoxKeyError> {
         path: name.clone(),
         source,
     };
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let mode = fs::metadata(path).map_err(io)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(BoxKeyError::Permissions(name));
-            }
-            ServerBoxKeys::from_base64(text.trim())
-                .map_err(|source| BoxKeyError::Key { path: name, source })
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+    match read_private(path) {
+        Ok(text) => ServerBoxKeys::from_base64(text.trim())
+            .map_err(|source| BoxKeyError::Key { path: name, source }),
+        Err(BoxKeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let keys = ServerBoxKeys::generate().map_err(|source| BoxKeyError::Key {
                 path: name.clone(),
                 source,
@@ -189,7 +162,7 @@ pub fn load_or_create(path: &Path) -> Result<ServerBoxKeys, BoxKeyError> {
             file.sync_all().map_err(io)?;
             Ok(keys)
         }
-        Err(err) => Err(io(err)),
+        Err(err) => Err(err),
     }
 }
 

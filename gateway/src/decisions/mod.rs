@@ -256,8 +256,7 @@ impl Approvals {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = unix_secs();
-        let ring = (**guard).clone().expired_removed(now);
-        let rotated = box_key::rotate(&self.state_dir, &ring, overlap, now)?;
+        let rotated = box_key::rotate(&self.state_dir, &guard, overlap, now)?;
         let public = rotated.current().public_key();
         let until = rotated.previous().map_or(now, |(_, until)| until);
         *guard = Arc::new(rotated);
@@ -861,10 +860,8 @@ impl Approvals {
         // A link issued before a rotation carries the previous key; it opens until the
         // overlap ends.
         let opened = SealedEnrollRequest::parse(&body).and_then(|sealed| {
-            match (sealed.open(keys.current()), keys.previous()) {
-                (Err(EnrollmentError::BoxOpen), Some((previous, until))) if unix_secs() < until => {
-                    sealed.open(previous)
-                }
+            match (sealed.open(keys.current()), keys.previous_at(unix_secs())) {
+                (Err(EnrollmentError::BoxOpen), Some((previous, _))) => sealed.open(previous),
                 (result, _) => result,
             }
         });

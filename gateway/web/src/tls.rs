@@ -190,6 +190,28 @@ pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), Tls
         .map_err(io)
 }
 
+/// Replaces `path` with `contents` (mode `mode`) through a new temporary file beside it, a
+/// rename and a sync of the folder, so a crash leaves the old file or the new one, never a
+/// part.
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    write_new_file(&tmp, contents, mode)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// SHA-256 of a DER certificate.
 pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
@@ -324,13 +346,7 @@ pub fn renew_self_signed(
     if spki_sha256(cert.der()) != spki_sha256(first) {
         return Err(TlsError::KeyMismatch(key_path.to_owned()));
     }
-    let tmp = cert_path.with_extension("renew.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    write_new_file(&tmp, cert.pem().as_bytes(), 0o644)?;
-    std::fs::rename(&tmp, cert_path).map_err(|source| TlsError::Io {
-        path: cert_path.to_owned(),
-        source,
-    })?;
+    replace_file(cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok(cert_sha256(cert.der()))
 }
 
