@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
 use xdpgate::approval::{
     self, ClientCredentials, ClientRecord, ClientRsaKey, ClientRsaPublicKey, ConnectTarget,
     HmacSecret, MemoryState, RequestParams, ResponsePayload, ServerBoxKeys, ServerPolicy,
@@ -28,8 +26,8 @@ use xdpgate::enrollment::{
     SealedEnrollRequest,
 };
 use xdpgate::{tls, web};
-use xdpgate_proto::front::v1::front_server::{Front, FrontServer};
-use xdpgate_proto::front::v1::{FrontReply, FrontRequest};
+use xdpgate_proto::front::v1::{FrontReply, FrontRequest, NoticesReply};
+use xdpgate_proto::front::wire::{Connection, FrontService, serve_connection};
 
 const CLIENT_A_PEM: &str = include_str!("../src/approval/testdata/client_a_rsa4096.pem");
 
@@ -62,48 +60,32 @@ struct FakeFront {
     behaviour: Behaviour,
 }
 
-#[tonic::async_trait]
-impl Front for FakeFront {
-    async fn submit_approval(
-        &self,
-        request: Request<FrontRequest>,
-    ) -> Result<Response<FrontReply>, Status> {
-        let request = request.into_inner();
-        self.received
-            .lock()
-            .unwrap()
-            .push(Received::Approval(request.clone()));
-        Ok(Response::new(match &self.behaviour {
-            Behaviour::Canned(status, body) => FrontReply {
+impl FakeFront {
+    fn answer(&self, received: Received) -> FrontReply {
+        let reply = match (&self.behaviour, &received) {
+            (Behaviour::Canned(status, body), _) => FrontReply {
                 http_status: *status,
                 body: body.clone(),
             },
-            Behaviour::Real(mini) => mini.approve(&request),
-        }))
+            (Behaviour::Real(mini), Received::Approval(request)) => mini.approve(request),
+            (Behaviour::Real(mini), Received::Enroll(request)) => mini.enroll(request),
+        };
+        self.received.lock().unwrap().push(received);
+        reply
+    }
+}
+
+impl FrontService for FakeFront {
+    async fn submit_approval(&self, request: FrontRequest) -> Result<FrontReply, String> {
+        Ok(self.answer(Received::Approval(request)))
     }
 
-    async fn enroll(&self, request: Request<FrontRequest>) -> Result<Response<FrontReply>, Status> {
-        let request = request.into_inner();
-        self.received
-            .lock()
-            .unwrap()
-            .push(Received::Enroll(request.clone()));
-        Ok(Response::new(match &self.behaviour {
-            Behaviour::Canned(status, body) => FrontReply {
-                http_status: *status,
-                body: body.clone(),
-            },
-            Behaviour::Real(mini) => mini.enroll(&request),
-        }))
+    async fn enroll(&self, request: FrontRequest) -> Result<FrontReply, String> {
+        Ok(self.answer(Received::Enroll(request)))
     }
 
-    async fn notices(
-        &self,
-        _request: Request<xdpgate_proto::front::v1::NoticesRequest>,
-    ) -> Result<Response<xdpgate_proto::front::v1::NoticesReply>, Status> {
-        Ok(Response::new(
-            xdpgate_proto::front::v1::NoticesReply::default(),
-        ))
+    fn notices(&self) -> NoticesReply {
+        NoticesReply::default()
     }
 }
 
@@ -303,14 +285,27 @@ impl Harness {
                 };
                 let (tx, rx) = oneshot::channel::<()>();
                 stop_front = Some(tx);
+                let service = Arc::new(service);
                 tokio::spawn(async move {
-                    tonic::transport::Server::builder()
-                        .add_service(FrontServer::new(service))
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                            let _ = rx.await;
-                        })
-                        .await
-                        .unwrap();
+                    let stopped = async {
+                        let _ = rx.await;
+                    };
+                    tokio::pin!(stopped);
+                    loop {
+                        let stream = tokio::select! {
+                            () = &mut stopped => break,
+                            accepted = listener.accept() => accepted.unwrap().0,
+                        };
+                        let service = service.clone();
+                        tokio::spawn(async move {
+                            let _ = serve_connection(
+                                Connection::new(stream),
+                                &*service,
+                                std::future::pending(),
+                            )
+                            .await;
+                        });
+                    }
                 });
             }
             Controller::Dead => {}

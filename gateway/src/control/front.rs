@@ -2,15 +2,22 @@
 //! front's user): approval requests and enrollments go in, finished answers come out.
 use std::{net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
-use tracing::{Instrument as _, info, info_span, warn};
-use xdpgate_proto::front::v1::{self as pb, front_server::FrontServer};
+use std::time::Duration;
+
+use tracing::{Instrument as _, debug, info, info_span, warn};
+use xdpgate_proto::front::v1 as pb;
+use xdpgate_proto::front::wire::{self, Connection};
 
 use crate::decisions::{Approvals, FrontAnswer};
 
-/// Implementation of `xdpgate.front.v1.Front`.
+/// Most web front connections served at once (a web front opens at most 64).
+const MAX_CONNECTIONS: usize = 1024;
+/// Pause after a failed accept (e.g. out of descriptors), so it is not retried in a spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long calls being served at shutdown may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The front API's calls, served to the web front.
 pub struct FrontService {
     approvals: Arc<Approvals>,
 }
@@ -41,16 +48,59 @@ pub async fn serve_front(
         }
     }
     info!(socket = %socket.display(), owner, "front API listening");
-    // Beyond the file mode: only the web user (or root) is served (`SO_PEERCRED`).
-    let incoming = UnixListenerStream::new(listener).filter(move |conn| match conn {
-        Ok(stream) => peer_allowed(stream, web_uid),
-        Err(_) => true,
-    });
-    tonic::transport::Server::builder()
-        .add_service(FrontServer::new(FrontService { approvals }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(std::io::Error::other)
+    let service = Arc::new(FrontService { approvals });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(error = %err, "front socket accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Beyond the file mode: only the web user (or root) is served (`SO_PEERCRED`).
+        if !peer_allowed(&stream, web_uid) {
+            continue;
+        }
+        if connections.len() >= MAX_CONNECTIONS {
+            warn!(
+                max = MAX_CONNECTIONS,
+                "front socket connection over the limit; closed"
+            );
+            continue;
+        }
+        let (service, mut stop) = (service.clone(), stop_rx.clone());
+        connections.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) =
+                wire::serve_connection(Connection::new(stream), &*service, stopped).await
+            {
+                debug!(error = %err, "front socket connection closed");
+            }
+        });
+    }
+    // Calls being served finish and are answered; idle connections close.
+    let _ = stop_tx.send(true);
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!("front socket calls still running after {DRAIN_TIMEOUT:?}; aborted");
+        connections.abort_all();
+    }
+    Ok(())
 }
 
 /// Whether the connecting process is root or the web front's user.
@@ -68,55 +118,41 @@ fn peer_allowed(stream: &tokio::net::UnixStream, web_uid: Option<u32>) -> bool {
     }
 }
 
-fn remote_of(request: &pb::FrontRequest) -> Result<IpAddr, Status> {
+fn remote_of(request: &pb::FrontRequest) -> Result<IpAddr, String> {
     request
         .remote_address
         .parse()
-        .map_err(|_| Status::invalid_argument("remote_address is not an IP address"))
+        .map_err(|_| "remote_address is not an IP address".to_owned())
 }
 
-fn reply(answer: FrontAnswer) -> Response<pb::FrontReply> {
-    Response::new(pb::FrontReply {
+fn reply(answer: FrontAnswer) -> pb::FrontReply {
+    pb::FrontReply {
         http_status: u32::from(answer.status),
         body: answer.body,
-    })
+    }
 }
 
-#[tonic::async_trait]
-impl pb::front_server::Front for FrontService {
-    async fn submit_approval(
-        &self,
-        request: Request<pb::FrontRequest>,
-    ) -> Result<Response<pb::FrontReply>, Status> {
-        let request = request.into_inner();
+impl wire::FrontService for FrontService {
+    async fn submit_approval(&self, request: pb::FrontRequest) -> Result<pb::FrontReply, String> {
         let remote = remote_of(&request)?;
-        let span = info_span!("approval", request_id = %request.request_id, client_ip = %remote);
         let answer = self
             .approvals
             .submit(request.body, remote, &request.request_id)
-            .instrument(span)
             .await;
         Ok(reply(answer))
     }
 
-    async fn notices(
-        &self,
-        _request: Request<pb::NoticesRequest>,
-    ) -> Result<Response<pb::NoticesReply>, Status> {
+    fn notices(&self) -> pb::NoticesReply {
         let state = self.approvals.notice_state();
-        Ok(Response::new(pb::NoticesReply {
+        pb::NoticesReply {
             www_shutdown: state.www.shutdown,
             www_message: state.www.message,
             web_shutdown: state.web.shutdown,
             web_message: state.web.message,
-        }))
+        }
     }
 
-    async fn enroll(
-        &self,
-        request: Request<pb::FrontRequest>,
-    ) -> Result<Response<pb::FrontReply>, Status> {
-        let request = request.into_inner();
+    async fn enroll(&self, request: pb::FrontRequest) -> Result<pb::FrontReply, String> {
         let remote = remote_of(&request)?;
         let span = info_span!("enrollment", request_id = %request.request_id, client_ip = %remote);
         let answer = self

@@ -11,7 +11,7 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, info_span, warn};
 
 pub use audit::AuditLog;
 use state::StoreState;
@@ -347,6 +347,26 @@ impl Approvals {
         {
             return self.unauthenticated(&origin, &request.client_id, &request.server, &rejection);
         }
+        // A span from here on only: creating one (its fields formatted) for every garbage
+        // request cost more than rejecting it.
+        let span =
+            info_span!("approval", request_id, client_ip = %remote, client_id = %request.client_id);
+        self.decide_authenticated(&origin, request, body, generation, now, &settings)
+            .instrument(span)
+            .await
+    }
+
+    /// The stages past the HMAC check, on a blocking thread, and the durable answer.
+    async fn decide_authenticated(
+        &self,
+        origin: &Origin<'_>,
+        request: approval::ApprovalRequest,
+        body: Vec<u8>,
+        generation: u64,
+        now: u64,
+        settings: &Settings,
+    ) -> FrontAnswer {
+        let remote = origin.remote;
         let state = settings.state.clone();
         let keys = self.box_keys();
         let validation = settings.validation;
@@ -364,19 +384,19 @@ impl Approvals {
         };
         match decided {
             Ok(approved) => {
-                self.approve(&origin, approved, body_digest(&body), generation)
+                self.approve(origin, approved, body_digest(&body), generation)
                     .await
             }
             Err(rejection) => match rejection.binding() {
                 None => {
-                    self.unauthenticated(&origin, &request.client_id, &request.server, &rejection)
+                    self.unauthenticated(origin, &request.client_id, &request.server, &rejection)
                 }
                 Some(_) if matches!(rejection.reason(), Reason::RequestNonceReplayed) => {
-                    self.replayed(&origin, &request.client_id, &rejection, body_digest(&body))
+                    self.replayed(origin, &request.client_id, &rejection, body_digest(&body))
                         .await
                 }
                 Some(_) => {
-                    self.refused(&origin, &request.client_id, &request.server, &rejection)
+                    self.refused(origin, &request.client_id, &request.server, &rejection)
                         .await
                 }
             },

@@ -34,7 +34,7 @@ use tracing::Instrument as _;
 
 pub use client_addr::{ConnInfo, ForwardedError, MAX_FORWARDED_HOPS, client_ip};
 pub use connections::ConnectionStats;
-pub use front::{FrontCall, FrontHandle};
+pub use front::{FrontCall, FrontError, FrontHandle};
 pub use rate_limit::{DEFAULT_MAX_SOURCES, RateLimiter};
 pub use routes::{AppState, router};
 
@@ -401,10 +401,7 @@ async fn refresh_notices(
                 changed
             });
         }
-        Err(status) => tracing::debug!(
-            "cannot ask the controller for notices: {}",
-            status.message()
-        ),
+        Err(err) => tracing::debug!("cannot ask the controller for notices: {err}"),
     }
 }
 

@@ -382,12 +382,8 @@ async fn relay(
             ctx.request_id.clone(),
         )
         .await
-        .map_err(|status| {
-            tracing::warn!(
-                "controller unavailable: {} {}",
-                status.code(),
-                status.message()
-            );
+        .map_err(|err| {
+            tracing::warn!("controller unavailable: {err}");
             Refusal::UNAVAILABLE
         })?;
     let status = u16::try_from(reply.http_status)
