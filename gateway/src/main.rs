@@ -17,15 +17,17 @@ use xdpgate::{
     web,
 };
 
+/// See `gateway/Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
-    // The web front runs on one thread: each request crosses several tasks (connection, the
-    // gRPC client's buffer, the HTTP/2 connection), and on a multi-thread runtime every
-    // crossing can be a futex wake of another worker, the largest cost per request in its
-    // profile. One front process per core scales it out (the cluster design).
-    // (attack bench, garbage flood: 56-68 µs of front CPU per request on one thread, 83-104
-    // on the multi-thread runtime.)
+    // The web front runs on one thread: on a multi-thread runtime a request's wake-ups
+    // (its connection, the front socket) can be futex wakes of another worker, once the
+    // largest cost per request in its profile. One front process per core scales it out
+    // (the cluster design).
     let mut builder = if matches!(cli.command, Command::Web { .. }) {
         tokio::runtime::Builder::new_current_thread()
     } else {
