@@ -192,17 +192,11 @@ impl Pool {
                 Some(mut connection) => match connection.call(call).await {
                     Err(err) if is_stale(&err) => {
                         tracing::debug!("front socket connection was closed ({err}); reconnecting");
-                        let mut connection = self.connect().await?;
-                        let reply = connection.call(call).await;
-                        (connection, reply)
+                        self.call_fresh(call).await?
                     }
                     reply => (connection, reply),
                 },
-                None => {
-                    let mut connection = self.connect().await?;
-                    let reply = connection.call(call).await;
-                    (connection, reply)
-                }
+                None => self.call_fresh(call).await?,
             };
             let reply = reply?;
             if let Ok(mut idle) = self.idle.lock() {
@@ -213,6 +207,16 @@ impl Pool {
         tokio::time::timeout(self.call_timeout, work)
             .await
             .map_err(|_| FrontError::Timeout(self.call_timeout))?
+    }
+
+    /// `call` on a new connection, returned with its reply (pooled by the caller on success).
+    async fn call_fresh(
+        &self,
+        call: &Call,
+    ) -> Result<(Connection<UnixStream>, Result<Reply, WireError>), FrontError> {
+        let mut connection = self.connect().await?;
+        let reply = connection.call(call).await;
+        Ok((connection, reply))
     }
 
     async fn connect(&self) -> Result<Connection<UnixStream>, FrontError> {
