@@ -105,9 +105,16 @@ impl Shutdown {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps `vpn` enforced: while it is shut, no opening survives (called by the sweeper,
-    /// and after every change).
+    /// Keeps `vpn` enforced: while it is shut, no opening survives (called by the sweeper).
+    /// It holds the change lock, so it cannot read "shut" just before `clear` or a lifting
+    /// notice and then seal the gate again after they unsealed it.
     pub async fn enforce(&self) -> Result<usize, ShutdownError> {
+        let _changing = self.changing.lock().await;
+        self.enforce_locked().await
+    }
+
+    /// [`Self::enforce`] for a caller that holds the change lock.
+    async fn enforce_locked(&self) -> Result<usize, ShutdownError> {
         if !self.state.borrow().vpn.shutdown {
             return Ok(0);
         }
@@ -208,8 +215,7 @@ impl Shutdown {
         record.changed_by = "notice".into();
         record.last_notice = Some(notice);
         let summary = summary(&record);
-        self.openings.set_sealed(record.vpn.shutdown);
-        self.save(record.clone()).await?;
+        self.save_sealing(record.clone()).await?;
         self.after_change(&record).await;
         self.record_audit(
             "acted",
@@ -232,8 +238,7 @@ impl Shutdown {
         }
         record.changed_unix_ms = unix_ms();
         record.changed_by = "operator".into();
-        self.openings.set_sealed(false);
-        self.save(record.clone()).await?;
+        self.save_sealing(record.clone()).await?;
         self.record_audit(
             "cleared",
             format!("operator cleared the shutdown state (was: {before})"),
@@ -244,10 +249,25 @@ impl Shutdown {
     async fn after_change(&self, record: &NoticeRecord) {
         if record.vpn.shutdown {
             self.vpn_tokens.revoke_everyone();
-            if let Err(err) = self.enforce().await {
+            if let Err(err) = self.enforce_locked().await {
                 error!(error = %err, "closing openings for a vpn shutdown failed; the sweeper retries");
             }
         }
+    }
+
+    /// Saves a changed state and seals the gate to match, in the safe order: a shutdown seals
+    /// before it is saved, a lift unseals only once it is saved (a failed save leaves the
+    /// gate sealed, as the stored state says). The caller holds the change lock.
+    async fn save_sealing(&self, record: NoticeRecord) -> Result<(), ShutdownError> {
+        let sealed = record.vpn.shutdown;
+        if sealed {
+            self.openings.set_sealed(true);
+        }
+        self.save(record).await?;
+        if !sealed {
+            self.openings.set_sealed(false);
+        }
+        Ok(())
     }
 
     async fn save(&self, record: NoticeRecord) -> Result<(), ShutdownError> {

@@ -298,8 +298,29 @@ fn admin_words(args: &[&str]) -> usize {
     }
 }
 
+/// How many of a log's last lines a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // A failing test shows what the controller and the web front logged (the folder
+        // holding the logs is removed below).
+        if std::thread::panicking() {
+            for (name, text) in [("controller", self.log()), ("web front", self.web_log())] {
+                if !text.is_empty() {
+                    eprintln!(
+                        "--- last {LOG_TAIL_LINES} lines of the {name} log ---\n{}",
+                        tail(&text, LOG_TAIL_LINES)
+                    );
+                }
+            }
+        }
         if let Some(mut web) = self.web.take() {
             let _ = web.kill();
             let _ = web.wait();
