@@ -214,11 +214,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let (kind, message) = self.read_frame().await?;
         Reply::decode(kind, message)
     }
-
-    /// The stream, e.g. to read the peer's credentials.
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
 }
 
 /// What the controller does with each call.
